@@ -1,0 +1,69 @@
+"""Glimp: a small and a large model write one chain of thought together (GlimpRouter).
+
+The engine: the routing loop (`GlimpRouter`), entropy math, policies, traces and backends.
+It imports no LLM framework; `langchain_glimp` and `llamaindex_glimp` adapt it.
+"""
+
+from glimp_integrations.backends.base import Backend, ModelSession, StepWriter, TokenDistribution
+from glimp_integrations.backends.scripted import ScriptedBackend, ScriptedModel, ScriptedStep, peaked_logprobs
+from glimp_integrations.config import RouterConfig, SamplingConfig
+from glimp_integrations.entropy import EntropyBounds, Verdict, entropy_bounds, entropy_nats, verdict
+from glimp_integrations.errors import (
+    ContextLengthError,
+    GlimpConfigError,
+    GlimpError,
+    GlimpInputError,
+    GlimpRunError,
+    MissingDependencyError,
+)
+from glimp_integrations.policies import RoutingPolicy, SmallStepDraft, make_policy
+from glimp_integrations.router import GlimpRouter, normalize_messages
+from glimp_integrations.trace import (
+    ProbeTrace,
+    RouterEvent,
+    RunFinished,
+    RunTrace,
+    StepDiscarded,
+    StepFinished,
+    StepStarted,
+    StepTrace,
+    TokenDelta,
+)
+
+__all__ = [
+    "Backend",
+    "ContextLengthError",
+    "EntropyBounds",
+    "GlimpConfigError",
+    "GlimpError",
+    "GlimpInputError",
+    "GlimpRouter",
+    "GlimpRunError",
+    "MissingDependencyError",
+    "ModelSession",
+    "ProbeTrace",
+    "RouterConfig",
+    "RouterEvent",
+    "RoutingPolicy",
+    "RunFinished",
+    "RunTrace",
+    "SamplingConfig",
+    "ScriptedBackend",
+    "ScriptedModel",
+    "ScriptedStep",
+    "SmallStepDraft",
+    "StepDiscarded",
+    "StepFinished",
+    "StepStarted",
+    "StepTrace",
+    "StepWriter",
+    "TokenDelta",
+    "TokenDistribution",
+    "Verdict",
+    "entropy_bounds",
+    "entropy_nats",
+    "make_policy",
+    "normalize_messages",
+    "peaked_logprobs",
+    "verdict",
+]

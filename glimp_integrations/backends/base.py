@@ -1,0 +1,168 @@
+"""The interface every backend implements, and the pieces they share.
+
+A backend holds the two models.  For each run it opens one `ModelSession` per role; a session is
+that model's view of the run's context (its own rendering of the chat prompt, then every step
+written so far) and writes tokens after it.  Tokens a session writes stay *pending* until the
+router commits them (the step is kept) or discards them (the step is thrown away).
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+from typing import Any, AsyncIterator, Literal, Sequence
+
+from glimp_integrations.config import Role, SamplingConfig
+from glimp_integrations.entropy import EntropyBounds, entropy_bounds
+
+Message = dict[str, Any]
+"""A chat message in the OpenAI shape: {"role": ..., "content": ...}."""
+
+StepEnd = Literal["stop_string", "end_of_text", "max_tokens"]
+
+
+@dataclass(frozen=True)
+class TokenDistribution:
+    """A next-token distribution at temperature 1, as a backend returned it."""
+
+    top_logprobs: tuple[float, ...]
+    """Largest log-probabilities (nats), sorted descending; the whole vocabulary if `is_full`."""
+    vocab_size: int
+    exact_entropy: float | None = None
+    """Entropy over the whole vocabulary, when the backend computed it (then `is_full`)."""
+
+    @property
+    def is_full(self) -> bool:
+        return self.exact_entropy is not None or len(self.top_logprobs) == self.vocab_size
+
+    def bounds(self) -> EntropyBounds:
+        if self.exact_entropy is not None:
+            return EntropyBounds(self.exact_entropy, self.exact_entropy)
+        return entropy_bounds(self.top_logprobs, self.vocab_size)
+
+
+class StepWriter(abc.ABC):
+    """Tokens of one step as the model writes them: iterate for text deltas.
+
+    After the iteration ends, `end` says why, `tokens` how many tokens were written and
+    `prefill_tokens` how many context tokens the model processed before its first token.
+    """
+
+    end: StepEnd = "end_of_text"
+    tokens: int = 0
+    prefill_tokens: int = 0
+
+    @abc.abstractmethod
+    def __aiter__(self) -> AsyncIterator[str]: ...
+
+
+class ModelSession(abc.ABC):
+    """One model's side of one run."""
+
+    role: Role
+    model_name: str
+    prompt_tokens: int
+    context_window: int
+
+    @property
+    @abc.abstractmethod
+    def context_tokens(self) -> int:
+        """Tokens in the committed context (prompt plus committed steps)."""
+
+    @abc.abstractmethod
+    async def probe(self, top_k: int | None) -> TokenDistribution:
+        """Distribution of the next token after the committed context; samples that token.
+
+        The sampled token becomes the first pending token, so a following `write` keeps it as
+        the step's first token.  Calling again with a larger `top_k` (None: the whole vocabulary)
+        returns more of the same distribution and keeps the same token.
+        """
+
+    @abc.abstractmethod
+    def write(self, max_tokens: int, stop: Sequence[str]) -> StepWriter:
+        """Write up to `max_tokens` tokens (the probe token included), ending after the first
+        stop string (kept in the text) or at the end of text."""
+
+    @abc.abstractmethod
+    def commit(self) -> None:
+        """Keep the pending tokens as part of the context."""
+
+    @abc.abstractmethod
+    def discard(self) -> None:
+        """Drop the pending tokens (and a sampled probe token)."""
+
+    @abc.abstractmethod
+    async def append_text(self, text: str) -> None:
+        """Add text written elsewhere (by the other model, or a closing tag) to the context.
+        Pending tokens are discarded first."""
+
+    async def aclose(self) -> None:
+        """Free what the session holds (caches, in-flight requests)."""
+
+
+class Backend(abc.ABC):
+    """Holds both models and opens sessions on them."""
+
+    name: str
+
+    @abc.abstractmethod
+    def model_name(self, role: Role) -> str: ...
+
+    @abc.abstractmethod
+    def knows_think_tags(self, role: Role) -> bool:
+        """True when the model's chat template or vocabulary has `<think>`."""
+
+    @abc.abstractmethod
+    def context_window(self, role: Role) -> int: ...
+
+    @abc.abstractmethod
+    async def open_session(
+        self,
+        role: Role,
+        messages: Sequence[Message],
+        *,
+        sampling: SamplingConfig,
+        seed: int | None,
+        open_think: bool,
+        tools: Sequence[dict[str, Any]] | None = None,
+    ) -> ModelSession:
+        """Render `messages` with the model's chat template (and `tools`), followed by
+        `<think>\\n` when `open_think` and the template did not open it; raise
+        `ContextLengthError` when the prompt does not fit."""
+
+    def close(self) -> None:
+        """Release the models."""
+
+
+class StopScanner:
+    """Finds where a step ends in text that grows token by token."""
+
+    def __init__(self, stop: Sequence[str]) -> None:
+        self._stop = tuple(s for s in stop if s)
+        self._longest = max((len(s) for s in self._stop), default=0)
+        self._scanned = 0
+
+    def found(self, text: str) -> bool:
+        """True once `text` contains a stop string (only the new part is searched)."""
+        start = max(0, self._scanned - self._longest + 1)
+        self._scanned = len(text)
+        return any(s in text[start:] for s in self._stop)
+
+
+def render_think_suffix(prompt: str, open_think: bool) -> str:
+    """The prompt, followed by `<think>\\n` when reasoning must be opened and is not yet."""
+    if open_think and not prompt.rstrip().endswith("<think>"):
+        return prompt + "<think>\n"
+    return prompt
+
+
+def check_prompt_fits(role: Role, model_name: str, prompt_tokens: int, context_window: int) -> None:
+    """Raise `ContextLengthError` unless the prompt leaves room for at least one new token."""
+    from glimp_integrations.errors import ContextLengthError
+
+    if prompt_tokens >= context_window:
+        raise ContextLengthError(
+            f"`messages` renders to {prompt_tokens} tokens for the {role} model `{model_name}`, "
+            f"whose context window is {context_window} tokens. Shorten the conversation "
+            f"(drop earlier turns or long documents) or use a model with a longer context."
+        )

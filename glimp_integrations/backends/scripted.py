@@ -1,0 +1,181 @@
+"""A deterministic backend whose steps, tokens and distributions are written out by the caller.
+
+For exact, fast tests of the routing loop and for examples; it runs no model.  Each role has a
+script: a list of `ScriptedStep`s.  Every time a session of that role starts a step (a probe, or
+a write without a probe) it takes the next entry; when the script is exhausted the model ends
+the text.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator, Sequence
+
+from glimp_integrations.backends.base import (
+    Backend,
+    Message,
+    ModelSession,
+    StepWriter,
+    StopScanner,
+    TokenDistribution,
+    check_prompt_fits,
+    render_think_suffix,
+)
+from glimp_integrations.config import Role, SamplingConfig
+
+
+def peaked_logprobs(top_probability: float, vocab_size: int) -> list[float]:
+    """Log-probabilities (sorted descending) with one token at `top_probability` and the rest of
+    the mass spread evenly over the other tokens; handy for building a known entropy."""
+    rest = (1.0 - top_probability) / (vocab_size - 1)
+    return [math.log(top_probability)] + [math.log(rest) if rest > 0 else -math.inf] * (vocab_size - 1)
+
+
+@dataclass
+class ScriptedStep:
+    """What a scripted model writes for one step, and its first token's distribution."""
+
+    tokens: list[str]
+    """Token texts in order; the step ends at the first stop string, so include the separator."""
+    first_logprobs: Sequence[float] = field(default_factory=lambda: peaked_logprobs(0.99, 100))
+    """Distribution of the first token at temperature 1 (whole vocabulary, sorted descending)."""
+
+
+@dataclass
+class ScriptedModel:
+    name: str
+    steps: list[ScriptedStep]
+    think_tags: bool = False
+    context_window: int = 4096
+    top_k_only: bool = False
+    """Answer probes with only the `top_k` asked for, to exercise the escalation ladder."""
+
+
+class ScriptedBackend(Backend):
+    """Both roles scripted.  Prompt tokens are counted as whitespace-separated words."""
+
+    name = "scripted"
+
+    def __init__(self, small: ScriptedModel, large: ScriptedModel) -> None:
+        self._models = {"small": small, "large": large}
+        self._cursor = {"small": 0, "large": 0}
+        self.probe_requests: list[tuple[Role, int | None]] = []
+        """Every probe asked for, in order: (role, top_k)."""
+
+    def model_name(self, role: Role) -> str:
+        return self._models[role].name
+
+    def knows_think_tags(self, role: Role) -> bool:
+        return self._models[role].think_tags
+
+    def context_window(self, role: Role) -> int:
+        return self._models[role].context_window
+
+    def next_step(self, role: Role) -> ScriptedStep | None:
+        script = self._models[role].steps
+        index = self._cursor[role]
+        self._cursor[role] += 1
+        return script[index] if index < len(script) else None
+
+    async def open_session(
+        self,
+        role: Role,
+        messages: Sequence[Message],
+        *,
+        sampling: SamplingConfig,
+        seed: int | None,
+        open_think: bool,
+        tools: Sequence[dict[str, Any]] | None = None,
+    ) -> "ScriptedSession":
+        prompt = "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant:"
+        prompt = render_think_suffix(prompt, open_think)
+        model = self._models[role]
+        prompt_tokens = len(prompt.split())
+        check_prompt_fits(role, model.name, prompt_tokens, model.context_window)
+        return ScriptedSession(self, role, model, prompt, prompt_tokens)
+
+
+class ScriptedSession(ModelSession):
+    def __init__(self, backend: ScriptedBackend, role: Role, model: ScriptedModel, prompt: str,
+                 prompt_tokens: int) -> None:
+        self._backend = backend
+        self.role = role
+        self.model_name = model.name
+        self.prompt_tokens = prompt_tokens
+        self.context_window = model.context_window
+        self._model = model
+        self.context_text = prompt
+        self._context_tokens = prompt_tokens
+        self._seen_tokens = prompt_tokens
+        """Context tokens this model has processed (a stand-in for its KV cache)."""
+        self._step: ScriptedStep | None = None
+        self._pending: list[str] = []
+        self._probed = False
+
+    @property
+    def context_tokens(self) -> int:
+        return self._context_tokens
+
+    def _take_step(self) -> ScriptedStep | None:
+        if self._step is None:
+            self._step = self._backend.next_step(self.role)
+        return self._step
+
+    async def probe(self, top_k: int | None) -> TokenDistribution:
+        self._backend.probe_requests.append((self.role, top_k))
+        step = self._take_step()
+        logprobs = tuple(sorted(step.first_logprobs, reverse=True)) if step else (0.0,)
+        self._probed = True
+        if self._model.top_k_only and top_k is not None:
+            return TokenDistribution(logprobs[:top_k], vocab_size=len(logprobs))
+        return TokenDistribution(logprobs, vocab_size=len(logprobs))
+
+    def write(self, max_tokens: int, stop: Sequence[str]) -> StepWriter:
+        return _ScriptedWriter(self, max_tokens, stop)
+
+    def commit(self) -> None:
+        self.context_text += "".join(self._pending)
+        self._context_tokens += len(self._pending)
+        self._seen_tokens = self._context_tokens
+        self._reset_step()
+
+    def discard(self) -> None:
+        self._reset_step()
+
+    async def append_text(self, text: str) -> None:
+        self.discard()
+        self.context_text += text
+        self._context_tokens += len(text.split()) or 1
+
+    def _reset_step(self) -> None:
+        self._pending = []
+        self._step = None
+        self._probed = False
+
+
+class _ScriptedWriter(StepWriter):
+    def __init__(self, session: ScriptedSession, max_tokens: int, stop: Sequence[str]) -> None:
+        self._session = session
+        self._max_tokens = max_tokens
+        self._stop = stop
+
+    async def __aiter__(self) -> AsyncIterator[str]:
+        session = self._session
+        step = session._take_step()
+        self.prefill_tokens = session._context_tokens - session._seen_tokens
+        session._seen_tokens = session._context_tokens
+        scanner = StopScanner(self._stop)
+        text = ""
+        for token in step.tokens if step else []:
+            session._pending.append(token)
+            self.tokens += 1
+            text += token
+            yield token
+            if scanner.found(text):
+                self.end = "stop_string"
+                return
+            if self.tokens >= self._max_tokens:
+                self.end = "max_tokens"
+                return
+        self.end = "end_of_text"

@@ -1,0 +1,306 @@
+"""Hugging Face transformers backend (torch, CPU or CUDA).
+
+Each session keeps its model's KV cache across the steps that model writes.  Before a model
+writes, the cache is brought up to date with the context: the longest common prefix with what
+the cache holds is kept, and only the tokens after it are prefilled.  A switch therefore costs
+the prefill of the tokens the model has not seen yet, not of the whole context.  The probe is
+the logits at the end of the context: the exact entropy over the whole vocabulary comes from
+them, and the token sampled from them is the step's first token when the small model delegates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import weakref
+from pathlib import Path
+from typing import Any, AsyncIterator, Sequence
+
+from glimp_integrations.backends.base import (
+    Backend,
+    Message,
+    ModelSession,
+    StepWriter,
+    StopScanner,
+    TokenDistribution,
+    check_prompt_fits,
+    render_think_suffix,
+)
+from glimp_integrations.config import Role, SamplingConfig
+from glimp_integrations.errors import GlimpConfigError, invalid, require_module
+
+logger = logging.getLogger(__name__)
+
+#: Logprobs kept in a probe's record next to the exact entropy (for traces and debugging).
+RECORDED_TOP_K = 20
+
+
+class LoadedModel:
+    """A model and tokenizer in memory, shared by every backend that names the same folder."""
+
+    def __init__(self, name: str, device: str) -> None:
+        torch = require_module("torch", "hf", "The transformers backend")
+        transformers = require_module("transformers", "hf", "The transformers backend")
+        self.torch = torch
+        self.name = name
+        self.device = device
+        dtype = torch.float32 if device == "cpu" else torch.bfloat16
+        try:
+            self.tokenizer = transformers.AutoTokenizer.from_pretrained(name)
+            self.model = transformers.AutoModelForCausalLM.from_pretrained(name, dtype=dtype).to(device).eval()
+        except (OSError, ValueError) as error:
+            raise GlimpConfigError(
+                f"Could not load the model `{name}` ({error}). Pass a local model folder "
+                "(config.json, weights, tokenizer) or an HF model id already in the local HF cache; "
+                "this machine may have no network to download it."
+            ) from error
+        self.lock = threading.Lock()
+        """Serialises forward passes: sessions of concurrent runs share the weights."""
+        config = self.model.config
+        self.context_window = int(getattr(config, "max_position_embeddings", None) or 4096)
+        self.vocab_size = int(self.model.get_output_embeddings().weight.shape[0])
+        eos = self.model.generation_config.eos_token_id
+        eos_ids = eos if isinstance(eos, list) else [eos]
+        eos_ids.append(self.tokenizer.eos_token_id)
+        self.eos_ids = frozenset(i for i in eos_ids if i is not None)
+        template = self.tokenizer.chat_template or ""
+        self.knows_think_tags = "<think>" in template or "<think>" in self.tokenizer.get_vocab()
+
+
+_loaded: "weakref.WeakValueDictionary[tuple[str, str], LoadedModel]" = weakref.WeakValueDictionary()
+_loaded_lock = threading.Lock()
+
+
+def load_model(name: str, device: str) -> LoadedModel:
+    """Load `name` once per process and device; routers naming the same model share it."""
+    with _loaded_lock:
+        model = _loaded.get((name, device))
+        if model is None:
+            model = LoadedModel(name, device)
+            _loaded[(name, device)] = model
+        return model
+
+
+def _resolve_device(device: str) -> str:
+    torch = require_module("torch", "hf", "The transformers backend")
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise invalid("device", device, "names a CUDA device but torch sees none",
+                      "Use device='cpu' (or 'auto').")
+    return device
+
+
+def _check_model_name(parameter: str, name: str) -> None:
+    looks_like_path = name.startswith(("/", ".", "~")) or Path(name).expanduser().exists()
+    if looks_like_path and not Path(name).expanduser().is_dir():
+        raise invalid(parameter, name, "is a path that is not a model folder",
+                      "Pass an existing folder holding config.json and weights, or an HF model id.")
+    if not name.strip():
+        raise invalid(parameter, name, "is empty", "Pass a model folder or an HF model id.")
+
+
+class TransformersBackend(Backend):
+    """Both models as transformers causal LMs in this process."""
+
+    name = "transformers"
+
+    def __init__(self, small: str, large: str, *, device: str = "auto") -> None:
+        _check_model_name("small", small)
+        _check_model_name("large", large)
+        device = _resolve_device(device)
+        small_model = load_model(str(Path(small).expanduser()) if Path(small).expanduser().exists() else small, device)
+        large_model = load_model(str(Path(large).expanduser()) if Path(large).expanduser().exists() else large, device)
+        self._models: dict[Role, LoadedModel] = {"small": small_model, "large": large_model}
+
+    def model_name(self, role: Role) -> str:
+        return self._models[role].name
+
+    def knows_think_tags(self, role: Role) -> bool:
+        return self._models[role].knows_think_tags
+
+    def context_window(self, role: Role) -> int:
+        return self._models[role].context_window
+
+    async def open_session(
+        self,
+        role: Role,
+        messages: Sequence[Message],
+        *,
+        sampling: SamplingConfig,
+        seed: int | None,
+        open_think: bool,
+        tools: Sequence[dict[str, Any]] | None = None,
+    ) -> "TransformersSession":
+        loaded = self._models[role]
+        prompt = loaded.tokenizer.apply_chat_template(
+            list(messages), tools=list(tools) if tools else None, tokenize=False, add_generation_prompt=True)
+        prompt = render_think_suffix(prompt, open_think)
+        prompt_ids = loaded.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        check_prompt_fits(role, loaded.name, len(prompt_ids), loaded.context_window)
+        return TransformersSession(loaded, role, prompt_ids, sampling, seed)
+
+    def close(self) -> None:
+        self._models.clear()
+
+
+class TransformersSession(ModelSession):
+    def __init__(self, loaded: LoadedModel, role: Role, prompt_ids: list[int], sampling: SamplingConfig,
+                 seed: int | None) -> None:
+        torch = loaded.torch
+        self._loaded = loaded
+        self._torch = torch
+        self.role = role
+        self.model_name = loaded.name
+        self.prompt_tokens = len(prompt_ids)
+        self.context_window = loaded.context_window
+        self._sampling = sampling
+        self._generator = torch.Generator(device=loaded.device)
+        if seed is None:
+            self._generator.seed()
+        else:
+            self._generator.manual_seed(seed)
+        self._committed: list[int] = list(prompt_ids)
+        self._pending: list[int] = []
+        self._cache: Any = None
+        self._cached_ids: list[int] = []
+        """Tokens whose keys and values are in `_cache`, in order."""
+        self._next_logits: Any = None  # [vocab], after the last cached token
+        self._probe_token: int | None = None
+        self._last_prefill = 0
+        """Tokens prefilled by the last probe, reported by the step that keeps its token."""
+
+    @property
+    def context_tokens(self) -> int:
+        return len(self._committed)
+
+    # --- cache -----------------------------------------------------------------------------
+
+    def _sync_cache(self, ids: list[int]) -> int:
+        """Bring the cache to exactly `ids` and set `_next_logits`; returns the tokens prefilled."""
+        common = 0
+        limit = min(len(ids), len(self._cached_ids))
+        while common < limit and ids[common] == self._cached_ids[common]:
+            common += 1
+        if common == len(ids) == len(self._cached_ids) and self._next_logits is not None:
+            return 0
+        common = min(common, len(ids) - 1)  # at least one token must be fed to get its logits
+        surplus = len(self._cached_ids) - common
+        if surplus and common == 0:
+            self._cache = None
+        elif surplus:
+            self._cache.crop(-surplus)  # transformers 5: a negative count of tokens to drop
+        del self._cached_ids[common:]
+        self._feed(ids[common:])
+        return len(ids) - common
+
+    def _feed(self, new_ids: list[int]) -> None:
+        """Run the model on `new_ids` after the cached tokens."""
+        torch, loaded = self._torch, self._loaded
+        transformers = require_module("transformers", "hf", "The transformers backend")
+        if self._cache is None:
+            self._cache = transformers.DynamicCache(config=loaded.model.config)
+        input_ids = torch.tensor([new_ids], device=loaded.device)  # [1, new]
+        with loaded.lock, torch.inference_mode():
+            output = loaded.model(input_ids=input_ids, past_key_values=self._cache, use_cache=True,
+                                  logits_to_keep=1)
+        self._cache = output.past_key_values
+        self._cached_ids.extend(new_ids)
+        self._next_logits = output.logits[0, -1].float()  # [vocab]
+
+    def _sample(self) -> int:
+        """Draw the next token from `_next_logits` with the run's temperature and top-p."""
+        torch, sampling = self._torch, self._sampling
+        logits = self._next_logits
+        if sampling.temperature == 0:
+            return int(logits.argmax())
+        probs = torch.softmax(logits / sampling.temperature, dim=-1)  # [vocab]
+        if sampling.top_p < 1.0:
+            sorted_probs, order = probs.sort(descending=True)
+            outside = sorted_probs.cumsum(-1) - sorted_probs >= sampling.top_p
+            sorted_probs[outside] = 0.0
+            probs = torch.zeros_like(probs).scatter_(0, order, sorted_probs)
+        return int(torch.multinomial(probs, 1, generator=self._generator))
+
+    # --- ModelSession --------------------------------------------------------------------------
+
+    async def probe(self, top_k: int | None) -> TokenDistribution:
+        return await asyncio.to_thread(self._probe_sync)
+
+    def _probe_sync(self) -> TokenDistribution:
+        torch = self._torch
+        if self._probe_token is None:
+            self._pending.clear()
+            self._last_prefill = self._sync_cache(self._committed)
+            self._probe_token = self._sample()
+        logprobs = torch.log_softmax(self._next_logits, dim=-1)  # [vocab], temperature 1
+        entropy = float(-(logprobs.exp() * logprobs).sum())
+        top = logprobs.topk(min(RECORDED_TOP_K, logprobs.shape[0])).values
+        return TokenDistribution(tuple(top.tolist()), vocab_size=logprobs.shape[0], exact_entropy=entropy)
+
+    def write(self, max_tokens: int, stop: Sequence[str]) -> StepWriter:
+        return _TransformersWriter(self, max_tokens, stop)
+
+    def commit(self) -> None:
+        self._committed.extend(self._pending)
+        self._pending.clear()
+        self._probe_token = None
+
+    def discard(self) -> None:
+        self._pending.clear()
+        self._probe_token = None
+
+    async def append_text(self, text: str) -> None:
+        self.discard()
+        self._committed.extend(self._loaded.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    async def aclose(self) -> None:
+        self._cache = None
+        self._next_logits = None
+
+
+class _TransformersWriter(StepWriter):
+    def __init__(self, session: TransformersSession, max_tokens: int, stop: Sequence[str]) -> None:
+        self._session = session
+        self._max_tokens = max_tokens
+        self._stop = stop
+
+    def _first_token(self) -> int:
+        session = self._session
+        if session._probe_token is not None:  # keep the probe token as the step's first token
+            self.prefill_tokens = session._last_prefill
+            return session._probe_token
+        session._pending.clear()
+        self.prefill_tokens = session._sync_cache(session._committed)
+        return session._sample()
+
+    def _next_token(self, token: int) -> int:
+        self._session._feed([token])
+        return self._session._sample()
+
+    async def __aiter__(self) -> AsyncIterator[str]:
+        session = self._session
+        tokenizer = session._loaded.tokenizer
+        scanner = StopScanner(self._stop)
+        step_ids = session._pending
+        text = ""
+        token = await asyncio.to_thread(self._first_token)
+        while True:
+            if token in session._loaded.eos_ids:
+                self.end = "end_of_text"
+                return
+            step_ids.append(token)
+            self.tokens += 1
+            decoded = tokenizer.decode(step_ids, skip_special_tokens=False)
+            if not decoded.endswith("\ufffd"):  # hold back a partial UTF-8 character
+                delta, text = decoded[len(text):], decoded
+                if delta:
+                    yield delta
+            if scanner.found(text):
+                self.end = "stop_string"
+                return
+            if self.tokens >= self._max_tokens:
+                self.end = "max_tokens"
+                return
+            token = await asyncio.to_thread(self._next_token, token)

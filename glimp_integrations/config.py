@@ -1,0 +1,105 @@
+"""Typed, validated configuration of a router run."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal, get_args
+
+from glimp_integrations.errors import invalid
+
+PolicyName = Literal["glimpse", "always_small", "always_large", "random"]
+BackendName = Literal["transformers", "scripted"]
+ReasoningMode = Literal["auto", "think", "plain"]
+Role = Literal["small", "large"]
+
+POLICY_NAMES: tuple[str, ...] = get_args(PolicyName)
+BACKEND_NAMES: tuple[str, ...] = get_args(BackendName)
+REASONING_MODES: tuple[str, ...] = get_args(ReasoningMode)
+
+#: Probe sizes tried in order: top-k logprobs, then the whole vocabulary (None).
+DEFAULT_PROBE_LADDER: tuple[int | None, ...] = (20, 100, None)
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """How tokens are drawn.  The probe's entropy always uses the raw (temperature 1) distribution."""
+
+    temperature: float = 0.6
+    """Softmax temperature for sampling; 0 means greedy (argmax)."""
+    top_p: float = 0.95
+    """Nucleus sampling: keep the smallest set of tokens whose mass reaches `top_p`."""
+    seed: int | None = None
+    """Makes a run repeatable: same seed, same models, same question -> same trace."""
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.temperature, (int, float)) and 0 <= self.temperature < math.inf):
+            raise invalid("temperature", self.temperature, "must be a finite number >= 0",
+                          "Use 0 for greedy decoding or e.g. 0.6 (the paper's setting).")
+        if not (isinstance(self.top_p, (int, float)) and 0 < self.top_p <= 1):
+            raise invalid("top_p", self.top_p, "must be in (0, 1]", "Use 1.0 to disable nucleus sampling.")
+        if self.seed is not None and not isinstance(self.seed, int):
+            raise invalid("seed", self.seed, "must be an int or None", "Pass e.g. seed=0.")
+
+
+@dataclass(frozen=True)
+class RouterConfig:
+    """Everything that decides how a run is routed.  Defaults follow the paper."""
+
+    policy: PolicyName = "glimpse"
+    """Who writes each step: `glimpse` (entropy of the probe), `always_small`, `always_large`,
+    or `random` (the large model with probability `random_rate`)."""
+    threshold: float = 0.9
+    """tau, in nats: a step whose probe entropy H_init exceeds it is written by the large model.
+    `math.inf` delegates every step."""
+    random_rate: float = 0.25
+    """Probability that the `random` policy sends a step to the large model."""
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    reasoning_mode: ReasoningMode = "auto"
+    """`think`: route the `<think>` reasoning step by step, the large model writes the answer after
+    `</think>`.  `plain`: route the whole response.  `auto`: `think` when the large model's chat
+    template or vocabulary knows `<think>`, else `plain`."""
+    reasoning_budget: int = 8192
+    """Most tokens routed step by step (the reasoning in `think` mode, the response in `plain`)."""
+    answer_budget: int = 2048
+    """Most tokens of the large model's final answer after `</think>` (`think` mode only)."""
+    max_step_tokens: int | None = None
+    """Cut a step that has not ended after this many tokens (None: only the budget limits it)."""
+    step_separator: str = "\n\n"
+    """Text that ends a step (the paper: a blank line)."""
+    probe_ladder: tuple[int | None, ...] = DEFAULT_PROBE_LADDER
+    """Logprob counts asked for in turn while the entropy bounds straddle the threshold
+    (None: the whole vocabulary).  Backends that return the whole vocabulary skip the ladder."""
+
+    def __post_init__(self) -> None:
+        if self.policy not in POLICY_NAMES:
+            raise invalid("policy", self.policy, f"must be one of {', '.join(POLICY_NAMES)}",
+                          "Pick one of those names.")
+        if not isinstance(self.threshold, (int, float)) or math.isnan(self.threshold) or self.threshold < 0:
+            raise invalid("threshold", self.threshold, "must be a number >= 0 (nats; math.inf allowed)",
+                          "The paper's default is 0.9; use math.inf to delegate every step.")
+        if not (isinstance(self.random_rate, (int, float)) and 0 <= self.random_rate <= 1):
+            raise invalid("random_rate", self.random_rate, "must be in [0, 1]", "Pass e.g. random_rate=0.25.")
+        if self.reasoning_mode not in REASONING_MODES:
+            raise invalid("reasoning_mode", self.reasoning_mode, f"must be one of {', '.join(REASONING_MODES)}",
+                          "Use `auto` to pick it from the chat template.")
+        for name in ("reasoning_budget", "answer_budget"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise invalid(name, value, "must be a positive int (tokens)", f"Pass e.g. {name}=8192.")
+        if self.max_step_tokens is not None and (not isinstance(self.max_step_tokens, int) or self.max_step_tokens < 1):
+            raise invalid("max_step_tokens", self.max_step_tokens, "must be a positive int or None",
+                          "Pass None to let only the budget limit a step.")
+        if not isinstance(self.step_separator, str) or not self.step_separator:
+            raise invalid("step_separator", self.step_separator, "must be a non-empty string",
+                          'The paper uses "\\n\\n".')
+        ladder = self.probe_ladder
+        if not ladder or any(k is not None and (not isinstance(k, int) or k < 1) for k in ladder):
+            raise invalid("probe_ladder", ladder, "must be a non-empty sequence of positive ints or None",
+                          "Use e.g. (20, 100, None).")
+
+    def with_overrides(self, **overrides: Any) -> "RouterConfig":
+        """A copy with some fields changed (sampling fields may be given flat)."""
+        sampling_fields = {k: overrides.pop(k) for k in ("temperature", "top_p", "seed") if k in overrides}
+        sampling = replace(self.sampling, **sampling_fields) if sampling_fields else self.sampling
+        return replace(self, sampling=sampling, **overrides)

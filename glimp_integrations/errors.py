@@ -1,0 +1,54 @@
+"""Errors raised by Glimp.  Every message names the parameter, the value received and the fix."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from glimp_integrations.trace import RunTrace
+
+
+class GlimpError(Exception):
+    """Base class of every error Glimp raises on purpose."""
+
+
+class GlimpConfigError(GlimpError, ValueError):
+    """A parameter passed by the user is invalid; nothing was started."""
+
+
+class GlimpInputError(GlimpError, ValueError):
+    """The question or messages of a run are invalid; the router stays usable."""
+
+
+class ContextLengthError(GlimpInputError):
+    """The prompt does not fit in a model's context window."""
+
+
+class MissingDependencyError(GlimpError, ImportError):
+    """An optional dependency needed by the chosen backend is not installed."""
+
+
+class GlimpRunError(GlimpError, RuntimeError):
+    """A run failed part-way; `partial_trace` holds the steps written before the failure."""
+
+    def __init__(self, message: str, partial_trace: "RunTrace | None" = None) -> None:
+        super().__init__(message)
+        self.partial_trace = partial_trace
+
+
+def invalid(parameter: str, value: Any, rule: str, fix: str) -> GlimpConfigError:
+    """Build a config error in the house format: parameter, rule, value received, fix."""
+    return GlimpConfigError(f"`{parameter}` {rule}; got {value!r}. {fix}")
+
+
+def require_module(module: str, extra: str, purpose: str) -> Any:
+    """Import an optional dependency, or raise with the install command for it."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as error:
+        raise MissingDependencyError(
+            f"{purpose} needs the Python package `{module}`, which is not installed. "
+            f'Install it with: pip install "glimp[{extra}]"'
+        ) from error

@@ -1,0 +1,359 @@
+"""GlimpRouter: the routing loop of the paper (arXiv 2601.05110, Algorithm 1) in one place.
+
+For every step of the response:
+1. probe: the small model (SLM) samples the step's first token; H_init is the entropy (nats) of
+   that token's distribution at temperature 1.  Backends that return only top-k logprobs give
+   entropy bounds; more logprobs are asked for only while the bounds straddle the threshold, so
+   every decision equals the one the exact entropy would give;
+2. route: H_init <= threshold -> delegate, the SLM writes the step and keeps the probe token as
+   its first token; H_init > threshold -> intervene, the large model (LLM) writes the step from
+   the same context (the probe token is dropped);
+3. commit: the writer keeps its tokens (and their KV cache); the other model is handed the step
+   as text and processes it only when it next writes (a switch costs the prefill of the tokens
+   that model has not seen, not of the whole context).
+A step ends at the separator (a blank line).  For reasoning models the steps are the `<think>`
+reasoning; when the SLM closes it, or the reasoning budget runs out, the LLM writes the final
+answer after `</think>`.  Models without think tags have their whole response routed.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from typing import Any, AsyncIterator, Iterator, Mapping, Sequence
+
+from glimp_integrations import _sync
+from glimp_integrations.backends.base import Backend, Message, ModelSession
+from glimp_integrations.config import BACKEND_NAMES, RouterConfig, Role
+from glimp_integrations.entropy import Verdict
+from glimp_integrations.errors import GlimpError, GlimpInputError, GlimpRunError, invalid
+from glimp_integrations.policies import RoutingPolicy, SmallStepDraft, make_policy
+from glimp_integrations.trace import (
+    ProbeTrace,
+    RouterEvent,
+    RunFinished,
+    RunTrace,
+    StepDiscarded,
+    StepFinished,
+    StepStarted,
+    StepTrace,
+    TokenDelta,
+)
+
+logger = logging.getLogger(__name__)
+
+THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
+Prompt = str | Sequence[Mapping[str, Any]]
+"""A question, or chat messages in the OpenAI shape ({"role": ..., "content": ...})."""
+
+
+class GlimpRouter:
+    """Routes each step of a response between a small and a large model.
+
+    With no model arguments both roles run the embedded SmolLM2-135M-Instruct on the CPU (it
+    shows the mechanics, not the quality).  Name real models (HF ids or local folders) with
+    `small=` and `large=`.  Keyword arguments other than the backend's are `RouterConfig` fields
+    (`threshold`, `policy`, `temperature`, `seed`, ...).
+
+    >>> from glimp_integrations import GlimpRouter
+    >>> router = GlimpRouter(seed=0)                      # doctest: +SKIP
+    >>> trace = router.run("What is 12 + 30?")            # doctest: +SKIP
+    >>> trace.answer, trace.intervention_rate             # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        small: str | None = None,
+        large: str | None = None,
+        *,
+        backend: str | Backend = "transformers",
+        policy: str | RoutingPolicy = "glimpse",
+        config: RouterConfig | None = None,
+        device: str = "auto",
+        **config_fields: Any,
+    ) -> None:
+        base = config or RouterConfig()
+        policy_name = policy.name if isinstance(policy, RoutingPolicy) else policy
+        if isinstance(policy, RoutingPolicy):
+            config_fields.setdefault("policy", "glimpse")
+        else:
+            config_fields.setdefault("policy", policy_name)
+        try:
+            self.config = base.with_overrides(**config_fields)
+        except TypeError as error:
+            raise invalid("GlimpRouter(**kwargs)", sorted(config_fields), "must be RouterConfig fields",
+                          "See `RouterConfig` for the accepted names.") from error
+        self._custom_policy = policy if isinstance(policy, RoutingPolicy) else None
+        self.backend = backend if isinstance(backend, Backend) else load_backend(backend, small, large, device)
+
+    # --- public API -----------------------------------------------------------------------
+
+    def run(self, prompt: Prompt, **overrides: Any) -> RunTrace:
+        """Answer `prompt`; returns the trace.  Keyword overrides change `RouterConfig` fields
+        for this run only."""
+        return _sync.run_sync(self.arun(prompt, **overrides))
+
+    async def arun(self, prompt: Prompt, **overrides: Any) -> RunTrace:
+        async for event in self.astream(prompt, **overrides):
+            if isinstance(event, RunFinished):
+                return event.trace
+        raise AssertionError("the run ended without a RunFinished event")
+
+    def stream(self, prompt: Prompt, **overrides: Any) -> Iterator[RouterEvent]:
+        """Events as they happen: StepStarted, TokenDelta, StepFinished, ..., RunFinished."""
+        return _sync.iterate_sync(self.astream(prompt, **overrides))
+
+    async def astream(
+        self, prompt: Prompt, *, tools: Sequence[dict[str, Any]] | None = None, **overrides: Any
+    ) -> AsyncIterator[RouterEvent]:
+        """Async form of `stream`.  Closing the iterator early cancels the run.  `tools` (OpenAI
+        function schemas) are rendered into each model's chat template."""
+        messages = normalize_messages(prompt)
+        config = self._config_for(overrides)
+        policy = self._custom_policy or make_policy(config)
+        async for event in _Run(self.backend, config, policy, messages, tools).events():
+            yield event
+
+    def close(self) -> None:
+        self.backend.close()
+
+    def __enter__(self) -> "GlimpRouter":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _config_for(self, overrides: dict[str, Any]) -> RouterConfig:
+        if not overrides:
+            return self.config
+        try:
+            return self.config.with_overrides(**overrides)
+        except TypeError as error:
+            raise invalid("run(**overrides)", sorted(overrides), "must be RouterConfig fields",
+                          "See `RouterConfig` for the accepted names.") from error
+
+
+class _Written:
+    """What `_Run._write` leaves behind once a step is written."""
+
+    text = ""
+    tokens = 0
+    prefill_tokens = 0
+    end = "end_of_text"
+    hit_step_limit = False
+
+
+class _Run:
+    """The state of one run; `events` is the algorithm."""
+
+    def __init__(self, backend: Backend, config: RouterConfig, policy: RoutingPolicy,
+                 messages: list[Message], tools: Sequence[dict[str, Any]] | None) -> None:
+        self.backend = backend
+        self.config = config
+        self.policy = policy
+        self.messages = messages
+        self.tools = tools
+        self.rng = random.Random(config.sampling.seed)
+        self.mode = config.reasoning_mode
+        if self.mode == "auto":
+            self.mode = "think" if backend.knows_think_tags("large") else "plain"
+        self.steps: list[StepTrace] = []
+        self.started = time.perf_counter()
+        self.prompt_tokens = 0
+
+    async def events(self) -> AsyncIterator[RouterEvent]:
+        config, think = self.config, self.mode == "think"
+        phase = "reasoning" if think else "answer"
+        stop = [config.step_separator] + ([THINK_CLOSE] if think else [])
+        sessions: dict[Role, ModelSession] = {}
+        finish = "budget"
+        try:
+            for offset, role in enumerate(("small", "large")):
+                seed = None if config.sampling.seed is None else config.sampling.seed * 2 + offset
+                sessions[role] = await self.backend.open_session(
+                    role, self.messages, sampling=config.sampling, seed=seed, open_think=think, tools=self.tools)
+            small, large = sessions["small"], sessions["large"]
+            self.prompt_tokens = large.prompt_tokens
+            routed_tokens, reasoning_closed = 0, False
+            while True:
+                room = min(config.reasoning_budget - routed_tokens, _room(small), _room(large),
+                           config.max_step_tokens or config.reasoning_budget)
+                if room <= 0:
+                    break
+                index, step_started = len(self.steps), time.perf_counter()
+                probe, verdict = await self._route(small)
+                writer = small if verdict is Verdict.DELEGATE else large
+                decision = "delegate" if writer is small else "intervene"
+                basis = probe.basis if probe else "policy"
+                written = _Written()
+                async for event in self._write(writer, index, phase, decision, probe, room, stop, written):
+                    yield event
+                discarded = 0
+                if writer is small and not self.policy.keep_small_step(SmallStepDraft(written.text, written.tokens)):
+                    small.discard()
+                    discarded = written.tokens
+                    yield StepDiscarded(index, "small", written.text, written.tokens)
+                    writer, decision, basis, written = large, "intervene", "policy", _Written()
+                    async for event in self._write(large, index, phase, decision, probe, room, stop, written):
+                        yield event
+                reasoning_closed = think and THINK_CLOSE in written.text
+                step = StepTrace(
+                    index=index, model=writer.role, phase=phase, text=written.text.split(THINK_CLOSE)[0],
+                    tokens=written.tokens, prefill_tokens=written.prefill_tokens, decision=decision, basis=basis,
+                    probe=probe, seconds=time.perf_counter() - step_started,
+                    finish_reason=_step_finish(written, reasoning_closed), discarded_tokens=discarded)
+                writer.commit()
+                await (large if writer is small else small).append_text(written.text)
+                self.steps.append(step)
+                routed_tokens += written.tokens
+                yield StepFinished(step)
+                if written.end == "end_of_text" or reasoning_closed:
+                    finish = "stop"
+                    break
+            if think:
+                finish = "budget"
+                if not reasoning_closed:  # the budget ran out or the writer ended its text
+                    await large.append_text(f"\n{THINK_CLOSE}\n\n")
+                answer_started, answer = time.perf_counter(), _Written()
+                room = min(config.answer_budget, _room(large))
+                async for event in self._write(large, len(self.steps), "answer", "forced", None, room, [], answer):
+                    yield event
+                large.commit()
+                self.steps.append(StepTrace(
+                    index=len(self.steps), model="large", phase="answer", text=answer.text.lstrip(),
+                    tokens=answer.tokens, prefill_tokens=answer.prefill_tokens, decision="forced", basis="forced",
+                    probe=None, seconds=time.perf_counter() - answer_started,
+                    finish_reason=_step_finish(answer, False), discarded_tokens=0))
+                yield StepFinished(self.steps[-1])
+                if answer.end == "end_of_text":
+                    finish = "stop"
+        except GlimpError:
+            raise
+        except Exception as error:  # a backend failed mid-run: keep what was written
+            raise GlimpRunError(
+                f"The run failed at step {len(self.steps)} ({type(error).__name__}: {error}); "
+                "`partial_trace` on this error holds the steps written so far.",
+                partial_trace=self._trace("budget"),
+            ) from error
+        finally:
+            for session in sessions.values():
+                await session.aclose()
+        yield RunFinished(self._trace(finish))
+
+    async def _route(self, small: ModelSession) -> tuple[ProbeTrace | None, Verdict]:
+        """Ask the policy who writes the next step, probing the small model if it needs to.
+
+        Top-k probes climb `probe_ladder` (then the whole vocabulary) only while the entropy
+        bounds straddle the threshold."""
+        if not self.policy.needs_probe:
+            return None, self.policy.choose(None, self.rng)
+        started = time.perf_counter()
+        ladder = self.config.probe_ladder
+        ladder = ladder if ladder[-1] is None else (*ladder, None)
+        for escalations, top_k in enumerate(ladder):
+            distribution = await small.probe(top_k)
+            bounds = distribution.bounds()
+            choice = self.policy.choose(bounds, self.rng)
+            if choice is not Verdict.UNDECIDED:
+                break
+        assert choice is not Verdict.UNDECIDED, "the whole vocabulary gives the exact entropy"
+        exact = distribution.is_full
+        probe = ProbeTrace(
+            h_init=bounds.lower if exact else (bounds.lower + bounds.upper) / 2,
+            h_lower=bounds.lower, h_upper=bounds.upper, basis="full" if exact else "bounds",
+            top_k=None if exact else len(distribution.top_logprobs), escalations=escalations,
+            seconds=time.perf_counter() - started)
+        if choice is Verdict.INTERVENE:
+            small.discard()  # the probe token is not the large model's to keep
+        return probe, choice
+
+    async def _write(self, writer: ModelSession, index: int, phase: str, decision: str,
+                     probe: ProbeTrace | None, max_tokens: int, stop: Sequence[str],
+                     written: _Written) -> AsyncIterator[RouterEvent]:
+        """Announce a step, stream its text as TokenDeltas, and fill `written`."""
+        yield StepStarted(index, writer.role, phase, decision, probe)
+        step = writer.write(max_tokens, stop)
+        async for delta in step:
+            written.text += delta
+            yield TokenDelta(index, writer.role, phase, delta)
+        written.tokens, written.prefill_tokens, written.end = step.tokens, step.prefill_tokens, step.end
+        written.hit_step_limit = self.config.max_step_tokens == max_tokens
+
+    def _trace(self, finish: str) -> RunTrace:
+        answer_steps = [s for s in self.steps if s.phase == "answer"]
+        tokens_by_model = {"small": 0, "large": 0}
+        for step in self.steps:
+            tokens_by_model[step.model] += step.tokens
+        return RunTrace(
+            answer="".join(s.text for s in answer_steps).strip(),
+            reasoning="".join(s.text for s in self.steps if s.phase == "reasoning").strip(),
+            steps=list(self.steps), mode=self.mode, policy=self.policy.name,
+            threshold=self.config.threshold, small_model=self.backend.model_name("small"),
+            large_model=self.backend.model_name("large"), prompt_tokens=self.prompt_tokens,
+            wall_seconds=time.perf_counter() - self.started, finish_reason=finish,
+            tokens_by_model=tokens_by_model)
+
+
+def _room(session: ModelSession) -> int:
+    """Tokens the session can still write before its context window is full."""
+    return session.context_window - session.context_tokens - 1
+
+
+def _step_finish(written: _Written, reasoning_closed: bool) -> str:
+    if reasoning_closed:
+        return "end_of_reasoning"
+    if written.end == "stop_string":
+        return "separator"
+    if written.end == "end_of_text":
+        return "stop"
+    return "step_limit" if written.hit_step_limit else "budget"
+
+
+def normalize_messages(prompt: Prompt) -> list[Message]:
+    """Check a question or a message list and return it as a message list."""
+    if isinstance(prompt, str):
+        if not prompt.strip():
+            raise GlimpInputError("`prompt` is an empty question; got ''. Pass the question text.")
+        return [{"role": "user", "content": prompt}]
+    if not isinstance(prompt, Sequence) or isinstance(prompt, (bytes, bytearray)):
+        raise GlimpInputError(
+            f"`prompt` must be a question (str) or a list of chat messages; got {type(prompt).__name__}. "
+            'Pass e.g. [{"role": "user", "content": "..."}].')
+    messages: list[Message] = []
+    for position, message in enumerate(prompt):
+        role = message.get("role") if isinstance(message, Mapping) else None
+        content = message.get("content") if isinstance(message, Mapping) else None
+        if role not in ("system", "user", "assistant", "tool"):
+            raise GlimpInputError(
+                f"`prompt[{position}]['role']` must be system, user, assistant or tool; got {role!r}. "
+                "Fix the message's role.")
+        if not isinstance(content, str):
+            raise GlimpInputError(
+                f"`prompt[{position}]['content']` must be text; got {type(content).__name__}. "
+                "Glimp routes text only: pass the text content (images and audio are not supported).")
+        messages.append(dict(message))
+    if not messages:
+        raise GlimpInputError("`prompt` is an empty message list; got []. Pass at least one user message.")
+    if not any(m["role"] == "user" for m in messages):
+        roles = [m["role"] for m in messages]
+        raise GlimpInputError(f"`prompt` has no user message; got roles {roles}. Add the user's question.")
+    return messages
+
+
+def load_backend(name: str, small: str | None, large: str | None, device: str = "auto") -> Backend:
+    """Build a backend by name.  With neither model named, both roles use the embedded default."""
+    if name not in BACKEND_NAMES or name == "scripted":
+        raise invalid("backend", name, "must be `transformers` (or a Backend instance, such as ScriptedBackend)",
+                      f"Use backend='transformers', or pass a Backend object. Known names: {', '.join(BACKEND_NAMES)}.")
+    if (small is None) != (large is None):
+        missing = "large" if large is None else "small"
+        raise invalid(missing, None, "must be given when the other model is",
+                      "Name both `small` and `large`, or neither for the embedded default.")
+    from glimp_integrations.backends.transformers import TransformersBackend
+
+    if small is None:
+        from glimp_integrations.embedded import embedded_model_dir
+
+        small = large = str(embedded_model_dir())
+    return TransformersBackend(small, large, device=device)

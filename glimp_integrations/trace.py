@@ -1,0 +1,198 @@
+"""What a run did, step by step, and the events emitted while it happens.
+
+Vocabulary (used throughout Glimp):
+- step: a span of the response that ends at the step separator (a blank line by default);
+- probe: the small model's first token of a step and its distribution; H_init is that
+  distribution's entropy in nats;
+- delegate: the small model writes the step (the probe token is kept as its first token);
+- intervene: the large model writes the step from the same context;
+- intervention rate: the share of routed steps written by the large model.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal, Union
+
+from glimp_integrations.config import Role
+
+Phase = Literal["reasoning", "answer"]
+DecisionBasis = Literal["full", "bounds", "policy", "forced"]
+"""How a step's writer was chosen: `full` (exact entropy over the whole vocabulary), `bounds`
+(certified by top-k entropy bounds), `policy` (a policy that needs no probe), `forced` (not
+routed: the large model's final answer)."""
+
+
+@dataclass
+class ProbeTrace:
+    """The probe at the start of a routed step."""
+
+    h_init: float | None
+    """Entropy in nats; exact when `basis` is `full`, else the midpoint of the bounds."""
+    h_lower: float
+    h_upper: float
+    basis: Literal["full", "bounds"]
+    top_k: int | None
+    """Logprobs that settled the decision (None: the whole vocabulary)."""
+    escalations: int
+    """How many times more logprobs had to be requested."""
+    seconds: float
+
+
+@dataclass
+class StepTrace:
+    """One step of the response."""
+
+    index: int
+    model: Role
+    phase: Phase
+    text: str
+    tokens: int
+    """Tokens in the step (the probe token included when delegated)."""
+    prefill_tokens: int
+    """Context tokens the writer had to process before writing (what it had not seen yet)."""
+    decision: Literal["delegate", "intervene", "forced"]
+    basis: DecisionBasis
+    probe: ProbeTrace | None
+    seconds: float
+    """Wall time of the step, its probe included."""
+    finish_reason: Literal["separator", "end_of_reasoning", "stop", "budget", "step_limit"]
+    discarded_tokens: int = 0
+    """Tokens the small model wrote for this step that a policy threw away (wasted work)."""
+
+    @property
+    def h_init(self) -> float | None:
+        return self.probe.h_init if self.probe else None
+
+
+@dataclass
+class RunTrace:
+    """A whole run: every step, the answer and the totals."""
+
+    answer: str
+    reasoning: str
+    steps: list[StepTrace]
+    mode: Literal["think", "plain"]
+    policy: str
+    threshold: float
+    small_model: str
+    large_model: str
+    prompt_tokens: int
+    wall_seconds: float
+    finish_reason: Literal["stop", "budget"]
+    tokens_by_model: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def routed_steps(self) -> list[StepTrace]:
+        return [s for s in self.steps if s.decision != "forced"]
+
+    @property
+    def intervention_rate(self) -> float:
+        routed = self.routed_steps
+        return sum(s.model == "large" for s in routed) / len(routed) if routed else 0.0
+
+    @property
+    def discarded_tokens(self) -> int:
+        return sum(s.discarded_tokens for s in self.steps)
+
+    @property
+    def probe_count(self) -> int:
+        return sum(s.probe is not None for s in self.steps)
+
+    @property
+    def escalations(self) -> int:
+        return sum(s.probe.escalations for s in self.steps if s.probe)
+
+    @property
+    def completion_tokens(self) -> int:
+        return sum(s.tokens for s in self.steps)
+
+    @property
+    def reasoning_tokens(self) -> int:
+        return sum(s.tokens for s in self.steps if s.phase == "reasoning")
+
+    def summary(self) -> dict[str, Any]:
+        """The run's totals, without the step texts."""
+        return {
+            "steps": len(self.steps),
+            "routed_steps": len(self.routed_steps),
+            "intervention_rate": self.intervention_rate,
+            "tokens_by_model": dict(self.tokens_by_model),
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "reasoning_tokens": self.reasoning_tokens,
+            "probe_count": self.probe_count,
+            "escalations": self.escalations,
+            "discarded_tokens": self.discarded_tokens,
+            "wall_seconds": self.wall_seconds,
+            "finish_reason": self.finish_reason,
+            "mode": self.mode,
+            "policy": self.policy,
+            "threshold": self.threshold,
+            "small_model": self.small_model,
+            "large_model": self.large_model,
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["threshold"] = _json_number(self.threshold)
+        data.update({k: v for k, v in self.summary().items() if k not in data})
+        for step, raw in zip(self.steps, data["steps"]):
+            raw["h_init"] = step.h_init
+        return data
+
+    def to_json(self, **kwargs: Any) -> str:
+        return json.dumps(self.to_dict(), **kwargs)
+
+
+def _json_number(value: float) -> float | str:
+    """JSON has no infinity: write it as the string "inf"."""
+    return value if value not in (float("inf"), float("-inf")) else str(value)
+
+
+# --- Events, emitted while a run happens -----------------------------------------------------
+
+
+@dataclass
+class StepStarted:
+    """The writer of step `index` has been chosen; its tokens follow as `TokenDelta`s."""
+
+    index: int
+    model: Role
+    phase: Phase
+    decision: Literal["delegate", "intervene", "forced"]
+    probe: ProbeTrace | None
+
+
+@dataclass
+class TokenDelta:
+    """New text of step `index`."""
+
+    index: int
+    model: Role
+    phase: Phase
+    text: str
+
+
+@dataclass
+class StepDiscarded:
+    """A policy threw away the small model's step `index`; the large model writes it again."""
+
+    index: int
+    model: Role
+    text: str
+    tokens: int
+
+
+@dataclass
+class StepFinished:
+    step: StepTrace
+
+
+@dataclass
+class RunFinished:
+    trace: RunTrace
+
+
+RouterEvent = Union[StepStarted, TokenDelta, StepDiscarded, StepFinished, RunFinished]
