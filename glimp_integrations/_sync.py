@@ -8,6 +8,8 @@ running event loop (a notebook, an async framework calling a sync API).
 from __future__ import annotations
 
 import asyncio
+import atexit
+import concurrent.futures
 import threading
 from typing import AsyncIterator, Awaitable, Iterator, TypeVar
 
@@ -15,17 +17,33 @@ T = TypeVar("T")
 
 _lock = threading.Lock()
 _loop: asyncio.AbstractEventLoop | None = None
+_thread: threading.Thread | None = None
 
 
 def background_loop() -> asyncio.AbstractEventLoop:
     """The process's background event loop, started on first use."""
-    global _loop
+    global _loop, _thread
     with _lock:
         if _loop is None or _loop.is_closed():
-            loop = asyncio.new_event_loop()
-            threading.Thread(target=loop.run_forever, name="glimp-event-loop", daemon=True).start()
-            _loop = loop
+            _loop = asyncio.new_event_loop()
+            _thread = threading.Thread(target=_loop.run_forever, name="glimp-event-loop", daemon=True)
+            _thread.start()
+            atexit.register(_stop_background_loop)
         return _loop
+
+
+def _stop_background_loop() -> None:
+    """Join the loop's worker threads before interpreter exit: a torch call still running in
+    one while the interpreter tears down aborts the process."""
+    loop, thread = _loop, _thread
+    if loop is None or thread is None or loop.is_closed():
+        return
+    try:
+        asyncio.run_coroutine_threadsafe(loop.shutdown_default_executor(), loop).result(timeout=30)
+    except (concurrent.futures.TimeoutError, RuntimeError):
+        pass  # exiting anyway: a stuck worker must not hang the exit
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(timeout=5)
 
 
 def run_sync(awaitable: Awaitable[T]) -> T:

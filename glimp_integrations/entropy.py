@@ -20,16 +20,19 @@ def entropy_nats(logprobs: Sequence[float]) -> float:
     return -sum(math.exp(lp) * lp for lp in logprobs if lp > -math.inf)
 
 
+#: Rounding allowance (nats) for bounds computed from top-k logprobs: a bound this close to the
+#: threshold does not settle the decision, so more logprobs are asked for.
+ROUNDING_MARGIN = 1e-9
+
+
 @dataclass(frozen=True)
 class EntropyBounds:
     """An interval [lower, upper] (nats) certain to contain the exact entropy."""
 
     lower: float
     upper: float
-
-    @property
-    def exact(self) -> bool:
-        return self.upper - self.lower <= 1e-9
+    exact: bool = False
+    """True when computed from the whole distribution (then lower == upper is the entropy)."""
 
     @property
     def width(self) -> float:
@@ -55,7 +58,9 @@ def entropy_bounds(top_logprobs: Sequence[float], vocab_size: int) -> EntropyBou
     head = -sum(p * math.log(p) for p in probs if p > 0.0)
     tail_mass = max(0.0, 1.0 - sum(probs))
     tail_tokens = vocab_size - k
-    if tail_mass <= 1e-12 or tail_tokens == 0:
+    if tail_tokens == 0:
+        return EntropyBounds(head, head, exact=True)
+    if tail_mass <= 1e-12:
         return EntropyBounds(head, head)
     smallest = probs[-1]
     full_tokens = min(math.floor(tail_mass / smallest), tail_tokens) if smallest > 0 else 0
@@ -77,8 +82,9 @@ class Verdict(str, Enum):
 
 def verdict(bounds: EntropyBounds, threshold: float) -> Verdict:
     """The decision the exact entropy would give, or UNDECIDED if the bounds cannot tell."""
-    if bounds.upper <= threshold:
+    margin = 0.0 if bounds.exact else ROUNDING_MARGIN
+    if bounds.upper + margin <= threshold:
         return Verdict.DELEGATE
-    if bounds.lower > threshold:
+    if bounds.lower - margin > threshold:
         return Verdict.INTERVENE
     return Verdict.UNDECIDED

@@ -37,7 +37,7 @@ class TokenDistribution:
 
     def bounds(self) -> EntropyBounds:
         if self.exact_entropy is not None:
-            return EntropyBounds(self.exact_entropy, self.exact_entropy)
+            return EntropyBounds(self.exact_entropy, self.exact_entropy, exact=True)
         return entropy_bounds(self.top_logprobs, self.vocab_size)
 
 
