@@ -10,7 +10,8 @@ if [ -f "$stamp" ] && [ "$stamp" -nt pyproject.toml ] && [ "$stamp" -nt scripts/
   exit 0
 fi
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
-pip() { "$VENV/bin/python" -m pip --disable-pip-version-check -q "$@"; }
+# pip's notes about this machine's unused local index folders are noise: filter them out.
+pip() { "$VENV/bin/python" -m pip --disable-pip-version-check -q "$@" 2> >(grep -v "is ignored: it is neither" >&2); }
 echo "glimp: installing into $VENV (first time takes a few minutes)" >&2
 pip install --upgrade pip
 # CPU build of torch first: an unpinned torch would pull a multi-GB CUDA build.

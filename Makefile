@@ -1,0 +1,19 @@
+# Two commands do all the set-up on a fresh machine (each creates .venv first if needed):
+#   make ask    run `glimp ask` on the embedded default model (CPU, offline)
+#   make test   run the whole test suite (what CI runs)
+VENV ?= .venv
+PYTHON := $(VENV)/bin/python
+Q ?= Tom has 3 apples and buys 4 more. How many apples does he have? Think step by step.
+
+.PHONY: setup ask test bench
+setup:
+	@bash scripts/setup.sh
+
+ask: setup
+	$(VENV)/bin/glimp ask "$(Q)" --seed 0
+
+test: setup
+	$(PYTHON) -m pytest
+
+bench: setup
+	$(PYTHON) benchmarks/routing_overhead.py

@@ -1,0 +1,92 @@
+"""The real embedded model (SmolLM2-135M-Instruct) on the transformers backend, on the CPU."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+
+from glimp_integrations import ContextLengthError, GlimpRouter
+
+pytestmark = pytest.mark.embedded
+
+QUESTION = "Tom has 3 apples and buys 4 more. How many apples does he have? Think step by step."
+
+
+def test_routed_run_on_the_real_model_uses_both_models_and_reuses_caches(embedded_router):
+    trace = embedded_router.run(QUESTION, reasoning_budget=80, threshold=0.9)
+    assert trace.mode == "plain" and trace.steps
+    assert trace.answer == "".join(s.text for s in trace.steps).strip()
+    assert sum(trace.tokens_by_model.values()) == trace.completion_tokens <= 80
+    context = trace.prompt_tokens
+    last_writer = None
+    for step in trace.steps:
+        assert step.probe is not None and step.probe.basis == "full"  # transformers gives the whole vocabulary
+        assert (step.model == "large") == (step.probe.h_init > 0.9)
+        if step.index > 0:
+            # a model only prefills what it has not seen: never the whole context again
+            assert 0 < step.prefill_tokens < context
+        if step.model == last_writer:
+            assert step.prefill_tokens == 1  # only its own last token, not yet fed
+        context += step.tokens
+        last_writer = step.model
+
+
+def test_same_seed_same_trace(embedded_router):
+    first = embedded_router.run(QUESTION, reasoning_budget=30, seed=7)
+    second = embedded_router.run(QUESTION, reasoning_budget=30, seed=7)
+    assert [(s.model, s.text) for s in first.steps] == [(s.model, s.text) for s in second.steps]
+
+
+@pytest.mark.parametrize("threshold, writer", [(math.inf, "small"), (0.0, "large")])
+def test_threshold_extremes(embedded_router, threshold, writer):
+    trace = embedded_router.run(QUESTION, reasoning_budget=25, threshold=threshold)
+    assert {s.model for s in trace.steps} == {writer}
+    assert trace.intervention_rate == (1.0 if writer == "large" else 0.0)
+
+
+def test_think_mode_on_the_real_model_closes_reasoning_and_the_large_model_answers(embedded_router):
+    trace = embedded_router.run(QUESTION, reasoning_mode="think", reasoning_budget=30, answer_budget=15)
+    reasoning = [s for s in trace.steps if s.phase == "reasoning"]
+    assert reasoning and sum(s.tokens for s in reasoning) <= 30
+    answer = trace.steps[-1]
+    assert (answer.model, answer.phase, answer.decision) == ("large", "answer", "forced")
+    assert 0 < answer.tokens <= 15 and trace.answer == answer.text.strip()
+
+
+def test_too_long_prompt_on_the_real_model(embedded_router):
+    with pytest.raises(ContextLengthError, match="context window is 8192 tokens"):
+        embedded_router.run("apple " * 9000)
+    assert embedded_router.run("Say hi.", reasoning_budget=5).steps
+
+
+def _glimp(*args):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.run([sys.executable, "-m", "glimp_integrations.cli", *args], capture_output=True,
+                          text=True, timeout=300, env=env)
+
+
+def test_glimp_ask_json_prints_only_the_trace():
+    result = _glimp("ask", QUESTION, "--json", "--seed", "0", "--reasoning-budget", "40")
+    assert result.returncode == 0, result.stderr
+    trace = json.loads(result.stdout)
+    assert trace["steps"] and trace["answer"]
+    assert trace["completion_tokens"] == sum(s["tokens"] for s in trace["steps"]) <= 40
+    assert set(trace["tokens_by_model"]) == {"small", "large"}
+    assert 0.0 <= trace["intervention_rate"] <= 1.0
+
+
+def test_glimp_ask_shows_each_step_by_model_and_a_summary():
+    result = _glimp("ask", QUESTION, "--seed", "0", "--reasoning-budget", "40", "--threshold", "0.9")
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "[step 0 | " in out and "H_init=" in out
+    assert "-- " in out and "intervention rate" in out and "tokens small=" in out
+
+
+def test_glimp_ask_reports_bad_input_on_stderr():
+    result = _glimp("ask", "hi", "--small", "/no/such/dir", "--large", "/no/such/dir")
+    assert result.returncode == 2
+    assert "`small`" in result.stderr and result.stdout == ""

@@ -1,0 +1,82 @@
+"""Bad input gets an error naming the parameter, the value and the fix; the router stays usable."""
+
+import math
+
+import pytest
+
+from glimp_integrations import (
+    ContextLengthError,
+    GlimpConfigError,
+    GlimpInputError,
+    GlimpRouter,
+    RouterConfig,
+    SamplingConfig,
+)
+from tests.conftest import scripted_router, step
+
+
+@pytest.mark.parametrize("fields, names", [
+    ({"threshold": -0.1}, ["`threshold`", "-0.1", "math.inf"]),
+    ({"threshold": math.nan}, ["`threshold`", "nan"]),
+    ({"policy": "smartest"}, ["`policy`", "'smartest'", "glimpse"]),
+    ({"random_rate": 2}, ["`random_rate`", "2"]),
+    ({"reasoning_budget": 0}, ["`reasoning_budget`", "0"]),
+    ({"reasoning_mode": "deep"}, ["`reasoning_mode`", "'deep'"]),
+    ({"probe_ladder": (20, -5)}, ["`probe_ladder`"]),
+    ({"step_separator": ""}, ["`step_separator`"]),
+])
+def test_invalid_config_names_parameter_value_and_fix(fields, names):
+    with pytest.raises(GlimpConfigError) as info:
+        RouterConfig(**fields)
+    for name in names:
+        assert name in str(info.value)
+
+
+@pytest.mark.parametrize("fields, name", [({"temperature": -1}, "`temperature`"), ({"top_p": 0}, "`top_p`")])
+def test_invalid_sampling(fields, name):
+    with pytest.raises(GlimpConfigError, match=name):
+        SamplingConfig(**fields)
+
+
+def test_unknown_backend_and_unknown_keyword():
+    with pytest.raises(GlimpConfigError, match="`backend`.*'sglang-turbo'"):
+        GlimpRouter(backend="sglang-turbo")
+    with pytest.raises(GlimpConfigError, match="RouterConfig fields"):
+        GlimpRouter(backend=scripted_router([], [])[1], thresold=0.5)
+
+
+def test_missing_model_path_is_named():
+    with pytest.raises(GlimpConfigError, match="`small`.*/no/such/model"):
+        GlimpRouter("/no/such/model", "/no/such/model")
+    with pytest.raises(GlimpConfigError, match="`large`"):
+        GlimpRouter(small="/tmp")
+
+
+@pytest.mark.parametrize("prompt, fragment", [
+    ("", "empty question"),
+    ("   ", "empty question"),
+    ([], "empty message list"),
+    ([{"role": "system", "content": "be brief"}], "no user message"),
+    ([{"role": "user", "content": [{"type": "image_url", "image_url": "x"}]}], "`prompt[0]['content']`"),
+    ([{"role": "wizard", "content": "hi"}], "`prompt[0]['role']`"),
+    (42, "`prompt` must be a question"),
+])
+def test_bad_prompts_are_rejected_and_the_router_stays_usable(prompt, fragment):
+    router, _ = scripted_router([step("fine")], [])
+    with pytest.raises(GlimpInputError, match=fragment.replace("[", r"\[").replace("]", r"\]")):
+        router.run(prompt)
+    assert router.run("a real question").answer == "fine"
+
+
+def test_prompt_longer_than_the_context_window():
+    router, _ = scripted_router([step("fine")], [], context_window=10)
+    with pytest.raises(ContextLengthError, match="context window is 10 tokens"):
+        router.run("word " * 50)
+    assert router.run("short").answer == "fine"
+
+
+def test_a_run_stops_at_the_context_window():
+    router, _ = scripted_router([step("a b c d e f g h i j k l m n o p\n\n")] * 5, [], context_window=20)
+    trace = router.run("q")
+    assert trace.finish_reason == "budget"
+    assert trace.prompt_tokens + trace.completion_tokens < 20
