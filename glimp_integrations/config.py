@@ -67,6 +67,10 @@ class RouterConfig:
     """Cut a step that has not ended after this many tokens (None: only the budget limits it)."""
     step_separator: str = "\n\n"
     """Text that ends a step (the paper: a blank line)."""
+    stop: tuple[str, ...] = ()
+    """Stop sequences for the response: the run ends before the first one the answer contains."""
+    timeout: float | None = None
+    """Wall-clock limit of a run in seconds; past it the run raises `GlimpTimeoutError`."""
     probe_ladder: tuple[int | None, ...] = DEFAULT_PROBE_LADDER
     """Logprob counts asked for in turn while the entropy bounds straddle the threshold
     (None: the whole vocabulary).  Backends that return the whole vocabulary skip the ladder."""
@@ -93,6 +97,12 @@ class RouterConfig:
         if not isinstance(self.step_separator, str) or not self.step_separator:
             raise invalid("step_separator", self.step_separator, "must be a non-empty string",
                           'The paper uses "\\n\\n".')
+        if isinstance(self.stop, str) or any(not isinstance(s, str) or not s for s in self.stop):
+            raise invalid("stop", self.stop, "must be a sequence of non-empty strings",
+                          'Pass e.g. stop=["Observation:"].')
+        if self.timeout is not None and not (isinstance(self.timeout, (int, float)) and self.timeout > 0):
+            raise invalid("timeout", self.timeout, "must be a positive number of seconds or None",
+                          "Pass e.g. timeout=120, or None for no limit.")
         ladder = self.probe_ladder
         if not ladder or any(k is not None and (not isinstance(k, int) or k < 1) for k in ladder):
             raise invalid("probe_ladder", ladder, "must be a non-empty sequence of positive ints or None",
@@ -102,4 +112,6 @@ class RouterConfig:
         """A copy with some fields changed (sampling fields may be given flat)."""
         sampling_fields = {k: overrides.pop(k) for k in ("temperature", "top_p", "seed") if k in overrides}
         sampling = replace(self.sampling, **sampling_fields) if sampling_fields else self.sampling
+        if overrides.get("stop") is not None and not isinstance(overrides["stop"], str):
+            overrides["stop"] = tuple(overrides["stop"])
         return replace(self, sampling=sampling, **overrides)

@@ -52,3 +52,7 @@ def require_module(module: str, extra: str, purpose: str) -> Any:
             f"{purpose} needs the Python package `{module}`, which is not installed. "
             f'Install it with: pip install "glimp[{extra}]"'
         ) from error
+
+
+class GlimpTimeoutError(GlimpRunError, TimeoutError):
+    """A run went past its `timeout`; `partial_trace` holds the steps written before it."""

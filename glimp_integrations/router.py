@@ -27,7 +27,7 @@ from glimp_integrations import _sync
 from glimp_integrations.backends.base import Backend, Message, ModelSession
 from glimp_integrations.config import BACKEND_NAMES, RouterConfig, Role
 from glimp_integrations.entropy import Verdict
-from glimp_integrations.errors import GlimpError, GlimpInputError, GlimpRunError, invalid
+from glimp_integrations.errors import GlimpError, GlimpInputError, GlimpRunError, GlimpTimeoutError, invalid
 from glimp_integrations.policies import RoutingPolicy, SmallStepDraft, make_policy
 from glimp_integrations.trace import (
     ProbeTrace,
@@ -105,14 +105,21 @@ class GlimpRouter:
         return _sync.iterate_sync(self.astream(prompt, **overrides))
 
     async def astream(
-        self, prompt: Prompt, *, tools: Sequence[dict[str, Any]] | None = None, **overrides: Any
+        self,
+        prompt: Prompt,
+        *,
+        tools: Sequence[dict[str, Any]] | None = None,
+        tool_choice: str | None = None,
+        **overrides: Any,
     ) -> AsyncIterator[RouterEvent]:
         """Async form of `stream`.  Closing the iterator early cancels the run.  `tools` (OpenAI
-        function schemas) are rendered into each model's chat template."""
+        function schemas) and `tool_choice` ("auto", "required" or a tool name) are rendered
+        into each model's chat prompt; `glimp_integrations.tools.parse_tool_calls` reads the calls
+        back from the answer."""
         messages = normalize_messages(prompt)
         config = self._config_for(overrides)
         policy = self._custom_policy or make_policy(config)
-        async for event in _Run(self.backend, config, policy, messages, tools).events():
+        async for event in _Run(self.backend, config, policy, messages, tools, tool_choice).events():
             yield event
 
     def close(self) -> None:
@@ -142,18 +149,21 @@ class _Written:
     prefill_tokens = 0
     end = "end_of_text"
     hit_step_limit = False
+    stopped = False
+    """True when the text reached one of the user's stop sequences (cut before it)."""
 
 
 class _Run:
     """The state of one run; `events` is the algorithm."""
 
-    def __init__(self, backend: Backend, config: RouterConfig, policy: RoutingPolicy,
-                 messages: list[Message], tools: Sequence[dict[str, Any]] | None) -> None:
+    def __init__(self, backend: Backend, config: RouterConfig, policy: RoutingPolicy, messages: list[Message],
+                 tools: Sequence[dict[str, Any]] | None, tool_choice: str | None) -> None:
         self.backend = backend
         self.config = config
         self.policy = policy
         self.messages = messages
         self.tools = tools
+        self.tool_choice = tool_choice
         self.rng = random.Random(config.sampling.seed)
         self.mode = config.reasoning_mode
         if self.mode == "auto":
@@ -165,14 +175,16 @@ class _Run:
     async def events(self) -> AsyncIterator[RouterEvent]:
         config, think = self.config, self.mode == "think"
         phase = "reasoning" if think else "answer"
-        stop = [config.step_separator] + ([THINK_CLOSE] if think else [])
+        # In plain mode the routed steps are the answer, so the user's stop sequences apply to them.
+        stop = [config.step_separator, *([THINK_CLOSE] if think else config.stop)]
         sessions: dict[Role, ModelSession] = {}
         finish = "budget"
         try:
             for offset, role in enumerate(("small", "large")):
                 seed = None if config.sampling.seed is None else config.sampling.seed * 2 + offset
                 sessions[role] = await self.backend.open_session(
-                    role, self.messages, sampling=config.sampling, seed=seed, open_think=think, tools=self.tools)
+                    role, self.messages, sampling=config.sampling, seed=seed, open_think=think, tools=self.tools,
+                    tool_choice=self.tool_choice)
             small, large = sessions["small"], sessions["large"]
             self.prompt_tokens = large.prompt_tokens
             routed_tokens, reasoning_closed = 0, False
@@ -208,7 +220,7 @@ class _Run:
                 self.steps.append(step)
                 routed_tokens += written.tokens
                 yield StepFinished(step)
-                if written.end == "end_of_text" or reasoning_closed:
+                if written.end == "end_of_text" or reasoning_closed or written.stopped:
                     finish = "stop"
                     break
             if think:
@@ -217,7 +229,8 @@ class _Run:
                     await large.append_text(f"\n{THINK_CLOSE}\n\n")
                 answer_started, answer = time.perf_counter(), _Written()
                 room = min(config.answer_budget, _room(large))
-                async for event in self._write(large, len(self.steps), "answer", "forced", None, room, [], answer):
+                async for event in self._write(large, len(self.steps), "answer", "forced", None, room,
+                                               config.stop, answer):
                     yield event
                 large.commit()
                 self.steps.append(StepTrace(
@@ -226,7 +239,7 @@ class _Run:
                     probe=None, seconds=time.perf_counter() - answer_started,
                     finish_reason=_step_finish(answer, False), discarded_tokens=0))
                 yield StepFinished(self.steps[-1])
-                if answer.end == "end_of_text":
+                if answer.end == "end_of_text" or answer.stopped:
                     finish = "stop"
         except GlimpError:
             raise
@@ -272,13 +285,34 @@ class _Run:
                      probe: ProbeTrace | None, max_tokens: int, stop: Sequence[str],
                      written: _Written) -> AsyncIterator[RouterEvent]:
         """Announce a step, stream its text as TokenDeltas, and fill `written`."""
+        self._check_deadline()
         yield StepStarted(index, writer.role, phase, decision, probe)
+        user_stop = self.config.stop if phase == "answer" else ()
+        holdback = max((len(s) for s in user_stop), default=1) - 1  # chars that may start a stop sequence
+        emitted = 0
         step = writer.write(max_tokens, stop)
         async for delta in step:
             written.text += delta
-            yield TokenDelta(index, writer.role, phase, delta)
+            cut = min((written.text.find(s) for s in user_stop if s in written.text), default=None)
+            if cut is not None:
+                written.text, written.stopped = written.text[:cut], True
+            ready = len(written.text) if cut is not None else len(written.text) - holdback
+            if ready > emitted:
+                yield TokenDelta(index, writer.role, phase, written.text[emitted:ready])
+                emitted = ready
+            self._check_deadline()
+        if len(written.text) > emitted:
+            yield TokenDelta(index, writer.role, phase, written.text[emitted:])
         written.tokens, written.prefill_tokens, written.end = step.tokens, step.prefill_tokens, step.end
         written.hit_step_limit = self.config.max_step_tokens == max_tokens
+
+    def _check_deadline(self) -> None:
+        timeout = self.config.timeout
+        if timeout is not None and time.perf_counter() - self.started > timeout:
+            raise GlimpTimeoutError(
+                f"The run went past `timeout` ({timeout} s) at step {len(self.steps)}; raise `timeout` or "
+                "lower `reasoning_budget`. `partial_trace` on this error holds the steps written so far.",
+                partial_trace=self._trace("budget"))
 
     def _trace(self, finish: str) -> RunTrace:
         answer_steps = [s for s in self.steps if s.phase == "answer"]

@@ -125,10 +125,11 @@ class Backend(abc.ABC):
         seed: int | None,
         open_think: bool,
         tools: Sequence[dict[str, Any]] | None = None,
+        tool_choice: str | None = None,
     ) -> ModelSession:
-        """Render `messages` with the model's chat template (and `tools`), followed by
-        `<think>\\n` when `open_think` and the template did not open it; raise
-        `ContextLengthError` when the prompt does not fit."""
+        """Render `messages` with the model's chat template (and `tools`, see
+        `glimp_integrations.tools.prepare_messages`), followed by `<think>\\n` when `open_think`
+        and the template did not open it; raise `ContextLengthError` when the prompt does not fit."""
 
     def close(self) -> None:
         """Release the models."""

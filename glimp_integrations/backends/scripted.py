@@ -23,6 +23,7 @@ from glimp_integrations.backends.base import (
     render_think_suffix,
 )
 from glimp_integrations.config import Role, SamplingConfig
+from glimp_integrations.tools import prepare_messages
 
 
 def peaked_logprobs(top_probability: float, vocab_size: int) -> list[float]:
@@ -62,6 +63,8 @@ class ScriptedBackend(Backend):
         self._cursor = {"small": 0, "large": 0}
         self.probe_requests: list[tuple[Role, int | None]] = []
         """Every probe asked for, in order: (role, top_k)."""
+        self.prompts: list[str] = []
+        """Every prompt rendered, in order (both roles)."""
 
     def model_name(self, role: Role) -> str:
         return self._models[role].name
@@ -87,10 +90,13 @@ class ScriptedBackend(Backend):
         seed: int | None,
         open_think: bool,
         tools: Sequence[dict[str, Any]] | None = None,
+        tool_choice: str | None = None,
     ) -> "ScriptedSession":
+        messages = prepare_messages(messages, tools, template_renders_tools=False, tool_choice=tool_choice)
         prompt = "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant:"
         prompt = render_think_suffix(prompt, open_think)
         model = self._models[role]
+        self.prompts.append(prompt)
         prompt_tokens = len(prompt.split())
         check_prompt_fits(role, model.name, prompt_tokens, model.context_window)
         return ScriptedSession(self, role, model, prompt, prompt_tokens)

@@ -29,6 +29,7 @@ from glimp_integrations.backends.base import (
 )
 from glimp_integrations.config import Role, SamplingConfig
 from glimp_integrations.errors import GlimpConfigError, invalid, require_module
+from glimp_integrations.tools import prepare_messages
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +67,7 @@ class LoadedModel:
         self.eos_ids = frozenset(i for i in eos_ids if i is not None)
         template = self.tokenizer.chat_template or ""
         self.knows_think_tags = "<think>" in template or "<think>" in self.tokenizer.get_vocab()
+        self.template_renders_tools = "tools" in template
 
 
 _loaded: "weakref.WeakValueDictionary[tuple[str, str], LoadedModel]" = weakref.WeakValueDictionary()
@@ -132,10 +134,13 @@ class TransformersBackend(Backend):
         seed: int | None,
         open_think: bool,
         tools: Sequence[dict[str, Any]] | None = None,
+        tool_choice: str | None = None,
     ) -> "TransformersSession":
         loaded = self._models[role]
+        messages = prepare_messages(messages, tools, loaded.template_renders_tools, tool_choice)
         prompt = loaded.tokenizer.apply_chat_template(
-            list(messages), tools=list(tools) if tools else None, tokenize=False, add_generation_prompt=True)
+            messages, tools=list(tools) if tools and loaded.template_renders_tools else None, tokenize=False,
+            add_generation_prompt=True)
         prompt = render_think_suffix(prompt, open_think)
         prompt_ids = loaded.tokenizer(prompt, add_special_tokens=False)["input_ids"]
         check_prompt_fits(role, loaded.name, len(prompt_ids), loaded.context_window)

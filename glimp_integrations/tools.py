@@ -1,0 +1,102 @@
+"""Tool calling for chat templates, shared by the backends and both framework adapters.
+
+Tools are OpenAI function schemas ({"type": "function", "function": {"name", "description",
+"parameters"}}).  A model whose chat template renders `tools` gets them through its template;
+for one whose template does not, the schemas and the expected call format are put in a system
+message.  Either way calls are read back from the answer in the Hermes/Qwen format,
+`<tool_call>{"name": ..., "arguments": {...}}</tool_call>`, or as a bare JSON object of that shape.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+from glimp_integrations.backends.base import Message
+
+_TOOL_CALL = re.compile(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|$)", re.DOTALL)
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    name: str
+    arguments: dict[str, Any]
+    id: str = field(default_factory=lambda: f"call_{uuid.uuid4().hex[:12]}")
+
+
+def tool_instructions(tools: Sequence[dict[str, Any]], tool_choice: str | None = None) -> str:
+    """A system prompt describing `tools` and how to call them (for templates without tools)."""
+    schemas = "\n".join(json.dumps(t.get("function", t)) for t in tools)
+    rule = {
+        None: "Call a tool only when it helps; otherwise answer in plain text.",
+        "auto": "Call a tool only when it helps; otherwise answer in plain text.",
+        "any": "You must call one of the tools.",
+        "required": "You must call one of the tools.",
+    }.get(tool_choice, f"You must call the tool `{tool_choice}`.")
+    return ("You can call these tools:\n" + schemas + "\n\nTo call a tool, reply with exactly "
+            '<tool_call>{"name": "TOOL_NAME", "arguments": {...}}</tool_call>. ' + rule)
+
+
+def prepare_messages(messages: Sequence[Message], tools: Sequence[dict[str, Any]] | None,
+                     template_renders_tools: bool, tool_choice: str | None = None) -> list[Message]:
+    """Messages ready for a chat template: when the template cannot render tools, describe them in
+    a system message and write earlier assistant tool calls inline as `<tool_call>` text."""
+    if template_renders_tools:
+        return [dict(m) for m in messages]
+    prepared: list[Message] = []
+    for message in messages:
+        message = dict(message)
+        calls = message.pop("tool_calls", None)
+        if calls:
+            inline = "".join(
+                "<tool_call>" + json.dumps({"name": c["function"]["name"], "arguments": c["function"]["arguments"]})
+                + "</tool_call>" for c in calls)
+            message["content"] = (message.get("content") or "") + inline
+        prepared.append(message)
+    if tools:
+        instructions = tool_instructions(tools, tool_choice)
+        if prepared and prepared[0]["role"] == "system":
+            prepared[0] = {**prepared[0], "content": prepared[0]["content"] + "\n\n" + instructions}
+        else:
+            prepared.insert(0, {"role": "system", "content": instructions})
+    return prepared
+
+
+def parse_tool_calls(text: str, tool_names: Sequence[str]) -> tuple[str, list[ToolCall]]:
+    """Split an answer into its plain text and the calls it makes to tools named `tool_names`.
+    Text that names no known tool, or is not valid JSON, stays text."""
+    calls: list[ToolCall] = []
+    spans: list[tuple[int, int]] = []
+    for match in _TOOL_CALL.finditer(text):
+        call = _as_call(match.group(1), tool_names)
+        if call:
+            calls.append(call)
+            spans.append(match.span())
+    if not calls:
+        stripped = text.strip()
+        call = _as_call(stripped, tool_names) if stripped.startswith("{") else None
+        return ("", [call]) if call else (text, [])
+    remaining = text
+    for start, end in reversed(spans):
+        remaining = remaining[:start] + remaining[end:]
+    return remaining.strip(), calls
+
+
+def _as_call(payload: str, tool_names: Sequence[str]) -> ToolCall | None:
+    payload = payload.strip().removeprefix("```json").removeprefix("```").removesuffix("```").strip()
+    try:
+        data = json.loads(payload)
+    except json.JSONDecodeError:
+        return None
+    if not isinstance(data, dict) or data.get("name") not in tool_names:
+        return None
+    arguments = data.get("arguments", data.get("parameters", {}))
+    if isinstance(arguments, str):
+        try:
+            arguments = json.loads(arguments)
+        except json.JSONDecodeError:
+            return None
+    return ToolCall(data["name"], arguments if isinstance(arguments, dict) else {})
