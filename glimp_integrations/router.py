@@ -145,6 +145,9 @@ class _Written:
     """What `_Run._write` leaves behind once a step is written."""
 
     text = ""
+    """Raw text as the model wrote it."""
+    visible = ""
+    """The text shown and recorded: cut before `</think>` or a user stop sequence."""
     tokens = 0
     prefill_tokens = 0
     end = "end_of_text"
@@ -202,16 +205,16 @@ class _Run:
                 async for event in self._write(writer, index, phase, decision, probe, room, stop, written):
                     yield event
                 discarded = 0
-                if writer is small and not self.policy.keep_small_step(SmallStepDraft(written.text, written.tokens)):
+                if writer is small and not self.policy.keep_small_step(SmallStepDraft(written.visible, written.tokens)):
                     small.discard()
                     discarded = written.tokens
-                    yield StepDiscarded(index, "small", written.text, written.tokens)
+                    yield StepDiscarded(index, "small", written.visible, written.tokens)
                     writer, decision, basis, written = large, "intervene", "policy", _Written()
                     async for event in self._write(large, index, phase, decision, probe, room, stop, written):
                         yield event
                 reasoning_closed = think and THINK_CLOSE in written.text
                 step = StepTrace(
-                    index=index, model=writer.role, phase=phase, text=written.text.split(THINK_CLOSE)[0],
+                    index=index, model=writer.role, phase=phase, text=written.visible,
                     tokens=written.tokens, prefill_tokens=written.prefill_tokens, decision=decision, basis=basis,
                     probe=probe, seconds=time.perf_counter() - step_started,
                     finish_reason=_step_finish(written, reasoning_closed), discarded_tokens=discarded)
@@ -234,7 +237,7 @@ class _Run:
                     yield event
                 large.commit()
                 self.steps.append(StepTrace(
-                    index=len(self.steps), model="large", phase="answer", text=answer.text.lstrip(),
+                    index=len(self.steps), model="large", phase="answer", text=answer.visible.lstrip(),
                     tokens=answer.tokens, prefill_tokens=answer.prefill_tokens, decision="forced", basis="forced",
                     probe=None, seconds=time.perf_counter() - answer_started,
                     finish_reason=_step_finish(answer, False), discarded_tokens=0))
@@ -287,22 +290,24 @@ class _Run:
         """Announce a step, stream its text as TokenDeltas, and fill `written`."""
         self._check_deadline()
         yield StepStarted(index, writer.role, phase, decision, probe)
-        user_stop = self.config.stop if phase == "answer" else ()
-        holdback = max((len(s) for s in user_stop), default=1) - 1  # chars that may start a stop sequence
-        emitted = 0
+        # Text after a marker is never shown: the user's stop sequences end the answer, and
+        # `</think>` ends the reasoning (the raw text, tag included, still goes to the other model).
+        markers = self.config.stop if phase == "answer" else (THINK_CLOSE,) if self.mode == "think" else ()
+        holdback = max((len(m) for m in markers), default=1) - 1  # chars that may start a marker
+        shown = 0
         step = writer.write(max_tokens, stop)
         async for delta in step:
             written.text += delta
-            cut = min((written.text.find(s) for s in user_stop if s in written.text), default=None)
-            if cut is not None:
-                written.text, written.stopped = written.text[:cut], True
-            ready = len(written.text) if cut is not None else len(written.text) - holdback
-            if ready > emitted:
-                yield TokenDelta(index, writer.role, phase, written.text[emitted:ready])
-                emitted = ready
+            cut = min((written.text.find(m) for m in markers if m in written.text), default=None)
+            written.visible = written.text if cut is None else written.text[:cut]
+            written.stopped = cut is not None and phase == "answer"
+            ready = len(written.visible) if cut is not None else len(written.visible) - holdback
+            if ready > shown:
+                yield TokenDelta(index, writer.role, phase, written.visible[shown:ready])
+                shown = ready
             self._check_deadline()
-        if len(written.text) > emitted:
-            yield TokenDelta(index, writer.role, phase, written.text[emitted:])
+        if len(written.visible) > shown:
+            yield TokenDelta(index, writer.role, phase, written.visible[shown:])
         written.tokens, written.prefill_tokens, written.end = step.tokens, step.prefill_tokens, step.end
         written.hit_step_limit = self.config.max_step_tokens == max_tokens
 

@@ -65,6 +65,27 @@ class StepTrace:
     def h_init(self) -> float | None:
         return self.probe.h_init if self.probe else None
 
+    def routing(self) -> dict[str, Any]:
+        """Who wrote the step and why, without its text: what framework callbacks receive."""
+        probe = self.probe
+        return {
+            "index": self.index,
+            "model": self.model,
+            "phase": self.phase,
+            "decision": self.decision,
+            "basis": self.basis,
+            "h_init": self.h_init,
+            "h_lower": probe.h_lower if probe else None,
+            "h_upper": probe.h_upper if probe else None,
+            "escalations": probe.escalations if probe else 0,
+            "tokens": self.tokens,
+            "prefill_tokens": self.prefill_tokens,
+            "discarded_tokens": self.discarded_tokens,
+            "probe_seconds": probe.seconds if probe else 0.0,
+            "seconds": self.seconds,
+            "finish_reason": self.finish_reason,
+        }
+
 
 @dataclass
 class RunTrace:

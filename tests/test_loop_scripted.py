@@ -39,7 +39,7 @@ def test_the_probe_token_is_kept_as_the_delegated_steps_first_token():
     router, backend = scripted_router([step("A b c.\n\n", 0.1), step("D e.", 0.1)], [])
     trace = router.run("q")
     # each delegated step consumed exactly one scripted entry: the probe and the step are one
-    assert backend._cursor["small"] == 2
+    assert backend.steps_taken["small"] == 2
     assert trace.steps[0].tokens == 4 and trace.steps[0].text.startswith("A ")
     assert [r for r, _ in backend.probe_requests] == ["small", "small"]
 

@@ -1,16 +1,16 @@
 """A deterministic backend whose steps, tokens and distributions are written out by the caller.
 
 For exact, fast tests of the routing loop and for examples; it runs no model.  Each role has a
-script: a list of `ScriptedStep`s.  Every time a session of that role starts a step (a probe, or
-a write without a probe) it takes the next entry; when the script is exhausted the model ends
-the text.
+script: a list of `ScriptedStep`s.  Every run starts at the top of the script; each time a
+session of that role starts a step (a probe, or a write without a probe) it takes the next
+entry; when the script is exhausted the model ends the text.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Sequence
+from typing import Any, AsyncIterator, Callable, Sequence
 
 from glimp_integrations.backends.base import (
     Backend,
@@ -46,7 +46,8 @@ class ScriptedStep:
 @dataclass
 class ScriptedModel:
     name: str
-    steps: list[ScriptedStep]
+    steps: list[ScriptedStep] | Callable[[str], list[ScriptedStep]]
+    """The script, or a function of the rendered prompt that returns the run's script."""
     think_tags: bool = False
     context_window: int = 4096
     top_k_only: bool = False
@@ -60,7 +61,8 @@ class ScriptedBackend(Backend):
 
     def __init__(self, small: ScriptedModel, large: ScriptedModel) -> None:
         self._models = {"small": small, "large": large}
-        self._cursor = {"small": 0, "large": 0}
+        self.steps_taken = {"small": 0, "large": 0}
+        """Script entries consumed so far, per role, over all runs."""
         self.probe_requests: list[tuple[Role, int | None]] = []
         """Every probe asked for, in order: (role, top_k)."""
         self.prompts: list[str] = []
@@ -74,12 +76,6 @@ class ScriptedBackend(Backend):
 
     def context_window(self, role: Role) -> int:
         return self._models[role].context_window
-
-    def next_step(self, role: Role) -> ScriptedStep | None:
-        script = self._models[role].steps
-        index = self._cursor[role]
-        self._cursor[role] += 1
-        return script[index] if index < len(script) else None
 
     async def open_session(
         self,
@@ -115,24 +111,28 @@ class ScriptedSession(ModelSession):
         self._context_tokens = prompt_tokens
         self._seen_tokens = prompt_tokens
         """Context tokens this model has processed (a stand-in for its KV cache)."""
+        self._script = model.steps(prompt) if callable(model.steps) else model.steps
+        self._cursor = 0
         self._step: ScriptedStep | None = None
         self._pending: list[str] = []
-        self._probed = False
 
     @property
     def context_tokens(self) -> int:
         return self._context_tokens
 
     def _take_step(self) -> ScriptedStep | None:
+        """The entry of the current step, taking the next one from the script if none is open."""
         if self._step is None:
-            self._step = self._backend.next_step(self.role)
+            script = self._script
+            self._step = script[self._cursor] if self._cursor < len(script) else None
+            self._cursor += 1
+            self._backend.steps_taken[self.role] += 1
         return self._step
 
     async def probe(self, top_k: int | None) -> TokenDistribution:
         self._backend.probe_requests.append((self.role, top_k))
         step = self._take_step()
         logprobs = tuple(sorted(step.first_logprobs, reverse=True)) if step else (0.0,)
-        self._probed = True
         if self._model.top_k_only and top_k is not None:
             return TokenDistribution(logprobs[:top_k], vocab_size=len(logprobs))
         return TokenDistribution(logprobs, vocab_size=len(logprobs))
@@ -157,7 +157,6 @@ class ScriptedSession(ModelSession):
     def _reset_step(self) -> None:
         self._pending = []
         self._step = None
-        self._probed = False
 
 
 class _ScriptedWriter(StepWriter):

@@ -1,0 +1,365 @@
+"""`ChatGlimpRouter`: the Glimp routing engine as a LangChain chat model.
+
+The adapter only translates: LangChain messages and tools in; engine events out as message
+chunks (reasoning content blocks with each step's routing in `extras`, the answer as text),
+`glimp_step` custom events, usage and the run summary.  All routing happens in
+`glimp_integrations`.  `invoke` and `ainvoke` aggregate the same chunk stream that `stream` and
+`astream` yield, so every path reports the same thing.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any, AsyncIterator, Callable, Iterator, Literal, Sequence
+
+from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
+from langchain_core.callbacks.manager import ahandle_event, handle_event
+from langchain_core.language_models import BaseChatModel, LanguageModelInput
+from langchain_core.language_models.chat_models import LangSmithParams, agenerate_from_stream, generate_from_stream
+from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, ToolMessage
+from langchain_core.outputs import ChatGenerationChunk, ChatResult
+from langchain_core.runnables import Runnable
+from langchain_core.runnables.config import (
+    ensure_config,
+    get_async_callback_manager_for_config,
+    get_callback_manager_for_config,
+)
+from langchain_core.tools import BaseTool
+from langchain_core.utils.function_calling import convert_to_openai_tool
+from pydantic import ConfigDict, Field, PrivateAttr
+
+from glimp_integrations import GlimpInputError, GlimpRouter, RouterEvent, RunFinished, StepFinished, TokenDelta
+from glimp_integrations.backends.base import Backend
+from glimp_integrations.config import PolicyName, ReasoningMode
+from glimp_integrations.tools import parse_tool_calls
+
+STEP_EVENT = "glimp_step"
+"""Name of the custom event sent for every finished step (data: `StepTrace.routing()` + text)."""
+
+JSON_MODE_INSTRUCTION = "Reply with a single JSON object and nothing else."
+
+
+class ChatGlimpRouter(BaseChatModel):
+    """A chat model whose response is written step by step by a small and a large model.
+
+    With no arguments both roles run the embedded SmolLM2-135M-Instruct on the CPU (mechanics,
+    not quality).  Name real models with `small` and `large` (HF ids or local folders).
+
+    Reasoning steps appear as standard reasoning content blocks, each with its routing (model,
+    H_init, tokens, time) in `extras`, and as `glimp_step` custom events; the answer is the
+    message text; the run summary is in `response_metadata["glimp"]`.
+
+    >>> from langchain_glimp import ChatGlimpRouter
+    >>> llm = ChatGlimpRouter(threshold=0.9, seed=0)      # doctest: +SKIP
+    >>> llm.invoke("What is 12 + 30?").text               # doctest: +SKIP
+    """
+
+    model_config = ConfigDict(arbitrary_types_allowed=True, populate_by_name=True)
+
+    small: str | None = None
+    """Small model (HF id or local folder); None with `large` None: the embedded default."""
+    large: str | None = None
+    """Large model (HF id or local folder); it also writes the final answer."""
+    backend: str | Backend = "transformers"
+    """Engine backend name, or a `glimp_integrations.Backend` instance (e.g. `ScriptedBackend`)."""
+    device: str = "auto"
+    """Torch device of the transformers backend."""
+    threshold: float = 0.9
+    """tau in nats: a step whose first-token entropy exceeds it is written by the large model."""
+    policy: PolicyName = "glimpse"
+    random_rate: float = 0.25
+    temperature: float = 0.6
+    top_p: float = 0.95
+    seed: int | None = None
+    reasoning_mode: ReasoningMode = "auto"
+    reasoning_budget: int = 8192
+    """Most tokens routed step by step (the reasoning; the whole response for models without think tags)."""
+    max_tokens: int | None = None
+    """Most tokens of the answer: after `</think>` for reasoning models, else of the whole
+    (routed) response.  None: the engine's budgets."""
+    stop: list[str] | None = Field(default=None, alias="stop_sequences")
+    timeout: float | None = None
+    """Wall-clock limit of one call in seconds."""
+    max_retries: int = 2
+    """Retries of failed requests for server backends; local backends do not retry."""
+    streaming: bool = False
+
+    _engine: GlimpRouter | None = PrivateAttr(default=None)
+
+    # --- LangChain metadata ------------------------------------------------------------------
+
+    @property
+    def _llm_type(self) -> str:
+        return "glimp-router"
+
+    @property
+    def model_name(self) -> str:
+        """Both models, small first: `small+large`."""
+        if isinstance(self.backend, Backend):
+            return f"{self.backend.model_name('small')}+{self.backend.model_name('large')}"
+        if self.small is None and self.large is None:
+            return "SmolLM2-135M-Instruct+SmolLM2-135M-Instruct"
+        return f"{self.small}+{self.large}"
+
+    @property
+    def _identifying_params(self) -> dict[str, Any]:
+        return {
+            "small": self.small, "large": self.large, "model_name": self.model_name,
+            "backend": self.backend if isinstance(self.backend, str) else self.backend.name,
+            "policy": self.policy, "threshold": self.threshold, "temperature": self.temperature,
+            "top_p": self.top_p, "reasoning_budget": self.reasoning_budget, "max_tokens": self.max_tokens,
+        }
+
+    def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
+        params = LangSmithParams(
+            ls_provider="glimp", ls_model_name=kwargs.get("model", self.model_name), ls_model_type="chat",
+            ls_temperature=kwargs.get("temperature", self.temperature))
+        if (max_tokens := kwargs.get("max_tokens", self.max_tokens)) is not None:
+            params["ls_max_tokens"] = max_tokens
+        if stop or self.stop:
+            params["ls_stop"] = stop or self.stop
+        return params
+
+    # --- the one request builder ------------------------------------------------------------
+
+    def router(self) -> GlimpRouter:
+        """The engine (built on first use, so constructing the chat model loads nothing)."""
+        if self._engine is None:
+            self._engine = GlimpRouter(
+                self.small, self.large, backend=self.backend, device=self.device, policy=self.policy,
+                threshold=self.threshold, random_rate=self.random_rate, temperature=self.temperature,
+                top_p=self.top_p, seed=self.seed, reasoning_mode=self.reasoning_mode,
+                reasoning_budget=self.reasoning_budget)
+        return self._engine
+
+    def _request(self, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """Arguments of `GlimpRouter.astream` for one call."""
+        engine_messages = [_to_engine_message(m, position) for position, m in enumerate(messages)]
+        if not engine_messages:
+            raise GlimpInputError("`messages` is empty; got []. Pass at least one HumanMessage.")
+        response_format = kwargs.pop("response_format", None)
+        if response_format:
+            engine_messages.insert(0, {"role": "system", "content": JSON_MODE_INSTRUCTION})
+        overrides: dict[str, Any] = {}
+        for name in ("temperature", "top_p", "seed", "threshold", "reasoning_budget"):
+            if name in kwargs:
+                overrides[name] = kwargs.pop(name)
+        if stop or self.stop:
+            overrides["stop"] = tuple(stop or self.stop)
+        if self.timeout is not None:
+            overrides["timeout"] = self.timeout
+        max_tokens = kwargs.pop("max_tokens", self.max_tokens)
+        if max_tokens is not None:
+            overrides["answer_budget"] = max_tokens
+            if self.router().backend.knows_think_tags("large") is False and self.reasoning_mode != "think":
+                overrides["reasoning_budget"] = max_tokens
+        kwargs.pop("model", None)  # a model override names this same pair; LangChain traces it
+        kwargs.pop("stream", None)
+        tools = kwargs.pop("tools", None)
+        tool_choice = _tool_choice_name(kwargs.pop("tool_choice", None))
+        if kwargs:
+            raise GlimpInputError(
+                f"`ChatGlimpRouter` got unsupported call arguments {sorted(kwargs)}. Pass only "
+                "tools, tool_choice, stop, max_tokens, temperature, top_p, seed, threshold or reasoning_budget.")
+        return {"prompt": engine_messages, "tools": tools, "tool_choice": tool_choice, **overrides}
+
+    # --- generation ---------------------------------------------------------------------------
+
+    def _stream(self, messages: list[BaseMessage], stop: list[str] | None = None,
+                run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> Iterator[ChatGenerationChunk]:
+        request = self._request(messages, stop, kwargs)
+        chunks = _ChunkBuilder(request["tools"], self.model_name)
+        emit = _sync_step_emitter(run_manager)
+        for event in self.router().stream(**request):
+            if isinstance(event, StepFinished):
+                emit(chunks.step_event(event))
+            if (chunk := chunks.convert(event)) is not None:
+                yield chunk
+
+    async def _astream(self, messages: list[BaseMessage], stop: list[str] | None = None,
+                       run_manager: AsyncCallbackManagerForLLMRun | None = None,
+                       **kwargs: Any) -> AsyncIterator[ChatGenerationChunk]:
+        request = self._request(messages, stop, kwargs)
+        chunks = _ChunkBuilder(request["tools"], self.model_name)
+        emit = _async_step_emitter(run_manager)
+        stream = self.router().astream(**request)
+        try:
+            async for event in stream:
+                if isinstance(event, StepFinished):
+                    await emit(chunks.step_event(event))
+                if (chunk := chunks.convert(event)) is not None:
+                    yield chunk
+        finally:
+            await stream.aclose()  # a closed or cancelled consumer stops the run
+
+    def _generate(self, messages: list[BaseMessage], stop: list[str] | None = None,
+                  run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> ChatResult:
+        return generate_from_stream(self._stream(messages, stop=stop, run_manager=run_manager, **kwargs))
+
+    async def _agenerate(self, messages: list[BaseMessage], stop: list[str] | None = None,
+                         run_manager: AsyncCallbackManagerForLLMRun | None = None, **kwargs: Any) -> ChatResult:
+        return await agenerate_from_stream(self._astream(messages, stop=stop, run_manager=run_manager, **kwargs))
+
+    # --- tools ----------------------------------------------------------------------------------
+
+    def bind_tools(
+        self,
+        tools: Sequence[dict[str, Any] | type | Callable | BaseTool],
+        *,
+        tool_choice: dict | str | Literal["auto", "any", "required", "none"] | bool | None = None,
+        **kwargs: Any,
+    ) -> Runnable[LanguageModelInput, AIMessage]:
+        """Render `tools` into the large (and small) model's chat prompt; the answer's tool calls
+        are parsed into `AIMessage.tool_calls`."""
+        formatted = [convert_to_openai_tool(tool) for tool in tools]
+        if tool_choice == "none":
+            return super().bind(**kwargs)
+        return super().bind(tools=formatted, tool_choice=tool_choice, **kwargs)
+
+
+def _tool_choice_name(tool_choice: Any) -> str | None:
+    """LangChain's tool_choice forms as the engine's: None, "auto", "required" or a tool name."""
+    if tool_choice in (None, False, "auto"):
+        return None if tool_choice is None or tool_choice is False else "auto"
+    if tool_choice is True or tool_choice in ("any", "required"):
+        return "required"
+    if isinstance(tool_choice, dict):
+        return tool_choice.get("function", {}).get("name") or tool_choice.get("name")
+    return str(tool_choice)
+
+
+def _to_engine_message(message: BaseMessage, position: int) -> dict[str, Any]:
+    """A LangChain message as an engine (OpenAI-shaped) message; text only."""
+    role = {"human": "user", "ai": "assistant", "system": "system", "tool": "tool"}.get(message.type)
+    if role is None:
+        raise GlimpInputError(
+            f"`messages[{position}]` is a {type(message).__name__} (type {message.type!r}); ChatGlimpRouter "
+            "takes system, human, AI and tool messages.")
+    content = message.content
+    if isinstance(content, list):
+        unsupported = [b.get("type") for b in content if isinstance(b, dict) and b.get("type") not in
+                       ("text", "reasoning", "tool_call", "tool_use", "function_call")]
+        if unsupported:
+            raise GlimpInputError(
+                f"`messages[{position}]` has content of type {unsupported}; Glimp routes text only. "
+                "Remove images, audio and files, or describe them in text.")
+    engine: dict[str, Any] = {"role": role, "content": message.text}
+    if isinstance(message, AIMessage) and message.tool_calls:
+        engine["tool_calls"] = [{"id": c.get("id"), "type": "function",
+                                 "function": {"name": c["name"], "arguments": c["args"]}} for c in message.tool_calls]
+    if isinstance(message, ToolMessage):
+        engine["tool_call_id"] = message.tool_call_id
+    return engine
+
+
+class _ChunkBuilder:
+    """Engine events -> `ChatGenerationChunk`s, for one call.
+
+    Reasoning steps become reasoning blocks (index `lc_step_<i>`) whose `extras` carry the
+    routing once the step is finished; answer text is a plain string for models without think
+    tags, else a text block after the reasoning.  With tools bound, the answer is held back and
+    sent at the end with its parsed tool calls.  Usage and the summary go in the last chunk only.
+    """
+
+    def __init__(self, tools: list[dict[str, Any]] | None, model_name: str) -> None:
+        self.tool_names = [t["function"]["name"] for t in tools or []]
+        self.model_name = model_name
+        self.held_answer = ""
+        self.has_reasoning = False
+
+    def step_event(self, event: StepFinished) -> dict[str, Any]:
+        return {**event.step.routing(), "text": event.step.text}
+
+    def convert(self, event: RouterEvent) -> ChatGenerationChunk | None:
+        if isinstance(event, TokenDelta):
+            if event.phase == "reasoning":
+                self.has_reasoning = True
+                return _chunk(content=[{"type": "reasoning", "reasoning": event.text, "index": _block_index(event.index)}],
+                              additional_kwargs={"reasoning_content": event.text})
+            if self.tool_names:
+                self.held_answer += event.text
+                return None
+            return _chunk(content=self._answer_content(event.text))
+        if isinstance(event, StepFinished) and event.step.phase == "reasoning":
+            return _chunk(content=[{"type": "reasoning", "reasoning": "", "index": _block_index(event.step.index),
+                                    "extras": {"glimp": _finite(event.step.routing())}}])
+        if isinstance(event, RunFinished):
+            return self._last(event)
+        return None
+
+    def _answer_content(self, text: str) -> str | list[dict[str, Any]]:
+        return [{"type": "text", "text": text, "index": ANSWER_BLOCK_INDEX}] if self.has_reasoning else text
+
+    def _last(self, event: RunFinished) -> ChatGenerationChunk:
+        trace = event.trace
+        content: str | list[dict[str, Any]] = [] if self.has_reasoning else ""
+        tool_call_chunks = []
+        if self.tool_names:
+            text, calls = parse_tool_calls(self.held_answer, self.tool_names)
+            if text:
+                content = self._answer_content(text)
+            tool_call_chunks = [{"type": "tool_call_chunk", "name": c.name, "args": json.dumps(c.arguments),
+                                 "id": c.id, "index": i} for i, c in enumerate(calls)]
+        summary = _finite({**trace.summary(), "steps": [s.routing() for s in trace.steps]})
+        usage = {"input_tokens": trace.prompt_tokens, "output_tokens": trace.completion_tokens,
+                 "total_tokens": trace.prompt_tokens + trace.completion_tokens,
+                 "output_token_details": {"reasoning": trace.reasoning_tokens}}
+        finish = "tool_calls" if tool_call_chunks else ("stop" if trace.finish_reason == "stop" else "length")
+        return _chunk(content=content, tool_call_chunks=tool_call_chunks, usage_metadata=usage,
+                      chunk_position="last",
+                      response_metadata={"model_name": self.model_name, "finish_reason": finish, "glimp": summary})
+
+
+ANSWER_BLOCK_INDEX = "lc_answer"
+"""Block indexes are `lc_`-prefixed strings: LangChain merges chunks by index, and numbers it
+assigns itself to blocks that have none (tool calls under output_version="v1") must not collide."""
+
+
+def _block_index(step_index: int) -> str:
+    return f"lc_step_{step_index}"
+
+
+def _chunk(**fields: Any) -> ChatGenerationChunk:
+    return ChatGenerationChunk(message=AIMessageChunk(**fields))
+
+
+def _finite(data: Any) -> Any:
+    """JSON-safe copy: infinite thresholds become the string "inf"."""
+    if isinstance(data, dict):
+        return {k: _finite(v) for k, v in data.items()}
+    if isinstance(data, list):
+        return [_finite(v) for v in data]
+    if isinstance(data, float) and math.isinf(data):
+        return str(data)
+    return data
+
+
+def _sync_step_emitter(run_manager: CallbackManagerForLLMRun | None) -> Callable[[dict[str, Any]], None]:
+    """Send `glimp_step` to the model's own run (invoke), else to a parent run if there is one
+    (`stream()` gives `_stream` no run manager; inside a chain the chain's run receives it)."""
+    if run_manager is not None:
+        def emit(data: dict[str, Any]) -> None:
+            handle_event(run_manager.handlers, "on_custom_event", "ignore_custom_event", STEP_EVENT, data,
+                         run_id=run_manager.run_id, tags=run_manager.tags, metadata=run_manager.metadata)
+        return emit
+    manager = get_callback_manager_for_config(ensure_config())
+    if manager.parent_run_id is None:
+        return lambda data: None
+    return lambda data: manager.on_custom_event(STEP_EVENT, data, run_id=manager.parent_run_id)
+
+
+def _async_step_emitter(run_manager: AsyncCallbackManagerForLLMRun | None) -> Callable[[dict[str, Any]], Any]:
+    """Async form of `_sync_step_emitter`."""
+    if run_manager is not None:
+        async def emit(data: dict[str, Any]) -> None:
+            await ahandle_event(run_manager.handlers, "on_custom_event", "ignore_custom_event", STEP_EVENT, data,
+                                run_id=run_manager.run_id, tags=run_manager.tags, metadata=run_manager.metadata)
+        return emit
+    manager = get_async_callback_manager_for_config(ensure_config())
+    parent = manager.parent_run_id
+
+    async def emit_to_parent(data: dict[str, Any]) -> None:
+        if parent is not None:
+            await manager.on_custom_event(STEP_EVENT, data, run_id=parent)
+    return emit_to_parent

@@ -1,0 +1,58 @@
+"""A scripted model pair that answers according to its prompt, for framework test suites.
+
+It is a test fixture, not a model: the small model writes two low-entropy reasoning steps (the
+second closes `</think>`); the large model answers.  When the prompt offers tools and no tool
+result has come back yet, the answer is a call to the tool (named by `tool_choice`, else the
+first), with arguments filled from its JSON schema (integers 3, strings "glimp"); when JSON is
+asked for, the answer is a JSON object.  Otherwise the answer is `PLAIN_ANSWER`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+from glimp_integrations import ScriptedBackend, ScriptedModel, ScriptedStep
+from glimp_integrations.tools import tool_instructions
+from tests.conftest import step
+
+PLAIN_ANSWER = "Hello! The scripted pair answers: 42."
+_TOOL_HEADER = tool_instructions([], None).split("\n")[0]
+_VALUES = {"integer": 3, "number": 3.5, "string": "glimp", "boolean": True}
+
+
+def _fill(schema: dict, prompt: str) -> dict:
+    """Arguments for `schema`: strings copy the last quoted name in the prompt, if any."""
+    quoted = re.findall(r"'([^'\n]+)'", prompt)
+    values = {**_VALUES, "string": quoted[-1] if quoted else _VALUES["string"]}
+    return {name: values.get(spec.get("type"), "glimp") for name, spec in schema.get("properties", {}).items()}
+
+
+def _answer(prompt: str) -> str:
+    tools = []
+    if _TOOL_HEADER in prompt:
+        block = prompt.split(_TOOL_HEADER, 1)[1].split("\n\n", 1)[0]
+        tools = [json.loads(line) for line in block.strip().splitlines() if line.startswith("{")]
+    tool_answered = re.search(r"\ntool: ", prompt.rsplit("\nuser: ", 1)[-1]) is not None
+    if tools and not tool_answered:
+        forced = re.search(r"must call the tool `([^`]+)`", prompt)
+        tool = next((t for t in tools if forced and t["name"] == forced.group(1)), tools[0])
+        return "<tool_call>" + json.dumps({"name": tool["name"], "arguments": _fill(tool.get("parameters", {}), prompt)},
+                                            ensure_ascii=False) \
+            + "</tool_call>"
+    if "JSON" in prompt and not tool_answered:
+        return json.dumps({"setup": "Why did the cat sit on the computer?", "punchline": "To keep an eye on the mouse."})
+    return PLAIN_ANSWER
+
+
+def _large_script(prompt: str) -> list[ScriptedStep]:
+    return [ScriptedStep(tokens=[_answer(prompt)])]
+
+
+def scripted_pair() -> ScriptedBackend:
+    """A think-mode pair: two delegated reasoning steps, then the large model's answer."""
+    small = [step("Let me think about it.\n\n", 0.2), step("I know what to do. </think>", 0.3)]
+    return ScriptedBackend(
+        ScriptedModel("scripted-small", small, think_tags=True),
+        ScriptedModel("scripted-large", _large_script, think_tags=True),
+    )
