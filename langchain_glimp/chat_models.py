@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+from contextlib import closing
 from typing import Any, AsyncIterator, Callable, Iterator, Literal, Sequence
 
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
@@ -154,7 +155,11 @@ class ChatGlimpRouter(BaseChatModel):
             overrides["answer_budget"] = max_tokens
             if self.router().backend.knows_think_tags("large") is False and self.reasoning_mode != "think":
                 overrides["reasoning_budget"] = max_tokens
-        kwargs.pop("model", None)  # a model override names this same pair; LangChain traces it
+        model = kwargs.pop("model", None)
+        if model is not None and model != self.model_name:
+            raise GlimpInputError(
+                f"`model` names {model!r}, but this ChatGlimpRouter runs the pair {self.model_name!r}; a call "
+                "cannot swap the pair. Create another ChatGlimpRouter(small=..., large=...) instead.")
         kwargs.pop("stream", None)
         tools = kwargs.pop("tools", None)
         tool_choice = _tool_choice_name(kwargs.pop("tool_choice", None))
@@ -171,11 +176,12 @@ class ChatGlimpRouter(BaseChatModel):
         request = self._request(messages, stop, kwargs)
         chunks = _ChunkBuilder(request["tools"], self.model_name)
         emit = _sync_step_emitter(run_manager)
-        for event in self.router().stream(**request):
-            if isinstance(event, StepFinished):
-                emit(chunks.step_event(event))
-            if (chunk := chunks.convert(event)) is not None:
-                yield chunk
+        with closing(self.router().stream(**request)) as stream:  # closing the chunks stops the run
+            for event in stream:
+                if isinstance(event, StepFinished):
+                    emit(chunks.step_event(event))
+                if (chunk := chunks.convert(event)) is not None:
+                    yield chunk
 
     async def _astream(self, messages: list[BaseMessage], stop: list[str] | None = None,
                        run_manager: AsyncCallbackManagerForLLMRun | None = None,

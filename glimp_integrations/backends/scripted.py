@@ -67,6 +67,8 @@ class ScriptedBackend(Backend):
         """Every probe asked for, in order: (role, top_k)."""
         self.prompts: list[str] = []
         """Every prompt rendered, in order (both roles)."""
+        self.open_sessions = 0
+        """Sessions opened and not yet closed (a cancelled run must leave none)."""
 
     def model_name(self, role: Role) -> str:
         return self._models[role].name
@@ -95,6 +97,7 @@ class ScriptedBackend(Backend):
         self.prompts.append(prompt)
         prompt_tokens = len(prompt.split())
         check_prompt_fits(role, model.name, prompt_tokens, model.context_window)
+        self.open_sessions += 1
         return ScriptedSession(self, role, model, prompt, prompt_tokens)
 
 
@@ -153,6 +156,9 @@ class ScriptedSession(ModelSession):
         self.discard()
         self.context_text += text
         self._context_tokens += len(text.split()) or 1
+
+    async def aclose(self) -> None:
+        self._backend.open_sessions -= 1
 
     def _reset_step(self) -> None:
         self._pending = []

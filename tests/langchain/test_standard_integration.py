@@ -12,6 +12,10 @@ class TestScriptedPair(ChatModelIntegrationTests):
     """Exact plumbing: reasoning blocks, tools, structured output, usage, streaming."""
 
     @property
+    def supports_model_override(self) -> bool:
+        return False  # a call cannot swap the model pair (it raises); see test_chat_glimp_router.py
+
+    @property
     def chat_model_class(self) -> type[ChatGlimpRouter]:
         return ChatGlimpRouter
 
@@ -55,6 +59,10 @@ class TestEmbeddedModel(ChatModelIntegrationTests):
     @property
     def chat_model_params(self) -> dict:
         return {"seed": 0, "max_tokens": 24}
+
+    @property
+    def supports_model_override(self) -> bool:
+        return False
 
     @property
     def has_tool_choice(self) -> bool:

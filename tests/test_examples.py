@@ -1,0 +1,32 @@
+"""The scripts in examples/ run as written, on the embedded model."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.embedded
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def run_example(name: str, *args: str) -> str:
+    result = subprocess.run([sys.executable, str(EXAMPLES / name), *args], capture_output=True, text=True,
+                            timeout=600, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
+
+
+def test_langchain_chain_example_prints_routing_then_the_answer():
+    out = run_example("langchain_chain.py", "--max-tokens", "30")
+    assert "step 0: " in out and "H_init=" in out
+    answer = out.split("answer:", 1)[1].strip()
+    assert answer
+
+
+def test_langchain_agent_example_runs_the_agent():
+    out = run_example("langchain_agent.py", "--max-tokens", "30")
+    lines = out.splitlines()
+    assert lines[0].startswith("human: ") and any(line.startswith("ai: ") for line in lines)
+    assert "intervention rate" in out
