@@ -3,7 +3,8 @@
 It is a test fixture, not a model: the small model writes two low-entropy reasoning steps (the
 second closes `</think>`); the large model answers.  When the prompt offers tools and no tool
 result has come back yet, the answer is a call to the tool (named by `tool_choice`, else the
-first), with arguments filled from its JSON schema (integers 3, strings "glimp"); when JSON is
+first), with arguments filled from its JSON schema (integers 3, strings "glimp"); a LlamaIndex
+ReAct prompt gets an Action, then an Answer once an Observation is in the prompt; when JSON is
 asked for, the answer is a JSON object.  Otherwise the answer is `PLAIN_ANSWER`.
 """
 
@@ -28,7 +29,19 @@ def _fill(schema: dict, prompt: str) -> dict:
     return {name: values.get(spec.get("type"), "glimp") for name, spec in schema.get("properties", {}).items()}
 
 
+def _react_answer(prompt: str) -> str:
+    """LlamaIndex's ReAct format: act with the first listed tool, then answer after its observation."""
+    if "Observation:" in prompt.split("## Current Conversation")[-1]:
+        return "Thought: I can answer without using any more tools.\nAnswer: " + PLAIN_ANSWER
+    name = re.search(r"> Tool Name: (\S+)", prompt).group(1)
+    schema = json.loads(re.search(r"Tool Args: (\{.*\})", prompt).group(1))
+    return f"Thought: I need to use a tool to help me answer the question.\nAction: {name}\n" \
+        f"Action Input: {json.dumps(_fill(schema, prompt))}"
+
+
 def _answer(prompt: str) -> str:
+    if "> Tool Name:" in prompt:
+        return _react_answer(prompt)
     tools = []
     if _TOOL_HEADER in prompt:
         block = prompt.split(_TOOL_HEADER, 1)[1].split("\n\n", 1)[0]

@@ -30,3 +30,15 @@ def test_langchain_agent_example_runs_the_agent():
     lines = out.splitlines()
     assert lines[0].startswith("human: ") and any(line.startswith("ai: ") for line in lines)
     assert "intervention rate" in out
+
+
+def test_llamaindex_query_engine_example_retrieves_and_answers():
+    out = run_example("llamaindex_query_engine.py", "--max-tokens", "30")
+    assert "step 0: " in out and "H_init=" in out
+    assert "source: The Glimp bakery opens at 7 am" in out
+    assert out.split("answer:", 1)[1].strip()
+
+
+def test_llamaindex_agent_example_runs_the_agent():
+    out = run_example("llamaindex_agent.py", "--max-tokens", "30")
+    assert out.split("answer:", 1)[1].strip()

@@ -1,0 +1,326 @@
+"""`GlimpRouterLLM`: the Glimp routing engine as a LlamaIndex function-calling LLM.
+
+The adapter only translates: LlamaIndex messages and tools in; engine events out as
+`ChatResponse`s (each reasoning step a `ThinkingBlock` with its routing in
+`additional_information`, streamed as `additional_kwargs["thinking_delta"]`; the answer as text;
+tool calls as `ToolCallBlock`s), `GlimpStepEvent` instrumentation events, and usage and the run
+summary in `raw`.  Chat is implemented once as a stream of responses; the non-streaming and
+completion methods are derived from it.  All routing happens in `glimp_integrations`.
+"""
+
+from __future__ import annotations
+
+import json
+from contextlib import closing
+from typing import Any, AsyncIterator, Iterator, Sequence
+
+from llama_index.core.base.llms.generic_utils import (
+    achat_to_completion_decorator,
+    astream_chat_to_completion_decorator,
+    chat_to_completion_decorator,
+    stream_chat_to_completion_decorator,
+)
+from llama_index.core.base.llms.types import (
+    ChatMessage,
+    ChatResponse,
+    ChatResponseAsyncGen,
+    ChatResponseGen,
+    CompletionResponse,
+    CompletionResponseAsyncGen,
+    CompletionResponseGen,
+    LLMMetadata,
+    MessageRole,
+    TextBlock,
+    ThinkingBlock,
+    ToolCallBlock,
+)
+from llama_index.core.bridge.pydantic import ConfigDict, Field, PrivateAttr
+from llama_index.core.instrumentation import get_dispatcher
+from llama_index.core.instrumentation.events import BaseEvent
+from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
+from llama_index.core.llms.function_calling import FunctionCallingLLM
+from llama_index.core.llms.llm import ToolSelection
+
+from glimp_integrations import GlimpInputError, GlimpRouter, RouterEvent, RunFinished, StepFinished, TokenDelta
+from glimp_integrations.backends.base import Backend
+from glimp_integrations.config import PolicyName, ReasoningMode
+from glimp_integrations.tools import parse_tool_calls
+
+dispatcher = get_dispatcher(__name__)
+
+
+class GlimpStepEvent(BaseEvent):
+    """A step has been written: who wrote it and why (`StepTrace.routing()`), and its text."""
+
+    routing: dict[str, Any]
+    text: str
+
+    @classmethod
+    def class_name(cls) -> str:
+        return "GlimpStepEvent"
+
+
+class GlimpRouterLLM(FunctionCallingLLM):
+    """A LlamaIndex LLM whose response is written step by step by a small and a large model.
+
+    With no arguments both roles run the embedded SmolLM2-135M-Instruct on the CPU (mechanics,
+    not quality).  Name real models with `small` and `large` (HF ids or local folders).
+
+    >>> from llama_index.core import Settings
+    >>> from llamaindex_glimp import GlimpRouterLLM
+    >>> Settings.llm = GlimpRouterLLM(threshold=0.9, seed=0)   # doctest: +SKIP
+    """
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    small: str | None = Field(default=None, description="Small model (HF id or local folder); None: embedded.")
+    large: str | None = Field(default=None, description="Large model (HF id or local folder); writes the answer.")
+    backend: str | Backend = Field(default="transformers", description="Backend name or a Backend instance.")
+    device: str = Field(default="auto", description="Torch device of the transformers backend.")
+    threshold: float = Field(default=0.9, description="tau in nats: steps with H_init above it go to the large model.")
+    policy: PolicyName = Field(default="glimpse")
+    random_rate: float = Field(default=0.25)
+    temperature: float = Field(default=0.6)
+    top_p: float = Field(default=0.95)
+    seed: int | None = Field(default=None)
+    reasoning_mode: ReasoningMode = Field(default="auto")
+    reasoning_budget: int = Field(default=8192, description="Most tokens routed step by step.")
+    max_tokens: int | None = Field(
+        default=None, description="Most tokens of the answer (the whole response for models without think tags).")
+    timeout: float | None = Field(default=None, description="Wall-clock limit of one call in seconds.")
+
+    _engine: GlimpRouter | None = PrivateAttr(default=None)
+
+    @classmethod
+    def class_name(cls) -> str:
+        return "GlimpRouterLLM"
+
+    # --- metadata ------------------------------------------------------------------------------
+
+    def router(self) -> GlimpRouter:
+        """The engine (built on first use)."""
+        if self._engine is None:
+            self._engine = GlimpRouter(
+                self.small, self.large, backend=self.backend, device=self.device, policy=self.policy,
+                threshold=self.threshold, random_rate=self.random_rate, temperature=self.temperature,
+                top_p=self.top_p, seed=self.seed, reasoning_mode=self.reasoning_mode,
+                reasoning_budget=self.reasoning_budget)
+        return self._engine
+
+    @property
+    def metadata(self) -> LLMMetadata:
+        backend = self.router().backend
+        return LLMMetadata(
+            context_window=min(backend.context_window("small"), backend.context_window("large")),
+            num_output=self.max_tokens or self.router().config.answer_budget,
+            is_chat_model=True,
+            is_function_calling_model=True,
+            model_name=f"{backend.model_name('small')}+{backend.model_name('large')}",
+        )
+
+    # --- the one request builder and converter ------------------------------------------------
+
+    def _request(self, messages: Sequence[ChatMessage], kwargs: dict[str, Any]) -> dict[str, Any]:
+        engine_messages = [_to_engine_message(m, position) for position, m in enumerate(messages)]
+        if not engine_messages:
+            raise GlimpInputError("`messages` is empty; got []. Pass at least one user ChatMessage.")
+        overrides: dict[str, Any] = {}
+        for name in ("temperature", "top_p", "seed", "threshold", "reasoning_budget"):
+            if name in kwargs:
+                overrides[name] = kwargs.pop(name)
+        if self.timeout is not None:
+            overrides["timeout"] = self.timeout
+        if kwargs.get("stop"):
+            overrides["stop"] = tuple(kwargs.pop("stop"))
+        max_tokens = kwargs.pop("max_tokens", self.max_tokens)
+        if max_tokens is not None:
+            overrides["answer_budget"] = max_tokens
+            if not self.router().backend.knows_think_tags("large") and self.reasoning_mode != "think":
+                overrides["reasoning_budget"] = max_tokens
+        tool_choice = kwargs.pop("tool_choice", None)
+        if isinstance(tool_choice, dict):
+            tool_choice = tool_choice.get("function", {}).get("name") or tool_choice.get("name")
+        if kwargs.pop("tool_required", False):
+            tool_choice = tool_choice or "required"
+        for ignored in ("allow_parallel_tool_calls", "formatted", "stop"):
+            kwargs.pop(ignored, None)
+        tools = kwargs.pop("tools", None)
+        if kwargs:
+            raise GlimpInputError(
+                f"`GlimpRouterLLM` got unsupported call arguments {sorted(kwargs)}. Pass only tools, "
+                "tool_choice, tool_required, stop, max_tokens, temperature, top_p, seed, threshold or reasoning_budget.")
+        return {"prompt": engine_messages, "tools": tools, "tool_choice": tool_choice, **overrides}
+
+    def _on_event(self, event: RouterEvent, builder: "_ResponseBuilder") -> ChatResponse | None:
+        """Send a finished step to instrumentation; convert the event to a response, if any."""
+        if isinstance(event, StepFinished):
+            dispatcher.event(GlimpStepEvent(routing=event.step.routing(), text=event.step.text))
+        return builder.convert(event)
+
+    def _chat_stream(self, messages: Sequence[ChatMessage], **kwargs: Any) -> Iterator[ChatResponse]:
+        request = self._request(messages, kwargs)
+        builder = _ResponseBuilder(request["tools"])
+        with closing(self.router().stream(**request)) as stream:  # closing the responses stops the run
+            for event in stream:
+                if (response := self._on_event(event, builder)) is not None:
+                    yield response
+
+    async def _achat_stream(self, messages: Sequence[ChatMessage], **kwargs: Any) -> AsyncIterator[ChatResponse]:
+        request = self._request(messages, kwargs)
+        builder = _ResponseBuilder(request["tools"])
+        stream = self.router().astream(**request)
+        try:
+            async for event in stream:
+                if (response := self._on_event(event, builder)) is not None:
+                    yield response
+        finally:
+            await stream.aclose()
+
+    # --- chat ----------------------------------------------------------------------------------
+
+    @llm_chat_callback()
+    def chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
+        last = None
+        for last in self._chat_stream(messages, **kwargs):
+            pass
+        assert last is not None, "a run always ends with its final response"
+        return last
+
+    @llm_chat_callback()
+    def stream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseGen:
+        return self._chat_stream(messages, **kwargs)
+
+    @llm_chat_callback()
+    async def achat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
+        last = None
+        async for last in self._achat_stream(messages, **kwargs):
+            pass
+        assert last is not None, "a run always ends with its final response"
+        return last
+
+    @llm_chat_callback()
+    async def astream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseAsyncGen:
+        return self._achat_stream(messages, **kwargs)
+
+    # --- completion, derived from chat --------------------------------------------------------
+
+    @llm_completion_callback()
+    def complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
+        return chat_to_completion_decorator(self.chat)(prompt, **kwargs)
+
+    @llm_completion_callback()
+    def stream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponseGen:
+        return stream_chat_to_completion_decorator(self.stream_chat)(prompt, **kwargs)
+
+    @llm_completion_callback()
+    async def acomplete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
+        return await achat_to_completion_decorator(self.achat)(prompt, **kwargs)
+
+    @llm_completion_callback()
+    async def astream_complete(self, prompt: str, formatted: bool = False,
+                               **kwargs: Any) -> CompletionResponseAsyncGen:
+        return await astream_chat_to_completion_decorator(self.astream_chat)(prompt, **kwargs)
+
+    # --- tools ----------------------------------------------------------------------------------
+
+    def _prepare_chat_with_tools(
+        self,
+        tools: Sequence[Any],
+        user_msg: str | ChatMessage | None = None,
+        chat_history: list[ChatMessage] | None = None,
+        verbose: bool = False,
+        allow_parallel_tool_calls: bool = False,
+        tool_required: bool = False,
+        **kwargs: Any,
+    ) -> dict[str, Any]:
+        messages = list(chat_history or [])
+        if user_msg is not None:
+            messages.append(ChatMessage(role=MessageRole.USER, content=user_msg) if isinstance(user_msg, str)
+                            else user_msg)
+        specs = [tool.metadata.to_openai_tool() for tool in tools]
+        return {"messages": messages, "tools": specs or None, "tool_required": tool_required, **kwargs}
+
+    def _validate_chat_with_tools_response(self, response: ChatResponse, tools: Sequence[Any],
+                                           allow_parallel_tool_calls: bool = False, **kwargs: Any) -> ChatResponse:
+        if not allow_parallel_tool_calls:
+            calls = [b for b in response.message.blocks if isinstance(b, ToolCallBlock)]
+            response.message.blocks = [b for b in response.message.blocks if not isinstance(b, ToolCallBlock)] \
+                + calls[:1]
+        return response
+
+    def get_tool_calls_from_response(self, response: ChatResponse, error_on_no_tool_call: bool = True,
+                                     **kwargs: Any) -> list[ToolSelection]:
+        selections = [ToolSelection(tool_id=b.tool_call_id or f"call_{i}", tool_name=b.tool_name,
+                                    tool_kwargs=b.tool_kwargs if isinstance(b.tool_kwargs, dict) else {})
+                      for i, b in enumerate(response.message.blocks) if isinstance(b, ToolCallBlock)]
+        if not selections and error_on_no_tool_call:
+            raise ValueError(f"Expected at least one tool call, but the answer has none: {response.message.content!r}")
+        return selections
+
+
+def _to_engine_message(message: ChatMessage, position: int) -> dict[str, Any]:
+    """A LlamaIndex message as an engine (OpenAI-shaped) message; text and tool calls only."""
+    role = {"chatbot": "assistant", "model": "assistant", "developer": "system", "function": "tool"}.get(
+        message.role.value, message.role.value)
+    unsupported = [type(b).__name__ for b in message.blocks
+                   if not isinstance(b, (TextBlock, ThinkingBlock, ToolCallBlock))]
+    if unsupported:
+        raise GlimpInputError(
+            f"`messages[{position}]` holds {unsupported}; Glimp routes text only. Remove images, audio and "
+            "documents, or describe them in text.")
+    engine: dict[str, Any] = {"role": role, "content": message.content or ""}
+    calls = [b for b in message.blocks if isinstance(b, ToolCallBlock)]
+    if calls:
+        engine["tool_calls"] = [{"id": b.tool_call_id, "type": "function",
+                                 "function": {"name": b.tool_name, "arguments": b.tool_kwargs}} for b in calls]
+    if "tool_call_id" in message.additional_kwargs:
+        engine["tool_call_id"] = message.additional_kwargs["tool_call_id"]
+    return engine
+
+
+class _ResponseBuilder:
+    """Engine events -> `ChatResponse`s, for one call.
+
+    Each response carries the message so far (`ThinkingBlock`s of finished steps, the answer
+    text) and its delta: answer text in `delta`, reasoning text in
+    `additional_kwargs["thinking_delta"]`.  With tools, the answer is held back and parsed into
+    `ToolCallBlock`s at the end.  The last response carries usage and the summary in `raw`.
+    """
+
+    def __init__(self, tools: list[dict[str, Any]] | None) -> None:
+        self.tool_names = [t["function"]["name"] for t in tools or []]
+        self.thinking: list[ThinkingBlock] = []
+        self.answer = ""
+
+    def _response(self, delta: str = "", thinking_delta: str | None = None, blocks: list | None = None,
+                  raw: Any = None) -> ChatResponse:
+        text = [] if self.tool_names and raw is None else [TextBlock(text=self.answer)] if self.answer else []
+        message = ChatMessage(role=MessageRole.ASSISTANT, blocks=[*self.thinking, *text, *(blocks or [])])
+        extra = {"thinking_delta": thinking_delta} if thinking_delta is not None else {}
+        return ChatResponse(message=message, delta=delta, additional_kwargs=extra, raw=raw)
+
+    def convert(self, event: RouterEvent) -> ChatResponse | None:
+        if isinstance(event, TokenDelta):
+            if event.phase == "reasoning":
+                return self._response(thinking_delta=event.text)
+            self.answer += event.text
+            return None if self.tool_names else self._response(delta=event.text)
+        if isinstance(event, StepFinished) and event.step.phase == "reasoning":
+            step = event.step
+            self.thinking.append(ThinkingBlock(content=step.text, num_tokens=step.tokens,
+                                               additional_information=step.routing()))
+            return None
+        if isinstance(event, RunFinished):
+            trace = event.trace
+            calls: list[ToolCallBlock] = []
+            if self.tool_names:
+                self.answer, parsed = parse_tool_calls(self.answer, self.tool_names)
+                calls = [ToolCallBlock(tool_call_id=c.id, tool_name=c.name, tool_kwargs=c.arguments) for c in parsed]
+            self.answer = self.answer.strip()
+            usage = {"prompt_tokens": trace.prompt_tokens, "completion_tokens": trace.completion_tokens,
+                     "total_tokens": trace.prompt_tokens + trace.completion_tokens,
+                     "reasoning_tokens": trace.reasoning_tokens}
+            raw = {"usage": usage, "glimp": json.loads(json.dumps(
+                {**trace.summary(), "steps": [s.routing() for s in trace.steps]}, default=str))}
+            return self._response(blocks=calls, raw=raw)
+        return None
