@@ -197,7 +197,7 @@ class _Run:
                 if room <= 0:
                     break
                 index, step_started = len(self.steps), time.perf_counter()
-                probe, verdict = await self._route(small)
+                probe, verdict = await self._route(small, room, stop)
                 writer = small if verdict is Verdict.DELEGATE else large
                 decision = "delegate" if writer is small else "intervene"
                 basis = probe.basis if probe else "policy"
@@ -257,7 +257,8 @@ class _Run:
                 await session.aclose()
         yield RunFinished(self._trace(finish))
 
-    async def _route(self, small: ModelSession) -> tuple[ProbeTrace | None, Verdict]:
+    async def _route(self, small: ModelSession, max_tokens: int,
+                     stop: Sequence[str]) -> tuple[ProbeTrace | None, Verdict]:
         """Ask the policy who writes the next step, probing the small model if it needs to.
 
         Top-k probes climb `probe_ladder` (then the whole vocabulary) only while the entropy
@@ -268,7 +269,7 @@ class _Run:
         ladder = self.config.probe_ladder
         ladder = ladder if ladder[-1] is None else (*ladder, None)
         for escalations, top_k in enumerate(ladder):
-            distribution = await small.probe(top_k)
+            distribution = await small.probe(top_k, max_tokens, stop)
             bounds = distribution.bounds()
             choice = self.policy.choose(bounds, self.rng)
             if choice is not Verdict.UNDECIDED:

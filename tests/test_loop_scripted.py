@@ -209,7 +209,7 @@ def test_per_run_overrides_do_not_change_the_router():
 def test_a_backend_failure_mid_run_carries_the_partial_trace():
     router, backend = scripted_router([step("fine\n\n", 0.1), step("x", 0.1)], [])
 
-    async def broken(top_k):
+    async def broken(*args):
         raise ConnectionError("server went away")
 
     original = backend.open_session
@@ -220,9 +220,9 @@ def test_a_backend_failure_mid_run_carries_the_partial_trace():
             calls = {"n": 0}
             probe = session.probe
 
-            async def flaky(top_k):
+            async def flaky(*args):
                 calls["n"] += 1
-                return await (probe(top_k) if calls["n"] == 1 else broken(top_k))
+                return await (probe(*args) if calls["n"] == 1 else broken(*args))
 
             session.probe = flaky
         return session

@@ -70,12 +70,14 @@ class ModelSession(abc.ABC):
         """Tokens in the committed context (prompt plus committed steps)."""
 
     @abc.abstractmethod
-    async def probe(self, top_k: int | None) -> TokenDistribution:
+    async def probe(self, top_k: int | None, max_tokens: int, stop: Sequence[str]) -> TokenDistribution:
         """Distribution of the next token after the committed context; samples that token.
 
-        The sampled token becomes the first pending token, so a following `write` keeps it as
-        the step's first token.  Calling again with a larger `top_k` (None: the whole vocabulary)
-        returns more of the same distribution and keeps the same token.
+        The sampled token becomes the first pending token, so a following `write` (with the same
+        `max_tokens` and `stop`) keeps it as the step's first token; a backend that streams may
+        start writing the step right away and stop only if the step goes elsewhere.  Calling
+        again with a larger `top_k` (None: the whole vocabulary) returns more of the same
+        distribution and keeps the same token.
         """
 
     @abc.abstractmethod
