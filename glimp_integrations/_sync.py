@@ -73,3 +73,12 @@ def iterate_sync(stream: AsyncIterator[T]) -> Iterator[T]:
         aclose = getattr(stream, "aclose", None)
         if aclose is not None:
             run_sync(aclose())
+
+
+async def on_background_loop(awaitable: Awaitable[T]) -> T:
+    """Await `awaitable` on the background loop from any loop (engines bound to that loop, such
+    as vLLM's AsyncLLM, are only ever driven from it).  Cancelling the caller cancels it there."""
+    loop = background_loop()
+    if asyncio.get_running_loop() is loop:
+        return await awaitable
+    return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(_wrap(awaitable), loop))

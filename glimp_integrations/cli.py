@@ -28,7 +28,9 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("question")
     ask.add_argument("--small", help="small model: HF id or local folder (default: embedded SmolLM2)")
     ask.add_argument("--large", help="large model: HF id or local folder (default: embedded SmolLM2)")
-    ask.add_argument("--backend", default="transformers", choices=[b for b in BACKEND_NAMES if b != "scripted"])
+    ask.add_argument("--backend", default="transformers", choices=BACKEND_NAMES,
+                     help="transformers, vllm (in this process) or openai (--small/--large are server URLs)")
+    ask.add_argument("--speculative", action="store_true", help="draft the large model's steps with the small one (vLLM, GPU)")
     ask.add_argument("--device", default="auto", help="torch device for the transformers backend")
     ask.add_argument("--policy", default="glimpse", choices=POLICY_NAMES)
     ask.add_argument("--threshold", type=_threshold, default=0.9, help="tau in nats (default 0.9; inf delegates all)")
@@ -47,7 +49,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         router = GlimpRouter(
-            args.small, args.large, backend=args.backend, device=args.device, policy=args.policy,
+            args.small, args.large, backend=args.backend, device=args.device, speculative=args.speculative,
+            policy=args.policy,
             threshold=args.threshold, random_rate=args.random_rate, seed=args.seed,
             temperature=args.temperature, top_p=args.top_p, reasoning_mode=args.mode,
             reasoning_budget=args.reasoning_budget, answer_budget=args.answer_budget)

@@ -9,7 +9,7 @@ from typing import Any, Literal, get_args
 from glimp_integrations.errors import invalid
 
 PolicyName = Literal["glimpse", "always_small", "always_large", "random"]
-BackendName = Literal["transformers", "scripted"]
+BackendName = Literal["transformers", "vllm", "openai"]
 ReasoningMode = Literal["auto", "think", "plain"]
 Role = Literal["small", "large"]
 

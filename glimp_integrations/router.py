@@ -53,8 +53,11 @@ class GlimpRouter:
 
     With no model arguments both roles run the embedded SmolLM2-135M-Instruct on the CPU (it
     shows the mechanics, not the quality).  Name real models (HF ids or local folders) with
-    `small=` and `large=`.  Keyword arguments other than the backend's are `RouterConfig` fields
-    (`threshold`, `policy`, `temperature`, `seed`, ...).
+    `small=` and `large=`; with `backend="openai"` they are the base URLs of two
+    OpenAI-compatible servers.  `backend` is `transformers`, `vllm` (both models in this
+    process) or `openai`; `speculative=True` drafts the large model's steps with the small
+    model (vLLM on a GPU); `backend_options` go to the backend's constructor.  Other keyword
+    arguments are `RouterConfig` fields (`threshold`, `policy`, `temperature`, `seed`, ...).
 
     >>> from glimp_integrations import GlimpRouter
     >>> router = GlimpRouter(seed=0)                      # doctest: +SKIP
@@ -71,6 +74,8 @@ class GlimpRouter:
         policy: str | RoutingPolicy = "glimpse",
         config: RouterConfig | None = None,
         device: str = "auto",
+        speculative: bool = False,
+        backend_options: Mapping[str, Any] | None = None,
         **config_fields: Any,
     ) -> None:
         base = config or RouterConfig()
@@ -85,7 +90,8 @@ class GlimpRouter:
             raise invalid("GlimpRouter(**kwargs)", sorted(config_fields), "must be RouterConfig fields",
                           "See `RouterConfig` for the accepted names.") from error
         self._custom_policy = policy if isinstance(policy, RoutingPolicy) else None
-        self.backend = backend if isinstance(backend, Backend) else load_backend(backend, small, large, device)
+        self.backend = backend if isinstance(backend, Backend) else load_backend(
+            backend, small, large, device=device, speculative=speculative, options=backend_options)
 
     # --- public API -----------------------------------------------------------------------
 
@@ -206,7 +212,7 @@ class _Run:
                     yield event
                 discarded = 0
                 if writer is small and not self.policy.keep_small_step(SmallStepDraft(written.visible, written.tokens)):
-                    small.discard()
+                    await small.discard()
                     discarded = written.tokens
                     yield StepDiscarded(index, "small", written.visible, written.tokens)
                     writer, decision, basis, written = large, "intervene", "policy", _Written()
@@ -282,7 +288,7 @@ class _Run:
             top_k=None if exact else len(distribution.top_logprobs), escalations=escalations,
             seconds=time.perf_counter() - started)
         if choice is Verdict.INTERVENE:
-            small.discard()  # the probe token is not the large model's to keep
+            await small.discard()  # the probe token is not the large model's to keep
         return probe, choice
 
     async def _write(self, writer: ModelSession, index: int, phase: str, decision: str,
@@ -381,19 +387,39 @@ def normalize_messages(prompt: Prompt) -> list[Message]:
     return messages
 
 
-def load_backend(name: str, small: str | None, large: str | None, device: str = "auto") -> Backend:
+def load_backend(name: str, small: str | None, large: str | None, *, device: str = "auto",
+                 speculative: bool = False, options: Mapping[str, Any] | None = None) -> Backend:
     """Build a backend by name.  With neither model named, both roles use the embedded default."""
-    if name not in BACKEND_NAMES or name == "scripted":
-        raise invalid("backend", name, "must be `transformers` (or a Backend instance, such as ScriptedBackend)",
-                      f"Use backend='transformers', or pass a Backend object. Known names: {', '.join(BACKEND_NAMES)}.")
+    if name not in BACKEND_NAMES:
+        raise invalid("backend", name, f"must be one of {', '.join(BACKEND_NAMES)} (or a Backend instance)",
+                      "Use backend='transformers' on one machine, 'vllm' for batched serving in this process, "
+                      "or 'openai' for two OpenAI-compatible servers.")
     if (small is None) != (large is None):
         missing = "large" if large is None else "small"
         raise invalid(missing, None, "must be given when the other model is",
                       "Name both `small` and `large`, or neither for the embedded default.")
-    from glimp_integrations.backends.transformers import TransformersBackend
+    options = dict(options or {})
+    if name == "openai":
+        if small is None:
+            raise invalid("small", None, "must be the small model's server URL with backend='openai'",
+                          'Pass e.g. small="http://127.0.0.1:8001/v1", large="http://127.0.0.1:8000/v1".')
+        if speculative:
+            raise invalid("speculative", True, "is set on the server with backend='openai'",
+                          "Start the large model's server with --speculative-config instead.")
+        from glimp_integrations.backends.openai import OpenAIServersBackend
 
+        return OpenAIServersBackend(small, large, **options)
     if small is None:
         from glimp_integrations.embedded import embedded_model_dir
 
         small = large = str(embedded_model_dir())
-    return TransformersBackend(small, large, device=device)
+    if name == "vllm":
+        from glimp_integrations.backends.vllm import VLLMBackend
+
+        return VLLMBackend(small, large, speculative=speculative, **options)
+    if speculative:
+        raise invalid("speculative", True, "needs backend='vllm' (on a GPU)",
+                      "Use backend='vllm', or speculative=False with the transformers backend.")
+    from glimp_integrations.backends.transformers import TransformersBackend
+
+    return TransformersBackend(small, large, device=device, **options)

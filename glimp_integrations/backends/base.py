@@ -90,8 +90,8 @@ class ModelSession(abc.ABC):
         """Keep the pending tokens as part of the context."""
 
     @abc.abstractmethod
-    def discard(self) -> None:
-        """Drop the pending tokens (and a sampled probe token)."""
+    async def discard(self) -> None:
+        """Drop the pending tokens (and a sampled probe token); stop a step still being written."""
 
     @abc.abstractmethod
     async def append_text(self, text: str) -> None:

@@ -149,11 +149,11 @@ class ScriptedSession(ModelSession):
         self._seen_tokens = self._context_tokens
         self._reset_step()
 
-    def discard(self) -> None:
+    async def discard(self) -> None:
         self._reset_step()
 
     async def append_text(self, text: str) -> None:
-        self.discard()
+        await self.discard()
         self.context_text += text
         self._context_tokens += len(text.split()) or 1
 

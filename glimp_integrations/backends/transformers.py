@@ -252,12 +252,12 @@ class TransformersSession(ModelSession):
         self._pending.clear()
         self._probe_token = None
 
-    def discard(self) -> None:
+    async def discard(self) -> None:
         self._pending.clear()
         self._probe_token = None
 
     async def append_text(self, text: str) -> None:
-        self.discard()
+        await self.discard()
         self._committed.extend(self._loaded.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     async def aclose(self) -> None:

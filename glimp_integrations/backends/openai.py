@@ -1,0 +1,273 @@
+"""OpenAI-compatible servers backend: the small and the large model each behind a base URL.
+
+Each server is typically a `vllm serve` deployment (any size: tensor or pipeline parallel across
+GPUs and nodes), started with prefix caching on and `--max-logprobs -1` so that a probe whose
+top-k bounds straddle the threshold can be settled over the whole vocabulary.  Requests use the
+completions endpoint with the prompt rendered from each model's own chat template (a tokenizer
+loaded locally: the served model's path or id, or the one given), then the steps so far.
+
+As with the in-process vLLM backend, the probe and the small model's step are one streamed
+request: the first chunk's `top_logprobs` give the probe, and the stream is closed (the server
+aborts the request) only when the large model takes the step.  Connection errors, timeouts and
+5xx answers are retried with backoff by the `openai` client; a server that stays unreachable
+raises `ServerError` naming it, and the router turns that into a `GlimpRunError` carrying the
+trace written so far.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any, AsyncIterator, Sequence
+
+from glimp_integrations import _sync
+from glimp_integrations.backends.base import (
+    Backend,
+    Message,
+    ModelSession,
+    StepWriter,
+    TokenDistribution,
+    check_prompt_fits,
+    render_think_suffix,
+)
+from glimp_integrations.config import Role, SamplingConfig
+from glimp_integrations.errors import GlimpConfigError, require_module
+from glimp_integrations.tools import prepare_messages
+
+
+class ServerError(RuntimeError):
+    """A model server failed or stayed unreachable after the client's retries."""
+
+
+class _Server:
+    """One OpenAI-compatible server and what sessions need from it."""
+
+    def __init__(self, role: Role, url: str, model: str | None, tokenizer: str | None, api_key: str,
+                 timeout: float, max_retries: int) -> None:
+        openai = require_module("openai", "openai", "The OpenAI-compatible servers backend")
+        transformers = require_module("transformers", "hf", "Rendering chat templates for the servers backend")
+        self.role, self.url = role, url.rstrip("/")
+        self._client_args = {"base_url": self.url, "api_key": api_key, "timeout": timeout, "max_retries": max_retries}
+        try:
+            card = next(m for m in openai.OpenAI(**self._client_args).models.list().data
+                        if model is None or m.id == model)
+        except StopIteration as error:
+            raise GlimpConfigError(f"The {role} model's server at {self.url} does not serve `{model}`. "
+                                   f"Pass `{role}_model` as one of the ids at {self.url}/models.") from error
+        except openai.APIError as error:
+            raise GlimpConfigError(self.unreachable(error)) from error
+        self.model = card.id
+        extra = card.model_extra or {}
+        source = tokenizer or extra.get("root") or card.id
+        try:
+            self.tokenizer = transformers.AutoTokenizer.from_pretrained(source)
+            config_vocab = getattr(transformers.AutoConfig.from_pretrained(source), "vocab_size", 0) or 0
+        except (OSError, ValueError) as error:
+            raise GlimpConfigError(
+                f"Could not load the tokenizer `{source}` of the {role} model served at {self.url} ({error}). "
+                f"Pass `{role}_tokenizer` (a local folder or HF id of the same model).") from error
+        self.vocab_size = max(len(self.tokenizer), config_vocab)
+        """Logits per position (the model's vocabulary may be padded past the tokenizer's)."""
+        self.context_window = int(extra.get("max_model_len") or getattr(self.tokenizer, "model_max_length", 4096))
+        template = self.tokenizer.chat_template or ""
+        self.knows_think_tags = "<think>" in template or "<think>" in self.tokenizer.get_vocab()
+        self.template_renders_tools = "tools" in template
+        self._client: Any = None
+
+    def unreachable(self, error: Exception) -> str:
+        return (f"The {self.role} model's server at {self.url} failed or is unreachable "
+                f"({type(error).__name__}: {error}). Check that the server is running and reachable from "
+                f"here (curl {self.url}/models), that the URL ends in /v1, and its logs.")
+
+    @property
+    def client(self) -> Any:
+        """The async client, created on the background loop that all requests run on."""
+        if self._client is None:
+            openai = require_module("openai", "openai", "The OpenAI-compatible servers backend")
+            self._client = openai.AsyncOpenAI(**self._client_args)
+        return self._client
+
+    def count(self, text: str) -> int:
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    async def create(self, **request: Any) -> Any:
+        """`completions.create` on the background loop; errors after retries name this server."""
+        openai = require_module("openai", "openai", "The OpenAI-compatible servers backend")
+        try:
+            return await _sync.on_background_loop(self.client.completions.create(model=self.model, **request))
+        except openai.APIError as error:
+            raise ServerError(self.unreachable(error)) from error
+
+
+class OpenAIServersBackend(Backend):
+    """Two OpenAI-compatible servers (`vllm serve`, SGLang), one per role."""
+
+    name = "openai"
+
+    def __init__(self, small_url: str, large_url: str, *, small_model: str | None = None,
+                 large_model: str | None = None, small_tokenizer: str | None = None,
+                 large_tokenizer: str | None = None, api_key: str = "EMPTY", timeout: float = 120.0,
+                 max_retries: int = 3) -> None:
+        """`*_model`: the served model id (default: the server's first); `*_tokenizer`: where to
+        load the chat template from (default: the served model's path, then its id)."""
+        self._servers: dict[Role, _Server] = {
+            "small": _Server("small", small_url, small_model, small_tokenizer, api_key, timeout, max_retries),
+            "large": _Server("large", large_url, large_model, large_tokenizer, api_key, timeout, max_retries),
+        }
+
+    def model_name(self, role: Role) -> str:
+        return self._servers[role].model
+
+    def knows_think_tags(self, role: Role) -> bool:
+        return self._servers[role].knows_think_tags
+
+    def context_window(self, role: Role) -> int:
+        return self._servers[role].context_window
+
+    async def open_session(
+        self,
+        role: Role,
+        messages: Sequence[Message],
+        *,
+        sampling: SamplingConfig,
+        seed: int | None,
+        open_think: bool,
+        tools: Sequence[dict[str, Any]] | None = None,
+        tool_choice: str | None = None,
+    ) -> "OpenAISession":
+        server = self._servers[role]
+        messages = prepare_messages(messages, tools, server.template_renders_tools, tool_choice)
+        prompt = server.tokenizer.apply_chat_template(
+            messages, tools=list(tools) if tools and server.template_renders_tools else None, tokenize=False,
+            add_generation_prompt=True)
+        prompt = render_think_suffix(prompt, open_think)
+        prompt_tokens = server.count(prompt)
+        check_prompt_fits(role, server.model, prompt_tokens, server.context_window)
+        return OpenAISession(server, role, prompt, prompt_tokens, sampling, seed)
+
+    def close(self) -> None:
+        for server in self._servers.values():
+            if server._client is not None:
+                _sync.run_sync(server._client.close())
+
+
+class OpenAISession(ModelSession):
+    def __init__(self, server: _Server, role: Role, prompt: str, prompt_tokens: int, sampling: SamplingConfig,
+                 seed: int | None) -> None:
+        self._server = server
+        self.role = role
+        self.model_name = server.model
+        self.prompt_tokens = prompt_tokens
+        self.context_window = server.context_window
+        self._sampling = sampling
+        self._seeds = itertools.count(seed) if seed is not None else None
+        self._context = prompt
+        self._context_tokens = prompt_tokens
+        self._pending = ""
+        self._pending_tokens = 0
+        self._stream: Any = None
+        """The streamed request of the step being written (started by a probe or by `write`)."""
+        self._first: Any = None
+        """The probe stream's first chunk, held until `write` reads it."""
+
+    @property
+    def context_tokens(self) -> int:
+        return self._context_tokens
+
+    def _request(self, max_tokens: int, stop: Sequence[str], logprobs: int | None, stream: bool = True) -> dict:
+        request: dict[str, Any] = {
+            "prompt": self._context, "max_tokens": max_tokens, "temperature": self._sampling.temperature,
+            "top_p": self._sampling.top_p, "stream": stream,
+            "extra_body": {"include_stop_str_in_output": True, "return_tokens_as_token_ids": True},
+        }
+        if stop:
+            request["stop"] = list(stop)
+        if logprobs is not None:
+            request["logprobs"] = logprobs
+        if self._seeds is not None:
+            request["seed"] = next(self._seeds)
+        if stream:
+            request["stream_options"] = {"include_usage": True}
+        return request
+
+    async def _next(self) -> Any | None:
+        try:
+            return await _sync.on_background_loop(self._stream.__anext__())
+        except StopAsyncIteration:
+            return None
+
+    async def probe(self, top_k: int | None, max_tokens: int, stop: Sequence[str]) -> TokenDistribution:
+        if self._stream is None:  # the probe starts the step, reading the first token's top-k
+            self._stream = await self._server.create(**self._request(max_tokens, stop, top_k or -1))
+            self._first = await self._next()
+            logprobs = self._first.choices[0].logprobs if self._first and self._first.choices else None
+            if logprobs is None or not logprobs.top_logprobs:
+                return TokenDistribution((0.0,), vocab_size=self._server.vocab_size)  # ended at once
+            return _distribution(logprobs.top_logprobs[0], top_k, self._server.vocab_size)
+        # escalation: a one-token request for more of the same distribution (same context)
+        response = await self._server.create(**self._request(1, (), top_k or -1, stream=False))
+        return _distribution(response.choices[0].logprobs.top_logprobs[0], top_k, self._server.vocab_size)
+
+    def write(self, max_tokens: int, stop: Sequence[str]) -> StepWriter:
+        return _OpenAIWriter(self, max_tokens, stop)
+
+    def commit(self) -> None:
+        self._context += self._pending
+        self._context_tokens += self._pending_tokens
+        self._pending, self._pending_tokens = "", 0
+        self._stream = self._first = None
+
+    async def discard(self) -> None:
+        self._pending, self._pending_tokens = "", 0
+        if self._stream is not None:  # closing the stream makes the server abort the request
+            await _sync.on_background_loop(self._stream.close())
+        self._stream = self._first = None
+
+    async def append_text(self, text: str) -> None:
+        await self.discard()
+        self._context += text
+        self._context_tokens += self._server.count(text)
+
+    async def aclose(self) -> None:
+        await self.discard()
+
+
+def _distribution(top_logprobs: dict[str, float], top_k: int | None, vocab_size: int) -> TokenDistribution:
+    """The k largest logprobs of a position (the server may add the sampled token, which is never
+    larger than the k-th), or all of them when the whole vocabulary was asked for."""
+    values = sorted(top_logprobs.values(), reverse=True)
+    return TokenDistribution(tuple(values if top_k is None else values[:top_k]), vocab_size=vocab_size)
+
+
+class _OpenAIWriter(StepWriter):
+    def __init__(self, session: OpenAISession, max_tokens: int, stop: Sequence[str]) -> None:
+        self._session = session
+        self._max_tokens = max_tokens
+        self._stop = stop
+
+    async def __aiter__(self) -> AsyncIterator[str]:
+        session = self._session
+        if session._stream is None:  # no probe: start the step now
+            session._stream = await session._server.create(**session._request(self._max_tokens, self._stop, None))
+            session._first = await session._next()
+        chunk, session._first = session._first, None
+        finish, stop_reason, streamed = None, None, 0
+        while chunk is not None:
+            if chunk.choices:
+                choice = chunk.choices[0]
+                streamed += max(1, len(choice.logprobs.tokens)) if choice.logprobs else 1
+                finish = choice.finish_reason or finish
+                stop_reason = (choice.model_extra or {}).get("stop_reason", stop_reason)
+                if choice.text:
+                    session._pending += choice.text
+                    yield choice.text
+            if chunk.usage is not None:  # the last chunk: exact counts
+                self.tokens = chunk.usage.completion_tokens
+                details = chunk.usage.prompt_tokens_details
+                cached = (details.cached_tokens or 0) if details else 0
+                self.prefill_tokens = chunk.usage.prompt_tokens - cached
+            chunk = await session._next()
+        self.tokens = self.tokens or streamed
+        session._pending_tokens = self.tokens
+        session._stream = None
+        self.end = "max_tokens" if finish == "length" else "stop_string" if isinstance(stop_reason, str) \
+            else "end_of_text"

@@ -1,0 +1,339 @@
+"""vLLM backend: both models as vLLM async engines (`AsyncLLM`) in this process.
+
+Each engine has its own memory share and prefix caching on, so a switch recomputes only the
+blocks of context that engine has not cached.  Many runs at once batch their probes and steps
+inside the engines.  The probe and the step it may start are one request: the small model's
+step is requested with top-k logprobs, the first token's distribution is read from the first
+output, and the request goes on (delegate: the probe token is kept) or is aborted (intervene).
+When the bounds straddle the threshold a one-token request asks for more logprobs (the whole
+vocabulary needs the engine built with `max_logprobs=-1`, which this backend does).
+
+Speculative decoding (`speculative=True`): the large model's steps are verified against drafts
+from the small model (`num_speculative_tokens` per step, 3 as in the paper).  vLLM supports it
+on GPUs only, and only when both models share a vocabulary.
+
+The engines live on Glimp's background event loop; sessions reach them from any loop.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+import uuid
+from pathlib import Path
+from typing import Any, AsyncIterator, Sequence
+
+from glimp_integrations import _sync
+from glimp_integrations.backends.base import (
+    Backend,
+    Message,
+    ModelSession,
+    StepWriter,
+    TokenDistribution,
+    check_prompt_fits,
+    render_think_suffix,
+)
+from glimp_integrations.config import Role, SamplingConfig
+from glimp_integrations.errors import GlimpConfigError, invalid, require_module
+from glimp_integrations.tools import prepare_messages
+
+logger = logging.getLogger(__name__)
+
+#: KV-cache memory per engine on a CPU (GiB) when not given: small, large.
+DEFAULT_CPU_KV_CACHE_GIB: dict[Role, float] = {"small": 1.0, "large": 2.0}
+#: Share of GPU memory per engine when not given: small, large (the paper's pair fits one GPU).
+DEFAULT_GPU_MEMORY_SHARE: dict[Role, float] = {"small": 0.25, "large": 0.6}
+
+
+class VLLMBackend(Backend):
+    """Both models as in-process vLLM engines (one shared engine when both roles name the same model)."""
+
+    name = "vllm"
+
+    def __init__(
+        self,
+        small: str,
+        large: str,
+        *,
+        speculative: bool = False,
+        num_speculative_tokens: int = 3,
+        memory: dict[Role, float] | None = None,
+        max_model_len: int | None = None,
+        enforce_eager: bool | None = None,
+        engine_args: dict[str, Any] | None = None,
+    ) -> None:
+        """`memory`: per role, the GPU memory share (0-1) on a GPU or the KV-cache size in GiB on a
+        CPU.  `enforce_eager` defaults to True on a CPU (start-up about 30 s instead of 100 s).
+        `engine_args` are passed to `AsyncEngineArgs` as they are."""
+        require_module("vllm", "vllm", "The vLLM backend")
+        from vllm.platforms import current_platform
+
+        on_cpu = current_platform.is_cpu()
+        names = {"small": _model_path("small", small), "large": _model_path("large", large)}
+        if speculative:
+            _check_speculative(names["small"], names["large"], on_cpu, num_speculative_tokens)
+        memory = {**(DEFAULT_CPU_KV_CACHE_GIB if on_cpu else DEFAULT_GPU_MEMORY_SHARE), **(memory or {})}
+        shared = names["small"] == names["large"] and not speculative
+        self._engines: dict[Role, _Engine] = {}
+        for role in ("large", "small"):
+            if shared and role == "small":
+                self._engines["small"] = self._engines["large"]
+                continue
+            args: dict[str, Any] = {
+                "model": names[role], "enable_prefix_caching": True, "max_logprobs": -1,
+                "enforce_eager": on_cpu if enforce_eager is None else enforce_eager,
+                **({"max_model_len": max_model_len} if max_model_len else {}),
+            }
+            share = memory["large"] if shared else memory[role]
+            if on_cpu:
+                args["kv_cache_memory_bytes"] = int(share * 2**30)
+            else:
+                args["gpu_memory_utilization"] = share
+            if speculative and role == "large":
+                args["speculative_config"] = {"model": names["small"], "method": "draft_model",
+                                              "num_speculative_tokens": num_speculative_tokens}
+            args.update(engine_args or {})
+            self._engines[role] = _sync.run_sync(_Engine.start(names[role], args))
+
+    def model_name(self, role: Role) -> str:
+        return self._engines[role].name
+
+    def knows_think_tags(self, role: Role) -> bool:
+        return self._engines[role].knows_think_tags
+
+    def context_window(self, role: Role) -> int:
+        return self._engines[role].max_model_len
+
+    async def open_session(
+        self,
+        role: Role,
+        messages: Sequence[Message],
+        *,
+        sampling: SamplingConfig,
+        seed: int | None,
+        open_think: bool,
+        tools: Sequence[dict[str, Any]] | None = None,
+        tool_choice: str | None = None,
+    ) -> "VLLMSession":
+        engine = self._engines[role]
+        messages = prepare_messages(messages, tools, engine.template_renders_tools, tool_choice)
+        prompt = engine.tokenizer.apply_chat_template(
+            messages, tools=list(tools) if tools and engine.template_renders_tools else None, tokenize=False,
+            add_generation_prompt=True)
+        prompt_ids = engine.encode(render_think_suffix(prompt, open_think))
+        check_prompt_fits(role, engine.name, len(prompt_ids), engine.max_model_len)
+        return VLLMSession(engine, role, prompt_ids, sampling, seed)
+
+    def close(self) -> None:
+        """Shut the engines down (on the loop that drives them, so their output handlers stop cleanly)."""
+        engines = list({id(e): e for e in self._engines.values()}.values())
+        self._engines.clear()
+        _sync.run_sync(_shutdown(engines))
+
+
+async def _shutdown(engines: list["_Engine"]) -> None:
+    for engine in engines:
+        engine.llm.shutdown()
+
+
+def _model_path(parameter: str, name: str) -> str:
+    path = Path(name).expanduser()
+    if name.startswith(("/", ".", "~")) and not path.is_dir():
+        raise invalid(parameter, name, "is a path that is not a model folder",
+                      "Pass an existing folder holding config.json and weights, or an HF model id.")
+    return str(path) if path.exists() else name
+
+
+def _check_speculative(small: str, large: str, on_cpu: bool, num_speculative_tokens: int) -> None:
+    if on_cpu:
+        raise GlimpConfigError(
+            "`speculative=True` needs a GPU: vLLM's CPU backend does not support speculative decoding. "
+            "Run with speculative=False (the default) on this machine.")
+    if not isinstance(num_speculative_tokens, int) or num_speculative_tokens < 1:
+        raise invalid("num_speculative_tokens", num_speculative_tokens, "must be a positive int",
+                      "The paper drafts 3 tokens.")
+    transformers = require_module("transformers", "hf", "Checking the draft model's vocabulary")
+    sizes = {role: len(transformers.AutoTokenizer.from_pretrained(name)) for role, name in
+             (("small", small), ("large", large))}
+    if sizes["small"] != sizes["large"]:
+        raise GlimpConfigError(
+            f"`speculative=True` needs the small model to share the large model's vocabulary, but `{small}` has "
+            f"{sizes['small']} tokens and `{large}` {sizes['large']}. Pick a draft of the same family, "
+            "or run with speculative=False.")
+
+
+class _Engine:
+    """One AsyncLLM and what the sessions need from it."""
+
+    def __init__(self, name: str, llm: Any) -> None:
+        self.name = name
+        self.llm = llm
+        self.tokenizer = llm.tokenizer
+        self.max_model_len = llm.model_config.max_model_len
+        self.vocab_size = llm.model_config.get_vocab_size()
+        template = getattr(self.tokenizer, "chat_template", None) or ""
+        self.knows_think_tags = "<think>" in template or "<think>" in self.tokenizer.get_vocab()
+        self.template_renders_tools = "tools" in template
+
+    @classmethod
+    async def start(cls, name: str, args: dict[str, Any]) -> "_Engine":
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        try:  # (no local for the engine: vLLM keeps this frame alive, which would keep the engine too)
+            return cls(name, AsyncLLM.from_engine_args(AsyncEngineArgs(**args)))
+        except (OSError, ValueError) as error:
+            raise GlimpConfigError(f"vLLM could not start an engine for `{name}`: {error}") from error
+
+    def encode(self, text: str) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def stream(self, ids: list[int], params: Any) -> "_Request":
+        return _Request(self, ids, params)
+
+
+class _Request:
+    """One generate request, advanced on the background loop; aborted if closed early."""
+
+    def __init__(self, engine: _Engine, ids: list[int], params: Any) -> None:
+        from vllm.inputs import TokensPrompt
+
+        self.engine = engine
+        self.id = f"glimp-{uuid.uuid4().hex}"
+        self.prompt_len = len(ids)
+        self._outputs = engine.llm.generate(TokensPrompt(prompt_token_ids=ids), params, request_id=self.id)
+        self.done = False
+
+    async def next(self) -> Any | None:
+        """The next output (a delta), or None when the request has finished."""
+        if self.done:
+            return None
+        try:
+            return await _sync.on_background_loop(self._outputs.__anext__())
+        except StopAsyncIteration:
+            self.done = True
+            return None
+
+    async def abort(self) -> None:
+        if not self.done:
+            self.done = True
+            await _sync.on_background_loop(self._close())
+
+    async def _close(self) -> None:
+        await self._outputs.aclose()
+        await self.engine.llm.abort(self.id)
+
+
+class VLLMSession(ModelSession):
+    def __init__(self, engine: _Engine, role: Role, prompt_ids: list[int], sampling: SamplingConfig,
+                 seed: int | None) -> None:
+        self._engine = engine
+        self.role = role
+        self.model_name = engine.name
+        self.prompt_tokens = len(prompt_ids)
+        self.context_window = engine.max_model_len
+        self._sampling = sampling
+        self._seeds = itertools.count(seed) if seed is not None else None
+        self._committed: list[int] = list(prompt_ids)
+        self._pending: list[int] = []
+        self._request: _Request | None = None
+        """The request of the step being written (started by a probe or by `write`)."""
+        self._first: Any = None
+        """The probe request's first output, held until `write` reads it."""
+
+    @property
+    def context_tokens(self) -> int:
+        return len(self._committed)
+
+    def _params(self, max_tokens: int, stop: Sequence[str], logprobs: int | None, final_only: bool = False) -> Any:
+        from vllm import SamplingParams
+        from vllm.sampling_params import RequestOutputKind
+
+        return SamplingParams(
+            temperature=self._sampling.temperature, top_p=self._sampling.top_p, max_tokens=max_tokens,
+            stop=list(stop), include_stop_str_in_output=True, logprobs=logprobs,
+            seed=next(self._seeds) if self._seeds is not None else None,
+            output_kind=RequestOutputKind.FINAL_ONLY if final_only else RequestOutputKind.DELTA)
+
+    async def probe(self, top_k: int | None, max_tokens: int, stop: Sequence[str]) -> TokenDistribution:
+        if self._request is None:  # the probe starts the step, reading the first token's top-k
+            self._request = self._engine.stream(self._committed, self._params(max_tokens, stop, top_k or -1))
+            self._first = await self._request.next()
+            if self._first is None or not self._first.outputs[0].logprobs:
+                return TokenDistribution((0.0,), vocab_size=self._engine.vocab_size)  # ended at once
+            return _distribution(self._first.outputs[0].logprobs[0], top_k, self._engine.vocab_size)
+        # escalation: a one-token request for more of the same distribution (same context)
+        request = self._engine.stream(self._committed, self._params(1, (), top_k or -1, final_only=True))
+        output = await request.next()
+        await request.abort()
+        return _distribution(output.outputs[0].logprobs[0], top_k, self._engine.vocab_size)
+
+    def write(self, max_tokens: int, stop: Sequence[str]) -> StepWriter:
+        return _VLLMWriter(self, max_tokens, stop)
+
+    def commit(self) -> None:
+        self._committed.extend(self._pending)
+        self._pending.clear()
+        self._forget_request()
+
+    async def discard(self) -> None:
+        self._pending.clear()
+        if self._request is not None:
+            await self._request.abort()
+        self._forget_request()
+
+    async def append_text(self, text: str) -> None:
+        await self.discard()
+        self._committed.extend(self._engine.encode(text))
+
+    async def aclose(self) -> None:
+        if self._request is not None:
+            await self._request.abort()
+        self._forget_request()
+
+    def _forget_request(self) -> None:
+        self._request = None
+        self._first = None
+
+
+def _distribution(logprobs: dict[int, Any], top_k: int | None, vocab_size: int) -> TokenDistribution:
+    """The top-k entries of a vLLM logprobs dict (which also holds the sampled token, whatever
+    its rank) as a sorted TokenDistribution; all entries when the whole vocabulary was asked for."""
+    values = [lp.logprob for lp in logprobs.values() if top_k is None or (lp.rank or math.inf) <= top_k]
+    return TokenDistribution(tuple(sorted(values, reverse=True)), vocab_size=vocab_size)
+
+
+class _VLLMWriter(StepWriter):
+    def __init__(self, session: VLLMSession, max_tokens: int, stop: Sequence[str]) -> None:
+        self._session = session
+        self._max_tokens = max_tokens
+        self._stop = stop
+
+    async def __aiter__(self) -> AsyncIterator[str]:
+        session = self._session
+        request, output = session._request, session._first
+        if request is None:  # no probe: start the step now
+            request = session._request = session._engine.stream(
+                session._committed, session._params(self._max_tokens, self._stop, None))
+            output = await request.next()
+        session._first = None
+        if output is not None:
+            self.prefill_tokens = request.prompt_len - (output.num_cached_tokens or 0)
+        while output is not None:
+            completion = output.outputs[0]
+            session._pending.extend(completion.token_ids)
+            self.tokens += len(completion.token_ids)
+            if completion.text:
+                yield completion.text
+            if output.finished:
+                self.end = _end_reason(completion)
+                request.done = True
+                return
+            output = await request.next()
+
+
+def _end_reason(completion: Any) -> str:
+    if completion.finish_reason == "length":
+        return "max_tokens"
+    return "stop_string" if isinstance(completion.stop_reason, str) else "end_of_text"
