@@ -48,6 +48,12 @@ Prompt = str | Sequence[Mapping[str, Any]]
 """A question, or chat messages in the OpenAI shape ({"role": ..., "content": ...})."""
 
 
+ROUTER_SETTINGS: tuple[str, ...] = (
+    "backend", "device", "speculative", "backend_options", "policy", "threshold", "random_rate", "temperature",
+    "top_p", "seed", "reasoning_mode", "reasoning_budget")
+"""The `GlimpRouter` arguments that framework adapters expose as fields of the same names."""
+
+
 class GlimpRouter:
     """Routes each step of a response between a small and a large model.
 
@@ -116,13 +122,20 @@ class GlimpRouter:
         *,
         tools: Sequence[dict[str, Any]] | None = None,
         tool_choice: str | None = None,
+        max_tokens: int | None = None,
         **overrides: Any,
     ) -> AsyncIterator[RouterEvent]:
         """Async form of `stream`.  Closing the iterator early cancels the run.  `tools` (OpenAI
         function schemas) and `tool_choice` ("auto", "required" or a tool name) are rendered
         into each model's chat prompt; `glimp_integrations.tools.parse_tool_calls` reads the calls
-        back from the answer."""
+        back from the answer.  `max_tokens` caps the answer as chat APIs do: the final answer in
+        `think` mode, the whole (routed) response in `plain` mode."""
         messages = normalize_messages(prompt)
+        if max_tokens is not None:
+            mode = overrides.get("reasoning_mode", self.config.reasoning_mode)
+            if mode == "auto":
+                mode = "think" if self.backend.knows_think_tags("large") else "plain"
+            overrides["answer_budget" if mode == "think" else "reasoning_budget"] = max_tokens
         config = self._config_for(overrides)
         policy = self._custom_policy or make_policy(config)
         async for event in _Run(self.backend, config, policy, messages, tools, tool_choice).events():

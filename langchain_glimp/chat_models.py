@@ -30,7 +30,15 @@ from langchain_core.tools import BaseTool
 from langchain_core.utils.function_calling import convert_to_openai_tool
 from pydantic import ConfigDict, Field, PrivateAttr
 
-from glimp_integrations import GlimpInputError, GlimpRouter, RouterEvent, RunFinished, StepFinished, TokenDelta
+from glimp_integrations import (
+    ROUTER_SETTINGS,
+    GlimpInputError,
+    GlimpRouter,
+    RouterEvent,
+    RunFinished,
+    StepFinished,
+    TokenDelta,
+)
 from glimp_integrations.backends.base import Backend
 from glimp_integrations.config import PolicyName, ReasoningMode
 from glimp_integrations.tools import parse_tool_calls
@@ -66,6 +74,10 @@ class ChatGlimpRouter(BaseChatModel):
     """Engine backend name, or a `glimp_integrations.Backend` instance (e.g. `ScriptedBackend`)."""
     device: str = "auto"
     """Torch device of the transformers backend."""
+    speculative: bool = False
+    """Draft the large model's steps with the small model (backend="vllm" on a GPU)."""
+    backend_options: dict[str, Any] = Field(default_factory=dict)
+    """Passed to the backend's constructor (e.g. vLLM memory shares, server model ids)."""
     threshold: float = 0.9
     """tau in nats: a step whose first-token entropy exceeds it is written by the large model."""
     policy: PolicyName = "glimpse"
@@ -83,7 +95,7 @@ class ChatGlimpRouter(BaseChatModel):
     timeout: float | None = None
     """Wall-clock limit of one call in seconds."""
     max_retries: int = 2
-    """Retries of failed requests for server backends; local backends do not retry."""
+    """Retries of failed requests with backend="openai" (with backoff); local backends do not retry."""
     streaming: bool = False
 
     _engine: GlimpRouter | None = PrivateAttr(default=None)
@@ -127,11 +139,12 @@ class ChatGlimpRouter(BaseChatModel):
     def router(self) -> GlimpRouter:
         """The engine (built on first use, so constructing the chat model loads nothing)."""
         if self._engine is None:
+            options = dict(self.backend_options)
+            if self.backend == "openai":
+                options.setdefault("max_retries", self.max_retries)
             self._engine = GlimpRouter(
-                self.small, self.large, backend=self.backend, device=self.device, policy=self.policy,
-                threshold=self.threshold, random_rate=self.random_rate, temperature=self.temperature,
-                top_p=self.top_p, seed=self.seed, reasoning_mode=self.reasoning_mode,
-                reasoning_budget=self.reasoning_budget)
+                self.small, self.large, backend_options=options,
+                **{name: getattr(self, name) for name in ROUTER_SETTINGS if name != "backend_options"})
         return self._engine
 
     def _request(self, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -152,9 +165,7 @@ class ChatGlimpRouter(BaseChatModel):
             overrides["timeout"] = self.timeout
         max_tokens = kwargs.pop("max_tokens", self.max_tokens)
         if max_tokens is not None:
-            overrides["answer_budget"] = max_tokens
-            if self.router().backend.knows_think_tags("large") is False and self.reasoning_mode != "think":
-                overrides["reasoning_budget"] = max_tokens
+            overrides["max_tokens"] = max_tokens
         model = kwargs.pop("model", None)
         if model is not None and model != self.model_name:
             raise GlimpInputError(

@@ -41,7 +41,15 @@ from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_ca
 from llama_index.core.llms.function_calling import FunctionCallingLLM
 from llama_index.core.llms.llm import ToolSelection
 
-from glimp_integrations import GlimpInputError, GlimpRouter, RouterEvent, RunFinished, StepFinished, TokenDelta
+from glimp_integrations import (
+    ROUTER_SETTINGS,
+    GlimpInputError,
+    GlimpRouter,
+    RouterEvent,
+    RunFinished,
+    StepFinished,
+    TokenDelta,
+)
 from glimp_integrations.backends.base import Backend
 from glimp_integrations.config import PolicyName, ReasoningMode
 from glimp_integrations.tools import parse_tool_calls
@@ -77,6 +85,8 @@ class GlimpRouterLLM(FunctionCallingLLM):
     large: str | None = Field(default=None, description="Large model (HF id or local folder); writes the answer.")
     backend: str | Backend = Field(default="transformers", description="Backend name or a Backend instance.")
     device: str = Field(default="auto", description="Torch device of the transformers backend.")
+    speculative: bool = Field(default=False, description="Draft the large model's steps with the small one (vLLM, GPU).")
+    backend_options: dict[str, Any] = Field(default_factory=dict, description="Passed to the backend's constructor.")
     threshold: float = Field(default=0.9, description="tau in nats: steps with H_init above it go to the large model.")
     policy: PolicyName = Field(default="glimpse")
     random_rate: float = Field(default=0.25)
@@ -100,11 +110,8 @@ class GlimpRouterLLM(FunctionCallingLLM):
     def router(self) -> GlimpRouter:
         """The engine (built on first use)."""
         if self._engine is None:
-            self._engine = GlimpRouter(
-                self.small, self.large, backend=self.backend, device=self.device, policy=self.policy,
-                threshold=self.threshold, random_rate=self.random_rate, temperature=self.temperature,
-                top_p=self.top_p, seed=self.seed, reasoning_mode=self.reasoning_mode,
-                reasoning_budget=self.reasoning_budget)
+            self._engine = GlimpRouter(self.small, self.large,
+                                       **{name: getattr(self, name) for name in ROUTER_SETTINGS})
         return self._engine
 
     @property
@@ -134,9 +141,7 @@ class GlimpRouterLLM(FunctionCallingLLM):
             overrides["stop"] = tuple(kwargs.pop("stop"))
         max_tokens = kwargs.pop("max_tokens", self.max_tokens)
         if max_tokens is not None:
-            overrides["answer_budget"] = max_tokens
-            if not self.router().backend.knows_think_tags("large") and self.reasoning_mode != "think":
-                overrides["reasoning_budget"] = max_tokens
+            overrides["max_tokens"] = max_tokens
         tool_choice = kwargs.pop("tool_choice", None)
         if isinstance(tool_choice, dict):
             tool_choice = tool_choice.get("function", {}).get("name") or tool_choice.get("name")
