@@ -8,7 +8,8 @@ from typing import Any, Literal, get_args
 
 from glimp_integrations.errors import invalid
 
-PolicyName = Literal["glimpse", "always_small", "always_large", "random"]
+PolicyName = Literal["glimpse", "always_small", "always_large", "random", "step_entropy", "step_perplexity",
+                     "specreason"]
 BackendName = Literal["transformers", "vllm", "openai"]
 ReasoningMode = Literal["auto", "think", "plain"]
 Role = Literal["small", "large"]
@@ -48,10 +49,12 @@ class RouterConfig:
 
     policy: PolicyName = "glimpse"
     """Who writes each step: `glimpse` (entropy of the probe), `always_small`, `always_large`,
-    or `random` (the large model with probability `random_rate`)."""
+    `random` (the large model with probability `random_rate`), or a generate-then-measure
+    baseline: `step_entropy`, `step_perplexity`, `specreason` (see `policies`)."""
     threshold: float = 0.9
     """tau, in nats: a step whose probe entropy H_init exceeds it is written by the large model.
-    `math.inf` delegates every step."""
+    `math.inf` delegates every step.  The baselines read it in their own unit: mean entropy
+    (nats), perplexity, or the SpecReason score (0-9; below it the step is rewritten)."""
     random_rate: float = 0.25
     """Probability that the `random` policy sends a step to the large model."""
     sampling: SamplingConfig = field(default_factory=SamplingConfig)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import random
 import time
+from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Iterator, Mapping, Sequence
 
 from glimp_integrations import _sync
@@ -28,7 +29,7 @@ from glimp_integrations.backends.base import Backend, Message, ModelSession
 from glimp_integrations.config import BACKEND_NAMES, RouterConfig, Role
 from glimp_integrations.entropy import Verdict
 from glimp_integrations.errors import GlimpError, GlimpInputError, GlimpRunError, GlimpTimeoutError, invalid
-from glimp_integrations.policies import RoutingPolicy, SmallStepDraft, make_policy
+from glimp_integrations.policies import SCORE_DIGITS, RoutingPolicy, SmallStepDraft, make_policy
 from glimp_integrations.trace import (
     ProbeTrace,
     RouterEvent,
@@ -160,19 +161,22 @@ class GlimpRouter:
                           "See `RouterConfig` for the accepted names.") from error
 
 
+@dataclass
 class _Written:
     """What `_Run._write` leaves behind once a step is written."""
 
-    text = ""
+    text: str = ""
     """Raw text as the model wrote it."""
-    visible = ""
+    visible: str = ""
     """The text shown and recorded: cut before `</think>` or a user stop sequence."""
-    tokens = 0
-    prefill_tokens = 0
-    end = "end_of_text"
-    hit_step_limit = False
-    stopped = False
+    tokens: int = 0
+    prefill_tokens: int = 0
+    end: str = "end_of_text"
+    hit_step_limit: bool = False
+    stopped: bool = False
     """True when the text reached one of the user's stop sequences (cut before it)."""
+    token_entropies: list[float] = field(default_factory=list)
+    token_logprobs: list[float] = field(default_factory=list)
 
 
 class _Run:
@@ -224,7 +228,7 @@ class _Run:
                 async for event in self._write(writer, index, phase, decision, probe, room, stop, written):
                     yield event
                 discarded = 0
-                if writer is small and not self.policy.keep_small_step(SmallStepDraft(written.visible, written.tokens)):
+                if writer is small and not await self.policy.keep_small_step(self._draft(written, large)):
                     await small.discard()
                     discarded = written.tokens
                     yield StepDiscarded(index, "small", written.visible, written.tokens)
@@ -315,7 +319,7 @@ class _Run:
         markers = self.config.stop if phase == "answer" else (THINK_CLOSE,) if self.mode == "think" else ()
         holdback = max((len(m) for m in markers), default=1) - 1  # chars that may start a marker
         shown = 0
-        step = writer.write(max_tokens, stop)
+        step = writer.write(max_tokens, stop, measure=self.policy.measures_steps and writer.role == "small")
         async for delta in step:
             written.text += delta
             cut = min((written.text.find(m) for m in markers if m in written.text), default=None)
@@ -329,7 +333,17 @@ class _Run:
         if len(written.visible) > shown:
             yield TokenDelta(index, writer.role, phase, written.visible[shown:])
         written.tokens, written.prefill_tokens, written.end = step.tokens, step.prefill_tokens, step.end
+        written.token_entropies, written.token_logprobs = step.token_entropies, step.token_logprobs
         written.hit_step_limit = self.config.max_step_tokens == max_tokens
+
+    @staticmethod
+    def _draft(written: "_Written", large: ModelSession) -> SmallStepDraft:
+        """The small model's step as a policy sees it, with the large model as its judge."""
+        async def score_with_large(prompt: str) -> dict[str, float]:
+            return await large.candidate_logprobs(written.text + prompt, SCORE_DIGITS)
+
+        return SmallStepDraft(written.visible, written.tokens, written.token_entropies, written.token_logprobs,
+                              score_with_large)
 
     def _check_deadline(self) -> None:
         timeout = self.config.timeout

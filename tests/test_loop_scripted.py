@@ -145,7 +145,7 @@ class RejectLongSteps(RoutingPolicy):
 
     name = "reject_long"
 
-    def keep_small_step(self, draft):
+    async def keep_small_step(self, draft):
         return draft.tokens < 3
 
 

@@ -20,6 +20,10 @@ Message = dict[str, Any]
 
 StepEnd = Literal["stop_string", "end_of_text", "max_tokens"]
 
+#: Logprobs per token asked of top-k backends when a policy measures a step (the token's entropy
+#: is then the midpoint of its bounds).
+MEASURE_TOP_K = 20
+
 
 @dataclass(frozen=True)
 class TokenDistribution:
@@ -45,12 +49,21 @@ class StepWriter(abc.ABC):
     """Tokens of one step as the model writes them: iterate for text deltas.
 
     After the iteration ends, `end` says why, `tokens` how many tokens were written and
-    `prefill_tokens` how many context tokens the model processed before its first token.
+    `prefill_tokens` how many context tokens the model processed before its first token.  When
+    written with `measure=True`, `token_entropies` and `token_logprobs` hold, per token, the
+    entropy of the model's distribution and the log-probability of the token written (nats,
+    temperature 1; backends with top-k logprobs give the midpoint of the entropy bounds).
     """
 
-    end: StepEnd = "end_of_text"
-    tokens: int = 0
-    prefill_tokens: int = 0
+    def __init__(self, max_tokens: int, stop: Sequence[str], measure: bool) -> None:
+        self.max_tokens = max_tokens
+        self.stop = stop
+        self.measure = measure
+        self.end: StepEnd = "end_of_text"
+        self.tokens = 0
+        self.prefill_tokens = 0
+        self.token_entropies: list[float] = []
+        self.token_logprobs: list[float] = []
 
     @abc.abstractmethod
     def __aiter__(self) -> AsyncIterator[str]: ...
@@ -81,9 +94,16 @@ class ModelSession(abc.ABC):
         """
 
     @abc.abstractmethod
-    def write(self, max_tokens: int, stop: Sequence[str]) -> StepWriter:
+    def write(self, max_tokens: int, stop: Sequence[str], measure: bool = False) -> StepWriter:
         """Write up to `max_tokens` tokens (the probe token included), ending after the first
-        stop string (kept in the text) or at the end of text."""
+        stop string (kept in the text) or at the end of text; `measure` records per-token
+        entropies and logprobs."""
+
+    async def candidate_logprobs(self, suffix: str, candidates: Sequence[str]) -> dict[str, float]:
+        """Log-probabilities (temperature 1) of single-token `candidates` as the next token after
+        the committed context followed by `suffix` (nothing is committed).  Candidates the
+        backend cannot see (outside its top-k) are left out."""
+        raise NotImplementedError(f"{type(self).__name__} cannot score candidate tokens")
 
     @abc.abstractmethod
     def commit(self) -> None:

@@ -21,6 +21,7 @@ from typing import Any, AsyncIterator, Sequence
 
 from glimp_integrations import _sync
 from glimp_integrations.backends.base import (
+    MEASURE_TOP_K,
     Backend,
     Message,
     ModelSession,
@@ -32,6 +33,7 @@ from glimp_integrations.backends.base import (
 from glimp_integrations.config import Role, SamplingConfig
 from glimp_integrations.errors import GlimpConfigError, require_module
 from glimp_integrations.tools import prepare_messages
+
 
 
 class ServerError(RuntimeError):
@@ -207,8 +209,16 @@ class OpenAISession(ModelSession):
         response = await self._server.create(**self._request(1, (), top_k or -1, stream=False))
         return _distribution(response.choices[0].logprobs.top_logprobs[0], top_k, self._server.vocab_size)
 
-    def write(self, max_tokens: int, stop: Sequence[str]) -> StepWriter:
-        return _OpenAIWriter(self, max_tokens, stop)
+    def write(self, max_tokens: int, stop: Sequence[str], measure: bool = False) -> StepWriter:
+        return _OpenAIWriter(self, max_tokens, stop, measure)
+
+    async def candidate_logprobs(self, suffix: str, candidates: Sequence[str]) -> dict[str, float]:
+        request = self._request(1, (), MEASURE_TOP_K, stream=False)
+        request["prompt"] = self._context + suffix
+        request["extra_body"] = {}  # token strings, not ids, to match the candidates
+        response = await self._server.create(**request)
+        seen = {token.strip(): lp for token, lp in response.choices[0].logprobs.top_logprobs[0].items()}
+        return {c: seen[c] for c in candidates if c in seen}
 
     def commit(self) -> None:
         self._context += self._pending
@@ -239,15 +249,15 @@ def _distribution(top_logprobs: dict[str, float], top_k: int | None, vocab_size:
 
 
 class _OpenAIWriter(StepWriter):
-    def __init__(self, session: OpenAISession, max_tokens: int, stop: Sequence[str]) -> None:
+    def __init__(self, session: OpenAISession, max_tokens: int, stop: Sequence[str], measure: bool) -> None:
+        super().__init__(max_tokens, stop, measure)
         self._session = session
-        self._max_tokens = max_tokens
-        self._stop = stop
 
     async def __aiter__(self) -> AsyncIterator[str]:
         session = self._session
         if session._stream is None:  # no probe: start the step now
-            session._stream = await session._server.create(**session._request(self._max_tokens, self._stop, None))
+            session._stream = await session._server.create(
+                **session._request(self.max_tokens, self.stop, MEASURE_TOP_K if self.measure else None))
             session._first = await session._next()
         chunk, session._first = session._first, None
         finish, stop_reason, streamed = None, None, 0
@@ -255,6 +265,11 @@ class _OpenAIWriter(StepWriter):
             if chunk.choices:
                 choice = chunk.choices[0]
                 streamed += max(1, len(choice.logprobs.tokens)) if choice.logprobs else 1
+                if self.measure and choice.logprobs:
+                    for top, logprob in zip(choice.logprobs.top_logprobs, choice.logprobs.token_logprobs):
+                        bounds = _distribution(top, MEASURE_TOP_K, session._server.vocab_size).bounds()
+                        self.token_entropies.append((bounds.lower + bounds.upper) / 2)
+                        self.token_logprobs.append(logprob)
                 finish = choice.finish_reason or finish
                 stop_reason = (choice.model_extra or {}).get("stop_reason", stop_reason)
                 if choice.text:

@@ -41,6 +41,12 @@ class ScriptedStep:
     """Token texts in order; the step ends at the first stop string, so include the separator."""
     first_logprobs: Sequence[float] = field(default_factory=lambda: peaked_logprobs(0.99, 100))
     """Distribution of the first token at temperature 1 (whole vocabulary, sorted descending)."""
+    token_entropies: Sequence[float] | None = None
+    """Entropy at each token, reported when measured (default: 0.1 each)."""
+    token_logprobs: Sequence[float] | None = None
+    """Log-probability of each token, reported when measured (default: -0.1 each)."""
+    judge_logprobs: dict[str, float] | None = None
+    """What this role answers when asked to score candidates right after this step (SpecReason)."""
 
 
 @dataclass
@@ -69,6 +75,8 @@ class ScriptedBackend(Backend):
         """Every prompt rendered, in order (both roles)."""
         self.open_sessions = 0
         """Sessions opened and not yet closed (a cancelled run must leave none)."""
+        self.judge_requests: list[tuple[Role, str]] = []
+        """Every `candidate_logprobs` call, in order: (role, suffix)."""
 
     def model_name(self, role: Role) -> str:
         return self._models[role].name
@@ -140,8 +148,16 @@ class ScriptedSession(ModelSession):
             return TokenDistribution(logprobs[:top_k], vocab_size=len(logprobs))
         return TokenDistribution(logprobs, vocab_size=len(logprobs))
 
-    def write(self, max_tokens: int, stop: Sequence[str]) -> StepWriter:
-        return _ScriptedWriter(self, max_tokens, stop)
+    def write(self, max_tokens: int, stop: Sequence[str], measure: bool = False) -> StepWriter:
+        return _ScriptedWriter(self, max_tokens, stop, measure)
+
+    async def candidate_logprobs(self, suffix: str, candidates: Sequence[str]) -> dict[str, float]:
+        """The `judge_logprobs` of this role's next script entry (consumed, as a step would be)."""
+        self._backend.judge_requests.append((self.role, suffix))
+        step = self._take_step()
+        await self.discard()
+        judged = (step.judge_logprobs if step else None) or {}
+        return {c: judged[c] for c in candidates if c in judged}
 
     def commit(self) -> None:
         self.context_text += "".join(self._pending)
@@ -166,27 +182,29 @@ class ScriptedSession(ModelSession):
 
 
 class _ScriptedWriter(StepWriter):
-    def __init__(self, session: ScriptedSession, max_tokens: int, stop: Sequence[str]) -> None:
+    def __init__(self, session: ScriptedSession, max_tokens: int, stop: Sequence[str], measure: bool) -> None:
+        super().__init__(max_tokens, stop, measure)
         self._session = session
-        self._max_tokens = max_tokens
-        self._stop = stop
 
     async def __aiter__(self) -> AsyncIterator[str]:
         session = self._session
         step = session._take_step()
         self.prefill_tokens = session._context_tokens - session._seen_tokens
         session._seen_tokens = session._context_tokens
-        scanner = StopScanner(self._stop)
+        scanner = StopScanner(self.stop)
         text = ""
-        for token in step.tokens if step else []:
+        for position, token in enumerate(step.tokens if step else []):
             session._pending.append(token)
             self.tokens += 1
+            if self.measure:
+                self.token_entropies.append(step.token_entropies[position] if step.token_entropies else 0.1)
+                self.token_logprobs.append(step.token_logprobs[position] if step.token_logprobs else -0.1)
             text += token
             yield token
             if scanner.found(text):
                 self.end = "stop_string"
                 return
-            if self.tokens >= self._max_tokens:
+            if self.tokens >= self.max_tokens:
                 self.end = "max_tokens"
                 return
         self.end = "end_of_text"

@@ -244,8 +244,18 @@ class TransformersSession(ModelSession):
         top = logprobs.topk(min(RECORDED_TOP_K, logprobs.shape[0])).values
         return TokenDistribution(tuple(top.tolist()), vocab_size=logprobs.shape[0], exact_entropy=entropy)
 
-    def write(self, max_tokens: int, stop: Sequence[str]) -> StepWriter:
-        return _TransformersWriter(self, max_tokens, stop)
+    def write(self, max_tokens: int, stop: Sequence[str], measure: bool = False) -> StepWriter:
+        return _TransformersWriter(self, max_tokens, stop, measure)
+
+    async def candidate_logprobs(self, suffix: str, candidates: Sequence[str]) -> dict[str, float]:
+        return await asyncio.to_thread(self._candidate_logprobs, suffix, candidates)
+
+    def _candidate_logprobs(self, suffix: str, candidates: Sequence[str]) -> dict[str, float]:
+        tokenizer = self._loaded.tokenizer
+        self._sync_cache(self._committed + tokenizer(suffix, add_special_tokens=False)["input_ids"])
+        logprobs = self._torch.log_softmax(self._next_logits, dim=-1)  # [vocab]
+        ids = {c: tokenizer(c, add_special_tokens=False)["input_ids"] for c in candidates}
+        return {c: float(logprobs[i[0]]) for c, i in ids.items() if len(i) == 1}
 
     def commit(self) -> None:
         self._committed.extend(self._pending)
@@ -266,10 +276,15 @@ class TransformersSession(ModelSession):
 
 
 class _TransformersWriter(StepWriter):
-    def __init__(self, session: TransformersSession, max_tokens: int, stop: Sequence[str]) -> None:
+    def __init__(self, session: TransformersSession, max_tokens: int, stop: Sequence[str], measure: bool) -> None:
+        super().__init__(max_tokens, stop, measure)
         self._session = session
-        self._max_tokens = max_tokens
-        self._stop = stop
+
+    def _record(self, token: int) -> None:
+        """Entropy of the distribution `token` was drawn from, and the token's logprob (temperature 1)."""
+        logprobs = self._session._torch.log_softmax(self._session._next_logits, dim=-1)  # [vocab]
+        self.token_entropies.append(float(-(logprobs.exp() * logprobs).sum()))
+        self.token_logprobs.append(float(logprobs[token]))
 
     def _first_token(self) -> int:
         session = self._session
@@ -287,7 +302,7 @@ class _TransformersWriter(StepWriter):
     async def __aiter__(self) -> AsyncIterator[str]:
         session = self._session
         tokenizer = session._loaded.tokenizer
-        scanner = StopScanner(self._stop)
+        scanner = StopScanner(self.stop)
         step_ids = session._pending
         text = ""
         token = await asyncio.to_thread(self._first_token)
@@ -297,6 +312,8 @@ class _TransformersWriter(StepWriter):
                 return
             step_ids.append(token)
             self.tokens += 1
+            if self.measure:
+                self._record(token)
             decoded = tokenizer.decode(step_ids, skip_special_tokens=False)
             if not decoded.endswith("\ufffd"):  # hold back a partial UTF-8 character
                 delta, text = decoded[len(text):], decoded
@@ -305,7 +322,7 @@ class _TransformersWriter(StepWriter):
             if scanner.found(text):
                 self.end = "stop_string"
                 return
-            if self.tokens >= self._max_tokens:
+            if self.tokens >= self.max_tokens:
                 self.end = "max_tokens"
                 return
             token = await asyncio.to_thread(self._next_token, token)

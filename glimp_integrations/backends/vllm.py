@@ -26,6 +26,7 @@ from typing import Any, AsyncIterator, Sequence
 
 from glimp_integrations import _sync
 from glimp_integrations.backends.base import (
+    MEASURE_TOP_K,
     Backend,
     Message,
     ModelSession,
@@ -269,8 +270,16 @@ class VLLMSession(ModelSession):
         await request.abort()
         return _distribution(output.outputs[0].logprobs[0], top_k, self._engine.vocab_size)
 
-    def write(self, max_tokens: int, stop: Sequence[str]) -> StepWriter:
-        return _VLLMWriter(self, max_tokens, stop)
+    def write(self, max_tokens: int, stop: Sequence[str], measure: bool = False) -> StepWriter:
+        return _VLLMWriter(self, max_tokens, stop, measure)
+
+    async def candidate_logprobs(self, suffix: str, candidates: Sequence[str]) -> dict[str, float]:
+        request = self._engine.stream(self._committed + self._engine.encode(suffix),
+                                      self._params(1, (), MEASURE_TOP_K, final_only=True))
+        output = await request.next()
+        await request.abort()
+        seen = {lp.decoded_token.strip(): lp.logprob for lp in output.outputs[0].logprobs[0].values()}
+        return {c: seen[c] for c in candidates if c in seen}
 
     def commit(self) -> None:
         self._committed.extend(self._pending)
@@ -305,17 +314,16 @@ def _distribution(logprobs: dict[int, Any], top_k: int | None, vocab_size: int) 
 
 
 class _VLLMWriter(StepWriter):
-    def __init__(self, session: VLLMSession, max_tokens: int, stop: Sequence[str]) -> None:
+    def __init__(self, session: VLLMSession, max_tokens: int, stop: Sequence[str], measure: bool) -> None:
+        super().__init__(max_tokens, stop, measure)
         self._session = session
-        self._max_tokens = max_tokens
-        self._stop = stop
 
     async def __aiter__(self) -> AsyncIterator[str]:
         session = self._session
         request, output = session._request, session._first
         if request is None:  # no probe: start the step now
             request = session._request = session._engine.stream(
-                session._committed, session._params(self._max_tokens, self._stop, None))
+                session._committed, session._params(self.max_tokens, self.stop, MEASURE_TOP_K if self.measure else None))
             output = await request.next()
         session._first = None
         if output is not None:
@@ -324,6 +332,11 @@ class _VLLMWriter(StepWriter):
             completion = output.outputs[0]
             session._pending.extend(completion.token_ids)
             self.tokens += len(completion.token_ids)
+            if self.measure and completion.logprobs:
+                for token, logprobs in zip(completion.token_ids, completion.logprobs):
+                    bounds = _distribution(logprobs, MEASURE_TOP_K, session._engine.vocab_size).bounds()
+                    self.token_entropies.append((bounds.lower + bounds.upper) / 2)
+                    self.token_logprobs.append(logprobs[token].logprob)
             if completion.text:
                 yield completion.text
             if output.finished:
