@@ -1,4 +1,11 @@
-"""The `glimp` command line: `glimp ask "QUESTION"` routes one question and shows each step."""
+"""The `glimp` command line.
+
+- `glimp ask "QUESTION"`: route one question, showing each step as it is written;
+- `glimp bench [DATA.jsonl]`: compare policies and thresholds over a problem set (JSON of every
+  run, a Markdown table, PNG plots);
+- `glimp calibrate [DATA.jsonl] --target-rate R`: the threshold that gives intervention rate R on
+  a calibration split, reported on a disjoint split.
+"""
 
 from __future__ import annotations
 
@@ -21,27 +28,49 @@ def _threshold(text: str) -> float:
     return value
 
 
+def _models(parser: argparse.ArgumentParser) -> None:
+    """Options shared by every command: the model pair and how it runs."""
+    parser.add_argument("--small", help="small model: HF id or local folder (default: embedded SmolLM2)")
+    parser.add_argument("--large", help="large model: HF id or local folder (default: embedded SmolLM2)")
+    parser.add_argument("--backend", default="transformers", choices=BACKEND_NAMES,
+                        help="transformers, vllm (in this process) or openai (--small/--large are server URLs)")
+    parser.add_argument("--speculative", action="store_true",
+                        help="draft the large model's steps with the small one (vLLM, GPU)")
+    parser.add_argument("--device", default="auto", help="torch device for the transformers backend")
+    parser.add_argument("--temperature", type=float, default=0.6)
+    parser.add_argument("--top-p", type=float, default=0.95)
+    parser.add_argument("--mode", default="auto", choices=REASONING_MODES, help="think: route <think> reasoning")
+    parser.add_argument("--reasoning-budget", type=int, default=8192, help="most routed tokens")
+    parser.add_argument("--answer-budget", type=int, default=2048, help="most tokens of the final answer")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="glimp", description=__doc__)
+    parser = argparse.ArgumentParser(prog="glimp", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
     ask = commands.add_parser("ask", help="answer one question, showing each step and who wrote it")
     ask.add_argument("question")
-    ask.add_argument("--small", help="small model: HF id or local folder (default: embedded SmolLM2)")
-    ask.add_argument("--large", help="large model: HF id or local folder (default: embedded SmolLM2)")
-    ask.add_argument("--backend", default="transformers", choices=BACKEND_NAMES,
-                     help="transformers, vllm (in this process) or openai (--small/--large are server URLs)")
-    ask.add_argument("--speculative", action="store_true", help="draft the large model's steps with the small one (vLLM, GPU)")
-    ask.add_argument("--device", default="auto", help="torch device for the transformers backend")
+    _models(ask)
     ask.add_argument("--policy", default="glimpse", choices=POLICY_NAMES)
     ask.add_argument("--threshold", type=_threshold, default=0.9, help="tau in nats (default 0.9; inf delegates all)")
     ask.add_argument("--random-rate", type=float, default=0.25, help="intervention rate of --policy random")
     ask.add_argument("--seed", type=int, default=None)
-    ask.add_argument("--temperature", type=float, default=0.6)
-    ask.add_argument("--top-p", type=float, default=0.95)
-    ask.add_argument("--mode", default="auto", choices=REASONING_MODES, help="think: route <think> reasoning")
-    ask.add_argument("--reasoning-budget", type=int, default=8192, help="most routed tokens")
-    ask.add_argument("--answer-budget", type=int, default=2048, help="most tokens of the final answer")
     ask.add_argument("--json", action="store_true", help="print only the trace as JSON on stdout")
+    for name, summary in (("bench", "compare policies and thresholds over a problem set"),
+                          ("calibrate", "pick the threshold for a target intervention rate")):
+        command = commands.add_parser(name, help=summary)
+        command.add_argument("data", nargs="?", help="JSONL problems (default: the shipped arithmetic set)")
+        _models(command)
+        command.add_argument("--limit", type=int, default=None, help="use the first N problems")
+        command.add_argument("--seeds", type=int, default=3, help="seeded runs per problem and setting")
+        command.add_argument("--out", default=f"glimp-{name}", help="output folder")
+    bench = commands.choices["bench"]
+    bench.add_argument("--policies", default="glimpse,always_small,always_large",
+                       help=f"comma-separated, from: {', '.join(POLICY_NAMES)}")
+    bench.add_argument("--thresholds", default="0.6,0.9,1.8", help="comma-separated tau values for threshold policies")
+    bench.add_argument("--random-rate", type=float, default=0.25)
+    calibrate = commands.choices["calibrate"]
+    calibrate.add_argument("--target-rate", type=float, required=True, help="share of steps for the large model")
+    calibrate.add_argument("--calibration-share", type=float, default=0.5, help="share of problems to calibrate on")
     return parser
 
 
@@ -50,28 +79,77 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         router = GlimpRouter(
             args.small, args.large, backend=args.backend, device=args.device, speculative=args.speculative,
-            policy=args.policy,
-            threshold=args.threshold, random_rate=args.random_rate, seed=args.seed,
             temperature=args.temperature, top_p=args.top_p, reasoning_mode=args.mode,
-            reasoning_budget=args.reasoning_budget, answer_budget=args.answer_budget)
-        trace = _ask(router, args.question, show=not args.json)
-    except GlimpError as error:
+            reasoning_budget=args.reasoning_budget, answer_budget=args.answer_budget,
+            **({"random_rate": args.random_rate} if args.command != "calibrate" else {}))
+        if args.command == "ask":
+            trace = _ask(router, args.question, show=not args.json, policy=args.policy, threshold=args.threshold,
+                         seed=args.seed)
+            print(trace.to_json(indent=2) if args.json else summary_line(trace))
+        elif args.command == "bench":
+            _bench(router, args)
+        else:
+            _calibrate(router, args)
+    except (GlimpError, ValueError) as error:
         print(f"glimp: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("\nglimp: interrupted", file=sys.stderr)
         return 130
-    if args.json:
-        print(trace.to_json(indent=2))
-    else:
-        print(summary_line(trace))
     return 0
 
 
-def _ask(router: GlimpRouter, question: str, show: bool) -> RunTrace:
+def _problems(args: argparse.Namespace) -> list:
+    from glimp_integrations.bench.problems import load_problems, shipped_arithmetic_path
+
+    problems = load_problems(args.data or shipped_arithmetic_path())
+    return problems[: args.limit] if args.limit else problems
+
+
+def _bench(router: GlimpRouter, args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from glimp_integrations.bench.harness import grid, markdown_table, run_grid, summarize, write_report
+
+    policies = [p.strip() for p in args.policies.split(",") if p.strip()]
+    unknown = [p for p in policies if p not in POLICY_NAMES]
+    if unknown:
+        raise ValueError(f"`--policies` names unknown policies {unknown}; choose from {', '.join(POLICY_NAMES)}.")
+    thresholds = [_threshold(t) for t in args.thresholds.split(",") if t.strip()]
+    problems = _problems(args)
+    records = run_grid(router, problems, grid(policies, thresholds), range(args.seeds))
+    rows = summarize(records)
+    meta = {"data": args.data or "arithmetic (shipped)", "problems": len(problems), "seeds": args.seeds,
+            "small": router.backend.model_name("small"), "large": router.backend.model_name("large"),
+            "backend": router.backend.name}
+    paths = write_report(records, rows, Path(args.out), meta)
+    print(markdown_table(rows))
+    print("wrote " + ", ".join(str(p) for p in paths.values()), file=sys.stderr)
+
+
+def _calibrate(router: GlimpRouter, args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from glimp_integrations.bench.calibrate import calibrate
+
+    if not 0 <= args.target_rate <= 1:
+        raise ValueError(f"`--target-rate` must be in [0, 1]; got {args.target_rate}. Pass e.g. 0.25.")
+    result = calibrate(router, _problems(args), args.target_rate, calibration_share=args.calibration_share,
+                       seeds=range(args.seeds))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "calibration.json").write_text(json.dumps(result, indent=2, default=str))
+    evaluation = result["evaluation"]
+    print(f"threshold {result['threshold']:.4f} nats gives intervention rate {result['calibration_rate']:.2f} on "
+          f"{len(result['calibration_problems'])} calibration problems; on {len(result['evaluation_problems'])} "
+          f"others: rate {evaluation['intervention_rate']:.2f}, pass@1 {evaluation['pass_at_1']['mean']:.3f} "
+          f"[{evaluation['pass_at_1']['low']:.3f}, {evaluation['pass_at_1']['high']:.3f}]")
+
+
+def _ask(router: GlimpRouter, question: str, show: bool, **overrides: object) -> RunTrace:
     """Run the question; when `show`, print each step as it is written."""
     out = sys.stdout
-    for event in router.stream(question):
+    for event in router.stream(question, **overrides):
         if isinstance(event, RunFinished):
             return event.trace
         if not show:
