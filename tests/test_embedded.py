@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from glimp_integrations import ContextLengthError, GlimpRouter
+from glimp_integrations import ContextLengthError
 
 pytestmark = pytest.mark.embedded
 

@@ -9,7 +9,6 @@ import pytest
 from glimp_integrations import (
     GlimpRunError,
     RoutingPolicy,
-    RunFinished,
     StepDiscarded,
     StepFinished,
     StepStarted,
