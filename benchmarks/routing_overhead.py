@@ -22,18 +22,12 @@ import torch
 
 from glimp_integrations import GlimpRouter
 from glimp_integrations.backends.transformers import TransformersBackend
+from questions import QUESTIONS
 
-QUESTIONS = [
-    "Tom has 3 apples and buys 4 more. How many apples does he have? Think step by step.",
-    "A train travels 60 km in 1 hour. How far does it go in 3 hours? Explain your steps.",
-    "List three facts about the moon, one paragraph each.",
-    "Write a short story about a cat in three paragraphs.",
-    "Explain how to make tea, step by step, with a blank line between steps.",
-]
 
 
 def plain_generation_seconds(backend: TransformersBackend, question: str, tokens: int, seed: int) -> float:
-    loaded = backend._models["small"]
+    loaded = backend.models["small"]
     prompt = loaded.tokenizer.apply_chat_template(
         [{"role": "user", "content": question}], tokenize=False, add_generation_prompt=True)
     input_ids = loaded.tokenizer(prompt, return_tensors="pt", add_special_tokens=False).input_ids
@@ -60,7 +54,7 @@ def main() -> None:
     router.run("Warm up.", reasoning_budget=8)
     plain_generation_seconds(backend, "Warm up.", 8, 0)
     rows = []
-    for question in QUESTIONS:
+    for question in QUESTIONS[:5]:
         routed, plain = [], []
         for repeat in range(args.repeats):
             trace = router.run(question, seed=repeat, reasoning_budget=args.tokens)

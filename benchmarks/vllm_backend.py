@@ -25,17 +25,8 @@ from pathlib import Path
 
 from glimp_integrations import GlimpRouter, _sync
 from glimp_integrations.backends.vllm import VLLMBackend
+from questions import QUESTIONS
 
-QUESTIONS = [
-    "Tom has 3 apples and buys 4 more. How many apples does he have? Think step by step.",
-    "A train travels 60 km in 1 hour. How far does it go in 3 hours? Explain your steps.",
-    "List three facts about the moon, one paragraph each.",
-    "Write a short story about a cat in three paragraphs.",
-    "Explain how to make tea, step by step, with a blank line between steps.",
-    "What are the four seasons? Describe each in a paragraph.",
-    "Give three tips for learning to swim, each in its own paragraph.",
-    "Explain why the sky is blue in a few short paragraphs.",
-]
 
 
 async def timed_generate(backend: VLLMBackend, ids: list[int], max_tokens: int, logprobs: int | None,
@@ -44,7 +35,7 @@ async def timed_generate(backend: VLLMBackend, ids: list[int], max_tokens: int, 
     from vllm import SamplingParams
     from vllm.sampling_params import RequestOutputKind
 
-    engine = backend._engines["large"]
+    engine = backend.models["large"]
     params = SamplingParams(temperature=0.6, top_p=0.95, max_tokens=max_tokens, min_tokens=max_tokens if exact else 0,
                             ignore_eos=exact, logprobs=logprobs, seed=seed, output_kind=RequestOutputKind.FINAL_ONLY)
     started = time.perf_counter()
@@ -69,7 +60,7 @@ async def questions_per_second(router: GlimpRouter, concurrency: int, budget: in
 
 
 def prompt_ids(backend: VLLMBackend, question: str) -> list[int]:
-    engine = backend._engines["small"]
+    engine = backend.models["small"]
     text = engine.tokenizer.apply_chat_template([{"role": "user", "content": question}], tokenize=False,
                                                 add_generation_prompt=True)
     return engine.encode(text)

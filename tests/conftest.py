@@ -46,9 +46,9 @@ def step(text: str, entropy: float = 0.1, vocab_size: int = 1000, tail: str = "f
 def scripted_router(small_steps, large_steps, *, think=False, top_k_only=False, context_window=4096,
                     **config) -> tuple[GlimpRouter, ScriptedBackend]:
     backend = ScriptedBackend(
-        ScriptedModel("tiny", list(small_steps), think_tags=think, top_k_only=top_k_only,
+        ScriptedModel("tiny", list(small_steps), knows_think_tags=think, top_k_only=top_k_only,
                       context_window=context_window),
-        ScriptedModel("huge", list(large_steps), think_tags=think, context_window=context_window),
+        ScriptedModel("huge", list(large_steps), knows_think_tags=think, context_window=context_window),
     )
     return GlimpRouter(backend=backend, **config), backend
 

@@ -66,6 +66,6 @@ def scripted_pair() -> ScriptedBackend:
     """A think-mode pair: two delegated reasoning steps, then the large model's answer."""
     small = [step("Let me think about it.\n\n", 0.2), step("I know what to do. </think>", 0.3)]
     return ScriptedBackend(
-        ScriptedModel("scripted-small", small, think_tags=True),
-        ScriptedModel("scripted-large", _large_script, think_tags=True),
+        ScriptedModel("scripted-small", small, knows_think_tags=True),
+        ScriptedModel("scripted-large", _large_script, knows_think_tags=True),
     )

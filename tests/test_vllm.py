@@ -57,7 +57,7 @@ async def test_many_chains_at_once_batch_in_the_engine(vllm_router):
 
 
 async def test_cancelling_a_run_aborts_its_requests_and_the_engine_keeps_serving(vllm_router):
-    engine = vllm_router.backend._engines["large"].llm
+    engine = vllm_router.backend.models["large"].llm
     stream = vllm_router.astream(QUESTION, reasoning_budget=400, threshold=math.inf)
     deltas = 0
     async for event in stream:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Literal, Sequence
+from typing import Any, AsyncIterator, Literal, Protocol, Sequence
 
 from glimp_integrations.config import Role, SamplingConfig
 from glimp_integrations.entropy import EntropyBounds, entropy_bounds
@@ -122,20 +122,29 @@ class ModelSession(abc.ABC):
         """Free what the session holds (caches, in-flight requests)."""
 
 
-class Backend(abc.ABC):
-    """Holds both models and opens sessions on them."""
+class ModelInfo(Protocol):
+    """What a backend knows of each of its models."""
 
     name: str
+    knows_think_tags: bool
+    """True when the model's chat template or vocabulary has `<think>`."""
+    context_window: int
 
-    @abc.abstractmethod
-    def model_name(self, role: Role) -> str: ...
 
-    @abc.abstractmethod
+class Backend(abc.ABC):
+    """Holds both models (`models`, by role) and opens sessions on them."""
+
+    name: str
+    models: dict[Role, ModelInfo]
+
+    def model_name(self, role: Role) -> str:
+        return self.models[role].name
+
     def knows_think_tags(self, role: Role) -> bool:
-        """True when the model's chat template or vocabulary has `<think>`."""
+        return self.models[role].knows_think_tags
 
-    @abc.abstractmethod
-    def context_window(self, role: Role) -> int: ...
+    def context_window(self, role: Role) -> int:
+        return self.models[role].context_window
 
     @abc.abstractmethod
     async def open_session(
@@ -177,6 +186,24 @@ def render_think_suffix(prompt: str, open_think: bool) -> str:
     if open_think and not prompt.rstrip().endswith("<think>"):
         return prompt + "<think>\n"
     return prompt
+
+
+def knows_think_tags(tokenizer: Any) -> bool:
+    """Whether a HF tokenizer's chat template or vocabulary has `<think>`."""
+    return "<think>" in (tokenizer.chat_template or "") or "<think>" in tokenizer.get_vocab()
+
+
+def render_chat_prompt(tokenizer: Any, messages: Sequence[Message], tools: Sequence[dict[str, Any]] | None,
+                       tool_choice: str | None, open_think: bool) -> str:
+    """The prompt text from a HF tokenizer's chat template: tools through the template when it
+    renders them (else described in a system message), then `<think>\\n` when asked for."""
+    from glimp_integrations.tools import prepare_messages
+
+    renders_tools = "tools" in (tokenizer.chat_template or "")
+    prepared = prepare_messages(messages, tools, renders_tools, tool_choice)
+    prompt = tokenizer.apply_chat_template(prepared, tools=list(tools) if tools and renders_tools else None,
+                                           tokenize=False, add_generation_prompt=True)
+    return render_think_suffix(prompt, open_think)
 
 
 def check_prompt_fits(role: Role, model_name: str, prompt_tokens: int, context_window: int) -> None:

@@ -28,11 +28,11 @@ from glimp_integrations.backends.base import (
     StepWriter,
     TokenDistribution,
     check_prompt_fits,
-    render_think_suffix,
+    knows_think_tags,
+    render_chat_prompt,
 )
 from glimp_integrations.config import Role, SamplingConfig
 from glimp_integrations.errors import GlimpConfigError, require_module
-from glimp_integrations.tools import prepare_messages
 
 
 
@@ -57,7 +57,7 @@ class _Server:
                                    f"Pass `{role}_model` as one of the ids at {self.url}/models.") from error
         except openai.APIError as error:
             raise GlimpConfigError(self.unreachable(error)) from error
-        self.model = card.id
+        self.name = card.id
         extra = card.model_extra or {}
         source = tokenizer or extra.get("root") or card.id
         try:
@@ -70,9 +70,7 @@ class _Server:
         self.vocab_size = max(len(self.tokenizer), config_vocab)
         """Logits per position (the model's vocabulary may be padded past the tokenizer's)."""
         self.context_window = int(extra.get("max_model_len") or getattr(self.tokenizer, "model_max_length", 4096))
-        template = self.tokenizer.chat_template or ""
-        self.knows_think_tags = "<think>" in template or "<think>" in self.tokenizer.get_vocab()
-        self.template_renders_tools = "tools" in template
+        self.knows_think_tags = knows_think_tags(self.tokenizer)
         self._client: Any = None
 
     def unreachable(self, error: Exception) -> str:
@@ -95,7 +93,7 @@ class _Server:
         """`completions.create` on the background loop; errors after retries name this server."""
         openai = require_module("openai", "openai", "The OpenAI-compatible servers backend")
         try:
-            return await _sync.on_background_loop(self.client.completions.create(model=self.model, **request))
+            return await _sync.on_background_loop(self.client.completions.create(model=self.name, **request))
         except openai.APIError as error:
             raise ServerError(self.unreachable(error)) from error
 
@@ -111,19 +109,11 @@ class OpenAIServersBackend(Backend):
                  max_retries: int = 3) -> None:
         """`*_model`: the served model id (default: the server's first); `*_tokenizer`: where to
         load the chat template from (default: the served model's path, then its id)."""
-        self._servers: dict[Role, _Server] = {
+        self.models: dict[Role, _Server] = {
             "small": _Server("small", small_url, small_model, small_tokenizer, api_key, timeout, max_retries),
             "large": _Server("large", large_url, large_model, large_tokenizer, api_key, timeout, max_retries),
         }
 
-    def model_name(self, role: Role) -> str:
-        return self._servers[role].model
-
-    def knows_think_tags(self, role: Role) -> bool:
-        return self._servers[role].knows_think_tags
-
-    def context_window(self, role: Role) -> int:
-        return self._servers[role].context_window
 
     async def open_session(
         self,
@@ -136,18 +126,14 @@ class OpenAIServersBackend(Backend):
         tools: Sequence[dict[str, Any]] | None = None,
         tool_choice: str | None = None,
     ) -> "OpenAISession":
-        server = self._servers[role]
-        messages = prepare_messages(messages, tools, server.template_renders_tools, tool_choice)
-        prompt = server.tokenizer.apply_chat_template(
-            messages, tools=list(tools) if tools and server.template_renders_tools else None, tokenize=False,
-            add_generation_prompt=True)
-        prompt = render_think_suffix(prompt, open_think)
+        server = self.models[role]
+        prompt = render_chat_prompt(server.tokenizer, messages, tools, tool_choice, open_think)
         prompt_tokens = server.count(prompt)
-        check_prompt_fits(role, server.model, prompt_tokens, server.context_window)
+        check_prompt_fits(role, server.name, prompt_tokens, server.context_window)
         return OpenAISession(server, role, prompt, prompt_tokens, sampling, seed)
 
     def close(self) -> None:
-        for server in self._servers.values():
+        for server in self.models.values():
             if server._client is not None:
                 _sync.run_sync(server._client.close())
 
@@ -157,7 +143,7 @@ class OpenAISession(ModelSession):
                  seed: int | None) -> None:
         self._server = server
         self.role = role
-        self.model_name = server.model
+        self.model_name = server.name
         self.prompt_tokens = prompt_tokens
         self.context_window = server.context_window
         self._sampling = sampling

@@ -54,7 +54,7 @@ class ScriptedModel:
     name: str
     steps: list[ScriptedStep] | Callable[[str], list[ScriptedStep]]
     """The script, or a function of the rendered prompt that returns the run's script."""
-    think_tags: bool = False
+    knows_think_tags: bool = False
     context_window: int = 4096
     top_k_only: bool = False
     """Answer probes with only the `top_k` asked for, to exercise the escalation ladder."""
@@ -66,7 +66,7 @@ class ScriptedBackend(Backend):
     name = "scripted"
 
     def __init__(self, small: ScriptedModel, large: ScriptedModel) -> None:
-        self._models = {"small": small, "large": large}
+        self.models = {"small": small, "large": large}
         self.steps_taken = {"small": 0, "large": 0}
         """Script entries consumed so far, per role, over all runs."""
         self.probe_requests: list[tuple[Role, int | None]] = []
@@ -78,14 +78,6 @@ class ScriptedBackend(Backend):
         self.judge_requests: list[tuple[Role, str]] = []
         """Every `candidate_logprobs` call, in order: (role, suffix)."""
 
-    def model_name(self, role: Role) -> str:
-        return self._models[role].name
-
-    def knows_think_tags(self, role: Role) -> bool:
-        return self._models[role].think_tags
-
-    def context_window(self, role: Role) -> int:
-        return self._models[role].context_window
 
     async def open_session(
         self,
@@ -101,7 +93,7 @@ class ScriptedBackend(Backend):
         messages = prepare_messages(messages, tools, template_renders_tools=False, tool_choice=tool_choice)
         prompt = "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant:"
         prompt = render_think_suffix(prompt, open_think)
-        model = self._models[role]
+        model = self.models[role]
         self.prompts.append(prompt)
         prompt_tokens = len(prompt.split())
         check_prompt_fits(role, model.name, prompt_tokens, model.context_window)

@@ -25,11 +25,11 @@ from glimp_integrations.backends.base import (
     StopScanner,
     TokenDistribution,
     check_prompt_fits,
-    render_think_suffix,
+    knows_think_tags,
+    render_chat_prompt,
 )
 from glimp_integrations.config import Role, SamplingConfig
 from glimp_integrations.errors import GlimpConfigError, invalid, require_module
-from glimp_integrations.tools import prepare_messages
 
 logger = logging.getLogger(__name__)
 
@@ -65,9 +65,7 @@ class LoadedModel:
         eos_ids = eos if isinstance(eos, list) else [eos]
         eos_ids.append(self.tokenizer.eos_token_id)
         self.eos_ids = frozenset(i for i in eos_ids if i is not None)
-        template = self.tokenizer.chat_template or ""
-        self.knows_think_tags = "<think>" in template or "<think>" in self.tokenizer.get_vocab()
-        self.template_renders_tools = "tools" in template
+        self.knows_think_tags = knows_think_tags(self.tokenizer)
 
 
 _loaded: "weakref.WeakValueDictionary[tuple[str, str], LoadedModel]" = weakref.WeakValueDictionary()
@@ -114,16 +112,7 @@ class TransformersBackend(Backend):
         device = _resolve_device(device)
         small_model = load_model(str(Path(small).expanduser()) if Path(small).expanduser().exists() else small, device)
         large_model = load_model(str(Path(large).expanduser()) if Path(large).expanduser().exists() else large, device)
-        self._models: dict[Role, LoadedModel] = {"small": small_model, "large": large_model}
-
-    def model_name(self, role: Role) -> str:
-        return self._models[role].name
-
-    def knows_think_tags(self, role: Role) -> bool:
-        return self._models[role].knows_think_tags
-
-    def context_window(self, role: Role) -> int:
-        return self._models[role].context_window
+        self.models: dict[Role, LoadedModel] = {"small": small_model, "large": large_model}
 
     async def open_session(
         self,
@@ -136,18 +125,14 @@ class TransformersBackend(Backend):
         tools: Sequence[dict[str, Any]] | None = None,
         tool_choice: str | None = None,
     ) -> "TransformersSession":
-        loaded = self._models[role]
-        messages = prepare_messages(messages, tools, loaded.template_renders_tools, tool_choice)
-        prompt = loaded.tokenizer.apply_chat_template(
-            messages, tools=list(tools) if tools and loaded.template_renders_tools else None, tokenize=False,
-            add_generation_prompt=True)
-        prompt = render_think_suffix(prompt, open_think)
+        loaded = self.models[role]
+        prompt = render_chat_prompt(loaded.tokenizer, messages, tools, tool_choice, open_think)
         prompt_ids = loaded.tokenizer(prompt, add_special_tokens=False)["input_ids"]
         check_prompt_fits(role, loaded.name, len(prompt_ids), loaded.context_window)
         return TransformersSession(loaded, role, prompt_ids, sampling, seed)
 
     def close(self) -> None:
-        self._models.clear()
+        self.models.clear()
 
 
 class TransformersSession(ModelSession):

@@ -33,11 +33,11 @@ from glimp_integrations.backends.base import (
     StepWriter,
     TokenDistribution,
     check_prompt_fits,
-    render_think_suffix,
+    knows_think_tags,
+    render_chat_prompt,
 )
 from glimp_integrations.config import Role, SamplingConfig
 from glimp_integrations.errors import GlimpConfigError, invalid, require_module
-from glimp_integrations.tools import prepare_messages
 
 logger = logging.getLogger(__name__)
 
@@ -76,10 +76,10 @@ class VLLMBackend(Backend):
             _check_speculative(names["small"], names["large"], on_cpu, num_speculative_tokens)
         memory = {**(DEFAULT_CPU_KV_CACHE_GIB if on_cpu else DEFAULT_GPU_MEMORY_SHARE), **(memory or {})}
         shared = names["small"] == names["large"] and not speculative
-        self._engines: dict[Role, _Engine] = {}
+        self.models: dict[Role, _Engine] = {}
         for role in ("large", "small"):
             if shared and role == "small":
-                self._engines["small"] = self._engines["large"]
+                self.models["small"] = self.models["large"]
                 continue
             args: dict[str, Any] = {
                 "model": names[role], "enable_prefix_caching": True, "max_logprobs": -1,
@@ -95,16 +95,8 @@ class VLLMBackend(Backend):
                 args["speculative_config"] = {"model": names["small"], "method": "draft_model",
                                               "num_speculative_tokens": num_speculative_tokens}
             args.update(engine_args or {})
-            self._engines[role] = _sync.run_sync(_Engine.start(names[role], args))
+            self.models[role] = _sync.run_sync(_Engine.start(names[role], args))
 
-    def model_name(self, role: Role) -> str:
-        return self._engines[role].name
-
-    def knows_think_tags(self, role: Role) -> bool:
-        return self._engines[role].knows_think_tags
-
-    def context_window(self, role: Role) -> int:
-        return self._engines[role].max_model_len
 
     async def open_session(
         self,
@@ -117,19 +109,15 @@ class VLLMBackend(Backend):
         tools: Sequence[dict[str, Any]] | None = None,
         tool_choice: str | None = None,
     ) -> "VLLMSession":
-        engine = self._engines[role]
-        messages = prepare_messages(messages, tools, engine.template_renders_tools, tool_choice)
-        prompt = engine.tokenizer.apply_chat_template(
-            messages, tools=list(tools) if tools and engine.template_renders_tools else None, tokenize=False,
-            add_generation_prompt=True)
-        prompt_ids = engine.encode(render_think_suffix(prompt, open_think))
-        check_prompt_fits(role, engine.name, len(prompt_ids), engine.max_model_len)
+        engine = self.models[role]
+        prompt_ids = engine.encode(render_chat_prompt(engine.tokenizer, messages, tools, tool_choice, open_think))
+        check_prompt_fits(role, engine.name, len(prompt_ids), engine.context_window)
         return VLLMSession(engine, role, prompt_ids, sampling, seed)
 
     def close(self) -> None:
         """Shut the engines down (on the loop that drives them, so their output handlers stop cleanly)."""
-        engines = list({id(e): e for e in self._engines.values()}.values())
-        self._engines.clear()
+        engines = list({id(e): e for e in self.models.values()}.values())
+        self.models.clear()
         _sync.run_sync(_shutdown(engines))
 
 
@@ -171,11 +159,9 @@ class _Engine:
         self.name = name
         self.llm = llm
         self.tokenizer = llm.tokenizer
-        self.max_model_len = llm.model_config.max_model_len
+        self.context_window = llm.model_config.max_model_len
         self.vocab_size = llm.model_config.get_vocab_size()
-        template = getattr(self.tokenizer, "chat_template", None) or ""
-        self.knows_think_tags = "<think>" in template or "<think>" in self.tokenizer.get_vocab()
-        self.template_renders_tools = "tools" in template
+        self.knows_think_tags = knows_think_tags(self.tokenizer)
 
     @classmethod
     async def start(cls, name: str, args: dict[str, Any]) -> "_Engine":
@@ -233,7 +219,7 @@ class VLLMSession(ModelSession):
         self.role = role
         self.model_name = engine.name
         self.prompt_tokens = len(prompt_ids)
-        self.context_window = engine.max_model_len
+        self.context_window = engine.context_window
         self._sampling = sampling
         self._seeds = itertools.count(seed) if seed is not None else None
         self._committed: list[int] = list(prompt_ids)
