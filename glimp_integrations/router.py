@@ -138,7 +138,8 @@ class GlimpRouter:
                 mode = "think" if self.backend.knows_think_tags("large") else "plain"
             overrides["answer_budget" if mode == "think" else "reasoning_budget"] = max_tokens
         config = self._config_for(overrides)
-        policy = self._custom_policy or make_policy(config)
+        custom = self._custom_policy if "policy" not in overrides else None
+        policy = custom or make_policy(config)
         async for event in _Run(self.backend, config, policy, messages, tools, tool_choice).events():
             yield event
 

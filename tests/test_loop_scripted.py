@@ -230,3 +230,9 @@ def test_a_backend_failure_mid_run_carries_the_partial_trace():
     with pytest.raises(GlimpRunError, match="server went away") as info:
         router.run("q")
     assert [s.text for s in info.value.partial_trace.steps] == ["fine\n\n"]
+
+
+def test_a_per_run_policy_name_overrides_a_custom_policy():
+    router, _ = scripted_router([step("ok\n\n"), step("x")], [step("L\n\n"), step("M")], policy=RejectLongSteps())
+    assert {s.model for s in router.run("q", policy="always_large").steps} == {"large"}
+    assert router.run("q").steps[0].model == "small"

@@ -108,3 +108,25 @@ def test_speculative_decoding_on_gpu_runs_the_large_models_steps():
         assert {s.model for s in trace.steps} == {"large"} and trace.completion_tokens > 0
     finally:
         router.close()
+
+
+async def test_a_cancelled_task_aborts_its_requests(vllm_router):
+    engine = vllm_router.backend.models["large"].llm
+
+    async def consume():
+        async for _ in vllm_router.astream(QUESTION, reasoning_budget=400, threshold=math.inf):
+            pass
+
+    task = asyncio.create_task(consume())
+    for _ in range(200):
+        if engine.get_num_unfinished_requests() > 0:
+            break
+        await asyncio.sleep(0.02)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    for _ in range(50):
+        if engine.get_num_unfinished_requests() == 0:
+            break
+        await asyncio.sleep(0.05)
+    assert engine.get_num_unfinished_requests() == 0

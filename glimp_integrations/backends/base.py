@@ -206,6 +206,23 @@ def render_chat_prompt(tokenizer: Any, messages: Sequence[Message], tools: Seque
     return render_think_suffix(prompt, open_think)
 
 
+def resolve_model_name(parameter: str, name: str) -> str:
+    """A model given as a local folder (expanded) or an HF id; a path that is not a folder is an error."""
+    from pathlib import Path
+
+    from glimp_integrations.errors import invalid
+
+    if not isinstance(name, str) or not name.strip():
+        raise invalid(parameter, name, "must name a model", "Pass a model folder or an HF model id.")
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return str(path)
+    if name.startswith(("/", ".", "~")) or path.exists():
+        raise invalid(parameter, name, "is a path that is not a model folder",
+                      "Pass an existing folder holding config.json and weights, or an HF model id.")
+    return name
+
+
 def check_prompt_fits(role: Role, model_name: str, prompt_tokens: int, context_window: int) -> None:
     """Raise `ContextLengthError` unless the prompt leaves room for at least one new token."""
     from glimp_integrations.errors import ContextLengthError

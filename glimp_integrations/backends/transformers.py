@@ -14,7 +14,6 @@ import asyncio
 import logging
 import threading
 import weakref
-from pathlib import Path
 from typing import Any, AsyncIterator, Sequence
 
 from glimp_integrations.backends.base import (
@@ -27,6 +26,7 @@ from glimp_integrations.backends.base import (
     check_prompt_fits,
     knows_think_tags,
     render_chat_prompt,
+    resolve_model_name,
 )
 from glimp_integrations.config import Role, SamplingConfig
 from glimp_integrations.errors import GlimpConfigError, invalid, require_module
@@ -92,27 +92,15 @@ def _resolve_device(device: str) -> str:
     return device
 
 
-def _check_model_name(parameter: str, name: str) -> None:
-    looks_like_path = name.startswith(("/", ".", "~")) or Path(name).expanduser().exists()
-    if looks_like_path and not Path(name).expanduser().is_dir():
-        raise invalid(parameter, name, "is a path that is not a model folder",
-                      "Pass an existing folder holding config.json and weights, or an HF model id.")
-    if not name.strip():
-        raise invalid(parameter, name, "is empty", "Pass a model folder or an HF model id.")
-
-
 class TransformersBackend(Backend):
     """Both models as transformers causal LMs in this process."""
 
     name = "transformers"
 
     def __init__(self, small: str, large: str, *, device: str = "auto") -> None:
-        _check_model_name("small", small)
-        _check_model_name("large", large)
+        names = {"small": resolve_model_name("small", small), "large": resolve_model_name("large", large)}
         device = _resolve_device(device)
-        small_model = load_model(str(Path(small).expanduser()) if Path(small).expanduser().exists() else small, device)
-        large_model = load_model(str(Path(large).expanduser()) if Path(large).expanduser().exists() else large, device)
-        self.models: dict[Role, LoadedModel] = {"small": small_model, "large": large_model}
+        self.models: dict[Role, LoadedModel] = {role: load_model(name, device) for role, name in names.items()}
 
     async def open_session(
         self,

@@ -21,7 +21,6 @@ import itertools
 import logging
 import math
 import uuid
-from pathlib import Path
 from typing import Any, AsyncIterator, Sequence
 
 from glimp_integrations import _sync
@@ -35,6 +34,7 @@ from glimp_integrations.backends.base import (
     check_prompt_fits,
     knows_think_tags,
     render_chat_prompt,
+    resolve_model_name,
 )
 from glimp_integrations.config import Role, SamplingConfig
 from glimp_integrations.errors import GlimpConfigError, invalid, require_module
@@ -71,7 +71,7 @@ class VLLMBackend(Backend):
         from vllm.platforms import current_platform
 
         on_cpu = current_platform.is_cpu()
-        names = {"small": _model_path("small", small), "large": _model_path("large", large)}
+        names = {"small": resolve_model_name("small", small), "large": resolve_model_name("large", large)}
         if speculative:
             _check_speculative(names["small"], names["large"], on_cpu, num_speculative_tokens)
         memory = {**(DEFAULT_CPU_KV_CACHE_GIB if on_cpu else DEFAULT_GPU_MEMORY_SHARE), **(memory or {})}
@@ -124,14 +124,6 @@ class VLLMBackend(Backend):
 async def _shutdown(engines: list["_Engine"]) -> None:
     for engine in engines:
         engine.llm.shutdown()
-
-
-def _model_path(parameter: str, name: str) -> str:
-    path = Path(name).expanduser()
-    if name.startswith(("/", ".", "~")) and not path.is_dir():
-        raise invalid(parameter, name, "is a path that is not a model folder",
-                      "Pass an existing folder holding config.json and weights, or an HF model id.")
-    return str(path) if path.exists() else name
 
 
 def _check_speculative(small: str, large: str, on_cpu: bool, num_speculative_tokens: int) -> None:
