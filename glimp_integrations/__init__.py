@@ -4,7 +4,7 @@ The engine: the routing loop (`GlimpRouter`), entropy math, policies, traces and
 It imports no LLM framework; `langchain_glimp` and `llamaindex_glimp` adapt it.
 """
 
-from glimp_integrations.backends.base import Backend, ModelSession, StepWriter, TokenDistribution
+from glimp_integrations.backends.base import Backend, ModelSession, SessionSpec, StepWriter, TokenDistribution
 from glimp_integrations.backends.scripted import ScriptedBackend, ScriptedModel, ScriptedStep, peaked_logprobs
 from glimp_integrations.config import RouterConfig, SamplingConfig
 from glimp_integrations.entropy import EntropyBounds, Verdict, entropy_bounds, entropy_nats, verdict
@@ -52,6 +52,7 @@ __all__ = [
     "ScriptedBackend",
     "ScriptedModel",
     "ScriptedStep",
+    "SessionSpec",
     "SmallStepDraft",
     "StepDiscarded",
     "StepFinished",

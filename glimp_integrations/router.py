@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Iterator, Mapping, Sequence
 
 from glimp_integrations import _sync
-from glimp_integrations.backends.base import Backend, Message, ModelSession
+from glimp_integrations.backends.base import Backend, Message, ModelSession, SessionSpec
 from glimp_integrations.config import BACKEND_NAMES, RouterConfig, Role
 from glimp_integrations.entropy import Verdict
 from glimp_integrations.errors import GlimpError, GlimpInputError, GlimpRunError, GlimpTimeoutError, invalid
@@ -209,9 +209,8 @@ class _Run:
         try:
             for offset, role in enumerate(("small", "large")):
                 seed = None if config.sampling.seed is None else config.sampling.seed * 2 + offset
-                sessions[role] = await self.backend.open_session(
-                    role, self.messages, sampling=config.sampling, seed=seed, open_think=think, tools=self.tools,
-                    tool_choice=self.tool_choice)
+                spec = SessionSpec(self.messages, config.sampling, seed, think, self.tools, self.tool_choice)
+                sessions[role] = await self.backend.open_session(role, spec)
             small, large = sessions["small"], sessions["large"]
             self.prompt_tokens = large.prompt_tokens
             routed_tokens, reasoning_closed = 0, False

@@ -213,8 +213,8 @@ def test_a_backend_failure_mid_run_carries_the_partial_trace():
 
     original = backend.open_session
 
-    async def open_session(role, messages, **kwargs):
-        session = await original(role, messages, **kwargs)
+    async def open_session(role, spec):
+        session = await original(role, spec)
         if role == "small":
             calls = {"n": 0}
             probe = session.probe

@@ -45,6 +45,21 @@ class TokenDistribution:
         return entropy_bounds(self.top_logprobs, self.vocab_size)
 
 
+@dataclass(frozen=True)
+class SessionSpec:
+    """What a model's session needs to know of its run."""
+
+    messages: Sequence[Message]
+    sampling: SamplingConfig
+    seed: int | None
+    """Seed of this session's sampling (each role gets its own)."""
+    open_think: bool
+    """Open the reasoning with `<think>\\n` if the chat template does not."""
+    tools: Sequence[dict[str, Any]] | None = None
+    """OpenAI function schemas, rendered into the prompt (see `glimp_integrations.tools`)."""
+    tool_choice: str | None = None
+
+
 class StepWriter(abc.ABC):
     """Tokens of one step as the model writes them: iterate for text deltas.
 
@@ -147,20 +162,9 @@ class Backend(abc.ABC):
         return self.models[role].context_window
 
     @abc.abstractmethod
-    async def open_session(
-        self,
-        role: Role,
-        messages: Sequence[Message],
-        *,
-        sampling: SamplingConfig,
-        seed: int | None,
-        open_think: bool,
-        tools: Sequence[dict[str, Any]] | None = None,
-        tool_choice: str | None = None,
-    ) -> ModelSession:
-        """Render `messages` with the model's chat template (and `tools`, see
-        `glimp_integrations.tools.prepare_messages`), followed by `<think>\\n` when `open_think`
-        and the template did not open it; raise `ContextLengthError` when the prompt does not fit."""
+    async def open_session(self, role: Role, spec: SessionSpec) -> ModelSession:
+        """Render the run's messages with the model's chat template (see `render_chat_prompt`);
+        raise `ContextLengthError` when the prompt does not fit."""
 
     def close(self) -> None:
         """Release the models."""
@@ -193,17 +197,16 @@ def knows_think_tags(tokenizer: Any) -> bool:
     return "<think>" in (tokenizer.chat_template or "") or "<think>" in tokenizer.get_vocab()
 
 
-def render_chat_prompt(tokenizer: Any, messages: Sequence[Message], tools: Sequence[dict[str, Any]] | None,
-                       tool_choice: str | None, open_think: bool) -> str:
+def render_chat_prompt(tokenizer: Any, spec: SessionSpec) -> str:
     """The prompt text from a HF tokenizer's chat template: tools through the template when it
     renders them (else described in a system message), then `<think>\\n` when asked for."""
     from glimp_integrations.tools import prepare_messages
 
     renders_tools = "tools" in (tokenizer.chat_template or "")
-    prepared = prepare_messages(messages, tools, renders_tools, tool_choice)
-    prompt = tokenizer.apply_chat_template(prepared, tools=list(tools) if tools and renders_tools else None,
+    prepared = prepare_messages(spec.messages, spec.tools, renders_tools, spec.tool_choice)
+    prompt = tokenizer.apply_chat_template(prepared, tools=list(spec.tools) if spec.tools and renders_tools else None,
                                            tokenize=False, add_generation_prompt=True)
-    return render_think_suffix(prompt, open_think)
+    return render_think_suffix(prompt, spec.open_think)
 
 
 def resolve_model_name(parameter: str, name: str) -> str:

@@ -21,9 +21,9 @@ from typing import Any, AsyncIterator, Sequence
 
 from glimp_integrations import _sync
 from glimp_integrations.backends.base import (
+    SessionSpec,
     MEASURE_TOP_K,
     Backend,
-    Message,
     ModelSession,
     StepWriter,
     TokenDistribution,
@@ -115,22 +115,12 @@ class OpenAIServersBackend(Backend):
         }
 
 
-    async def open_session(
-        self,
-        role: Role,
-        messages: Sequence[Message],
-        *,
-        sampling: SamplingConfig,
-        seed: int | None,
-        open_think: bool,
-        tools: Sequence[dict[str, Any]] | None = None,
-        tool_choice: str | None = None,
-    ) -> "OpenAISession":
+    async def open_session(self, role: Role, spec: SessionSpec) -> "OpenAISession":
         server = self.models[role]
-        prompt = render_chat_prompt(server.tokenizer, messages, tools, tool_choice, open_think)
+        prompt = render_chat_prompt(server.tokenizer, spec)
         prompt_tokens = server.count(prompt)
         check_prompt_fits(role, server.name, prompt_tokens, server.context_window)
-        return OpenAISession(server, role, prompt, prompt_tokens, sampling, seed)
+        return OpenAISession(server, role, prompt, prompt_tokens, spec.sampling, spec.seed)
 
     def close(self) -> None:
         for server in self.models.values():

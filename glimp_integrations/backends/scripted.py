@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Callable, Sequence
+from typing import AsyncIterator, Callable, Sequence
 
 from glimp_integrations.backends.base import (
+    SessionSpec,
     Backend,
-    Message,
     ModelSession,
     StepWriter,
     StopScanner,
@@ -22,7 +22,7 @@ from glimp_integrations.backends.base import (
     check_prompt_fits,
     render_think_suffix,
 )
-from glimp_integrations.config import Role, SamplingConfig
+from glimp_integrations.config import Role
 from glimp_integrations.tools import prepare_messages
 
 
@@ -79,20 +79,11 @@ class ScriptedBackend(Backend):
         """Every `candidate_logprobs` call, in order: (role, suffix)."""
 
 
-    async def open_session(
-        self,
-        role: Role,
-        messages: Sequence[Message],
-        *,
-        sampling: SamplingConfig,
-        seed: int | None,
-        open_think: bool,
-        tools: Sequence[dict[str, Any]] | None = None,
-        tool_choice: str | None = None,
-    ) -> "ScriptedSession":
-        messages = prepare_messages(messages, tools, template_renders_tools=False, tool_choice=tool_choice)
+    async def open_session(self, role: Role, spec: SessionSpec) -> "ScriptedSession":
+        messages = prepare_messages(spec.messages, spec.tools, template_renders_tools=False,
+                                    tool_choice=spec.tool_choice)
         prompt = "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant:"
-        prompt = render_think_suffix(prompt, open_think)
+        prompt = render_think_suffix(prompt, spec.open_think)
         model = self.models[role]
         self.prompts.append(prompt)
         prompt_tokens = len(prompt.split())

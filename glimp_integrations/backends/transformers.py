@@ -17,8 +17,8 @@ import weakref
 from typing import Any, AsyncIterator, Sequence
 
 from glimp_integrations.backends.base import (
+    SessionSpec,
     Backend,
-    Message,
     ModelSession,
     StepWriter,
     StopScanner,
@@ -102,22 +102,12 @@ class TransformersBackend(Backend):
         device = _resolve_device(device)
         self.models: dict[Role, LoadedModel] = {role: load_model(name, device) for role, name in names.items()}
 
-    async def open_session(
-        self,
-        role: Role,
-        messages: Sequence[Message],
-        *,
-        sampling: SamplingConfig,
-        seed: int | None,
-        open_think: bool,
-        tools: Sequence[dict[str, Any]] | None = None,
-        tool_choice: str | None = None,
-    ) -> "TransformersSession":
+    async def open_session(self, role: Role, spec: SessionSpec) -> "TransformersSession":
         loaded = self.models[role]
-        prompt = render_chat_prompt(loaded.tokenizer, messages, tools, tool_choice, open_think)
+        prompt = render_chat_prompt(loaded.tokenizer, spec)
         prompt_ids = loaded.tokenizer(prompt, add_special_tokens=False)["input_ids"]
         check_prompt_fits(role, loaded.name, len(prompt_ids), loaded.context_window)
-        return TransformersSession(loaded, role, prompt_ids, sampling, seed)
+        return TransformersSession(loaded, role, prompt_ids, spec.sampling, spec.seed)
 
     def close(self) -> None:
         self.models.clear()

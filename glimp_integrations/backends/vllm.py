@@ -25,9 +25,9 @@ from typing import Any, AsyncIterator, Sequence
 
 from glimp_integrations import _sync
 from glimp_integrations.backends.base import (
+    SessionSpec,
     MEASURE_TOP_K,
     Backend,
-    Message,
     ModelSession,
     StepWriter,
     TokenDistribution,
@@ -98,21 +98,11 @@ class VLLMBackend(Backend):
             self.models[role] = _sync.run_sync(_Engine.start(names[role], args))
 
 
-    async def open_session(
-        self,
-        role: Role,
-        messages: Sequence[Message],
-        *,
-        sampling: SamplingConfig,
-        seed: int | None,
-        open_think: bool,
-        tools: Sequence[dict[str, Any]] | None = None,
-        tool_choice: str | None = None,
-    ) -> "VLLMSession":
+    async def open_session(self, role: Role, spec: SessionSpec) -> "VLLMSession":
         engine = self.models[role]
-        prompt_ids = engine.encode(render_chat_prompt(engine.tokenizer, messages, tools, tool_choice, open_think))
+        prompt_ids = engine.encode(render_chat_prompt(engine.tokenizer, spec))
         check_prompt_fits(role, engine.name, len(prompt_ids), engine.context_window)
-        return VLLMSession(engine, role, prompt_ids, sampling, seed)
+        return VLLMSession(engine, role, prompt_ids, spec.sampling, spec.seed)
 
     def close(self) -> None:
         """Shut the engines down (on the loop that drives them, so their output handlers stop cleanly)."""
