@@ -18,7 +18,7 @@ from typing import Sequence
 from glimp_integrations.config import BACKEND_NAMES, POLICY_NAMES, REASONING_MODES
 from glimp_integrations.errors import GlimpError
 from glimp_integrations.router import GlimpRouter
-from glimp_integrations.trace import RunFinished, RunTrace, StepFinished, StepStarted, TokenDelta
+from glimp_integrations.trace import RunFinished, RunTrace, StepStarted, TokenDelta
 
 
 def _threshold(text: str) -> float:
@@ -149,6 +149,7 @@ def _calibrate(router: GlimpRouter, args: argparse.Namespace) -> None:
 def _ask(router: GlimpRouter, question: str, show: bool, **overrides: object) -> RunTrace:
     """Run the question; when `show`, print each step as it is written."""
     out = sys.stdout
+    at_line_start = True
     for event in router.stream(question, **overrides):
         if isinstance(event, RunFinished):
             return event.trace
@@ -157,11 +158,12 @@ def _ask(router: GlimpRouter, question: str, show: bool, **overrides: object) ->
         if isinstance(event, StepStarted):
             h = f" H_init={event.probe.h_init:.3f}" if event.probe else ""
             label = "answer" if event.decision == "forced" else event.decision
-            out.write(f"\n[step {event.index} | {event.model}{h} | {label}]\n")
-        elif isinstance(event, TokenDelta):
+            separator = "" if at_line_start else "\n"
+            out.write(f"{separator}[step {event.index} | {event.model}{h} | {label}]\n")
+            at_line_start = True
+        elif isinstance(event, TokenDelta) and event.text:
             out.write(event.text)
-        elif isinstance(event, StepFinished) and not event.step.text.endswith("\n"):
-            out.write("\n")
+            at_line_start = event.text.endswith("\n")
         out.flush()
     raise AssertionError("the run ended without a RunFinished event")
 
