@@ -17,7 +17,7 @@ from glimp_integrations.errors import (
     MissingDependencyError,
 )
 from glimp_integrations.policies import RoutingPolicy, SmallStepDraft, make_policy
-from glimp_integrations.router import ROUTER_SETTINGS, GlimpRouter, normalize_messages
+from glimp_integrations.router import CALL_OVERRIDES, ROUTER_SETTINGS, GlimpRouter, normalize_messages
 from glimp_integrations.trace import (
     ProbeTrace,
     RouterEvent,
@@ -31,6 +31,7 @@ from glimp_integrations.trace import (
 )
 
 __all__ = [
+    "CALL_OVERRIDES",
     "ROUTER_SETTINGS",
     "Backend",
     "ContextLengthError",

@@ -54,6 +54,9 @@ ROUTER_SETTINGS: tuple[str, ...] = (
     "top_p", "seed", "reasoning_mode", "reasoning_budget")
 """The `GlimpRouter` arguments that framework adapters expose as fields of the same names."""
 
+CALL_OVERRIDES: tuple[str, ...] = ("temperature", "top_p", "seed", "threshold", "reasoning_budget")
+"""`RouterConfig` fields that framework adapters accept per call, under the same names."""
+
 
 class GlimpRouter:
     """Routes each step of a response between a small and a large model.
@@ -86,17 +89,13 @@ class GlimpRouter:
         **config_fields: Any,
     ) -> None:
         base = config or RouterConfig()
-        policy_name = policy.name if isinstance(policy, RoutingPolicy) else policy
-        if isinstance(policy, RoutingPolicy):
-            config_fields.setdefault("policy", "glimpse")
-        else:
-            config_fields.setdefault("policy", policy_name)
+        self._custom_policy = policy if isinstance(policy, RoutingPolicy) else None
+        config_fields.setdefault("policy", "glimpse" if self._custom_policy else policy)
         try:
             self.config = base.with_overrides(**config_fields)
         except TypeError as error:
             raise invalid("GlimpRouter(**kwargs)", sorted(config_fields), "must be RouterConfig fields",
                           "See `RouterConfig` for the accepted names.") from error
-        self._custom_policy = policy if isinstance(policy, RoutingPolicy) else None
         self.backend = backend if isinstance(backend, Backend) else load_backend(
             backend, small, large, device=device, speculative=speculative, options=backend_options)
 
@@ -133,9 +132,7 @@ class GlimpRouter:
         `think` mode, the whole (routed) response in `plain` mode."""
         messages = normalize_messages(prompt)
         if max_tokens is not None:
-            mode = overrides.get("reasoning_mode", self.config.reasoning_mode)
-            if mode == "auto":
-                mode = "think" if self.backend.knows_think_tags("large") else "plain"
+            mode = resolve_mode(overrides.get("reasoning_mode", self.config.reasoning_mode), self.backend)
             overrides["answer_budget" if mode == "think" else "reasoning_budget"] = max_tokens
         config = self._config_for(overrides)
         custom = self._custom_policy if "policy" not in overrides else None
@@ -192,9 +189,7 @@ class _Run:
         self.tools = tools
         self.tool_choice = tool_choice
         self.rng = random.Random(config.sampling.seed)
-        self.mode = config.reasoning_mode
-        if self.mode == "auto":
-            self.mode = "think" if backend.knows_think_tags("large") else "plain"
+        self.mode = resolve_mode(config.reasoning_mode, backend)
         self.steps: list[StepTrace] = []
         self.started = time.perf_counter()
         self.prompt_tokens = 0
@@ -366,6 +361,13 @@ class _Run:
             large_model=self.backend.model_name("large"), prompt_tokens=self.prompt_tokens,
             wall_seconds=time.perf_counter() - self.started, finish_reason=finish,
             tokens_by_model=tokens_by_model)
+
+
+def resolve_mode(mode: str, backend: Backend) -> str:
+    """`think` or `plain`; `auto` is `think` when the large model knows `<think>`."""
+    if mode != "auto":
+        return mode
+    return "think" if backend.knows_think_tags("large") else "plain"
 
 
 def _room(session: ModelSession) -> int:

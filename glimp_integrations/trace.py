@@ -12,6 +12,7 @@ Vocabulary (used throughout Glimp):
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, Union
 
@@ -157,19 +158,25 @@ class RunTrace:
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
-        data["threshold"] = _json_number(self.threshold)
         data.update({k: v for k, v in self.summary().items() if k not in data})
         for step, raw in zip(self.steps, data["steps"]):
             raw["h_init"] = step.h_init
-        return data
+        return json_safe(data)
 
     def to_json(self, **kwargs: Any) -> str:
         return json.dumps(self.to_dict(), **kwargs)
 
 
-def _json_number(value: float) -> float | str:
-    """JSON has no infinity: write it as the string "inf"."""
-    return value if value not in (float("inf"), float("-inf")) else str(value)
+def json_safe(data: Any) -> Any:
+    """A copy of `data` (dicts, lists, numbers, strings) that JSON can hold: infinities, such as
+    an infinite threshold, become the strings "inf" and "-inf"."""
+    if isinstance(data, dict):
+        return {k: json_safe(v) for k, v in data.items()}
+    if isinstance(data, list):
+        return [json_safe(v) for v in data]
+    if isinstance(data, float) and math.isinf(data):
+        return str(data)
+    return data
 
 
 # --- Events, emitted while a run happens -----------------------------------------------------

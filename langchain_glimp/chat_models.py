@@ -10,7 +10,6 @@ chunks (reasoning content blocks with each step's routing in `extras`, the answe
 from __future__ import annotations
 
 import json
-import math
 from contextlib import closing
 from typing import Any, AsyncIterator, Callable, Iterator, Literal, Sequence
 
@@ -31,6 +30,7 @@ from langchain_core.utils.function_calling import convert_to_openai_tool
 from pydantic import ConfigDict, Field, PrivateAttr
 
 from glimp_integrations import (
+    CALL_OVERRIDES,
     ROUTER_SETTINGS,
     GlimpInputError,
     GlimpRouter,
@@ -42,6 +42,7 @@ from glimp_integrations import (
 from glimp_integrations.backends.base import Backend
 from glimp_integrations.config import PolicyName, ReasoningMode
 from glimp_integrations.tools import parse_tool_calls
+from glimp_integrations.trace import json_safe
 
 STEP_EVENT = "glimp_step"
 """Name of the custom event sent for every finished step (data: `StepTrace.routing()` + text)."""
@@ -156,7 +157,7 @@ class ChatGlimpRouter(BaseChatModel):
         if response_format:
             engine_messages.insert(0, {"role": "system", "content": JSON_MODE_INSTRUCTION})
         overrides: dict[str, Any] = {}
-        for name in ("temperature", "top_p", "seed", "threshold", "reasoning_budget"):
+        for name in CALL_OVERRIDES:
             if name in kwargs:
                 overrides[name] = kwargs.pop(name)
         if stop or self.stop:
@@ -300,7 +301,7 @@ class _ChunkBuilder:
             return _chunk(content=self._answer_content(event.text))
         if isinstance(event, StepFinished) and event.step.phase == "reasoning":
             return _chunk(content=[{"type": "reasoning", "reasoning": "", "index": _block_index(event.step.index),
-                                    "extras": {"glimp": _finite(event.step.routing())}}])
+                                    "extras": {"glimp": json_safe(event.step.routing())}}])
         if isinstance(event, RunFinished):
             return self._last(event)
         return None
@@ -318,7 +319,7 @@ class _ChunkBuilder:
                 content = self._answer_content(text)
             tool_call_chunks = [{"type": "tool_call_chunk", "name": c.name, "args": json.dumps(c.arguments),
                                  "id": c.id, "index": i} for i, c in enumerate(calls)]
-        summary = _finite({**trace.summary(), "steps": [s.routing() for s in trace.steps]})
+        summary = json_safe({**trace.summary(), "steps": [s.routing() for s in trace.steps]})
         usage = {"input_tokens": trace.prompt_tokens, "output_tokens": trace.completion_tokens,
                  "total_tokens": trace.prompt_tokens + trace.completion_tokens,
                  "output_token_details": {"reasoning": trace.reasoning_tokens}}
@@ -339,17 +340,6 @@ def _block_index(step_index: int) -> str:
 
 def _chunk(**fields: Any) -> ChatGenerationChunk:
     return ChatGenerationChunk(message=AIMessageChunk(**fields))
-
-
-def _finite(data: Any) -> Any:
-    """JSON-safe copy: infinite thresholds become the string "inf"."""
-    if isinstance(data, dict):
-        return {k: _finite(v) for k, v in data.items()}
-    if isinstance(data, list):
-        return [_finite(v) for v in data]
-    if isinstance(data, float) and math.isinf(data):
-        return str(data)
-    return data
 
 
 def _sync_step_emitter(run_manager: CallbackManagerForLLMRun | None) -> Callable[[dict[str, Any]], None]:

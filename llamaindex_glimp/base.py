@@ -10,7 +10,6 @@ completion methods are derived from it.  All routing happens in `glimp_integrati
 
 from __future__ import annotations
 
-import json
 from contextlib import closing
 from typing import Any, AsyncIterator, Iterator, Sequence
 
@@ -42,6 +41,7 @@ from llama_index.core.llms.function_calling import FunctionCallingLLM
 from llama_index.core.llms.llm import ToolSelection
 
 from glimp_integrations import (
+    CALL_OVERRIDES,
     ROUTER_SETTINGS,
     GlimpInputError,
     GlimpRouter,
@@ -53,6 +53,7 @@ from glimp_integrations import (
 from glimp_integrations.backends.base import Backend
 from glimp_integrations.config import PolicyName, ReasoningMode
 from glimp_integrations.tools import parse_tool_calls
+from glimp_integrations.trace import json_safe
 
 dispatcher = get_dispatcher(__name__)
 
@@ -132,7 +133,7 @@ class GlimpRouterLLM(FunctionCallingLLM):
         if not engine_messages:
             raise GlimpInputError("`messages` is empty; got []. Pass at least one user ChatMessage.")
         overrides: dict[str, Any] = {}
-        for name in ("temperature", "top_p", "seed", "threshold", "reasoning_budget"):
+        for name in CALL_OVERRIDES:
             if name in kwargs:
                 overrides[name] = kwargs.pop(name)
         if self.timeout is not None:
@@ -325,7 +326,6 @@ class _ResponseBuilder:
             usage = {"prompt_tokens": trace.prompt_tokens, "completion_tokens": trace.completion_tokens,
                      "total_tokens": trace.prompt_tokens + trace.completion_tokens,
                      "reasoning_tokens": trace.reasoning_tokens}
-            raw = {"usage": usage, "glimp": json.loads(json.dumps(
-                {**trace.summary(), "steps": [s.routing() for s in trace.steps]}, default=str))}
+            raw = {"usage": usage, "glimp": json_safe({**trace.summary(), "steps": [s.routing() for s in trace.steps]})}
             return self._response(blocks=calls, raw=raw)
         return None
