@@ -19,11 +19,10 @@ import time
 from pathlib import Path
 
 import torch
+from questions import QUESTIONS
 
 from glimp_integrations import GlimpRouter
 from glimp_integrations.backends.transformers import TransformersBackend
-from questions import QUESTIONS
-
 
 
 def plain_generation_seconds(backend: TransformersBackend, question: str, tokens: int, seed: int) -> float:

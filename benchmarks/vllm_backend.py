@@ -17,16 +17,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import math
 import statistics
 import time
 from pathlib import Path
 
-from glimp_integrations import GlimpRouter, _sync
-from glimp_integrations.backends.vllm import VLLMBackend
 from questions import QUESTIONS
 
+from glimp_integrations import GlimpRouter, _sync
+from glimp_integrations.backends.vllm import VLLMBackend
 
 
 async def timed_generate(backend: VLLMBackend, ids: list[int], max_tokens: int, logprobs: int | None,
@@ -118,7 +119,7 @@ def main() -> None:
         reuse.append({"model": step.model, "decision": step.decision, "computed": step.prefill_tokens,
                       "step_tokens": step.tokens, "context_tokens": context})
         context += step.tokens
-    switches = [r for prev, r in zip(reuse, reuse[1:]) if r["model"] != prev["model"]]
+    switches = [r for prev, r in itertools.pairwise(reuse) if r["model"] != prev["model"]]
     results["prefix_reuse"] = {"steps": reuse}
     print("4. prefix reuse (tau=0.9, long prompt): context tokens computed per step / whole context:")
     for r in reuse:

@@ -4,10 +4,27 @@ The engine: the routing loop (`GlimpRouter`), entropy math, policies, traces and
 It imports no LLM framework; `langchain_glimp` and `llamaindex_glimp` adapt it.
 """
 
-from glimp_integrations.backends.base import Backend, ModelSession, SessionSpec, StepWriter, TokenDistribution
-from glimp_integrations.backends.scripted import ScriptedBackend, ScriptedModel, ScriptedStep, peaked_logprobs
+from glimp_integrations.backends.base import (
+    Backend,
+    ModelSession,
+    SessionSpec,
+    StepWriter,
+    TokenDistribution,
+)
+from glimp_integrations.backends.scripted import (
+    ScriptedBackend,
+    ScriptedModel,
+    ScriptedStep,
+    peaked_logprobs,
+)
 from glimp_integrations.config import RouterConfig, SamplingConfig
-from glimp_integrations.entropy import EntropyBounds, Verdict, entropy_bounds, entropy_nats, verdict
+from glimp_integrations.entropy import (
+    EntropyBounds,
+    Verdict,
+    entropy_bounds,
+    entropy_nats,
+    verdict,
+)
 from glimp_integrations.errors import (
     ContextLengthError,
     GlimpConfigError,
@@ -17,7 +34,12 @@ from glimp_integrations.errors import (
     MissingDependencyError,
 )
 from glimp_integrations.policies import RoutingPolicy, SmallStepDraft, make_policy
-from glimp_integrations.router import CALL_OVERRIDES, ROUTER_SETTINGS, GlimpRouter, normalize_messages
+from glimp_integrations.router import (
+    CALL_OVERRIDES,
+    ROUTER_SETTINGS,
+    GlimpRouter,
+    normalize_messages,
+)
 from glimp_integrations.trace import (
     ProbeTrace,
     RouterEvent,

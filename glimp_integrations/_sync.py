@@ -11,7 +11,8 @@ import asyncio
 import atexit
 import concurrent.futures
 import threading
-from typing import AsyncIterator, Awaitable, Iterator, TypeVar
+from collections.abc import AsyncIterator, Awaitable, Iterator
+from typing import TypeVar
 
 T = TypeVar("T")
 

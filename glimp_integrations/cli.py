@@ -13,7 +13,7 @@ import argparse
 import json
 import math
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from glimp_integrations.config import BACKEND_NAMES, POLICY_NAMES, REASONING_MODES
 from glimp_integrations.errors import GlimpError
@@ -109,7 +109,13 @@ def _problems(args: argparse.Namespace) -> list:
 def _bench(router: GlimpRouter, args: argparse.Namespace) -> None:
     from pathlib import Path
 
-    from glimp_integrations.bench.harness import grid, markdown_table, run_grid, summarize, write_report
+    from glimp_integrations.bench.harness import (
+        grid,
+        markdown_table,
+        run_grid,
+        summarize,
+        write_report,
+    )
 
     policies = [p.strip() for p in args.policies.split(",") if p.strip()]
     unknown = [p for p in policies if p not in POLICY_NAMES]

@@ -111,7 +111,7 @@ class RouterConfig:
             raise invalid("probe_ladder", ladder, "must be a non-empty sequence of positive ints or None",
                           "Use e.g. (20, 100, None).")
 
-    def with_overrides(self, **overrides: Any) -> "RouterConfig":
+    def with_overrides(self, **overrides: Any) -> RouterConfig:
         """A copy with some fields changed (sampling fields may be given flat)."""
         sampling_fields = {k: overrides.pop(k) for k in ("temperature", "top_p", "seed") if k in overrides}
         sampling = replace(self.sampling, **sampling_fields) if sampling_fields else self.sampling

@@ -10,9 +10,9 @@ the same side of the threshold.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
-from typing import Sequence
 
 
 def entropy_nats(logprobs: Sequence[float]) -> float:

@@ -31,7 +31,7 @@ class MissingDependencyError(GlimpError, ImportError):
 class GlimpRunError(GlimpError, RuntimeError):
     """A run failed part-way; `partial_trace` holds the steps written before the failure."""
 
-    def __init__(self, message: str, partial_trace: "RunTrace | None" = None) -> None:
+    def __init__(self, message: str, partial_trace: RunTrace | None = None) -> None:
         super().__init__(message)
         self.partial_trace = partial_trace
 

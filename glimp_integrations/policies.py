@@ -13,10 +13,10 @@ A policy answers two questions for the router:
 
 from __future__ import annotations
 
-import random
 import math
+import random
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Awaitable, Callable
 
 from glimp_integrations.config import RouterConfig
 from glimp_integrations.entropy import EntropyBounds, Verdict, verdict

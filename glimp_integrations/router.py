@@ -21,15 +21,27 @@ from __future__ import annotations
 import logging
 import random
 import time
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Iterator, Mapping, Sequence
+from typing import Any
 
 from glimp_integrations import _sync
 from glimp_integrations.backends.base import Backend, Message, ModelSession, SessionSpec
-from glimp_integrations.config import BACKEND_NAMES, RouterConfig, Role
+from glimp_integrations.config import BACKEND_NAMES, Role, RouterConfig
 from glimp_integrations.entropy import Verdict
-from glimp_integrations.errors import GlimpError, GlimpInputError, GlimpRunError, GlimpTimeoutError, invalid
-from glimp_integrations.policies import SCORE_DIGITS, RoutingPolicy, SmallStepDraft, make_policy
+from glimp_integrations.errors import (
+    GlimpError,
+    GlimpInputError,
+    GlimpRunError,
+    GlimpTimeoutError,
+    invalid,
+)
+from glimp_integrations.policies import (
+    SCORE_DIGITS,
+    RoutingPolicy,
+    SmallStepDraft,
+    make_policy,
+)
 from glimp_integrations.trace import (
     ProbeTrace,
     RouterEvent,
@@ -143,7 +155,7 @@ class GlimpRouter:
     def close(self) -> None:
         self.backend.close()
 
-    def __enter__(self) -> "GlimpRouter":
+    def __enter__(self) -> GlimpRouter:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -332,7 +344,7 @@ class _Run:
         written.hit_step_limit = self.config.max_step_tokens == max_tokens
 
     @staticmethod
-    def _draft(written: "_Written", large: ModelSession) -> SmallStepDraft:
+    def _draft(written: _Written, large: ModelSession) -> SmallStepDraft:
         """The small model's step as a policy sees it, with the large model as its judge."""
         async def score_with_large(prompt: str) -> dict[str, float]:
             return await large.candidate_logprobs(written.text + prompt, SCORE_DIGITS)

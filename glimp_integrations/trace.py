@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 from glimp_integrations.config import Role
 
@@ -223,4 +223,4 @@ class RunFinished:
     trace: RunTrace
 
 
-RouterEvent = Union[StepStarted, TokenDelta, StepDiscarded, StepFinished, RunFinished]
+RouterEvent = StepStarted | TokenDelta | StepDiscarded | StepFinished | RunFinished

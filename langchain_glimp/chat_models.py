@@ -10,13 +10,21 @@ chunks (reasoning content blocks with each step's routing in `extras`, the answe
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import closing
-from typing import Any, AsyncIterator, Callable, Iterator, Literal, Sequence
+from typing import Any, Literal
 
-from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
+from langchain_core.callbacks import (
+    AsyncCallbackManagerForLLMRun,
+    CallbackManagerForLLMRun,
+)
 from langchain_core.callbacks.manager import ahandle_event, handle_event
 from langchain_core.language_models import BaseChatModel, LanguageModelInput
-from langchain_core.language_models.chat_models import LangSmithParams, agenerate_from_stream, generate_from_stream
+from langchain_core.language_models.chat_models import (
+    LangSmithParams,
+    agenerate_from_stream,
+    generate_from_stream,
+)
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, ToolMessage
 from langchain_core.outputs import ChatGenerationChunk, ChatResult
 from langchain_core.runnables import Runnable

@@ -10,8 +10,9 @@ completion methods are derived from it.  All routing happens in `glimp_integrati
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import closing
-from typing import Any, AsyncIterator, Iterator, Sequence
+from typing import Any
 
 from llama_index.core.base.llms.generic_utils import (
     achat_to_completion_decorator,
@@ -157,7 +158,7 @@ class GlimpRouterLLM(FunctionCallingLLM):
                 "tool_choice, tool_required, stop, max_tokens, temperature, top_p, seed, threshold or reasoning_budget.")
         return {"prompt": engine_messages, "tools": tools, "tool_choice": tool_choice, **overrides}
 
-    def _on_event(self, event: RouterEvent, builder: "_ResponseBuilder") -> ChatResponse | None:
+    def _on_event(self, event: RouterEvent, builder: _ResponseBuilder) -> ChatResponse | None:
         """Send a finished step to instrumentation; convert the event to a response, if any."""
         if isinstance(event, StepFinished):
             dispatcher.event(GlimpStepEvent(routing=event.step.routing(), text=event.step.text))

@@ -64,7 +64,7 @@ def test_too_long_prompt_on_the_real_model(embedded_router):
 
 def _glimp(*args):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.run([sys.executable, "-m", "glimp_integrations.cli", *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "glimp_integrations.cli", *args], check=False, capture_output=True,
                           text=True, timeout=300, env=env)
 
 

@@ -3,7 +3,13 @@ import random
 
 import pytest
 
-from glimp_integrations import EntropyBounds, Verdict, entropy_bounds, entropy_nats, verdict
+from glimp_integrations import (
+    EntropyBounds,
+    Verdict,
+    entropy_bounds,
+    entropy_nats,
+    verdict,
+)
 from glimp_integrations.backends.base import TokenDistribution
 from tests.conftest import distribution_with_entropy
 

@@ -18,7 +18,7 @@ from tests.conftest import scripted_router, step
 
 
 def test_low_entropy_steps_are_delegated_and_high_ones_go_to_the_large_model():
-    router, backend = scripted_router(
+    router, _backend = scripted_router(
         [step("Easy one.\n\n", 0.1), step("unused small text\n\n", 2.0), step("Easy again.", 0.3)],
         [step("Hard part by large.\n\n")],
         threshold=0.9,
@@ -60,7 +60,7 @@ def test_think_mode_routes_the_reasoning_and_the_large_model_always_answers():
 
 
 def test_reasoning_budget_closes_the_reasoning_and_the_large_model_answers():
-    router, backend = scripted_router(
+    router, _backend = scripted_router(
         [step("one two three four five six seven eight\n\n", 0.1)] * 5,
         [step("Final.")],
         think=True, reasoning_budget=5)
@@ -149,7 +149,7 @@ class RejectLongSteps(RoutingPolicy):
 
 
 def test_generate_then_measure_policies_rewrite_and_record_wasted_tokens():
-    router, backend = scripted_router([step("ok\n\n"), step("far too long step\n\n"), step("end")],
+    router, _backend = scripted_router([step("ok\n\n"), step("far too long step\n\n"), step("end")],
                                       [step("Better.\n\n")], policy=RejectLongSteps(), reasoning_budget=20)
     events = list(router.stream("q"))
     trace = events[-1].trace

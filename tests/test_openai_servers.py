@@ -12,7 +12,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from glimp_integrations import GlimpConfigError, GlimpRouter, GlimpRunError, RoutingPolicy, Verdict
+from glimp_integrations import (
+    GlimpConfigError,
+    GlimpRouter,
+    GlimpRunError,
+    RoutingPolicy,
+    Verdict,
+)
 from glimp_integrations.embedded import embedded_model_dir
 
 pytestmark = [pytest.mark.vllm, pytest.mark.embedded]

@@ -31,7 +31,7 @@ def test_stop_sequences_apply_to_the_answer_not_the_reasoning_in_think_mode():
 
 
 def test_timeout_raises_with_the_partial_trace():
-    router, backend = scripted_router([step("a\n\n")] * 50, [], timeout=1e-9)
+    router, _backend = scripted_router([step("a\n\n")] * 50, [], timeout=1e-9)
     with pytest.raises(GlimpTimeoutError, match="`timeout`") as info:
         router.run("q")
     assert isinstance(info.value, GlimpRunError) and isinstance(info.value, TimeoutError)

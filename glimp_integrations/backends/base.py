@@ -9,8 +9,9 @@ router commits them (the step is kept) or discards them (the step is thrown away
 from __future__ import annotations
 
 import abc
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Literal, Protocol, Sequence
+from typing import Any, Literal, Protocol
 
 from glimp_integrations.config import Role, SamplingConfig
 from glimp_integrations.entropy import EntropyBounds, entropy_bounds

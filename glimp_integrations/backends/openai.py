@@ -17,14 +17,15 @@ trace written so far.
 from __future__ import annotations
 
 import itertools
-from typing import Any, AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
 
 from glimp_integrations import _sync
 from glimp_integrations.backends.base import (
-    SessionSpec,
     MEASURE_TOP_K,
     Backend,
     ModelSession,
+    SessionSpec,
     StepWriter,
     TokenDistribution,
     check_prompt_fits,
@@ -33,7 +34,6 @@ from glimp_integrations.backends.base import (
 )
 from glimp_integrations.config import Role, SamplingConfig
 from glimp_integrations.errors import GlimpConfigError, require_module
-
 
 
 class ServerError(RuntimeError):
@@ -115,7 +115,7 @@ class OpenAIServersBackend(Backend):
         }
 
 
-    async def open_session(self, role: Role, spec: SessionSpec) -> "OpenAISession":
+    async def open_session(self, role: Role, spec: SessionSpec) -> OpenAISession:
         server = self.models[role]
         prompt = render_chat_prompt(server.tokenizer, spec)
         prompt_tokens = server.count(prompt)

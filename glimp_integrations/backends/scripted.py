@@ -9,13 +9,13 @@ entry; when the script is exhausted the model ends the text.
 from __future__ import annotations
 
 import math
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import AsyncIterator, Callable, Sequence
 
 from glimp_integrations.backends.base import (
-    SessionSpec,
     Backend,
     ModelSession,
+    SessionSpec,
     StepWriter,
     StopScanner,
     TokenDistribution,
@@ -79,7 +79,7 @@ class ScriptedBackend(Backend):
         """Every `candidate_logprobs` call, in order: (role, suffix)."""
 
 
-    async def open_session(self, role: Role, spec: SessionSpec) -> "ScriptedSession":
+    async def open_session(self, role: Role, spec: SessionSpec) -> ScriptedSession:
         messages = prepare_messages(spec.messages, spec.tools, template_renders_tools=False,
                                     tool_choice=spec.tool_choice)
         prompt = "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant:"

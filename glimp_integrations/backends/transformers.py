@@ -14,12 +14,13 @@ import asyncio
 import logging
 import threading
 import weakref
-from typing import Any, AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
 
 from glimp_integrations.backends.base import (
-    SessionSpec,
     Backend,
     ModelSession,
+    SessionSpec,
     StepWriter,
     StopScanner,
     TokenDistribution,
@@ -68,7 +69,7 @@ class LoadedModel:
         self.knows_think_tags = knows_think_tags(self.tokenizer)
 
 
-_loaded: "weakref.WeakValueDictionary[tuple[str, str], LoadedModel]" = weakref.WeakValueDictionary()
+_loaded: weakref.WeakValueDictionary[tuple[str, str], LoadedModel] = weakref.WeakValueDictionary()
 _loaded_lock = threading.Lock()
 
 
@@ -102,7 +103,7 @@ class TransformersBackend(Backend):
         device = _resolve_device(device)
         self.models: dict[Role, LoadedModel] = {role: load_model(name, device) for role, name in names.items()}
 
-    async def open_session(self, role: Role, spec: SessionSpec) -> "TransformersSession":
+    async def open_session(self, role: Role, spec: SessionSpec) -> TransformersSession:
         loaded = self.models[role]
         prompt = render_chat_prompt(loaded.tokenizer, spec)
         prompt_ids = loaded.tokenizer(prompt, add_special_tokens=False)["input_ids"]

@@ -21,14 +21,15 @@ import itertools
 import logging
 import math
 import uuid
-from typing import Any, AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
 
 from glimp_integrations import _sync
 from glimp_integrations.backends.base import (
-    SessionSpec,
     MEASURE_TOP_K,
     Backend,
     ModelSession,
+    SessionSpec,
     StepWriter,
     TokenDistribution,
     check_prompt_fits,
@@ -96,7 +97,7 @@ class VLLMBackend(Backend):
             self.models[role] = _sync.run_sync(_Engine.start(names[role], args))
 
 
-    async def open_session(self, role: Role, spec: SessionSpec) -> "VLLMSession":
+    async def open_session(self, role: Role, spec: SessionSpec) -> VLLMSession:
         engine = self.models[role]
         prompt_ids = engine.encode(render_chat_prompt(engine.tokenizer, spec))
         check_prompt_fits(role, engine.name, len(prompt_ids), engine.context_window)
@@ -109,7 +110,7 @@ class VLLMBackend(Backend):
         _sync.run_sync(_shutdown(engines))
 
 
-async def _shutdown(engines: list["_Engine"]) -> None:
+async def _shutdown(engines: list[_Engine]) -> None:
     for engine in engines:
         engine.llm.shutdown()
 
@@ -164,7 +165,7 @@ class _Engine:
         self.knows_think_tags = knows_think_tags(self.tokenizer)
 
     @classmethod
-    async def start(cls, name: str, args: dict[str, Any]) -> "_Engine":
+    async def start(cls, name: str, args: dict[str, Any]) -> _Engine:
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 
@@ -176,7 +177,7 @@ class _Engine:
     def encode(self, text: str) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
-    def stream(self, ids: list[int], params: Any) -> "_Request":
+    def stream(self, ids: list[int], params: Any) -> _Request:
         return _Request(self, ids, params)
 
 

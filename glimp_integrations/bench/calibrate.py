@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import math
 import random
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from glimp_integrations.bench.harness import Setting, run_grid, summarize
 from glimp_integrations.bench.problems import Problem

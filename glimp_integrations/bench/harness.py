@@ -12,9 +12,10 @@ import json
 import math
 import statistics
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from glimp_integrations.bench.checking import is_correct
 from glimp_integrations.bench.problems import Problem
@@ -130,8 +131,8 @@ def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
     def interval(data: dict) -> str:
         return str(Interval(**data))
 
-    lines = ["| policy | tau | runs | pass@1 [95% CI] | latency s [95% CI] | intervention rate | tokens small | "
-             "tokens large | wasted small | Δ pass@1 vs always_large | latency vs always_large |",
+    lines = [("| policy | tau | runs | pass@1 [95% CI] | latency s [95% CI] | intervention rate | tokens small | "
+             "tokens large | wasted small | Δ pass@1 vs always_large | latency vs always_large |"),
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
         versus = r.get("vs_always_large")

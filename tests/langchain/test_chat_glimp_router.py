@@ -10,7 +10,12 @@ from langchain_core.output_parsers import StrOutputParser
 from langchain_core.prompts import ChatPromptTemplate
 from langchain_core.tools import tool
 
-from glimp_integrations import ContextLengthError, GlimpInputError, ScriptedBackend, ScriptedModel
+from glimp_integrations import (
+    ContextLengthError,
+    GlimpInputError,
+    ScriptedBackend,
+    ScriptedModel,
+)
 from langchain_glimp import STEP_EVENT, ChatGlimpRouter
 from tests.conftest import step
 from tests.scripted_pairs import PLAIN_ANSWER, scripted_pair

@@ -5,14 +5,33 @@ import time
 from typing import Any
 
 import pytest
-from llama_index.core.agent.workflow import AgentStream, FunctionAgent, ReActAgent, ToolCallResult
-from llama_index.core.base.llms.types import ChatMessage, ImageBlock, TextBlock, ThinkingBlock, ToolCallBlock
+from llama_index.core.agent.workflow import (
+    AgentStream,
+    FunctionAgent,
+    ReActAgent,
+    ToolCallResult,
+)
+from llama_index.core.base.llms.types import (
+    ChatMessage,
+    ImageBlock,
+    TextBlock,
+    ThinkingBlock,
+    ToolCallBlock,
+)
 from llama_index.core.instrumentation import get_dispatcher
 from llama_index.core.instrumentation.event_handlers import BaseEventHandler
-from llama_index.core.instrumentation.events.llm import LLMChatEndEvent, LLMChatStartEvent
+from llama_index.core.instrumentation.events.llm import (
+    LLMChatEndEvent,
+    LLMChatStartEvent,
+)
 
 from examples.llamaindex_query_engine import build_query_engine
-from glimp_integrations import ContextLengthError, GlimpInputError, ScriptedBackend, ScriptedModel
+from glimp_integrations import (
+    ContextLengthError,
+    GlimpInputError,
+    ScriptedBackend,
+    ScriptedModel,
+)
 from llamaindex_glimp import GlimpRouterLLM, GlimpStepEvent
 from tests.conftest import step
 from tests.scripted_pairs import PLAIN_ANSWER, scripted_pair
