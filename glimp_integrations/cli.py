@@ -63,6 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument("--limit", type=int, default=None, help="use the first N problems")
         command.add_argument("--seeds", type=int, default=3, help="seeded runs per problem and setting")
         command.add_argument("--out", default=f"glimp-{name}", help="output folder")
+        command.add_argument("--concurrency", type=int, default=1,
+                             help="runs at a time (batch them on vLLM or servers; latency is then measured under load)")
     bench = commands.choices["bench"]
     bench.add_argument("--policies", default="glimpse,always_small,always_large",
                        help=f"comma-separated, from: {', '.join(POLICY_NAMES)}")
@@ -82,14 +84,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             temperature=args.temperature, top_p=args.top_p, reasoning_mode=args.mode,
             reasoning_budget=args.reasoning_budget, answer_budget=args.answer_budget,
             **({"random_rate": args.random_rate} if args.command != "calibrate" else {}))
-        if args.command == "ask":
-            trace = _ask(router, args.question, show=not args.json, policy=args.policy, threshold=args.threshold,
-                         seed=args.seed)
-            print(trace.to_json(indent=2) if args.json else summary_line(trace))
-        elif args.command == "bench":
-            _bench(router, args)
-        else:
-            _calibrate(router, args)
+        with router:  # shuts the engines down cleanly, whatever happens
+            if args.command == "ask":
+                trace = _ask(router, args.question, show=not args.json, policy=args.policy,
+                             threshold=args.threshold, seed=args.seed)
+                print(trace.to_json(indent=2) if args.json else summary_line(trace))
+            elif args.command == "bench":
+                _bench(router, args)
+            else:
+                _calibrate(router, args)
     except (GlimpError, ValueError) as error:
         print(f"glimp: error: {error}", file=sys.stderr)
         return 2
@@ -123,9 +126,10 @@ def _bench(router: GlimpRouter, args: argparse.Namespace) -> None:
         raise ValueError(f"`--policies` names unknown policies {unknown}; choose from {', '.join(POLICY_NAMES)}.")
     thresholds = [_threshold(t) for t in args.thresholds.split(",") if t.strip()]
     problems = _problems(args)
-    records = run_grid(router, problems, grid(policies, thresholds), range(args.seeds))
+    records = run_grid(router, problems, grid(policies, thresholds), range(args.seeds), concurrency=args.concurrency)
     rows = summarize(records)
     meta = {"data": args.data or "arithmetic (shipped)", "problems": len(problems), "seeds": args.seeds,
+            "concurrency": args.concurrency,
             "small": router.backend.model_name("small"), "large": router.backend.model_name("large"),
             "backend": router.backend.name}
     paths = write_report(records, rows, Path(args.out), meta)
@@ -141,7 +145,7 @@ def _calibrate(router: GlimpRouter, args: argparse.Namespace) -> None:
     if not 0 <= args.target_rate <= 1:
         raise ValueError(f"`--target-rate` must be in [0, 1]; got {args.target_rate}. Pass e.g. 0.25.")
     result = calibrate(router, _problems(args), args.target_rate, calibration_share=args.calibration_share,
-                       seeds=range(args.seeds))
+                       seeds=range(args.seeds), concurrency=args.concurrency)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "calibration.json").write_text(json.dumps(result, indent=2, default=str))

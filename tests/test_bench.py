@@ -1,5 +1,6 @@
 """`glimp bench` and `glimp calibrate`: checkers, statistics, loaders, calibration, and the real run."""
 
+import asyncio
 import json
 import math
 import os
@@ -14,7 +15,8 @@ from glimp_integrations.bench.checking import (
     extract_math_answer,
     is_correct,
 )
-from glimp_integrations.bench.harness import RunRecord, grid, markdown_table, summarize
+from glimp_integrations import GlimpConfigError, GlimpRouter
+from glimp_integrations.bench.harness import RunRecord, grid, markdown_table, run_grid, summarize
 from glimp_integrations.bench.problems import (
     Problem,
     arithmetic_problems,
@@ -23,6 +25,7 @@ from glimp_integrations.bench.problems import (
 )
 from glimp_integrations.bench.stats import bootstrap_mean, paired_difference
 from glimp_integrations.errors import GlimpInputError
+from tests.scripted_pairs import scripted_pair
 
 MATH = Problem("m", "q", "7", "math")
 
@@ -132,9 +135,37 @@ def test_grid_gives_thresholds_only_to_threshold_policies():
         ("glimpse", 0.6), ("glimpse", 0.9), ("always_large", None), ("specreason", 0.6), ("specreason", 0.9)]
 
 
+@pytest.mark.parametrize("concurrency", [1, 3])
+def test_run_grid_keeps_grid_order_and_runs_that_many_at_once(concurrency):
+    backend = scripted_pair()
+    open_session, open_counts = backend.open_session, []
+
+    async def open_slowly(role, spec):  # hold each session open a moment, so concurrent runs overlap
+        session = await open_session(role, spec)
+        open_counts.append(backend.open_sessions)
+        await asyncio.sleep(0.01)
+        return session
+
+    backend.open_session = open_slowly
+    problems = [Problem(f"p{i}", "q", "42", "math") for i in range(3)]
+    settings = grid(["glimpse"], [0.9, 1.8])
+    records = run_grid(GlimpRouter(backend=backend), problems, settings, [0, 1], concurrency=concurrency,
+                       progress=False)
+    assert [(r.policy, r.seed, r.problem_id) for r in records] == [
+        (s.policy, seed, p.id) for s in settings for seed in (0, 1) for p in problems]
+    assert all(r.correct for r in records)
+    assert max(open_counts) == 2 * concurrency  # each run holds a small and a large session
+    assert backend.open_sessions == 0
+
+
+def test_run_grid_rejects_a_bad_concurrency():
+    with pytest.raises(GlimpConfigError, match="`concurrency`.*0"):
+        run_grid(GlimpRouter(backend=scripted_pair()), [MATH], grid(["always_large"], []), [0], concurrency=0)
+
+
 def _glimp(*args):
-    return subprocess.run([sys.executable, "-m", "glimp_integrations.cli", *args], check=False, capture_output=True, text=True,
-                          timeout=900, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    return subprocess.run([sys.executable, "-m", "glimp_integrations.cli", *args], check=False, capture_output=True,
+                          text=True, timeout=900, env={**os.environ, "PYTHONUNBUFFERED": "1"})
 
 
 @pytest.mark.embedded

@@ -17,6 +17,7 @@ The engines live on Glimp's background event loop; sessions reach them from any 
 
 from __future__ import annotations
 
+import atexit
 import itertools
 import logging
 import math
@@ -95,6 +96,7 @@ class VLLMBackend(Backend):
                 args["speculative_config"] = draft
             args.update(engine_args or {})
             self.models[role] = _sync.run_sync(_Engine.start(names[role], args))
+        atexit.register(self.close)  # engines left running at exit die noisily: shut them down first
 
 
     async def open_session(self, role: Role, spec: SessionSpec) -> VLLMSession:
@@ -105,6 +107,7 @@ class VLLMBackend(Backend):
 
     def close(self) -> None:
         """Shut the engines down (on the loop that drives them, so their output handlers stop cleanly)."""
+        atexit.unregister(self.close)
         engines = list({id(e): e for e in self.models.values()}.values())
         self.models.clear()
         _sync.run_sync(_shutdown(engines))

@@ -4,6 +4,7 @@ letters, and exact match."""
 from __future__ import annotations
 
 import re
+import threading
 
 from glimp_integrations.bench.problems import LETTERS, Problem
 from glimp_integrations.errors import require_module
@@ -42,5 +43,8 @@ def is_correct(response: str, problem: Problem) -> bool:
     if predicted is None:
         return False
     math_verify = require_module("math_verify", "bench", "Checking math answers")
-    gold = math_verify.parse(f"${problem.answer}$")
-    return bool(math_verify.verify(gold, math_verify.parse(f"${predicted}$")))
+    # math-verify times out through signal.alarm, which only the main thread may set.
+    timeout = 5 if threading.current_thread() is threading.main_thread() else None
+    gold = math_verify.parse(f"${problem.answer}$", parsing_timeout=timeout)
+    return bool(math_verify.verify(gold, math_verify.parse(f"${predicted}$", parsing_timeout=timeout),
+                                   timeout_seconds=timeout))

@@ -8,20 +8,23 @@ each configuration gets a paired comparison on the same problems and seeds.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import statistics
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from glimp_integrations import _sync
 from glimp_integrations.bench.checking import is_correct
 from glimp_integrations.bench.problems import Problem
 from glimp_integrations.bench.stats import Interval, bootstrap_mean, paired_difference
-from glimp_integrations.errors import require_module
+from glimp_integrations.errors import invalid, require_module
 from glimp_integrations.router import GlimpRouter
+from glimp_integrations.trace import RunTrace
 
 THRESHOLD_POLICIES = ("glimpse", "step_entropy", "step_perplexity", "specreason")
 BASELINE = "always_large"
@@ -66,21 +69,43 @@ def grid(policies: Sequence[str], thresholds: Sequence[float]) -> list[Setting]:
 
 
 def run_grid(router: GlimpRouter, problems: Sequence[Problem], settings: Sequence[Setting], seeds: Sequence[int],
-             *, progress: bool = True, **overrides: Any) -> list[RunRecord]:
-    """Answer every problem under every setting and seed (a progress bar on stderr)."""
+             *, concurrency: int = 1, progress: bool = True, **overrides: Any) -> list[RunRecord]:
+    """Answer every problem under every setting and seed, `concurrency` runs at a time (a progress
+    bar on stderr); records come back in grid order.  With `concurrency` > 1 the runs batch in the
+    engine (vLLM, servers) and each run's latency is measured under that load."""
+    if not isinstance(concurrency, int) or isinstance(concurrency, bool) or concurrency < 1:
+        raise invalid("concurrency", concurrency, "must be a positive int",
+                      "Use 1 for per-question latency alone, more to batch runs on vLLM or servers.")
     tqdm = require_module("tqdm", "bench", "The benchmark's progress bar").tqdm
     jobs = [(s, seed, p) for s in settings for seed in seeds for p in problems]
-    records = []
-    for setting, seed, problem in tqdm(jobs, desc="glimp bench", unit="run", disable=not progress):
+    with tqdm(total=len(jobs), desc="glimp bench", unit="run", disable=not progress) as bar:
+        traces = _sync.run_sync(_run_jobs(router, jobs, concurrency, bar.update, overrides))
+    return [RunRecord(
+        policy=setting.policy, threshold=setting.threshold, seed=seed, problem_id=problem.id,
+        correct=is_correct(trace.answer, problem), latency_s=trace.wall_seconds,
+        intervention_rate=trace.intervention_rate, tokens_small=trace.tokens_by_model["small"],
+        tokens_large=trace.tokens_by_model["large"], wasted_small=trace.discarded_tokens, answer=trace.answer,
+        steps=[s.routing() for s in trace.steps]) for (setting, seed, problem), trace in zip(jobs, traces)]
+
+
+async def _run_jobs(router: GlimpRouter, jobs: Sequence[tuple[Setting, int, Problem]], concurrency: int,
+                    done: Callable[[], Any], overrides: dict[str, Any]) -> list[RunTrace]:
+    """The traces of `jobs`, in order, at most `concurrency` runs at a time; `done()` after each."""
+    slots = asyncio.Semaphore(concurrency)
+
+    async def answer(setting: Setting, seed: int, problem: Problem) -> RunTrace:
         extra = {"threshold": setting.threshold} if setting.threshold is not None else {}
-        trace = router.run(problem.prompt(), policy=setting.policy, seed=seed, **extra, **overrides)
-        records.append(RunRecord(
-            policy=setting.policy, threshold=setting.threshold, seed=seed, problem_id=problem.id,
-            correct=is_correct(trace.answer, problem), latency_s=trace.wall_seconds,
-            intervention_rate=trace.intervention_rate, tokens_small=trace.tokens_by_model["small"],
-            tokens_large=trace.tokens_by_model["large"], wasted_small=trace.discarded_tokens, answer=trace.answer,
-            steps=[s.routing() for s in trace.steps]))
-    return records
+        async with slots:
+            trace = await router.arun(problem.prompt(), policy=setting.policy, seed=seed, **extra, **overrides)
+        done()
+        return trace
+
+    tasks = [asyncio.ensure_future(answer(*job)) for job in jobs]
+    try:
+        return list(await asyncio.gather(*tasks))
+    finally:  # one run failed (or the bench was cancelled): stop the others
+        for task in tasks:
+            task.cancel()
 
 
 def _per_problem(records: Sequence[RunRecord], value) -> dict[str, float]:
