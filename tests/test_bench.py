@@ -9,14 +9,20 @@ import sys
 
 import pytest
 
+from glimp_integrations import GlimpConfigError, GlimpRouter
 from glimp_integrations.bench.calibrate import split_problems, threshold_for_rate
 from glimp_integrations.bench.checking import (
     extract_choice,
     extract_math_answer,
     is_correct,
 )
-from glimp_integrations import GlimpConfigError, GlimpRouter
-from glimp_integrations.bench.harness import RunRecord, grid, markdown_table, run_grid, summarize
+from glimp_integrations.bench.harness import (
+    RunRecord,
+    grid,
+    markdown_table,
+    run_grid,
+    summarize,
+)
 from glimp_integrations.bench.problems import (
     Problem,
     arithmetic_problems,
