@@ -28,7 +28,7 @@ from typing import Any
 from glimp_integrations import _sync
 from glimp_integrations.backends.base import Backend, Message, ModelSession, SessionSpec
 from glimp_integrations.config import BACKEND_NAMES, Role, RouterConfig
-from glimp_integrations.entropy import Verdict
+from glimp_integrations.entropy import EntropyBounds, Verdict
 from glimp_integrations.errors import (
     GlimpError,
     GlimpInputError,
@@ -292,23 +292,26 @@ class _Run:
         """Ask the policy who writes the next step, probing the small model if it needs to.
 
         Top-k probes climb `probe_ladder` (then the whole vocabulary) only while the entropy
-        bounds straddle the threshold."""
+        bounds straddle the threshold.  A backend that caps its logprobs (`max_probe_top_k`) ends
+        the climb at its cap; a decision the bounds still cannot settle there is taken from their
+        midpoint (basis `capped`)."""
         if not self.policy.needs_probe:
             return None, self.policy.choose(None, self.rng)
         started = time.perf_counter()
-        ladder = self.config.probe_ladder
-        ladder = ladder if ladder[-1] is None else (*ladder, None)
-        for escalations, top_k in enumerate(ladder):
+        for escalations, top_k in enumerate(_probe_ladder(self.config.probe_ladder, small.max_probe_top_k)):
             distribution = await small.probe(top_k, max_tokens, stop)
             bounds = distribution.bounds()
             choice = self.policy.choose(bounds, self.rng)
             if choice is not Verdict.UNDECIDED:
                 break
-        assert choice is not Verdict.UNDECIDED, "the whole vocabulary gives the exact entropy"
-        exact = distribution.is_full
+        exact, middle = distribution.is_full, (bounds.lower + bounds.upper) / 2
+        basis = "full" if exact else "bounds"
+        if choice is Verdict.UNDECIDED:
+            assert not exact, "the whole vocabulary gives the exact entropy"
+            choice = self.policy.choose(EntropyBounds(middle, middle, exact=True), self.rng)  # a point: no margin
+            basis = "capped"
         probe = ProbeTrace(
-            h_init=bounds.lower if exact else (bounds.lower + bounds.upper) / 2,
-            h_lower=bounds.lower, h_upper=bounds.upper, basis="full" if exact else "bounds",
+            h_init=bounds.lower if exact else middle, h_lower=bounds.lower, h_upper=bounds.upper, basis=basis,
             top_k=None if exact else len(distribution.top_logprobs), escalations=escalations,
             seconds=time.perf_counter() - started)
         if choice is Verdict.INTERVENE:
@@ -380,6 +383,15 @@ def resolve_mode(mode: str, backend: Backend) -> str:
     if mode != "auto":
         return mode
     return "think" if backend.knows_think_tags("large") else "plain"
+
+
+def _probe_ladder(ladder: Sequence[int | None], cap: int | None) -> tuple[int | None, ...]:
+    """The top-k values to probe with, in order: the configured rungs, then the whole vocabulary
+    (None), or, for a backend capped at `cap` logprobs, the rungs below it, then the cap."""
+    rungs = [k for k in ladder if k is not None]
+    if cap is None:
+        return (*rungs, None)
+    return (*[k for k in rungs if k < cap], cap)
 
 
 def _room(session: ModelSession) -> int:

@@ -19,10 +19,13 @@ from typing import Any, Literal
 from glimp_integrations.config import Role
 
 Phase = Literal["reasoning", "answer"]
-DecisionBasis = Literal["full", "bounds", "policy", "forced"]
-"""How a step's writer was chosen: `full` (exact entropy over the whole vocabulary), `bounds`
-(certified by top-k entropy bounds), `policy` (a policy that needs no probe), `forced` (not
-routed: the large model's final answer)."""
+ProbeBasis = Literal["full", "bounds", "capped"]
+"""How a probe settled its decision: `full` (exact entropy over the whole vocabulary), `bounds`
+(certified by top-k entropy bounds), `capped` (from the bounds' midpoint: they still straddled
+the threshold at the most logprobs the backend gives, e.g. a server's `--max-logprobs`)."""
+DecisionBasis = Literal["full", "bounds", "capped", "policy", "forced"]
+"""How a step's writer was chosen: a `ProbeBasis`, `policy` (a policy that needs no probe), or
+`forced` (not routed: the large model's final answer)."""
 
 
 @dataclass
@@ -33,7 +36,7 @@ class ProbeTrace:
     """Entropy in nats; exact when `basis` is `full`, else the midpoint of the bounds."""
     h_lower: float
     h_upper: float
-    basis: Literal["full", "bounds"]
+    basis: ProbeBasis
     top_k: int | None
     """Logprobs that settled the decision (None: the whole vocabulary)."""
     escalations: int

@@ -110,6 +110,19 @@ def test_top_k_probes_escalate_only_when_the_bounds_straddle_the_threshold():
     assert trace.escalations == probes[1].escalations
 
 
+@pytest.mark.parametrize("cap, ladder", [(20, [20]), (50, [20, 50]), (100, [20, 100])])
+def test_a_capped_backend_climbs_to_its_cap_then_decides_from_the_midpoint(cap, ladder):
+    steps = [step("far below\n\n", 0.05, tail="zipf"), step("near tau\n\n", 0.8999, tail="zipf")]
+    router, backend = scripted_router(steps, [step("large step\n\n")], max_top_k=cap, threshold=0.9)
+    far, near = (s.probe for s in router.run("q").steps[:2])
+    assert far.basis == "bounds" and far.escalations == 0
+    asked = [k for _, k in backend.probe_requests]
+    assert asked[:1 + len(ladder)] == [20, *ladder] and max(asked) == cap  # never past the cap, never everything
+    assert near.basis == "capped" and near.top_k == cap and near.h_lower <= 0.9 < near.h_upper
+    assert near.h_init == pytest.approx((near.h_lower + near.h_upper) / 2)
+    assert (near.h_init > 0.9) == (router.run("q").steps[1].model == "large")
+
+
 @pytest.mark.parametrize("entropy", [0.5, 0.89, 0.9, 0.91, 1.3])
 def test_bounded_decisions_equal_exact_ones(entropy):
     bounded, _ = scripted_router([step("s\n\n", entropy)], [step("l\n\n")], top_k_only=True)

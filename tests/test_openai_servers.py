@@ -1,6 +1,8 @@
 """The OpenAI-compatible servers backend against a real vLLM server started on 127.0.0.1."""
 
+import contextlib
 import json
+import logging
 import os
 import socket
 import subprocess
@@ -31,13 +33,13 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server_url():
-    """`vllm serve` (python -m vllm.entrypoints.openai.api_server) on the embedded model."""
+@contextlib.contextmanager
+def _vllm_server(max_logprobs: str):
+    """`vllm serve` (python -m vllm.entrypoints.openai.api_server) on the embedded model; yields its URL."""
     port = _free_port()
     command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(embedded_model_dir()),
                "--served-model-name", "smollm2", "--host", "127.0.0.1", "--port", str(port),
-               "--max-logprobs", "-1", "--enable-prefix-caching", "--enable-prompt-tokens-details",
+               "--max-logprobs", max_logprobs, "--enable-prefix-caching", "--enable-prompt-tokens-details",
                "--enforce-eager", "--max-model-len", "4096"]
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"}
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
@@ -61,6 +63,13 @@ def server_url():
             process.wait(timeout=30)
         except subprocess.TimeoutExpired:
             process.kill()
+
+
+@pytest.fixture(scope="module")
+def server_url():
+    """A server that gives the whole vocabulary's logprobs, as the README recommends."""
+    with _vllm_server("-1") as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -88,6 +97,22 @@ def test_straddling_probe_escalates_on_the_server(router):
     probe = router.run(QUESTION, reasoning_budget=8, threshold=middle).steps[0].probe
     assert probe.escalations >= 1
     assert probe.h_lower > middle or probe.h_upper <= middle
+
+
+def test_a_server_capping_logprobs_is_probed_within_its_cap(server_url, caplog):
+    with _vllm_server("20") as capped_url:  # vLLM's default cap
+        with caplog.at_level(logging.WARNING, logger="glimp_integrations.backends.openai"):
+            capped = GlimpRouter(capped_url, server_url, backend="openai", seed=0)
+        try:
+            assert "caps logprobs at 20" in caplog.text and "--max-logprobs -1" in caplog.text
+            first = capped.run(QUESTION, reasoning_budget=8).steps[0].probe
+            assert first.basis == "bounds" and first.top_k == 20
+            middle = (first.h_lower + first.h_upper) / 2  # top-20 cannot settle this threshold
+            step = capped.run(QUESTION, reasoning_budget=8, threshold=middle).steps[0]
+            assert step.probe.basis == "capped" and step.probe.top_k == 20 and step.probe.escalations == 0
+            assert step.model == ("large" if step.probe.h_init > middle else "small")
+        finally:
+            capped.close()
 
 
 def test_a_long_shared_prefix_is_served_from_the_prefix_cache(router):

@@ -92,6 +92,8 @@ class ModelSession(abc.ABC):
     model_name: str
     prompt_tokens: int
     context_window: int
+    max_probe_top_k: int | None = None
+    """Most logprobs a probe can return (a server's cap); None: the whole vocabulary."""
 
     @property
     @abc.abstractmethod

@@ -17,6 +17,8 @@ trace written so far.
 from __future__ import annotations
 
 import itertools
+import logging
+import re
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
@@ -34,6 +36,8 @@ from glimp_integrations.backends.base import (
 )
 from glimp_integrations.config import Role, SamplingConfig
 from glimp_integrations.errors import GlimpConfigError, require_module
+
+logger = logging.getLogger(__name__)
 
 
 class ServerError(RuntimeError):
@@ -71,6 +75,15 @@ class _Server:
         """Logits per position (the model's vocabulary may be padded past the tokenizer's)."""
         self.context_window = int(extra.get("max_model_len") or getattr(self.tokenizer, "model_max_length", 4096))
         self.knows_think_tags = knows_think_tags(self.tokenizer)
+        self.max_logprobs = _logprobs_cap(openai, openai.OpenAI(**self._client_args), self.name, self.vocab_size)
+        """The server's cap on logprobs per token (vLLM's `--max-logprobs`); None: no cap below the vocabulary."""
+        self.measure_top_k = min(MEASURE_TOP_K, self.max_logprobs or MEASURE_TOP_K)
+        if self.max_logprobs is not None and role == "small":
+            logger.warning(
+                "The small model's server at %s caps logprobs at %d (--max-logprobs): a probe whose top-%d entropy "
+                "bounds straddle the threshold is decided from their midpoint (basis 'capped'). Start it with "
+                "--max-logprobs -1 for decisions equal to the exact entropy's.", self.url, self.max_logprobs,
+                self.max_logprobs)
         self._client: Any = None
 
     def unreachable(self, error: Exception) -> str:
@@ -96,6 +109,24 @@ class _Server:
             return await _sync.on_background_loop(self.client.completions.create(model=self.name, **request))
         except openai.APIError as error:
             raise ServerError(self.unreachable(error)) from error
+
+
+_CAP_MESSAGE = re.compile(r"max allowed: (\d+)")
+
+
+def _logprobs_cap(openai: Any, client: Any, model: str, vocab_size: int) -> int | None:
+    """The server's cap on logprobs per token, or None where it allows the whole vocabulary or
+    does not say.  Asking for one more than the vocabulary makes vLLM answer with its cap."""
+    try:
+        client.with_options(max_retries=0).completions.create(model=model, prompt="a", max_tokens=1,
+                                                              logprobs=vocab_size + 1)
+    except openai.BadRequestError as error:
+        found = _CAP_MESSAGE.search(str(error))
+        if found and int(found.group(1)) < vocab_size:
+            return int(found.group(1))
+    except openai.APIError:
+        pass  # the server will name its own trouble on the first real request
+    return None
 
 
 class OpenAIServersBackend(Backend):
@@ -136,6 +167,7 @@ class OpenAISession(ModelSession):
         self.model_name = server.name
         self.prompt_tokens = prompt_tokens
         self.context_window = server.context_window
+        self.max_probe_top_k = server.max_logprobs
         self._sampling = sampling
         self._seeds = itertools.count(seed) if seed is not None else None
         self._context = prompt
@@ -189,7 +221,7 @@ class OpenAISession(ModelSession):
         return _OpenAIWriter(self, max_tokens, stop, measure)
 
     async def candidate_logprobs(self, suffix: str, candidates: Sequence[str]) -> dict[str, float]:
-        request = self._request(1, (), MEASURE_TOP_K, stream=False)
+        request = self._request(1, (), self._server.measure_top_k, stream=False)
         request["prompt"] = self._context + suffix
         request["extra_body"] = {}  # token strings, not ids, to match the candidates
         response = await self._server.create(**request)
@@ -233,7 +265,7 @@ class _OpenAIWriter(StepWriter):
         session = self._session
         if session._stream is None:  # no probe: start the step now
             session._stream = await session._server.create(
-                **session._request(self.max_tokens, self.stop, MEASURE_TOP_K if self.measure else None))
+                **session._request(self.max_tokens, self.stop, session._server.measure_top_k if self.measure else None))
             session._first = await session._next()
         chunk, session._first = session._first, None
         finish, stop_reason, streamed = None, None, 0
@@ -243,7 +275,7 @@ class _OpenAIWriter(StepWriter):
                 streamed += max(1, len(choice.logprobs.tokens)) if choice.logprobs else 1
                 if self.measure and choice.logprobs:
                     for top, logprob in zip(choice.logprobs.top_logprobs, choice.logprobs.token_logprobs):
-                        bounds = _distribution(top, MEASURE_TOP_K, session._server.vocab_size).bounds()
+                        bounds = _distribution(top, session._server.measure_top_k, session._server.vocab_size).bounds()
                         self.token_entropies.append((bounds.lower + bounds.upper) / 2)
                         self.token_logprobs.append(logprob)
                 finish = choice.finish_reason or finish

@@ -58,6 +58,8 @@ class ScriptedModel:
     context_window: int = 4096
     top_k_only: bool = False
     """Answer probes with only the `top_k` asked for, to exercise the escalation ladder."""
+    max_top_k: int | None = None
+    """Give probes at most this many logprobs, as a server with `--max-logprobs` does."""
 
 
 class ScriptedBackend(Backend):
@@ -100,6 +102,7 @@ class ScriptedSession(ModelSession):
         self.model_name = model.name
         self.prompt_tokens = prompt_tokens
         self.context_window = model.context_window
+        self.max_probe_top_k = model.max_top_k
         self._model = model
         self.context_text = prompt
         self._context_tokens = prompt_tokens
@@ -127,8 +130,9 @@ class ScriptedSession(ModelSession):
         self._backend.probe_requests.append((self.role, top_k))
         step = self._take_step()
         logprobs = tuple(sorted(step.first_logprobs, reverse=True)) if step else (0.0,)
-        if self._model.top_k_only and top_k is not None:
-            return TokenDistribution(logprobs[:top_k], vocab_size=len(logprobs))
+        given = min(top_k or len(logprobs), self.max_probe_top_k or len(logprobs))
+        if self._model.top_k_only or self.max_probe_top_k is not None:
+            return TokenDistribution(logprobs[:given], vocab_size=len(logprobs))
         return TokenDistribution(logprobs, vocab_size=len(logprobs))
 
     def write(self, max_tokens: int, stop: Sequence[str], measure: bool = False) -> StepWriter:
