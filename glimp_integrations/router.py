@@ -149,8 +149,12 @@ class GlimpRouter:
         config = self._config_for(overrides)
         custom = self._custom_policy if "policy" not in overrides else None
         policy = custom or make_policy(config)
-        async for event in _Run(self.backend, config, policy, messages, tools, tool_choice).events():
-            yield event
+        events = _Run(self.backend, config, policy, messages, tools, tool_choice).events()
+        try:
+            async for event in events:
+                yield event
+        finally:  # close the run now (its sessions, their requests), not whenever it is collected
+            await events.aclose()
 
     def close(self) -> None:
         self.backend.close()
