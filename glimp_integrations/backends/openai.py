@@ -53,9 +53,9 @@ class _Server:
         transformers = require_module("transformers", "hf", "Rendering chat templates for the servers backend")
         self.role, self.url = role, url.rstrip("/")
         self._client_args = {"base_url": self.url, "api_key": api_key, "timeout": timeout, "max_retries": max_retries}
+        client = openai.OpenAI(**self._client_args)
         try:
-            card = next(m for m in openai.OpenAI(**self._client_args).models.list().data
-                        if model is None or m.id == model)
+            card = next(m for m in client.models.list().data if model is None or m.id == model)
         except StopIteration as error:
             raise GlimpConfigError(f"The {role} model's server at {self.url} does not serve `{model}`. "
                                    f"Pass `{role}_model` as one of the ids at {self.url}/models.") from error
@@ -75,7 +75,7 @@ class _Server:
         """Logits per position (the model's vocabulary may be padded past the tokenizer's)."""
         self.context_window = int(extra.get("max_model_len") or getattr(self.tokenizer, "model_max_length", 4096))
         self.knows_think_tags = knows_think_tags(self.tokenizer)
-        self.max_logprobs = _logprobs_cap(openai, openai.OpenAI(**self._client_args), self.name, self.vocab_size)
+        self.max_logprobs = _logprobs_cap(openai, client, self.name, self.vocab_size)
         """The server's cap on logprobs per token (vLLM's `--max-logprobs`); None: no cap below the vocabulary."""
         self.measure_top_k = min(MEASURE_TOP_K, self.max_logprobs or MEASURE_TOP_K)
         if self.max_logprobs is not None and role == "small":

@@ -75,7 +75,8 @@ class VLLMBackend(Backend):
         on_cpu = current_platform.is_cpu()
         names = {"small": resolve_model_name("small", small), "large": resolve_model_name("large", large)}
         memory = {**(DEFAULT_CPU_KV_CACHE_GIB if on_cpu else DEFAULT_GPU_MEMORY_SHARE), **(memory or {})}
-        draft = speculative_config(names["small"], names["large"], on_cpu, num_speculative_tokens) if speculative else None
+        draft = (speculative_config(names["small"], names["large"], on_cpu, num_speculative_tokens)
+                 if speculative else None)
         shared = names["small"] == names["large"] and not speculative
         self.models: dict[Role, _Engine] = {}
         for role in ("large", "small"):
