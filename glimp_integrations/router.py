@@ -28,6 +28,7 @@ from typing import Any
 from glimp_integrations import _sync
 from glimp_integrations.backends.base import Backend, Message, ModelSession, SessionSpec
 from glimp_integrations.config import BACKEND_NAMES, Role, RouterConfig
+from glimp_integrations.constraints import AnswerConstraint, answer_constraint
 from glimp_integrations.entropy import EntropyBounds, Verdict
 from glimp_integrations.errors import (
     GlimpError,
@@ -36,6 +37,7 @@ from glimp_integrations.errors import (
     GlimpTimeoutError,
     invalid,
 )
+from glimp_integrations.tools import add_system_text
 from glimp_integrations.policies import (
     SCORE_DIGITS,
     RoutingPolicy,
@@ -134,22 +136,38 @@ class GlimpRouter:
         *,
         tools: Sequence[dict[str, Any]] | None = None,
         tool_choice: str | None = None,
+        parallel_tool_calls: bool | None = None,
+        response_format: Mapping[str, Any] | AnswerConstraint | None = None,
         max_tokens: int | None = None,
         **overrides: Any,
     ) -> AsyncIterator[RouterEvent]:
-        """Async form of `stream`.  Closing the iterator early cancels the run.  `tools` (OpenAI
-        function schemas) and `tool_choice` ("auto", "required" or a tool name) are rendered
-        into each model's chat prompt; `glimp_integrations.tools.parse_tool_calls` reads the calls
-        back from the answer.  `max_tokens` caps the answer as chat APIs do: the final answer in
-        `think` mode, the whole (routed) response in `plain` mode."""
+        """Async form of `stream`.  Closing the iterator early cancels the run.
+
+        `tools` (OpenAI function schemas) are rendered into each model's chat prompt, and the
+        answer is constrained to free text or well-formed calls under `tool_choice` (`auto`,
+        `required`/`any`, `none` or a tool name; several calls unless `parallel_tool_calls` is
+        False); `glimp_integrations.tools.parse_tool_calls` reads them back.  `response_format`
+        (OpenAI's json_schema / json_object forms, vLLM's regex / choice, or an
+        `AnswerConstraint`) constrains the answer instead.  A constrained answer is always written
+        by the large model: after the routed reasoning in `think` mode, alone in `plain` mode.
+        `max_tokens` caps the answer as chat APIs do: the final answer in `think` mode or when
+        constrained, else the whole (routed) response."""
         messages = normalize_messages(prompt)
+        constraint = answer_constraint(tools, tool_choice, parallel_tool_calls, response_format)
+        if constraint is not None and not self.backend.supports_constraints:
+            raise invalid("tools/response_format", constraint.kind, f"needs a backend that constrains decoding; "
+                          f"{type(self.backend).__name__} does not",
+                          "Use the transformers, vllm or openai backend, or drop the constraint.")
+        if constraint is not None and (instructions := constraint.instructions()):
+            messages = add_system_text(messages, instructions)
         if max_tokens is not None:
             mode = resolve_mode(overrides.get("reasoning_mode", self.config.reasoning_mode), self.backend)
-            overrides["answer_budget" if mode == "think" else "reasoning_budget"] = max_tokens
+            answers_apart = mode == "think" or constraint is not None
+            overrides["answer_budget" if answers_apart else "reasoning_budget"] = max_tokens
         config = self._config_for(overrides)
         custom = self._custom_policy if "policy" not in overrides else None
         policy = custom or make_policy(config)
-        events = _Run(self.backend, config, policy, messages, tools, tool_choice).events()
+        events = _Run(self.backend, config, policy, messages, tools, constraint).events()
         try:
             async for event in events:
                 yield event
@@ -194,90 +212,45 @@ class _Written:
 
 
 class _Run:
-    """The state of one run; `events` is the algorithm."""
+    """The state of one run; `events` is the algorithm: the routed steps, then the answer."""
 
     def __init__(self, backend: Backend, config: RouterConfig, policy: RoutingPolicy, messages: list[Message],
-                 tools: Sequence[dict[str, Any]] | None, tool_choice: str | None) -> None:
+                 tools: Sequence[dict[str, Any]] | None, constraint: AnswerConstraint | None) -> None:
         self.backend = backend
         self.config = config
         self.policy = policy
         self.messages = messages
         self.tools = tools
-        self.tool_choice = tool_choice
+        self.constraint = constraint
         self.rng = random.Random(config.sampling.seed)
         self.mode = resolve_mode(config.reasoning_mode, backend)
         self.steps: list[StepTrace] = []
         self.started = time.perf_counter()
         self.prompt_tokens = 0
+        self.finish = "budget"
 
     async def events(self) -> AsyncIterator[RouterEvent]:
-        config, think = self.config, self.mode == "think"
-        phase = "reasoning" if think else "answer"
-        # In plain mode the routed steps are the answer, so the user's stop sequences apply to them.
-        stop = [config.step_separator, *([THINK_CLOSE] if think else config.stop)]
+        think = self.mode == "think"
         sessions: dict[Role, ModelSession] = {}
-        finish = "budget"
         try:
+            tool_choice = self.constraint.tool_choice if self.constraint and self.constraint.kind == "tools" else None
             for offset, role in enumerate(("small", "large")):
-                seed = None if config.sampling.seed is None else config.sampling.seed * 2 + offset
-                spec = SessionSpec(self.messages, config.sampling, seed, think, self.tools, self.tool_choice)
+                seed = None if self.config.sampling.seed is None else self.config.sampling.seed * 2 + offset
+                spec = SessionSpec(self.messages, self.config.sampling, seed, think, self.tools, tool_choice,
+                                   self.constraint)
                 sessions[role] = await self.backend.open_session(role, spec)
             small, large = sessions["small"], sessions["large"]
             self.prompt_tokens = large.prompt_tokens
-            routed_tokens, reasoning_closed = 0, False
-            while True:
-                room = min(config.reasoning_budget - routed_tokens, _room(small), _room(large),
-                           config.max_step_tokens or config.reasoning_budget)
-                if room <= 0:
-                    break
-                index, step_started = len(self.steps), time.perf_counter()
-                probe, verdict = await self._route(small, room, stop)
-                writer = small if verdict is Verdict.DELEGATE else large
-                decision = "delegate" if writer is small else "intervene"
-                basis = probe.basis if probe else "policy"
-                written = _Written()
-                async for event in self._write(writer, index, phase, decision, probe, room, stop, written):
+            reasoning_closed = False
+            if think or self.constraint is None:  # plain mode with a constraint: the large model answers alone
+                async for event in self._routed_steps(small, large):
                     yield event
-                discarded = 0
-                if writer is small and not await self.policy.keep_small_step(self._draft(written, large)):
-                    await small.discard()
-                    discarded = written.tokens
-                    yield StepDiscarded(index, "small", written.visible, written.tokens)
-                    writer, decision, basis, written = large, "intervene", "policy", _Written()
-                    async for event in self._write(large, index, phase, decision, probe, room, stop, written):
-                        yield event
-                reasoning_closed = think and THINK_CLOSE in written.text
-                step = StepTrace(
-                    index=index, model=writer.role, phase=phase, text=written.visible,
-                    tokens=written.tokens, prefill_tokens=written.prefill_tokens, decision=decision, basis=basis,
-                    probe=probe, seconds=time.perf_counter() - step_started,
-                    finish_reason=_step_finish(written, reasoning_closed), discarded_tokens=discarded)
-                writer.commit()
-                await (large if writer is small else small).append_text(written.text)
-                self.steps.append(step)
-                routed_tokens += written.tokens
-                yield StepFinished(step)
-                if written.end == "end_of_text" or reasoning_closed or written.stopped:
-                    finish = "stop"
-                    break
-            if think:
-                finish = "budget"
-                if not reasoning_closed:  # the budget ran out or the writer ended its text
+                reasoning_closed = think and bool(self.steps) and self.steps[-1].finish_reason == "end_of_reasoning"
+            if think or self.constraint is not None:
+                if think and not reasoning_closed:  # the budget ran out or the writer ended its text
                     await large.append_text(f"\n{THINK_CLOSE}\n\n")
-                answer_started, answer = time.perf_counter(), _Written()
-                room = min(config.answer_budget, _room(large))
-                async for event in self._write(large, len(self.steps), "answer", "forced", None, room,
-                                               config.stop, answer):
+                async for event in self._answer(large):
                     yield event
-                large.commit()
-                self.steps.append(StepTrace(
-                    index=len(self.steps), model="large", phase="answer", text=answer.visible.lstrip(),
-                    tokens=answer.tokens, prefill_tokens=answer.prefill_tokens, decision="forced", basis="forced",
-                    probe=None, seconds=time.perf_counter() - answer_started,
-                    finish_reason=_step_finish(answer, False), discarded_tokens=0))
-                yield StepFinished(self.steps[-1])
-                if answer.end == "end_of_text" or answer.stopped:
-                    finish = "stop"
         except GlimpError:
             raise
         except Exception as error:  # a backend failed mid-run: keep what was written
@@ -289,7 +262,69 @@ class _Run:
         finally:
             for session in sessions.values():
                 await session.aclose()
-        yield RunFinished(self._trace(finish))
+        yield RunFinished(self._trace(self.finish))
+
+    async def _routed_steps(self, small: ModelSession, large: ModelSession) -> AsyncIterator[RouterEvent]:
+        """The paper's loop: probe, route, write and commit each step until the reasoning (in
+        `think` mode) or the response (in `plain` mode) ends or its budget runs out."""
+        config, think = self.config, self.mode == "think"
+        phase = "reasoning" if think else "answer"
+        # In plain mode the routed steps are the answer, so the user's stop sequences apply to them.
+        stop = [config.step_separator, *([THINK_CLOSE] if think else config.stop)]
+        routed_tokens = 0
+        while True:
+            room = min(config.reasoning_budget - routed_tokens, _room(small), _room(large),
+                       config.max_step_tokens or config.reasoning_budget)
+            if room <= 0:
+                return
+            index, step_started = len(self.steps), time.perf_counter()
+            probe, verdict = await self._route(small, room, stop)
+            writer = small if verdict is Verdict.DELEGATE else large
+            decision = "delegate" if writer is small else "intervene"
+            basis = probe.basis if probe else "policy"
+            written = _Written()
+            async for event in self._write(writer, index, phase, decision, probe, room, stop, written):
+                yield event
+            discarded = 0
+            if writer is small and not await self.policy.keep_small_step(self._draft(written, large)):
+                await small.discard()
+                discarded = written.tokens
+                yield StepDiscarded(index, "small", written.visible, written.tokens)
+                writer, decision, basis, written = large, "intervene", "policy", _Written()
+                async for event in self._write(large, index, phase, decision, probe, room, stop, written):
+                    yield event
+            reasoning_closed = think and THINK_CLOSE in written.text
+            step = StepTrace(
+                index=index, model=writer.role, phase=phase, text=written.visible,
+                tokens=written.tokens, prefill_tokens=written.prefill_tokens, decision=decision, basis=basis,
+                probe=probe, seconds=time.perf_counter() - step_started,
+                finish_reason=_step_finish(written, reasoning_closed), discarded_tokens=discarded)
+            writer.commit()
+            await (large if writer is small else small).append_text(written.text)
+            self.steps.append(step)
+            routed_tokens += written.tokens
+            yield StepFinished(step)
+            if written.end == "end_of_text" or reasoning_closed or written.stopped:
+                self.finish = "stop"
+                return
+
+    async def _answer(self, large: ModelSession) -> AsyncIterator[RouterEvent]:
+        """The large model's final answer (constrained when the run has a constraint)."""
+        self.finish = "budget"
+        answer_started, answer = time.perf_counter(), _Written()
+        room = min(self.config.answer_budget, _room(large))
+        async for event in self._write(large, len(self.steps), "answer", "forced", None, room, self.config.stop,
+                                       answer, constrained=self.constraint is not None):
+            yield event
+        large.commit()
+        self.steps.append(StepTrace(
+            index=len(self.steps), model="large", phase="answer", text=answer.visible.lstrip(),
+            tokens=answer.tokens, prefill_tokens=answer.prefill_tokens, decision="forced", basis="forced",
+            probe=None, seconds=time.perf_counter() - answer_started,
+            finish_reason=_step_finish(answer, False), discarded_tokens=0))
+        yield StepFinished(self.steps[-1])
+        if answer.end == "end_of_text" or answer.stopped:
+            self.finish = "stop"
 
     async def _route(self, small: ModelSession, max_tokens: int,
                      stop: Sequence[str]) -> tuple[ProbeTrace | None, Verdict]:
@@ -324,7 +359,7 @@ class _Run:
 
     async def _write(self, writer: ModelSession, index: int, phase: str, decision: str,
                      probe: ProbeTrace | None, max_tokens: int, stop: Sequence[str],
-                     written: _Written) -> AsyncIterator[RouterEvent]:
+                     written: _Written, constrained: bool = False) -> AsyncIterator[RouterEvent]:
         """Announce a step, stream its text as TokenDeltas, and fill `written`."""
         self._check_deadline()
         yield StepStarted(index, writer.role, phase, decision, probe)
@@ -333,7 +368,8 @@ class _Run:
         markers = self.config.stop if phase == "answer" else (THINK_CLOSE,) if self.mode == "think" else ()
         holdback = max((len(m) for m in markers), default=1) - 1  # chars that may start a marker
         shown = 0
-        step = writer.write(max_tokens, stop, measure=self.policy.measures_steps and writer.role == "small")
+        step = writer.write(max_tokens, stop, measure=self.policy.measures_steps and writer.role == "small",
+                            constrained=constrained)
         async for delta in step:
             written.text += delta
             cut = min((written.text.find(m) for m in markers if m in written.text), default=None)

@@ -16,7 +16,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from glimp_integrations.backends.base import Message
+Message = dict[str, Any]
+"""A chat message in the OpenAI shape: {"role": ..., "content": ...}."""
 
 _TOOL_CALL = re.compile(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|$)", re.DOTALL)
 
@@ -57,13 +58,17 @@ def prepare_messages(messages: Sequence[Message], tools: Sequence[dict[str, Any]
                 + "</tool_call>" for c in calls)
             message["content"] = (message.get("content") or "") + inline
         prepared.append(message)
-    if tools:
-        instructions = tool_instructions(tools, tool_choice)
-        if prepared and prepared[0]["role"] == "system":
-            prepared[0] = {**prepared[0], "content": prepared[0]["content"] + "\n\n" + instructions}
-        else:
-            prepared.insert(0, {"role": "system", "content": instructions})
-    return prepared
+    return add_system_text(prepared, tool_instructions(tools, tool_choice)) if tools else prepared
+
+
+def add_system_text(messages: Sequence[Message], text: str) -> list[Message]:
+    """`messages` with `text` at the end of the system message (one is added first if none)."""
+    messages = [dict(m) for m in messages]
+    if messages and messages[0]["role"] == "system":
+        messages[0]["content"] = messages[0]["content"] + "\n\n" + text
+    else:
+        messages.insert(0, {"role": "system", "content": text})
+    return messages
 
 
 def parse_tool_calls(text: str, tool_names: Sequence[str]) -> tuple[str, list[ToolCall]]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import closing
+from operator import itemgetter
 from typing import Any, Literal
 
 from langchain_core.callbacks import (
@@ -26,16 +27,19 @@ from langchain_core.language_models.chat_models import (
     generate_from_stream,
 )
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, ToolMessage
+from langchain_core.output_parsers import JsonOutputParser, PydanticOutputParser
+from langchain_core.output_parsers.openai_tools import JsonOutputKeyToolsParser, PydanticToolsParser
 from langchain_core.outputs import ChatGenerationChunk, ChatResult
-from langchain_core.runnables import Runnable
+from langchain_core.runnables import Runnable, RunnableMap, RunnablePassthrough
 from langchain_core.runnables.config import (
     ensure_config,
     get_async_callback_manager_for_config,
     get_callback_manager_for_config,
 )
 from langchain_core.tools import BaseTool
-from langchain_core.utils.function_calling import convert_to_openai_tool
-from pydantic import ConfigDict, Field, PrivateAttr
+from langchain_core.utils.function_calling import convert_to_json_schema, convert_to_openai_tool
+from langchain_core.utils.pydantic import is_basemodel_subclass
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 from glimp_integrations import (
     CALL_OVERRIDES,
@@ -55,7 +59,7 @@ from glimp_integrations.trace import json_safe
 STEP_EVENT = "glimp_step"
 """Name of the custom event sent for every finished step (data: `StepTrace.routing()` + text)."""
 
-JSON_MODE_INSTRUCTION = "Reply with a single JSON object and nothing else."
+StructuredOutputMethod = Literal["json_schema", "function_calling", "json_mode"]
 
 
 class ChatGlimpRouter(BaseChatModel):
@@ -161,9 +165,6 @@ class ChatGlimpRouter(BaseChatModel):
         engine_messages = [_to_engine_message(m, position) for position, m in enumerate(messages)]
         if not engine_messages:
             raise GlimpInputError("`messages` is empty; got []. Pass at least one HumanMessage.")
-        response_format = kwargs.pop("response_format", None)
-        if response_format:
-            engine_messages.insert(0, {"role": "system", "content": JSON_MODE_INSTRUCTION})
         overrides: dict[str, Any] = {}
         for name in CALL_OVERRIDES:
             if name in kwargs:
@@ -181,20 +182,22 @@ class ChatGlimpRouter(BaseChatModel):
                 f"`model` names {model!r}, but this ChatGlimpRouter runs the pair {self.model_name!r}; a call "
                 "cannot swap the pair. Create another ChatGlimpRouter(small=..., large=...) instead.")
         kwargs.pop("stream", None)
-        tools = kwargs.pop("tools", None)
-        tool_choice = _tool_choice_name(kwargs.pop("tool_choice", None))
+        constraint = {"tools": kwargs.pop("tools", None), "tool_choice": _tool_choice_name(kwargs.pop("tool_choice", None)),
+                      "parallel_tool_calls": kwargs.pop("parallel_tool_calls", None),
+                      "response_format": kwargs.pop("response_format", None)}
         if kwargs:
             raise GlimpInputError(
-                f"`ChatGlimpRouter` got unsupported call arguments {sorted(kwargs)}. Pass only "
-                "tools, tool_choice, stop, max_tokens, temperature, top_p, seed, threshold or reasoning_budget.")
-        return {"prompt": engine_messages, "tools": tools, "tool_choice": tool_choice, **overrides}
+                f"`ChatGlimpRouter` got unsupported call arguments {sorted(kwargs)}. Pass only tools, tool_choice, "
+                "parallel_tool_calls, response_format, stop, max_tokens, temperature, top_p, seed, threshold or "
+                "reasoning_budget.")
+        return {"prompt": engine_messages, **constraint, **overrides}
 
     # --- generation ---------------------------------------------------------------------------
 
     def _stream(self, messages: list[BaseMessage], stop: list[str] | None = None,
                 run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> Iterator[ChatGenerationChunk]:
         request = self._request(messages, stop, kwargs)
-        chunks = _ChunkBuilder(request["tools"], self.model_name)
+        chunks = _ChunkBuilder(_callable_tools(request), self.model_name)
         emit = _sync_step_emitter(run_manager)
         with closing(self.router().stream(**request)) as stream:  # closing the chunks stops the run
             for event in stream:
@@ -207,7 +210,7 @@ class ChatGlimpRouter(BaseChatModel):
                        run_manager: AsyncCallbackManagerForLLMRun | None = None,
                        **kwargs: Any) -> AsyncIterator[ChatGenerationChunk]:
         request = self._request(messages, stop, kwargs)
-        chunks = _ChunkBuilder(request["tools"], self.model_name)
+        chunks = _ChunkBuilder(_callable_tools(request), self.model_name)
         emit = _async_step_emitter(run_manager)
         stream = self.router().astream(**request)
         try:
@@ -234,22 +237,75 @@ class ChatGlimpRouter(BaseChatModel):
         tools: Sequence[dict[str, Any] | type | Callable | BaseTool],
         *,
         tool_choice: dict | str | Literal["auto", "any", "required", "none"] | bool | None = None,
+        strict: bool | None = None,
+        parallel_tool_calls: bool | None = None,
         **kwargs: Any,
     ) -> Runnable[LanguageModelInput, AIMessage]:
-        """Render `tools` into the large (and small) model's chat prompt; the answer's tool calls
-        are parsed into `AIMessage.tool_calls`."""
-        formatted = [convert_to_openai_tool(tool) for tool in tools]
-        if tool_choice == "none":
-            return super().bind(**kwargs)
-        return super().bind(tools=formatted, tool_choice=tool_choice, **kwargs)
+        """Render `tools` into both models' chat prompts and constrain the answer to them:
+        `tool_choice` "auto" (default: text, or text then calls), "any"/"required"/True (at least
+        one call), a tool's name or {"type": "function", "function": {"name": ...}} (that tool),
+        "none" (text only).  `strict=True` makes every argument required; `parallel_tool_calls=False`
+        allows one call.  Calls are parsed into `AIMessage.tool_calls`."""
+        formatted = [convert_to_openai_tool(tool, strict=strict) for tool in tools]
+        return super().bind(tools=formatted, tool_choice=tool_choice, parallel_tool_calls=parallel_tool_calls,
+                            **kwargs)
+
+    def with_structured_output(
+        self,
+        schema: dict[str, Any] | type,
+        *,
+        method: StructuredOutputMethod = "json_schema",
+        include_raw: bool = False,
+        strict: bool | None = None,
+        **kwargs: Any,
+    ) -> Runnable[LanguageModelInput, dict[str, Any] | BaseModel]:
+        """A runnable whose answer is parsed into `schema` (a pydantic model, a TypedDict or a JSON
+        schema dict), valid by construction: `json_schema` (default) constrains the answer to the
+        schema's JSON, `function_calling` to a call of a tool shaped like it, `json_mode` to any
+        JSON object (say in the prompt what it should hold).  `include_raw=True` returns
+        {"raw": AIMessage (reasoning blocks and routing included), "parsed": ..., "parsing_error": ...}."""
+        if kwargs:
+            raise GlimpInputError(f"`with_structured_output` got unsupported arguments {sorted(kwargs)}. "
+                                  "Pass only method, include_raw and strict.")
+        is_pydantic = isinstance(schema, type) and is_basemodel_subclass(schema)
+        traced = {"kwargs": {"method": method, "strict": strict}, "schema": convert_to_json_schema(schema)}
+        parser: Runnable
+        if method == "function_calling":
+            tool_name = convert_to_openai_tool(schema)["function"]["name"]
+            llm = self.bind_tools([schema], tool_choice=tool_name, strict=strict, parallel_tool_calls=False,
+                                  ls_structured_output_format=traced)
+            parser = PydanticToolsParser(tools=[schema], first_tool_only=True) if is_pydantic else \
+                JsonOutputKeyToolsParser(key_name=tool_name, first_tool_only=True)
+        elif method in ("json_schema", "json_mode"):
+            response_format = {"type": "json_object"} if method == "json_mode" else {
+                "type": "json_schema",
+                "json_schema": {"name": convert_to_openai_tool(schema)["function"]["name"],
+                                "schema": traced["schema"], "strict": bool(strict)}}
+            llm = self.bind(response_format=response_format, ls_structured_output_format=traced)
+            parser = PydanticOutputParser(pydantic_object=schema) if is_pydantic else JsonOutputParser()
+        else:
+            raise GlimpInputError(f"`method` must be json_schema, function_calling or json_mode; got {method!r}. "
+                                  "Use json_schema (the default).")
+        if not include_raw:
+            return llm | parser
+        parsed = RunnablePassthrough.assign(parsed=itemgetter("raw") | parser, parsing_error=lambda _: None)
+        unparsed = RunnablePassthrough.assign(parsed=lambda _: None)
+        return RunnableMap(raw=llm) | parsed.with_fallbacks([unparsed], exception_key="parsing_error")
+
+
+def _callable_tools(request: dict[str, Any]) -> list[dict[str, Any]] | None:
+    """The tools the answer may call (none when `tool_choice` is "none")."""
+    return request["tools"] if request["tool_choice"] != "none" else None
 
 
 def _tool_choice_name(tool_choice: Any) -> str | None:
-    """LangChain's tool_choice forms as the engine's: None, "auto", "required" or a tool name."""
-    if tool_choice in (None, False, "auto"):
-        return None if tool_choice is None or tool_choice is False else "auto"
+    """LangChain's tool_choice forms as the engine's: None, "auto", "required", "none" or a tool name."""
+    if tool_choice is None or tool_choice == "auto":
+        return tool_choice
     if tool_choice is True or tool_choice in ("any", "required"):
         return "required"
+    if tool_choice is False or tool_choice == "none":
+        return "none"
     if isinstance(tool_choice, dict):
         return tool_choice.get("function", {}).get("name") or tool_choice.get("name")
     return str(tool_choice)
@@ -271,6 +327,10 @@ def _to_engine_message(message: BaseMessage, position: int) -> dict[str, Any]:
                 f"`messages[{position}]` has content of type {unsupported}; Glimp routes text only. "
                 "Remove images, audio and files, or describe them in text.")
     engine: dict[str, Any] = {"role": role, "content": message.text}
+    reasoning = "".join(b.get("reasoning", "") for b in message.content_blocks if b["type"] == "reasoning") \
+        if isinstance(message, AIMessage) else ""
+    if reasoning:  # chat templates that render earlier reasoning (e.g. in a tool loop) read this key
+        engine["reasoning_content"] = reasoning
     if isinstance(message, AIMessage) and message.tool_calls:
         engine["tool_calls"] = [{"id": c.get("id"), "type": "function",
                                  "function": {"name": c["name"], "arguments": c["args"]}} for c in message.tool_calls]

@@ -14,10 +14,9 @@ from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 from glimp_integrations.config import Role, SamplingConfig
+from glimp_integrations.constraints import AnswerConstraint
 from glimp_integrations.entropy import EntropyBounds, entropy_bounds
-
-Message = dict[str, Any]
-"""A chat message in the OpenAI shape: {"role": ..., "content": ...}."""
+from glimp_integrations.tools import Message, prepare_messages
 
 StepEnd = Literal["stop_string", "end_of_text", "max_tokens"]
 
@@ -59,6 +58,8 @@ class SessionSpec:
     tools: Sequence[dict[str, Any]] | None = None
     """OpenAI function schemas, rendered into the prompt (see `glimp_integrations.tools`)."""
     tool_choice: str | None = None
+    constraint: AnswerConstraint | None = None
+    """What the answer must be; applied by `write(..., constrained=True)`."""
 
 
 class StepWriter(abc.ABC):
@@ -112,10 +113,12 @@ class ModelSession(abc.ABC):
         """
 
     @abc.abstractmethod
-    def write(self, max_tokens: int, stop: Sequence[str], measure: bool = False) -> StepWriter:
+    def write(self, max_tokens: int, stop: Sequence[str], measure: bool = False,
+              constrained: bool = False) -> StepWriter:
         """Write up to `max_tokens` tokens (the probe token included), ending after the first
         stop string (kept in the text) or at the end of text; `measure` records per-token
-        entropies and logprobs."""
+        entropies and logprobs; `constrained` restricts the tokens to the session's
+        `SessionSpec.constraint` grammar (the answer; never after a probe)."""
 
     async def candidate_logprobs(self, suffix: str, candidates: Sequence[str]) -> dict[str, float]:
         """Log-probabilities (temperature 1) of single-token `candidates` as the next token after
@@ -154,6 +157,8 @@ class Backend(abc.ABC):
 
     name: str
     models: dict[Role, ModelInfo]
+    supports_constraints: bool = False
+    """True when `write(..., constrained=True)` applies `SessionSpec.constraint`."""
 
     def model_name(self, role: Role) -> str:
         return self.models[role].name
@@ -203,8 +208,6 @@ def knows_think_tags(tokenizer: Any) -> bool:
 def render_chat_prompt(tokenizer: Any, spec: SessionSpec) -> str:
     """The prompt text from a HF tokenizer's chat template: tools through the template when it
     renders them (else described in a system message), then `<think>\\n` when asked for."""
-    from glimp_integrations.tools import prepare_messages
-
     renders_tools = "tools" in (tokenizer.chat_template or "")
     prepared = prepare_messages(spec.messages, spec.tools, renders_tools, spec.tool_choice)
     prompt = tokenizer.apply_chat_template(prepared, tools=list(spec.tools) if spec.tools and renders_tools else None,

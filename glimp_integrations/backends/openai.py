@@ -34,7 +34,7 @@ from glimp_integrations.backends.base import (
     knows_think_tags,
     render_chat_prompt,
 )
-from glimp_integrations.config import Role, SamplingConfig
+from glimp_integrations.config import Role
 from glimp_integrations.errors import GlimpConfigError, require_module
 
 logger = logging.getLogger(__name__)
@@ -133,6 +133,7 @@ class OpenAIServersBackend(Backend):
     """Two OpenAI-compatible servers (`vllm serve`, SGLang), one per role."""
 
     name = "openai"
+    supports_constraints = True
 
     def __init__(self, small_url: str, large_url: str, *, small_model: str | None = None,
                  large_model: str | None = None, small_tokenizer: str | None = None,
@@ -151,7 +152,7 @@ class OpenAIServersBackend(Backend):
         prompt = render_chat_prompt(server.tokenizer, spec)
         prompt_tokens = server.count(prompt)
         check_prompt_fits(role, server.name, prompt_tokens, server.context_window)
-        return OpenAISession(server, role, prompt, prompt_tokens, spec.sampling, spec.seed)
+        return OpenAISession(server, role, prompt, prompt_tokens, spec)
 
     def close(self) -> None:
         for server in self.models.values():
@@ -160,15 +161,16 @@ class OpenAIServersBackend(Backend):
 
 
 class OpenAISession(ModelSession):
-    def __init__(self, server: _Server, role: Role, prompt: str, prompt_tokens: int, sampling: SamplingConfig,
-                 seed: int | None) -> None:
+    def __init__(self, server: _Server, role: Role, prompt: str, prompt_tokens: int, spec: SessionSpec) -> None:
+        seed = spec.seed
         self._server = server
         self.role = role
         self.model_name = server.name
         self.prompt_tokens = prompt_tokens
         self.context_window = server.context_window
         self.max_probe_top_k = server.max_logprobs
-        self._sampling = sampling
+        self._sampling = spec.sampling
+        self._constraint = spec.constraint
         self._seeds = itertools.count(seed) if seed is not None else None
         self._context = prompt
         self._context_tokens = prompt_tokens
@@ -183,7 +185,8 @@ class OpenAISession(ModelSession):
     def context_tokens(self) -> int:
         return self._context_tokens
 
-    def _request(self, max_tokens: int, stop: Sequence[str], logprobs: int | None, stream: bool = True) -> dict:
+    def _request(self, max_tokens: int, stop: Sequence[str], logprobs: int | None, stream: bool = True,
+                 constrained: bool = False) -> dict:
         request: dict[str, Any] = {
             "prompt": self._context, "max_tokens": max_tokens, "temperature": self._sampling.temperature,
             "top_p": self._sampling.top_p, "stream": stream,
@@ -191,6 +194,8 @@ class OpenAISession(ModelSession):
         }
         if stop:
             request["stop"] = list(stop)
+        if constrained and self._constraint:  # vLLM's field; its `guidance` backend reads the Lark grammar
+            request["extra_body"]["structured_outputs"] = {"grammar": self._constraint.grammar}
         if logprobs is not None:
             request["logprobs"] = logprobs
         if self._seeds is not None:
@@ -217,8 +222,9 @@ class OpenAISession(ModelSession):
         response = await self._server.create(**self._request(1, (), top_k or -1, stream=False))
         return _distribution(response.choices[0].logprobs.top_logprobs[0], top_k, self._server.vocab_size)
 
-    def write(self, max_tokens: int, stop: Sequence[str], measure: bool = False) -> StepWriter:
-        return _OpenAIWriter(self, max_tokens, stop, measure)
+    def write(self, max_tokens: int, stop: Sequence[str], measure: bool = False,
+              constrained: bool = False) -> StepWriter:
+        return _OpenAIWriter(self, max_tokens, stop, measure, constrained)
 
     async def candidate_logprobs(self, suffix: str, candidates: Sequence[str]) -> dict[str, float]:
         request = self._request(1, (), self._server.measure_top_k, stream=False)
@@ -257,15 +263,18 @@ def _distribution(top_logprobs: dict[str, float], top_k: int | None, vocab_size:
 
 
 class _OpenAIWriter(StepWriter):
-    def __init__(self, session: OpenAISession, max_tokens: int, stop: Sequence[str], measure: bool) -> None:
+    def __init__(self, session: OpenAISession, max_tokens: int, stop: Sequence[str], measure: bool,
+                 constrained: bool) -> None:
         super().__init__(max_tokens, stop, measure)
         self._session = session
+        self._constrained = constrained
 
     async def __aiter__(self) -> AsyncIterator[str]:
         session = self._session
         if session._stream is None:  # no probe: start the step now
             session._stream = await session._server.create(
-                **session._request(self.max_tokens, self.stop, session._server.measure_top_k if self.measure else None))
+                **session._request(self.max_tokens, self.stop, session._server.measure_top_k if self.measure else None,
+                                   constrained=self._constrained))
             session._first = await session._next()
         chunk, session._first = session._first, None
         finish, stop_reason, streamed = None, None, 0

@@ -66,6 +66,8 @@ class ScriptedBackend(Backend):
     """Both roles scripted.  Prompt tokens are counted as whitespace-separated words."""
 
     name = "scripted"
+    supports_constraints = True
+    """Recorded, not applied: a script's text is what it is (see `constrained_writes`)."""
 
     def __init__(self, small: ScriptedModel, large: ScriptedModel) -> None:
         self.models = {"small": small, "large": large}
@@ -79,6 +81,8 @@ class ScriptedBackend(Backend):
         """Sessions opened and not yet closed (a cancelled run must leave none)."""
         self.judge_requests: list[tuple[Role, str]] = []
         """Every `candidate_logprobs` call, in order: (role, suffix)."""
+        self.constrained_writes: list[tuple[Role, str]] = []
+        """Every write asked to apply the answer constraint, in order: (role, its grammar)."""
 
 
     async def open_session(self, role: Role, spec: SessionSpec) -> ScriptedSession:
@@ -91,13 +95,14 @@ class ScriptedBackend(Backend):
         prompt_tokens = len(prompt.split())
         check_prompt_fits(role, model.name, prompt_tokens, model.context_window)
         self.open_sessions += 1
-        return ScriptedSession(self, role, model, prompt, prompt_tokens)
+        return ScriptedSession(self, role, model, prompt, prompt_tokens, spec)
 
 
 class ScriptedSession(ModelSession):
     def __init__(self, backend: ScriptedBackend, role: Role, model: ScriptedModel, prompt: str,
-                 prompt_tokens: int) -> None:
+                 prompt_tokens: int, spec: SessionSpec) -> None:
         self._backend = backend
+        self._constraint = spec.constraint
         self.role = role
         self.model_name = model.name
         self.prompt_tokens = prompt_tokens
@@ -135,7 +140,10 @@ class ScriptedSession(ModelSession):
             return TokenDistribution(logprobs[:given], vocab_size=len(logprobs))
         return TokenDistribution(logprobs, vocab_size=len(logprobs))
 
-    def write(self, max_tokens: int, stop: Sequence[str], measure: bool = False) -> StepWriter:
+    def write(self, max_tokens: int, stop: Sequence[str], measure: bool = False,
+              constrained: bool = False) -> StepWriter:
+        if constrained:
+            self._backend.constrained_writes.append((self.role, self._constraint.grammar if self._constraint else ""))
         return _ScriptedWriter(self, max_tokens, stop, measure)
 
     async def candidate_logprobs(self, suffix: str, candidates: Sequence[str]) -> dict[str, float]:

@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import threading
 import weakref
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
+
+import numpy
 
 from glimp_integrations.backends.base import (
     Backend,
@@ -29,7 +32,7 @@ from glimp_integrations.backends.base import (
     render_chat_prompt,
     resolve_model_name,
 )
-from glimp_integrations.config import Role, SamplingConfig
+from glimp_integrations.config import Role
 from glimp_integrations.errors import GlimpConfigError, invalid, require_module
 
 logger = logging.getLogger(__name__)
@@ -67,6 +70,20 @@ class LoadedModel:
         eos_ids.append(self.tokenizer.eos_token_id)
         self.eos_ids = frozenset(i for i in eos_ids if i is not None)
         self.knows_think_tags = knows_think_tags(self.tokenizer)
+        self._grammar_tokenizer: Any = None
+
+    def grammar_matcher(self, grammar: str) -> Any:
+        """An llguidance matcher of `grammar` over this model's tokens (EOS allowed once it is complete)."""
+        llguidance = require_module("llguidance", "hf", "Constrained decoding with the transformers backend")
+        if self._grammar_tokenizer is None:
+            import llguidance.hf
+
+            self._grammar_tokenizer = llguidance.hf.from_tokenizer(
+                self.tokenizer, n_vocab=self.vocab_size, eos_token=sorted(self.eos_ids))
+        matcher = llguidance.LLMatcher(self._grammar_tokenizer, grammar, log_level=0)
+        if matcher.is_error():
+            raise GlimpConfigError(f"The answer constraint does not compile for `{self.name}`: {matcher.get_error()}")
+        return matcher
 
 
 _loaded: weakref.WeakValueDictionary[tuple[str, str], LoadedModel] = weakref.WeakValueDictionary()
@@ -97,6 +114,7 @@ class TransformersBackend(Backend):
     """Both models as transformers causal LMs in this process."""
 
     name = "transformers"
+    supports_constraints = True
 
     def __init__(self, small: str, large: str, *, device: str = "auto") -> None:
         names = {"small": resolve_model_name("small", small), "large": resolve_model_name("large", large)}
@@ -108,23 +126,23 @@ class TransformersBackend(Backend):
         prompt = render_chat_prompt(loaded.tokenizer, spec)
         prompt_ids = loaded.tokenizer(prompt, add_special_tokens=False)["input_ids"]
         check_prompt_fits(role, loaded.name, len(prompt_ids), loaded.context_window)
-        return TransformersSession(loaded, role, prompt_ids, spec.sampling, spec.seed)
+        return TransformersSession(loaded, role, prompt_ids, spec)
 
     def close(self) -> None:
         self.models.clear()
 
 
 class TransformersSession(ModelSession):
-    def __init__(self, loaded: LoadedModel, role: Role, prompt_ids: list[int], sampling: SamplingConfig,
-                 seed: int | None) -> None:
-        torch = loaded.torch
+    def __init__(self, loaded: LoadedModel, role: Role, prompt_ids: list[int], spec: SessionSpec) -> None:
+        torch, seed = loaded.torch, spec.seed
         self._loaded = loaded
         self._torch = torch
         self.role = role
         self.model_name = loaded.name
         self.prompt_tokens = len(prompt_ids)
         self.context_window = loaded.context_window
-        self._sampling = sampling
+        self._sampling = spec.sampling
+        self._constraint = spec.constraint
         self._generator = torch.Generator(device=loaded.device)
         if seed is None:
             self._generator.seed()
@@ -178,10 +196,15 @@ class TransformersSession(ModelSession):
         self._cached_ids.extend(new_ids)
         self._next_logits = output.logits[0, -1].float()  # [vocab]
 
-    def _sample(self) -> int:
-        """Draw the next token from `_next_logits` with the run's temperature and top-p."""
+    def _sample(self, matcher: Any = None) -> int:
+        """Draw the next token from `_next_logits` with the run's temperature and top-p, among the
+        tokens `matcher` (an llguidance grammar matcher) allows, if given."""
         torch, sampling = self._torch, self._sampling
         logits = self._next_logits
+        if matcher is not None:
+            packed = numpy.frombuffer(matcher.compute_bitmask(), dtype=numpy.uint8)
+            allowed = numpy.unpackbits(packed, bitorder="little")[:logits.shape[0]].astype(bool)  # [vocab]
+            logits = logits.masked_fill(~torch.from_numpy(allowed), -math.inf)
         if sampling.temperature == 0:
             return int(logits.argmax())
         probs = torch.softmax(logits / sampling.temperature, dim=-1)  # [vocab]
@@ -208,8 +231,10 @@ class TransformersSession(ModelSession):
         top = logprobs.topk(min(RECORDED_TOP_K, logprobs.shape[0])).values
         return TokenDistribution(tuple(top.tolist()), vocab_size=logprobs.shape[0], exact_entropy=entropy)
 
-    def write(self, max_tokens: int, stop: Sequence[str], measure: bool = False) -> StepWriter:
-        return _TransformersWriter(self, max_tokens, stop, measure)
+    def write(self, max_tokens: int, stop: Sequence[str], measure: bool = False,
+              constrained: bool = False) -> StepWriter:
+        matcher = self._loaded.grammar_matcher(self._constraint.grammar) if constrained and self._constraint else None
+        return _TransformersWriter(self, max_tokens, stop, measure, matcher)
 
     async def candidate_logprobs(self, suffix: str, candidates: Sequence[str]) -> dict[str, float]:
         return await asyncio.to_thread(self._candidate_logprobs, suffix, candidates)
@@ -240,9 +265,12 @@ class TransformersSession(ModelSession):
 
 
 class _TransformersWriter(StepWriter):
-    def __init__(self, session: TransformersSession, max_tokens: int, stop: Sequence[str], measure: bool) -> None:
+    def __init__(self, session: TransformersSession, max_tokens: int, stop: Sequence[str], measure: bool,
+                 matcher: Any) -> None:
         super().__init__(max_tokens, stop, measure)
         self._session = session
+        self._matcher = matcher
+        """llguidance matcher of the answer constraint (None: unconstrained)."""
 
     def _record(self, token: int) -> None:
         """Entropy of the distribution `token` was drawn from, and the token's logprob (temperature 1)."""
@@ -257,11 +285,17 @@ class _TransformersWriter(StepWriter):
             return session._probe_token
         session._pending.clear()
         self.prefill_tokens = session._sync_cache(session._committed)
-        return session._sample()
+        return self._sample()
 
     def _next_token(self, token: int) -> int:
         self._session._feed([token])
-        return self._session._sample()
+        return self._sample()
+
+    def _sample(self) -> int:
+        token = self._session._sample(self._matcher)
+        if self._matcher is not None and not self._matcher.consume_token(token):
+            raise RuntimeError(f"the grammar matcher refused token {token}: {self._matcher.get_error()}")
+        return token
 
     async def __aiter__(self) -> AsyncIterator[str]:
         session = self._session

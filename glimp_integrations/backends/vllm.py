@@ -38,7 +38,7 @@ from glimp_integrations.backends.base import (
     render_chat_prompt,
     resolve_model_name,
 )
-from glimp_integrations.config import Role, SamplingConfig
+from glimp_integrations.config import Role
 from glimp_integrations.errors import GlimpConfigError, invalid, require_module
 
 logger = logging.getLogger(__name__)
@@ -53,6 +53,7 @@ class VLLMBackend(Backend):
     """Both models as in-process vLLM engines (one shared engine when both roles name the same model)."""
 
     name = "vllm"
+    supports_constraints = True
 
     def __init__(
         self,
@@ -85,6 +86,7 @@ class VLLMBackend(Backend):
                 continue
             args: dict[str, Any] = {
                 "model": names[role], "enable_prefix_caching": True, "max_logprobs": -1,
+                "structured_outputs_config": {"backend": "guidance"},  # answer constraints are llguidance grammars
                 "enforce_eager": on_cpu if enforce_eager is None else enforce_eager,
                 **({"max_model_len": max_model_len} if max_model_len else {}),
             }
@@ -104,7 +106,7 @@ class VLLMBackend(Backend):
         engine = self.models[role]
         prompt_ids = engine.encode(render_chat_prompt(engine.tokenizer, spec))
         check_prompt_fits(role, engine.name, len(prompt_ids), engine.context_window)
-        return VLLMSession(engine, role, prompt_ids, spec.sampling, spec.seed)
+        return VLLMSession(engine, role, prompt_ids, spec)
 
     def close(self) -> None:
         """Shut the engines down (on the loop that drives them, so their output handlers stop cleanly)."""
@@ -218,14 +220,15 @@ class _Request:
 
 
 class VLLMSession(ModelSession):
-    def __init__(self, engine: _Engine, role: Role, prompt_ids: list[int], sampling: SamplingConfig,
-                 seed: int | None) -> None:
+    def __init__(self, engine: _Engine, role: Role, prompt_ids: list[int], spec: SessionSpec) -> None:
+        seed = spec.seed
         self._engine = engine
         self.role = role
         self.model_name = engine.name
         self.prompt_tokens = len(prompt_ids)
         self.context_window = engine.context_window
-        self._sampling = sampling
+        self._sampling = spec.sampling
+        self._constraint = spec.constraint
         self._seeds = itertools.count(seed) if seed is not None else None
         self._committed: list[int] = list(prompt_ids)
         self._pending: list[int] = []
@@ -238,11 +241,14 @@ class VLLMSession(ModelSession):
     def context_tokens(self) -> int:
         return len(self._committed)
 
-    def _params(self, max_tokens: int, stop: Sequence[str], logprobs: int | None, final_only: bool = False) -> Any:
+    def _params(self, max_tokens: int, stop: Sequence[str], logprobs: int | None, final_only: bool = False,
+                constrained: bool = False) -> Any:
         from vllm import SamplingParams
-        from vllm.sampling_params import RequestOutputKind
+        from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
 
+        grammar = self._constraint.grammar if constrained and self._constraint else None
         return SamplingParams(
+            structured_outputs=StructuredOutputsParams(grammar=grammar) if grammar else None,
             temperature=self._sampling.temperature, top_p=self._sampling.top_p, max_tokens=max_tokens,
             stop=list(stop), include_stop_str_in_output=True, logprobs=logprobs,
             seed=next(self._seeds) if self._seeds is not None else None,
@@ -261,8 +267,9 @@ class VLLMSession(ModelSession):
         await request.abort()
         return _distribution(output.outputs[0].logprobs[0], top_k, self._engine.vocab_size)
 
-    def write(self, max_tokens: int, stop: Sequence[str], measure: bool = False) -> StepWriter:
-        return _VLLMWriter(self, max_tokens, stop, measure)
+    def write(self, max_tokens: int, stop: Sequence[str], measure: bool = False,
+              constrained: bool = False) -> StepWriter:
+        return _VLLMWriter(self, max_tokens, stop, measure, constrained)
 
     async def candidate_logprobs(self, suffix: str, candidates: Sequence[str]) -> dict[str, float]:
         request = self._engine.stream(self._committed + self._engine.encode(suffix),
@@ -305,16 +312,18 @@ def _distribution(logprobs: dict[int, Any], top_k: int | None, vocab_size: int) 
 
 
 class _VLLMWriter(StepWriter):
-    def __init__(self, session: VLLMSession, max_tokens: int, stop: Sequence[str], measure: bool) -> None:
+    def __init__(self, session: VLLMSession, max_tokens: int, stop: Sequence[str], measure: bool,
+                 constrained: bool) -> None:
         super().__init__(max_tokens, stop, measure)
         self._session = session
+        self._constrained = constrained
 
     async def __aiter__(self) -> AsyncIterator[str]:
         session = self._session
         request, output = session._request, session._first
         if request is None:  # no probe: start the step now
-            request = session._request = session._engine.stream(
-                session._committed, session._params(self.max_tokens, self.stop, MEASURE_TOP_K if self.measure else None))
+            request = session._request = session._engine.stream(session._committed, session._params(
+                self.max_tokens, self.stop, MEASURE_TOP_K if self.measure else None, constrained=self._constrained))
             output = await request.next()
         session._first = None
         if output is not None:

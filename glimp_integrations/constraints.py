@@ -1,0 +1,289 @@
+"""Answer constraints: what the final answer must look like, made valid by construction.
+
+An `AnswerConstraint` restricts the answer (not the routed reasoning) to one of:
+- `json_schema`: a JSON value valid under a JSON schema;
+- `json_object`: any JSON object;
+- `regex`: text matching a regular expression, whole;
+- `choice`: exactly one of some strings;
+- `tools`: tool calls in the Hermes/Qwen format `<tool_call>{"name": ..., "arguments": {...}}</tool_call>`
+  (see `glimp_integrations.tools`), under `tool_choice`: `auto` (free text, or text followed by
+  well-formed calls), `required` (at least one call), a tool's name (calls to that tool),
+  `none` (text with no call); several calls in a row unless `parallel_tool_calls` is False.
+
+Object schemas that do not say otherwise admit no properties beyond those they list (a small
+model otherwise invents fields, and a function fails on arguments it does not take); `strict`
+(OpenAI's strict mode) also makes every listed property required.
+
+Every constraint compiles to one grammar in the Lark dialect of llguidance, the grammar engine
+that vLLM installs and uses as its `guidance` structured-output backend.  The grammar is checked
+when the constraint is built (a schema or regex the engine rejects raises `GlimpConfigError`
+before any model runs), and each backend applies that same text: the transformers backend masks
+logits with an llguidance matcher, vLLM in process gets it as `StructuredOutputsParams(grammar=)`,
+servers as the request's `structured_outputs` field.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any, Literal
+
+from glimp_integrations.errors import invalid, require_module
+
+ConstraintKind = Literal["json_schema", "json_object", "regex", "choice", "tools"]
+TOOL_CHOICE_MODES: tuple[str, ...] = ("auto", "required", "none")
+
+#: JSON written compactly with one space after `:` and `,`, as models are trained to; free
+#: whitespace lets a small model pad an object with blank lines until its budget runs out.
+JSON_LAYOUT = {"whitespace_flexible": False, "key_separator": ": ", "item_separator": ", "}
+
+CALL_OPEN, CALL_CLOSE = "<tool_call>", "</tool_call>"
+
+# Lark lexemes for free text around tool calls.  `&` and `~` (intersection, complement) are
+# llguidance regex operators: text with no call in it, and text that ends at its first `<tool_call>`.
+_TEXT_WITHOUT_CALL = r"/(.|\n)*/ & ~/(.|\n)*<tool_call>(.|\n)*/"
+_TEXT_THEN_CALL = r"/(.|\n)*<tool_call>/ & ~/(.|\n)*<tool_call>(.|\n)+/"
+
+
+@dataclass(frozen=True)
+class AnswerConstraint:
+    """What the final answer must be; build one with the class methods, e.g.
+    `AnswerConstraint.json_schema({...})` or `AnswerConstraint.for_tools(tools, "required")`."""
+
+    kind: ConstraintKind
+    schema: Mapping[str, Any] | None = None
+    """The JSON schema (`json_schema`)."""
+    strict: bool = False
+    """`json_schema`: every property of every object is required (OpenAI's strict mode)."""
+    pattern: str | None = None
+    """The regular expression (`regex`), matched against the whole answer."""
+    choices: tuple[str, ...] = ()
+    """The allowed answers (`choice`)."""
+    tools: tuple[Mapping[str, Any], ...] = ()
+    """OpenAI function schemas (`tools`); a function's own `strict: true` applies to its arguments."""
+    tool_choice: str = "auto"
+    """`auto`, `required`, `none`, or the name of the one tool to call (`tools`)."""
+    parallel_tool_calls: bool = True
+    """Allow several calls in one answer (`tools`)."""
+    name: str | None = field(default=None, compare=False)
+    """A name for the schema in messages (e.g. OpenAI's `json_schema.name`)."""
+
+    def __post_init__(self) -> None:
+        self._check_fields()
+        grammar_error = _grammar_error(self.grammar)
+        if grammar_error:
+            parameter, value = {
+                "json_schema": ("response_format schema", self.schema), "regex": ("regex", self.pattern),
+                "choice": ("choices", list(self.choices)), "json_object": ("response_format", "json_object"),
+                "tools": ("tools", self.tool_names)}[self.kind]
+            raise invalid(parameter, value, f"is rejected by the grammar engine (llguidance: {grammar_error})",
+                          "Fix that part of the schema or pattern (llguidance's JSON-schema and regex docs list "
+                          "what it supports).")
+
+    # --- constructors ---------------------------------------------------------------------------
+
+    @classmethod
+    def json_schema(cls, schema: Mapping[str, Any], *, strict: bool = False,
+                    name: str | None = None) -> AnswerConstraint:
+        return cls("json_schema", schema=schema, strict=strict, name=name)
+
+    @classmethod
+    def json_object(cls) -> AnswerConstraint:
+        return cls("json_object")
+
+    @classmethod
+    def regex(cls, pattern: str) -> AnswerConstraint:
+        return cls("regex", pattern=pattern)
+
+    @classmethod
+    def choice(cls, choices: Sequence[str]) -> AnswerConstraint:
+        if isinstance(choices, str):
+            raise invalid("choices", choices, "must be a list of strings, not one string", 'Pass e.g. ["yes", "no"].')
+        return cls("choice", choices=tuple(choices))
+
+    @classmethod
+    def for_tools(cls, tools: Sequence[Mapping[str, Any]], tool_choice: str | None = None,
+                  parallel_tool_calls: bool | None = None) -> AnswerConstraint:
+        """Tool calls under `tool_choice` (None: `auto`; `any` is read as `required`)."""
+        choice = "auto" if tool_choice is None else "required" if tool_choice == "any" else tool_choice
+        return cls("tools", tools=tuple(tools), tool_choice=choice,
+                   parallel_tool_calls=True if parallel_tool_calls is None else parallel_tool_calls)
+
+    @classmethod
+    def from_response_format(cls, response_format: Mapping[str, Any] | AnswerConstraint) -> AnswerConstraint:
+        """OpenAI's `response_format` ({"type": "json_schema", "json_schema": {"name", "schema",
+        "strict"}} or {"type": "json_object"}), vLLM's {"type": "regex", "regex": ...} and
+        {"type": "choice", "choice": [...]}, or a ready `AnswerConstraint`."""
+        if isinstance(response_format, AnswerConstraint):
+            return response_format
+        if not isinstance(response_format, Mapping):
+            raise invalid("response_format", response_format, "must be a dict or an AnswerConstraint",
+                          'Pass e.g. {"type": "json_schema", "json_schema": {"name": "answer", "schema": {...}}}.')
+        kind = response_format.get("type")
+        if kind == "json_schema":
+            spec = response_format.get("json_schema")
+            if not isinstance(spec, Mapping) or not isinstance(spec.get("schema"), Mapping):
+                raise invalid("response_format['json_schema']", spec, "must be a dict with a `schema` dict",
+                              'Pass {"name": "answer", "schema": {...}, "strict": true}.')
+            return cls.json_schema(spec["schema"], strict=bool(spec.get("strict")), name=spec.get("name"))
+        if kind == "json_object":
+            return cls.json_object()
+        if kind == "regex" and isinstance(response_format.get("regex"), str):
+            return cls.regex(response_format["regex"])
+        if kind == "choice" and isinstance(response_format.get("choice"), Sequence):
+            return cls.choice(response_format["choice"])
+        if kind == "text":
+            raise invalid("response_format", dict(response_format), "asks for free text, which is no constraint",
+                          "Pass response_format=None for free text.")
+        raise invalid("response_format['type']", kind, "must be json_schema, json_object, regex or choice",
+                      'Pass e.g. {"type": "json_object"}.')
+
+    # --- what backends and adapters use ---------------------------------------------------------
+
+    @property
+    def tool_names(self) -> list[str]:
+        return [t["function"]["name"] for t in self.tools]
+
+    @property
+    def allows_tool_calls(self) -> bool:
+        return self.kind == "tools" and self.tool_choice != "none"
+
+    @cached_property
+    def grammar(self) -> str:
+        """The constraint in llguidance's Lark dialect (`start` is the whole answer)."""
+        if self.kind == "json_schema":
+            return f"start: %json {_with_layout(_closed_objects(self.schema, require_all=self.strict))}"
+        if self.kind == "json_object":
+            return f"start: %json {_with_layout({'type': 'object'})}"
+        if self.kind == "regex":
+            llguidance = require_module("llguidance", "hf", "Compiling a regex constraint")
+            return f"start: /{llguidance.regex_to_lark(self.pattern)}/"
+        if self.kind == "choice":
+            return "start: " + " | ".join(json.dumps(c, ensure_ascii=False) for c in self.choices)
+        return self._tools_grammar()
+
+    def instructions(self) -> str | None:
+        """What the prompt should tell the model about the answer's format (None: nothing to add;
+        tool schemas are described by `glimp_integrations.tools`)."""
+        if self.kind == "json_schema":
+            return "Reply with a single JSON value that matches this JSON schema, and nothing else:\n" + \
+                json.dumps(self.schema, ensure_ascii=False)
+        if self.kind == "json_object":
+            return "Reply with a single JSON object and nothing else."
+        if self.kind == "choice":
+            return "Reply with exactly one of: " + ", ".join(json.dumps(c, ensure_ascii=False) for c in self.choices)
+        return None
+
+    # --- internals ------------------------------------------------------------------------------
+
+    def _tools_grammar(self) -> str:
+        calls = [t for t in self.tools if self.tool_choice in TOOL_CHOICE_MODES or
+                 t["function"]["name"] == self.tool_choice]
+        body = f"body: %json {_call_schema(calls)} {json.dumps(CALL_CLOSE)}"
+        more = f' ("{CALL_OPEN}" body)*' if self.parallel_tool_calls else ""
+        text = f"TEXT: {_TEXT_WITHOUT_CALL}"
+        if self.tool_choice == "none":
+            return f"start: TEXT\n{text}"
+        if self.tool_choice == "auto":
+            return (f"start: TEXT | TEXT_THEN_CALL body{more}\n{body}\n{text}\n"
+                    f"TEXT_THEN_CALL: {_TEXT_THEN_CALL}")
+        return f'start: "{CALL_OPEN}" body{more}\n{body}'
+
+    def _check_fields(self) -> None:
+        if self.kind == "json_schema" and not isinstance(self.schema, Mapping):
+            raise invalid("response_format schema", self.schema, "must be a JSON schema (a dict)",
+                          'Pass e.g. {"type": "object", "properties": {...}}.')
+        if self.kind == "regex" and (not isinstance(self.pattern, str) or not self.pattern):
+            raise invalid("regex", self.pattern, "must be a non-empty regular expression", r'Pass e.g. r"\d+".')
+        if self.kind == "choice" and (not self.choices or not all(isinstance(c, str) and c for c in self.choices)):
+            raise invalid("choices", list(self.choices), "must be a non-empty list of non-empty strings",
+                          'Pass e.g. ["yes", "no"].')
+        if self.kind == "tools":
+            _check_tools(self.tools, self.tool_choice)
+
+
+def _check_tools(tools: Sequence[Mapping[str, Any]], tool_choice: str) -> None:
+    names: list[str] = []
+    for position, tool in enumerate(tools):
+        function = tool.get("function") if isinstance(tool, Mapping) else None
+        if tool.get("type", "function") != "function" or not isinstance(function, Mapping) or \
+                not isinstance(function.get("name"), str) or not function["name"]:
+            raise invalid(f"tools[{position}]", tool, "must be an OpenAI function schema",
+                          'Pass {"type": "function", "function": {"name": ..., "parameters": {...}}}.')
+        names.append(function["name"])
+    if not tools:
+        raise invalid("tools", [], "must name at least one tool when a tool constraint is asked for",
+                      "Pass the tools, or no tool_choice.")
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise invalid("tools", names, f"must have distinct names; {duplicates} appear more than once",
+                      "Rename or drop the repeated tools.")
+    if not isinstance(tool_choice, str) or (tool_choice not in TOOL_CHOICE_MODES and tool_choice not in names):
+        raise invalid("tool_choice", tool_choice, f"must be auto, required, any, none or a tool name ({', '.join(names)})",
+                      "Pass one of those.")
+
+
+def _call_schema(tools: Sequence[Mapping[str, Any]]) -> str:
+    """JSON schema of one call's object: {"name": <a tool>, "arguments": <its parameters>}."""
+    options = []
+    for tool in tools:
+        function = tool["function"]
+        parameters = function.get("parameters") or {"type": "object", "properties": {}}
+        arguments = _closed_objects(parameters, require_all=bool(function.get("strict")))
+        options.append({"type": "object", "properties": {"name": {"const": function["name"]}, "arguments": arguments},
+                        "required": ["name", "arguments"], "additionalProperties": False})
+    return _with_layout(options[0] if len(options) == 1 else {"anyOf": options})
+
+
+def _with_layout(schema: Mapping[str, Any]) -> str:
+    """The schema as JSON text for Lark's `%json`, written in the compact layout."""
+    return json.dumps({**schema, "x-guidance": {**JSON_LAYOUT, **schema.get("x-guidance", {})}}, ensure_ascii=False)
+
+
+def _closed_objects(schema: Mapping[str, Any], *, require_all: bool = False) -> dict[str, Any]:
+    """A copy where every object schema (`type: object` or `properties`) without
+    `additionalProperties` gets `false`, and with `require_all` lists all its properties as required."""
+    def close(node: Any) -> Any:
+        if isinstance(node, dict):
+            node = {key: close(value) for key, value in node.items()}
+            if "properties" in node or node.get("type") == "object":
+                node.setdefault("additionalProperties", False)
+                if require_all and isinstance(node.get("properties"), dict):
+                    node["required"] = list(node["properties"])
+        elif isinstance(node, list):
+            node = [close(item) for item in node]
+        return node
+
+    return close(copy.deepcopy(dict(schema)))
+
+
+def _grammar_error(grammar: str) -> str | None:
+    """llguidance's reason for rejecting `grammar`, or None when it compiles."""
+    llguidance = require_module("llguidance", "hf", "Checking an answer constraint")
+    is_error, messages = llguidance.LLMatcher.validate_grammar_with_warnings(grammar)
+    if not is_error:
+        return None
+    # the message echoes the grammar's line under a caret: keep only the explanation
+    lines = [line.strip() for line in messages[0].splitlines()]
+    return " ".join(line for line in lines if line and line != "^" and not re.match(r"\d+ \|", line))
+
+
+def answer_constraint(tools: Sequence[Mapping[str, Any]] | None, tool_choice: str | None,
+                      parallel_tool_calls: bool | None,
+                      response_format: Mapping[str, Any] | AnswerConstraint | None) -> AnswerConstraint | None:
+    """The constraint a run's arguments ask for: tools (always constrained to well-formed calls,
+    `tool_choice` None meaning `auto`), a response format, or None."""
+    if response_format is not None and tools and tool_choice != "none":
+        raise invalid("response_format", response_format, "cannot be combined with tools the answer may call",
+                      "Pass either tools (the answer is a call) or response_format, or tool_choice='none'.")
+    if response_format is not None:
+        return AnswerConstraint.from_response_format(response_format)
+    if tools:
+        return AnswerConstraint.for_tools(tools, tool_choice, parallel_tool_calls)
+    if tool_choice not in (None, "auto", "none"):
+        raise invalid("tool_choice", tool_choice, "asks for a tool call but no tools are given", "Pass `tools` too.")
+    return None
