@@ -228,15 +228,23 @@ def _check_tools(tools: Sequence[Mapping[str, Any]], tool_choice: str) -> None:
 
 
 def _call_schema(tools: Sequence[Mapping[str, Any]]) -> str:
-    """JSON schema of one call's object: {"name": <a tool>, "arguments": <its parameters>}."""
-    options = []
+    """JSON schema of one call's object: {"name": <a tool>, "arguments": <its parameters>}.  The
+    parameters' definitions (`$defs`, `definitions`) move to the root, where their `#/...` refs point."""
+    options, definitions = [], {"$defs": {}, "definitions": {}}
     for tool in tools:
         function = tool["function"]
         parameters = function.get("parameters") or {"type": "object", "properties": {}}
         arguments = _closed_objects(parameters, require_all=bool(function.get("strict")))
+        for key, found in definitions.items():
+            for name, definition in arguments.pop(key, {}).items():
+                if found.setdefault(name, definition) != definition:
+                    raise invalid("tools", [t["function"]["name"] for t in tools],
+                                  f"define `{key}/{name}` differently in two tools' parameters",
+                                  "Rename one of the two definitions.")
         options.append({"type": "object", "properties": {"name": {"const": function["name"]}, "arguments": arguments},
                         "required": ["name", "arguments"], "additionalProperties": False})
-    return _with_layout(options[0] if len(options) == 1 else {"anyOf": options})
+    schema = options[0] if len(options) == 1 else {"anyOf": options}
+    return _with_layout({**schema, **{key: found for key, found in definitions.items() if found}})
 
 
 def _with_layout(schema: Mapping[str, Any]) -> str:

@@ -91,6 +91,24 @@ def parse_tool_calls(text: str, tool_names: Sequence[str]) -> tuple[str, list[To
     return remaining.strip(), calls
 
 
+def partial_tool_calls(text: str, tool_names: Sequence[str]) -> list[tuple[str, dict[str, Any]]]:
+    """(name, arguments so far) of each `<tool_call>` in an answer still being written: the
+    complete calls, then the one being written once its name is complete (its arguments parsed as
+    far as they go, unfinished strings left out)."""
+    from pydantic_core import from_json  # installed with either framework adapter
+
+    calls = []
+    for chunk in text.split("<tool_call>")[1:]:
+        try:
+            data = from_json(chunk.split("</tool_call>")[0], allow_partial=True)
+        except ValueError:
+            continue
+        if isinstance(data, dict) and data.get("name") in tool_names:
+            arguments = data.get("arguments")
+            calls.append((data["name"], arguments if isinstance(arguments, dict) else {}))
+    return calls
+
+
 def _as_call(payload: str, tool_names: Sequence[str]) -> ToolCall | None:
     payload = payload.strip().removeprefix("```json").removeprefix("```").removesuffix("```").strip()
     try:

@@ -10,6 +10,8 @@ completion methods are derived from it.  All routing happens in `glimp_integrati
 
 from __future__ import annotations
 
+import json
+import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import closing
 from typing import Any
@@ -40,6 +42,7 @@ from llama_index.core.instrumentation.events import BaseEvent
 from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
 from llama_index.core.llms.function_calling import FunctionCallingLLM
 from llama_index.core.llms.llm import ToolSelection
+from llama_index.core.program.function_program import FunctionCallingProgram, get_function_tool
 
 from glimp_integrations import (
     CALL_OVERRIDES,
@@ -53,7 +56,7 @@ from glimp_integrations import (
 )
 from glimp_integrations.backends.base import Backend
 from glimp_integrations.config import PolicyName, ReasoningMode
-from glimp_integrations.tools import parse_tool_calls
+from glimp_integrations.tools import parse_tool_calls, partial_tool_calls
 from glimp_integrations.trace import json_safe
 
 dispatcher = get_dispatcher(__name__)
@@ -149,14 +152,17 @@ class GlimpRouterLLM(FunctionCallingLLM):
             tool_choice = tool_choice.get("function", {}).get("name") or tool_choice.get("name")
         if kwargs.pop("tool_required", False):
             tool_choice = tool_choice or "required"
-        for ignored in ("allow_parallel_tool_calls", "formatted", "stop"):
-            kwargs.pop(ignored, None)
-        tools = kwargs.pop("tools", None)
+        kwargs.pop("formatted", None)
+        kwargs.pop("stop", None)
+        request = {"prompt": engine_messages, "tools": kwargs.pop("tools", None), "tool_choice": tool_choice,
+                   "parallel_tool_calls": kwargs.pop("allow_parallel_tool_calls", None),
+                   "response_format": kwargs.pop("response_format", None), **overrides}
         if kwargs:
             raise GlimpInputError(
-                f"`GlimpRouterLLM` got unsupported call arguments {sorted(kwargs)}. Pass only tools, "
-                "tool_choice, tool_required, stop, max_tokens, temperature, top_p, seed, threshold or reasoning_budget.")
-        return {"prompt": engine_messages, "tools": tools, "tool_choice": tool_choice, **overrides}
+                f"`GlimpRouterLLM` got unsupported call arguments {sorted(kwargs)}. Pass only tools, tool_choice, "
+                "tool_required, allow_parallel_tool_calls, response_format, stop, max_tokens, temperature, top_p, "
+                "seed, threshold or reasoning_budget.")
+        return request
 
     def _on_event(self, event: RouterEvent, builder: _ResponseBuilder) -> ChatResponse | None:
         """Send a finished step to instrumentation; convert the event to a response, if any."""
@@ -166,7 +172,7 @@ class GlimpRouterLLM(FunctionCallingLLM):
 
     def _chat_stream(self, messages: Sequence[ChatMessage], **kwargs: Any) -> Iterator[ChatResponse]:
         request = self._request(messages, kwargs)
-        builder = _ResponseBuilder(request["tools"])
+        builder = _ResponseBuilder(_callable_tools(request))
         with closing(self.router().stream(**request)) as stream:  # closing the responses stops the run
             for event in stream:
                 if (response := self._on_event(event, builder)) is not None:
@@ -174,7 +180,7 @@ class GlimpRouterLLM(FunctionCallingLLM):
 
     async def _achat_stream(self, messages: Sequence[ChatMessage], **kwargs: Any) -> AsyncIterator[ChatResponse]:
         request = self._request(messages, kwargs)
-        builder = _ResponseBuilder(request["tools"])
+        builder = _ResponseBuilder(_callable_tools(request))
         stream = self.router().astream(**request)
         try:
             async for event in stream:
@@ -245,15 +251,24 @@ class GlimpRouterLLM(FunctionCallingLLM):
             messages.append(ChatMessage(role=MessageRole.USER, content=user_msg) if isinstance(user_msg, str)
                             else user_msg)
         specs = [tool.metadata.to_openai_tool() for tool in tools]
-        return {"messages": messages, "tools": specs or None, "tool_required": tool_required, **kwargs}
+        return {"messages": messages, "tools": specs or None, "tool_required": tool_required,
+                "allow_parallel_tool_calls": allow_parallel_tool_calls, **kwargs}
 
-    def _validate_chat_with_tools_response(self, response: ChatResponse, tools: Sequence[Any],
-                                           allow_parallel_tool_calls: bool = False, **kwargs: Any) -> ChatResponse:
-        if not allow_parallel_tool_calls:
-            calls = [b for b in response.message.blocks if isinstance(b, ToolCallBlock)]
-            response.message.blocks = [b for b in response.message.blocks if not isinstance(b, ToolCallBlock)] \
-                + calls[:1]
-        return response
+    # --- structured prediction: the answer is a call of the output class's tool --------------
+
+    def _structured_program(self, output_cls: type, prompt: Any) -> FunctionCallingProgram:
+        """A function-calling program that names its one tool as `tool_choice`.  LlamaIndex's
+        streaming programs drop `tool_required`, which leaves the call to the model's choice."""
+        name = get_function_tool(output_cls).metadata.name
+        return FunctionCallingProgram.from_defaults(output_cls=output_cls, prompt=prompt, llm=self, tool_choice=name)
+
+    def _structured_stream_call(self, output_cls: type, prompt: Any, llm_kwargs: dict[str, Any] | None = None,
+                                **prompt_args: Any) -> Any:
+        return self._structured_program(output_cls, prompt).stream_call(llm_kwargs=llm_kwargs, **prompt_args)
+
+    async def _structured_astream_call(self, output_cls: type, prompt: Any, llm_kwargs: dict[str, Any] | None = None,
+                                       **prompt_args: Any) -> Any:
+        return await self._structured_program(output_cls, prompt).astream_call(llm_kwargs=llm_kwargs, **prompt_args)
 
     def get_tool_calls_from_response(self, response: ChatResponse, error_on_no_tool_call: bool = True,
                                      **kwargs: Any) -> list[ToolSelection]:
@@ -263,6 +278,11 @@ class GlimpRouterLLM(FunctionCallingLLM):
         if not selections and error_on_no_tool_call:
             raise ValueError(f"Expected at least one tool call, but the answer has none: {response.message.content!r}")
         return selections
+
+
+def _callable_tools(request: dict[str, Any]) -> list[dict[str, Any]] | None:
+    """The tools the answer may call (none when `tool_choice` is "none")."""
+    return request["tools"] if request["tool_choice"] != "none" else None
 
 
 def _to_engine_message(message: ChatMessage, position: int) -> dict[str, Any]:
@@ -290,19 +310,31 @@ class _ResponseBuilder:
 
     Each response carries the message so far (`ThinkingBlock`s of finished steps, the answer
     text) and its delta: answer text in `delta`, reasoning text in
-    `additional_kwargs["thinking_delta"]`.  With tools, the answer is held back and parsed into
-    `ToolCallBlock`s at the end.  The last response carries usage and the summary in `raw`.
+    `additional_kwargs["thinking_delta"]`.  With tools, the answer is streamed as the calls it
+    holds so far (`ToolCallBlock`s with the arguments written yet, and the OpenAI-shaped
+    `additional_kwargs["tool_calls"]` that LlamaIndex's streaming programs read), and the text
+    around them comes at the end.  The last response carries usage and the summary in `raw`.
     """
 
     def __init__(self, tools: list[dict[str, Any]] | None) -> None:
         self.tool_names = [t["function"]["name"] for t in tools or []]
         self.thinking: list[ThinkingBlock] = []
         self.answer = ""
+        self.call_ids: list[str] = []
+        """One id per call, the same in every response of the stream."""
 
-    def _response(self, delta: str = "", thinking_delta: str | None = None, blocks: list | None = None,
+    def _response(self, delta: str = "", thinking_delta: str | None = None, calls: Sequence[tuple[str, dict]] = (),
                   raw: Any = None) -> ChatResponse:
         text = [] if self.tool_names and raw is None else [TextBlock(text=self.answer)] if self.answer else []
-        message = ChatMessage(role=MessageRole.ASSISTANT, blocks=[*self.thinking, *text, *(blocks or [])])
+        while len(self.call_ids) < len(calls):
+            self.call_ids.append(f"call_{uuid.uuid4().hex[:12]}")
+        blocks = [ToolCallBlock(tool_call_id=i, tool_name=name, tool_kwargs=arguments)
+                  for i, (name, arguments) in zip(self.call_ids, calls)]
+        message = ChatMessage(role=MessageRole.ASSISTANT, blocks=[*self.thinking, *text, *blocks])
+        if blocks:
+            message.additional_kwargs["tool_calls"] = [
+                {"id": b.tool_call_id, "type": "function",
+                 "function": {"name": b.tool_name, "arguments": json.dumps(b.tool_kwargs)}} for b in blocks]
         extra = {"thinking_delta": thinking_delta} if thinking_delta is not None else {}
         return ChatResponse(message=message, delta=delta, additional_kwargs=extra, raw=raw)
 
@@ -311,7 +343,10 @@ class _ResponseBuilder:
             if event.phase == "reasoning":
                 return self._response(thinking_delta=event.text)
             self.answer += event.text
-            return None if self.tool_names else self._response(delta=event.text)
+            if not self.tool_names:
+                return self._response(delta=event.text)
+            calls = partial_tool_calls(self.answer, self.tool_names)
+            return self._response(calls=calls) if calls else None
         if isinstance(event, StepFinished) and event.step.phase == "reasoning":
             step = event.step
             self.thinking.append(ThinkingBlock(content=step.text, num_tokens=step.tokens,
@@ -319,14 +354,14 @@ class _ResponseBuilder:
             return None
         if isinstance(event, RunFinished):
             trace = event.trace
-            calls: list[ToolCallBlock] = []
+            calls: list[tuple[str, dict]] = []
             if self.tool_names:
                 self.answer, parsed = parse_tool_calls(self.answer, self.tool_names)
-                calls = [ToolCallBlock(tool_call_id=c.id, tool_name=c.name, tool_kwargs=c.arguments) for c in parsed]
+                calls = [(c.name, c.arguments) for c in parsed]
             self.answer = self.answer.strip()
             usage = {"prompt_tokens": trace.prompt_tokens, "completion_tokens": trace.completion_tokens,
                      "total_tokens": trace.prompt_tokens + trace.completion_tokens,
                      "reasoning_tokens": trace.reasoning_tokens}
             raw = {"usage": usage, "glimp": json_safe({**trace.summary(), "steps": [s.routing() for s in trace.steps]})}
-            return self._response(blocks=calls, raw=raw)
+            return self._response(calls=calls, raw=raw)
         return None
