@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from glimp_integrations import ContextLengthError
+from tests.constrained_cases import CASES, ORDER_QUESTION
 
 pytestmark = pytest.mark.embedded
 
@@ -90,3 +91,10 @@ def test_glimp_ask_reports_bad_input_on_stderr():
     result = _glimp("ask", "hi", "--small", "/no/such/dir", "--large", "/no/such/dir")
     assert result.returncode == 2
     assert "`small`" in result.stderr and result.stdout == ""
+
+
+@pytest.mark.parametrize("arguments, check", CASES, ids=["json_schema", "forced_tool", "choice", "regex"])
+def test_constrained_answers_are_valid_on_the_embedded_model(embedded_router, arguments, check):
+    trace = embedded_router.run(ORDER_QUESTION, max_tokens=200, **arguments)
+    assert trace.steps[-1].model == "large" and trace.steps[-1].decision == "forced"
+    check(trace)

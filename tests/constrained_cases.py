@@ -1,0 +1,57 @@
+"""Constrained runs that any real backend must answer validly: (run arguments, check of the trace)."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import jsonschema
+
+from glimp_integrations.tools import parse_tool_calls
+
+ORDER_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "customer": {"type": "string"},
+        "colour": {"enum": ["red", "green"]},
+        "items": {"type": "array", "items": {"type": "object", "properties": {
+            "name": {"type": "string"}, "quantity": {"type": "integer", "minimum": 0}},
+            "required": ["name", "quantity"]}},
+    },
+    "required": ["customer", "colour", "items"],
+}
+ORDER_QUESTION = "Alice orders 2 red apples and 1 red pear. Write the order."
+TOOLS = [
+    {"type": "function", "function": {"name": "get_weather", "description": "Get the weather at a location.",
+                                      "parameters": {"type": "object", "properties": {"location": {"type": "string"}},
+                                                     "required": ["location"]}}},
+    {"type": "function", "function": {"name": "place_order", "description": "Place an order.",
+                                      "parameters": ORDER_SCHEMA}},
+]
+
+
+def check_order(trace) -> None:
+    jsonschema.validate(json.loads(trace.answer), ORDER_SCHEMA)
+
+
+def check_forced_order_call(trace) -> None:
+    text, calls = parse_tool_calls(trace.answer, ["get_weather", "place_order"])
+    assert [c.name for c in calls] == ["place_order"] and text == ""
+    jsonschema.validate(calls[0].arguments, ORDER_SCHEMA)
+
+
+def check_choice(trace) -> None:
+    assert trace.answer in ("yes", "no")
+
+
+def check_regex(trace) -> None:
+    assert re.fullmatch(r"[0-9]{2}-[a-z]{3}", trace.answer), trace.answer
+
+
+CASES = [
+    ({"response_format": {"type": "json_schema", "json_schema": {"name": "order", "schema": ORDER_SCHEMA}}},
+     check_order),
+    ({"tools": TOOLS, "tool_choice": "place_order", "parallel_tool_calls": False}, check_forced_order_call),
+    ({"response_format": {"type": "choice", "choice": ["yes", "no"]}}, check_choice),
+    ({"response_format": {"type": "regex", "regex": r"[0-9]{2}-[a-z]{3}"}}, check_regex),
+]

@@ -1,0 +1,85 @@
+"""Answer constraints: validation before any model runs, the grammar each form compiles to, and the
+loop's plumbing (only the large model's answer is constrained) on the scripted backend."""
+
+import json
+
+import pytest
+
+from glimp_integrations import GlimpConfigError, GlimpRouter
+from glimp_integrations.backends.base import Backend
+from glimp_integrations.constraints import AnswerConstraint
+from tests.conftest import scripted_router, step
+
+TOOL = {"type": "function", "function": {"name": "add", "parameters": {
+    "type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}}, "required": ["a"]}}}
+OTHER = {"type": "function", "function": {"name": "sub"}}
+
+
+@pytest.mark.parametrize("arguments, fragment", [
+    ({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "objekt"}}}},
+     r"`response_format schema` is rejected by the grammar engine .*objekt"),
+    ({"response_format": {"type": "regex", "regex": "a("}}, r"`regex` is rejected .*unclosed group"),
+    ({"response_format": {"type": "choice", "choice": []}}, r"`choices` must be a non-empty list"),
+    ({"response_format": {"type": "xml"}}, r"`response_format\['type'\]` must be json_schema"),
+    ({"tools": [TOOL], "tool_choice": "mul"}, r"`tool_choice` must be .* a tool name \(add\); got 'mul'"),
+    ({"tools": [TOOL, TOOL]}, r"`tools` must have distinct names; \['add'\] appear more than once"),
+    ({"tools": [{"type": "function"}]}, r"`tools\[0\]` must be an OpenAI function schema"),
+    ({"tool_choice": "required"}, r"`tool_choice` asks for a tool call but no tools are given"),
+    ({"tools": [TOOL], "response_format": {"type": "json_object"}}, r"`response_format` cannot be combined"),
+])
+def test_bad_constraints_fail_before_any_model_runs_and_the_router_stays_usable(arguments, fragment):
+    router, backend = scripted_router([step("Fine.")], [step("Fine.")])
+    with pytest.raises(GlimpConfigError, match=fragment):
+        router.run("Hi?", **arguments)
+    assert backend.prompts == [] and backend.open_sessions == 0
+    assert router.run("Hi?").answer == "Fine."
+
+
+def test_a_backend_that_cannot_constrain_is_refused_by_name():
+    class NoGrammar(Backend):
+        name = "plain"
+        models = {}
+
+        async def open_session(self, role, spec):
+            raise AssertionError("no session may open")
+
+    with pytest.raises(GlimpConfigError, match="NoGrammar does not"):
+        GlimpRouter(backend=NoGrammar()).run("Hi?", response_format={"type": "json_object"})
+
+
+def test_grammars_follow_tool_choice_and_parallel_calls():
+    auto = AnswerConstraint.for_tools([TOOL, OTHER]).grammar
+    assert auto.startswith("start: TEXT | TEXT_THEN_CALL body")
+    assert '"const": "add"' in auto and '"const": "sub"' in auto
+    named = AnswerConstraint.for_tools([TOOL, OTHER], "sub", parallel_tool_calls=False).grammar
+    assert named.startswith('start: "<tool_call>" body\n') and '"const": "add"' not in named
+    assert AnswerConstraint.for_tools([TOOL], "any").tool_choice == "required"
+    assert AnswerConstraint.for_tools([TOOL], "none").grammar.startswith("start: TEXT\n")
+
+
+def test_objects_are_closed_and_strict_requires_every_property():
+    loose = AnswerConstraint.json_schema(TOOL["function"]["parameters"]).grammar
+    strict = AnswerConstraint.json_schema(TOOL["function"]["parameters"], strict=True).grammar
+    assert '"additionalProperties": false' in loose and '"required": ["a"]' in loose
+    assert '"required": ["a", "b"]' in strict
+    refs = {"type": "object", "properties": {"x": {"$ref": "#/$defs/X"}}, "$defs": {"X": {"type": "integer"}}}
+    grammar = AnswerConstraint.for_tools([{"type": "function", "function": {"name": "f", "parameters": refs}}]).grammar
+    call = json.loads(grammar.split("%json ", 1)[1].rsplit(' "</tool_call>"', 1)[0])
+    assert call["$defs"] == {"X": {"type": "integer"}} and "$defs" not in call["properties"]["arguments"]
+
+
+def test_think_mode_constrains_only_the_large_models_answer():
+    router, backend = scripted_router([step("Reason.\n\n"), step("Done. </think>")], [step('{"a": 1}')], think=True)
+    trace = router.run("Add?", response_format={"type": "json_object"})
+    assert [(s.model, s.phase) for s in trace.steps] == [("small", "reasoning"), ("small", "reasoning"),
+                                                        ("large", "answer")]
+    assert [role for role, _ in backend.constrained_writes] == ["large"]
+    assert "Reply with a single JSON object" in backend.prompts[0]
+
+
+def test_plain_mode_with_a_constraint_is_answered_by_the_large_model_alone():
+    router, backend = scripted_router([step("Small writes.")], [step('{"a": 1}')])
+    trace = router.run("Add?", response_format={"type": "json_object"}, max_tokens=7)
+    assert [(s.model, s.phase, s.decision) for s in trace.steps] == [("large", "answer", "forced")]
+    assert trace.answer == '{"a": 1}' and backend.steps_taken["small"] == 0
+    assert router.run("Add?").steps[0].model == "small"  # unconstrained runs are routed as before
