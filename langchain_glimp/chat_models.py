@@ -87,8 +87,9 @@ class ChatGlimpRouter(BaseChatModel):
     """Engine backend name, or a `glimp_integrations.Backend` instance (e.g. `ScriptedBackend`)."""
     device: str = "auto"
     """Torch device of the transformers backend."""
-    speculative: bool = False
-    """Draft the large model's steps with the small model (backend="vllm" on a GPU)."""
+    speculative: bool | dict[str, Any] = False
+    """Draft the large model's tokens with the small model (backend="vllm"), or a dict of vLLM's
+    `speculative_config` for another drafting method."""
     backend_options: dict[str, Any] = Field(default_factory=dict)
     """Passed to the backend's constructor (e.g. vLLM memory shares, server model ids)."""
     threshold: float = 0.9

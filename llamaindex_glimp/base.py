@@ -90,7 +90,8 @@ class GlimpRouterLLM(FunctionCallingLLM):
     large: str | None = Field(default=None, description="Large model (HF id or local folder); writes the answer.")
     backend: str | Backend = Field(default="transformers", description="Backend name or a Backend instance.")
     device: str = Field(default="auto", description="Torch device of the transformers backend.")
-    speculative: bool = Field(default=False, description="Draft the large model's steps with the small one (vLLM, GPU).")
+    speculative: bool | dict[str, Any] = Field(
+        default=False, description="Draft the large model's tokens with the small one (vLLM), or vLLM's speculative_config.")
     backend_options: dict[str, Any] = Field(default_factory=dict, description="Passed to the backend's constructor.")
     threshold: float = Field(default=0.9, description="tau in nats: steps with H_init above it go to the large model.")
     policy: PolicyName = Field(default="glimpse")

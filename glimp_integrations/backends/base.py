@@ -66,7 +66,9 @@ class StepWriter(abc.ABC):
     """Tokens of one step as the model writes them: iterate for text deltas.
 
     After the iteration ends, `end` says why, `tokens` how many tokens were written and
-    `prefill_tokens` how many context tokens the model processed before its first token.  When
+    `prefill_tokens` how many context tokens the model processed before its first token;
+    `drafted_tokens` and `accepted_tokens` count speculative decoding's draft tokens proposed
+    and accepted by the writer (None where the backend did not draft or cannot say).  When
     written with `measure=True`, `token_entropies` and `token_logprobs` hold, per token, the
     entropy of the model's distribution and the log-probability of the token written (nats,
     temperature 1; backends with top-k logprobs give the midpoint of the entropy bounds).
@@ -79,6 +81,8 @@ class StepWriter(abc.ABC):
         self.end: StepEnd = "end_of_text"
         self.tokens = 0
         self.prefill_tokens = 0
+        self.drafted_tokens: int | None = None
+        self.accepted_tokens: int | None = None
         self.token_entropies: list[float] = []
         self.token_logprobs: list[float] = []
 

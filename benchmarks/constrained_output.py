@@ -1,0 +1,125 @@
+"""Constrained answers: validity and cost, constrained against unconstrained, on one model and run.
+
+Validity: N structured answers under a nested JSON schema (objects, a list of objects, an enum,
+integers with a minimum) and N forced tool calls (its arguments the same schema), on the embedded
+SmolLM2 by default.  The unconstrained side sees the same prompt (the schema or the tool
+instructions in its system message) and is parsed the same way; a result counts as valid when it
+parses and validates against the schema (`jsonschema`).  Target: 100% constrained.  A grammar keeps every token valid but cannot make the model stop: an
+answer still unfinished when `--max-tokens` runs out (a list the model keeps extending) is
+truncated, and counted apart.
+
+Cost: answer tokens per second with the grammar against without, over the same runs (the large
+model writes both, `policy=always_large`).  Target: constrained >= 0.9 of unconstrained.
+
+    python benchmarks/constrained_output.py [--runs 50] [--backend transformers] [--max-tokens 200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import time
+from pathlib import Path
+
+import jsonschema
+
+from glimp_integrations import GlimpRouter
+from glimp_integrations.constraints import AnswerConstraint
+from glimp_integrations.tools import parse_tool_calls, tool_instructions
+
+ORDER_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "customer": {"type": "string"},
+        "priority": {"enum": ["low", "normal", "urgent"]},
+        "items": {"type": "array", "minItems": 1, "items": {"type": "object", "properties": {
+            "product": {"type": "string"}, "quantity": {"type": "integer", "minimum": 1},
+            "unit_price": {"type": "number", "minimum": 0}}, "required": ["product", "quantity", "unit_price"]}},
+    },
+    "required": ["customer", "priority", "items"],
+}
+TOOL = {"type": "function", "function": {"name": "place_order", "description": "Place a customer's order.",
+                                         "parameters": ORDER_SCHEMA}}
+NAMES = ["Alice", "Bob", "Chen", "Dana", "Emeka", "Farah", "Goran", "Hana", "Ivan", "Jun"]
+PRODUCTS = ["apples", "pears", "notebooks", "pens", "cables", "lamps", "chairs", "mugs"]
+
+
+def questions(count: int, seed: int = 0) -> list[str]:
+    rng = random.Random(seed)
+    return [f"{rng.choice(NAMES)} urgently needs {rng.randint(1, 9)} {rng.choice(PRODUCTS)} at "
+            f"{rng.randint(1, 40)}.{rng.randint(0, 99):02d} each and {rng.randint(1, 9)} {rng.choice(PRODUCTS)}. "
+            "Write the order." for _ in range(count)]
+
+
+def valid_structured(answer: str) -> bool:
+    try:
+        jsonschema.validate(json.loads(answer), ORDER_SCHEMA)
+    except (ValueError, jsonschema.ValidationError):
+        return False
+    return True
+
+
+def valid_call(answer: str) -> bool:
+    _, calls = parse_tool_calls(answer, ["place_order"])
+    try:
+        return len(calls) == 1 and jsonschema.validate(calls[0].arguments, ORDER_SCHEMA) is None
+    except jsonschema.ValidationError:
+        return False
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=50, help="questions per task")
+    parser.add_argument("--backend", default="transformers")
+    parser.add_argument("--max-tokens", type=int, default=200)
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/constrained_output.json"))
+    args = parser.parse_args()
+
+    router = GlimpRouter(backend=args.backend, policy="always_large", seed=0)
+    structured_prompt = AnswerConstraint.json_schema(ORDER_SCHEMA).instructions()
+    tool_prompt = tool_instructions([TOOL], "place_order")
+    tasks = {
+        "structured": (valid_structured, {"response_format": {"type": "json_schema", "json_schema": {
+            "name": "order", "schema": ORDER_SCHEMA}}}, structured_prompt),
+        "forced_tool_call": (valid_call, {"tools": [TOOL], "tool_choice": "place_order",
+                                          "parallel_tool_calls": False}, tool_prompt),
+    }
+    results: dict[str, dict] = {}
+    answer_tokens = {"constrained": 0, "unconstrained": 0}
+    answer_seconds = {"constrained": 0.0, "unconstrained": 0.0}
+    started = time.perf_counter()
+    for task, (is_valid, constraint, system) in tasks.items():
+        counts = {"constrained": 0, "unconstrained": 0}
+        cut_by_budget = 0  # constrained answers still valid so far when `max_tokens` ran out
+        for index, question in enumerate(questions(args.runs)):
+            for side in ("constrained", "unconstrained"):
+                common = {"max_tokens": args.max_tokens, "seed": index, "reasoning_mode": "plain"}
+                if side == "constrained":
+                    trace = router.run(question, **common, **constraint)
+                else:  # the same system text the constrained run gets, and no grammar
+                    trace = router.run([{"role": "system", "content": system}, {"role": "user", "content": question}],
+                                       **common)
+                counts[side] += is_valid(trace.answer)
+                cut_by_budget += side == "constrained" and trace.steps[-1].finish_reason == "budget"
+                answer_tokens[side] += sum(s.tokens for s in trace.steps if s.phase == "answer")
+                answer_seconds[side] += sum(s.seconds for s in trace.steps if s.phase == "answer")
+        results[task] = {side: counts[side] / args.runs for side in counts}
+        results[task]["constrained_cut_by_budget"] = cut_by_budget / args.runs
+        print(f"{task}: valid constrained {counts['constrained']}/{args.runs} ({cut_by_budget} cut by the token "
+              f"budget), unconstrained {counts['unconstrained']}/{args.runs}", flush=True)
+    speed = {side: answer_tokens[side] / answer_seconds[side] for side in answer_tokens}
+    summary = {
+        "backend": args.backend, "model": router.backend.model_name("large"), "runs_per_task": args.runs,
+        "valid_share": results, "answer_tokens_per_second": speed,
+        "constrained_speed_ratio": speed["constrained"] / speed["unconstrained"],
+        "answer_tokens": answer_tokens, "wall_seconds": time.perf_counter() - started,
+    }
+    print(json.dumps(summary, indent=2))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(summary, indent=2))
+    router.close()
+
+
+if __name__ == "__main__":
+    main()
