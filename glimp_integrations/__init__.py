@@ -38,6 +38,7 @@ from glimp_integrations.router import (
     CALL_OVERRIDES,
     ROUTER_SETTINGS,
     GlimpRouter,
+    check_router_settings,
     normalize_messages,
 )
 from glimp_integrations.trace import (
@@ -85,6 +86,7 @@ __all__ = [
     "TokenDelta",
     "TokenDistribution",
     "Verdict",
+    "check_router_settings",
     "entropy_bounds",
     "entropy_nats",
     "make_policy",

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import difflib
 import math
-from dataclasses import dataclass, field, replace
+from collections.abc import Collection, Iterable
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, Literal, get_args
 
 from glimp_integrations.errors import invalid
@@ -112,9 +114,26 @@ class RouterConfig:
                           "Use e.g. (20, 100, None).")
 
     def with_overrides(self, **overrides: Any) -> RouterConfig:
-        """A copy with some fields changed (sampling fields may be given flat)."""
+        """A copy with some fields changed (sampling fields may be given flat); unknown names raise."""
+        check_setting_names("RouterConfig", overrides, CONFIG_FIELDS)
         sampling_fields = {k: overrides.pop(k) for k in ("temperature", "top_p", "seed") if k in overrides}
         sampling = replace(self.sampling, **sampling_fields) if sampling_fields else self.sampling
         if overrides.get("stop") is not None and not isinstance(overrides["stop"], str):
             overrides["stop"] = tuple(overrides["stop"])
         return replace(self, sampling=sampling, **overrides)
+
+
+SAMPLING_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(SamplingConfig))
+CONFIG_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(RouterConfig) if f.name != "sampling") + SAMPLING_FIELDS
+"""Every setting of a run, as `GlimpRouter(**settings)` and `RouterConfig.with_overrides` take them."""
+
+
+def check_setting_names(owner: str, given: Iterable[str], accepted: Collection[str]) -> None:
+    """Raise for the first name in `given` that is not in `accepted`, naming the closest accepted one
+    (a misspelt setting is never silently ignored)."""
+    for name in given:
+        if name not in accepted:
+            close = difflib.get_close_matches(name, list(accepted), n=1, cutoff=0.6)
+            hint = f"Did you mean `{close[0]}`? " if close else ""
+            raise invalid(f"{owner}({name}=...)", name, "is not a setting",
+                          f"{hint}The accepted names are {', '.join(sorted(accepted))}.")

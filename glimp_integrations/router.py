@@ -27,7 +27,7 @@ from typing import Any
 
 from glimp_integrations import _sync
 from glimp_integrations.backends.base import Backend, Message, ModelSession, SessionSpec
-from glimp_integrations.config import BACKEND_NAMES, Role, RouterConfig
+from glimp_integrations.config import BACKEND_NAMES, CONFIG_FIELDS, Role, RouterConfig, check_setting_names
 from glimp_integrations.constraints import AnswerConstraint, answer_constraint
 from glimp_integrations.entropy import EntropyBounds, Verdict
 from glimp_integrations.errors import (
@@ -106,11 +106,9 @@ class GlimpRouter:
         base = config or RouterConfig()
         self._custom_policy = policy if isinstance(policy, RoutingPolicy) else None
         config_fields.setdefault("policy", "glimpse" if self._custom_policy else policy)
-        try:
-            self.config = base.with_overrides(**config_fields)
-        except TypeError as error:
-            raise invalid("GlimpRouter(**kwargs)", sorted(config_fields), "must be RouterConfig fields",
-                          "See `RouterConfig` for the accepted names.") from error
+        check_setting_names("GlimpRouter", config_fields, CONFIG_FIELDS)
+        self.config = base.with_overrides(**config_fields)
+        check_backend_settings(backend, speculative, backend_options)
         self.backend = backend if isinstance(backend, Backend) else load_backend(
             backend, small, large, device=device, speculative=speculative, options=backend_options)
 
@@ -187,11 +185,8 @@ class GlimpRouter:
     def _config_for(self, overrides: dict[str, Any]) -> RouterConfig:
         if not overrides:
             return self.config
-        try:
-            return self.config.with_overrides(**overrides)
-        except TypeError as error:
-            raise invalid("run(**overrides)", sorted(overrides), "must be RouterConfig fields",
-                          "See `RouterConfig` for the accepted names.") from error
+        check_setting_names("run", overrides, CONFIG_FIELDS)
+        return self.config.with_overrides(**overrides)
 
 
 @dataclass
@@ -486,13 +481,32 @@ def normalize_messages(prompt: Prompt) -> list[Message]:
     return messages
 
 
+def check_router_settings(settings: Mapping[str, Any]) -> None:
+    """Validate `GlimpRouter` arguments (by their `ROUTER_SETTINGS` names) without loading any model,
+    so that framework adapters reject a bad value at construction."""
+    RouterConfig().with_overrides(**{k: v for k, v in settings.items() if k in CONFIG_FIELDS})
+    check_backend_settings(settings.get("backend", "transformers"), settings.get("speculative", False),
+                           settings.get("backend_options"))
+
+
+def check_backend_settings(backend: Any, speculative: Any, options: Any) -> None:
+    """Check the backend arguments of `GlimpRouter` without loading anything."""
+    if not isinstance(backend, Backend) and backend not in BACKEND_NAMES:
+        raise invalid("backend", backend, f"must be one of {', '.join(BACKEND_NAMES)} (or a Backend instance)",
+                      "Use backend='transformers' on one machine, 'vllm' for batched serving in this process, "
+                      "or 'openai' for two OpenAI-compatible servers.")
+    if not isinstance(speculative, (bool, Mapping)):
+        raise invalid("speculative", speculative, "must be True, False or a dict of vLLM's speculative_config",
+                      'Pass True, or e.g. {"method": "ngram", "num_speculative_tokens": 3}.')
+    if options is not None and not isinstance(options, Mapping):
+        raise invalid("backend_options", options, "must be a dict of the backend's constructor arguments",
+                      'Pass e.g. {"max_model_len": 4096}.')
+
+
 def load_backend(name: str, small: str | None, large: str | None, *, device: str = "auto",
                  speculative: bool | Mapping[str, Any] = False, options: Mapping[str, Any] | None = None) -> Backend:
     """Build a backend by name.  With neither model named, both roles use the embedded default."""
-    if name not in BACKEND_NAMES:
-        raise invalid("backend", name, f"must be one of {', '.join(BACKEND_NAMES)} (or a Backend instance)",
-                      "Use backend='transformers' on one machine, 'vllm' for batched serving in this process, "
-                      "or 'openai' for two OpenAI-compatible servers.")
+    check_backend_settings(name, speculative, options)
     if (small is None) != (large is None):
         missing = "large" if large is None else "small"
         raise invalid(missing, None, "must be given when the other model is",

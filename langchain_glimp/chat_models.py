@@ -39,7 +39,9 @@ from langchain_core.runnables.config import (
 from langchain_core.tools import BaseTool
 from langchain_core.utils.function_calling import convert_to_json_schema, convert_to_openai_tool
 from langchain_core.utils.pydantic import is_basemodel_subclass
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
+from langchain_core.utils.utils import secret_from_env
+from langchain_core.language_models.model_profile import ModelProfile
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, StrictBool, model_validator
 
 from glimp_integrations import (
     CALL_OVERRIDES,
@@ -50,9 +52,10 @@ from glimp_integrations import (
     RunFinished,
     StepFinished,
     TokenDelta,
+    check_router_settings,
 )
 from glimp_integrations.backends.base import Backend
-from glimp_integrations.config import PolicyName, ReasoningMode
+from glimp_integrations.config import PolicyName, ReasoningMode, check_setting_names
 from glimp_integrations.tools import parse_tool_calls
 from glimp_integrations.trace import json_safe
 
@@ -60,6 +63,11 @@ STEP_EVENT = "glimp_step"
 """Name of the custom event sent for every finished step (data: `StepTrace.routing()` + text)."""
 
 StructuredOutputMethod = Literal["json_schema", "function_calling", "json_mode"]
+
+_NOT_IN_OUTPUT = frozenset({"cache", "verbose", "callbacks", "tags", "metadata", "custom_get_token_ids",
+                            "rate_limiter", "disable_streaming", "profile", "streaming", "timeout", "max_retries",
+                            "api_key", "backend", "name"})
+"""Fields that do not change what the model answers (left out of the cache key; `backend` goes in by name)."""
 
 
 class ChatGlimpRouter(BaseChatModel):
@@ -87,7 +95,7 @@ class ChatGlimpRouter(BaseChatModel):
     """Engine backend name, or a `glimp_integrations.Backend` instance (e.g. `ScriptedBackend`)."""
     device: str = "auto"
     """Torch device of the transformers backend."""
-    speculative: bool | dict[str, Any] = False
+    speculative: StrictBool | dict[str, Any] = False
     """Draft the large model's tokens with the small model (backend="vllm"), or a dict of vLLM's
     `speculative_config` for another drafting method."""
     backend_options: dict[str, Any] = Field(default_factory=dict)
@@ -102,14 +110,18 @@ class ChatGlimpRouter(BaseChatModel):
     reasoning_mode: ReasoningMode = "auto"
     reasoning_budget: int = 8192
     """Most tokens routed step by step (the reasoning; the whole response for models without think tags)."""
-    max_tokens: int | None = None
+    max_tokens: int | None = Field(default=None, gt=0)
     """Most tokens of the answer: after `</think>` for reasoning models, else of the whole
     (routed) response.  None: the engine's budgets."""
     stop: list[str] | None = Field(default=None, alias="stop_sequences")
-    timeout: float | None = None
-    """Wall-clock limit of one call in seconds."""
-    max_retries: int = 2
-    """Retries of failed requests with backend="openai" (with backoff); local backends do not retry."""
+    timeout: float | None = Field(default=None, gt=0)
+    """Seconds: with backend="openai" the limit of each request to a server (as in ChatOpenAI);
+    with a local backend the limit of one whole call."""
+    max_retries: int = Field(default=2, ge=0)
+    """Retries of a failed request with backend="openai" (with backoff, as in ChatOpenAI); local
+    backends make no requests to retry."""
+    api_key: SecretStr | None = Field(default_factory=secret_from_env("GLIMP_API_KEY", default=None))
+    """The servers' API key with backend="openai" (default: $GLIMP_API_KEY; kept secret when serialized)."""
     streaming: bool = False
 
     _engine: GlimpRouter | None = PrivateAttr(default=None)
@@ -131,12 +143,47 @@ class ChatGlimpRouter(BaseChatModel):
 
     @property
     def _identifying_params(self) -> dict[str, Any]:
-        return {
-            "small": self.small, "large": self.large, "model_name": self.model_name,
-            "backend": self.backend if isinstance(self.backend, str) else self.backend.name,
-            "policy": self.policy, "threshold": self.threshold, "temperature": self.temperature,
-            "top_p": self.top_p, "reasoning_budget": self.reasoning_budget, "max_tokens": self.max_tokens,
-        }
+        """Every setting that changes the output: LangChain's cache key is built from these."""
+        params = {name: getattr(self, name) for name in type(self).model_fields if name not in _NOT_IN_OUTPUT}
+        params["backend"] = self.backend if isinstance(self.backend, str) else self.backend.name
+        return {**params, "model_name": self.model_name}
+
+    @classmethod
+    def is_lc_serializable(cls) -> bool:
+        return True
+
+    @classmethod
+    def get_lc_namespace(cls) -> list[str]:
+        return ["langchain_glimp", "chat_models"]
+
+    @property
+    def lc_secrets(self) -> dict[str, str]:
+        return {"api_key": "GLIMP_API_KEY"}
+
+    def _resolve_model_profile(self) -> ModelProfile:
+        return ModelProfile(text_inputs=True, text_outputs=True, reasoning_output=True, tool_calling=True,
+                            tool_choice=True, tool_call_streaming=False, structured_output=True, temperature=True,
+                            image_inputs=False, audio_inputs=False, pdf_inputs=False, video_inputs=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_settings_only(cls, values: Any) -> Any:
+        """A misspelt or unsupported setting fails here instead of being ignored."""
+        if isinstance(values, dict):
+            if "model" in values or "model_name" in values:
+                raise GlimpInputError(
+                    f"`ChatGlimpRouter(model=...)` got {values.get('model', values.get('model_name'))!r}, but "
+                    "ChatGlimpRouter runs a pair of models. Pass small=... and large=... (HF ids or local "
+                    "folders; with backend='openai' the servers' URLs), or neither for the embedded default.")
+            fields = cls.model_fields
+            accepted = set(fields) | {f.alias for f in fields.values() if f.alias}
+            check_setting_names("ChatGlimpRouter", values, accepted)
+        return values
+
+    @model_validator(mode="after")
+    def _valid_settings(self) -> ChatGlimpRouter:
+        check_router_settings({name: getattr(self, name) for name in ROUTER_SETTINGS})
+        return self
 
     def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
         params = LangSmithParams(
@@ -156,6 +203,10 @@ class ChatGlimpRouter(BaseChatModel):
             options = dict(self.backend_options)
             if self.backend == "openai":
                 options.setdefault("max_retries", self.max_retries)
+                if self.timeout is not None:
+                    options.setdefault("timeout", self.timeout)
+                if self.api_key is not None:
+                    options.setdefault("api_key", self.api_key.get_secret_value())
             self._engine = GlimpRouter(
                 self.small, self.large, backend_options=options,
                 **{name: getattr(self, name) for name in ROUTER_SETTINGS if name != "backend_options"})
@@ -172,7 +223,7 @@ class ChatGlimpRouter(BaseChatModel):
                 overrides[name] = kwargs.pop(name)
         if stop or self.stop:
             overrides["stop"] = tuple(stop or self.stop)
-        if self.timeout is not None:
+        if self.timeout is not None and self.backend != "openai":
             overrides["timeout"] = self.timeout
         max_tokens = kwargs.pop("max_tokens", self.max_tokens)
         if max_tokens is not None:

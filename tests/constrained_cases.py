@@ -4,10 +4,30 @@ from __future__ import annotations
 
 import json
 import re
+from enum import Enum
 
 import jsonschema
+from pydantic import BaseModel, Field
 
 from glimp_integrations.tools import parse_tool_calls
+
+class Colour(str, Enum):
+    red = "red"
+    green = "green"
+
+
+class Item(BaseModel):
+    name: str
+    quantity: int = Field(ge=0)
+
+
+class Order(BaseModel):
+    """An order of items (the adapters' structured-output tests parse answers into it)."""
+
+    customer: str
+    colour: Colour
+    items: list[Item]
+
 
 ORDER_SCHEMA = {
     "type": "object",

@@ -41,8 +41,11 @@ def test_invalid_sampling(fields, name):
 def test_unknown_backend_and_unknown_keyword():
     with pytest.raises(GlimpConfigError, match="`backend`.*'sglang-turbo'"):
         GlimpRouter(backend="sglang-turbo")
-    with pytest.raises(GlimpConfigError, match="RouterConfig fields"):
+    with pytest.raises(GlimpConfigError, match=r"`GlimpRouter\(thresold=...\)` is not a setting.*Did you mean `threshold`"):
         GlimpRouter(backend=scripted_router([], [])[1], thresold=0.5)
+    router = scripted_router([], [])[0]
+    with pytest.raises(GlimpConfigError, match=r"`run\(temprature=...\)`.*Did you mean `temperature`"):
+        router.run("Hi?", temprature=0.2)
 
 
 def test_missing_model_path_is_named():

@@ -12,6 +12,15 @@ pytestmark = [pytest.mark.vllm, pytest.mark.embedded]
 QUESTION = "Tom has 3 apples and buys 4 more. How many apples does he have? Think step by step."
 
 
+async def _settles_idle(engine, seconds: float = 2.5) -> bool:
+    """True once the engine has no unfinished request (aborts settle within a few output steps)."""
+    for _ in range(int(seconds / 0.05)):
+        if engine.get_num_unfinished_requests() == 0:
+            return True
+        await asyncio.sleep(0.05)
+    return engine.get_num_unfinished_requests() == 0
+
+
 @pytest.fixture(scope="module")
 def vllm_router():
     router = GlimpRouter(backend="vllm", seed=0, backend_options={"max_model_len": 4096})
@@ -60,11 +69,7 @@ async def test_cancelling_a_run_aborts_its_requests_and_the_engine_keeps_serving
         if deltas == 3:
             break
     await stream.aclose()
-    for _ in range(50):
-        if engine.get_num_unfinished_requests() == 0:
-            break
-        await asyncio.sleep(0.05)
-    assert engine.get_num_unfinished_requests() == 0
+    assert await _settles_idle(engine)
     assert (await vllm_router.arun("Say hi.", reasoning_budget=5)).steps
 
 
@@ -123,11 +128,7 @@ async def test_cancelling_a_speculative_run_aborts_the_drafting_engine_too(specu
             break
     assert engine.get_num_unfinished_requests() > 0
     await stream.aclose()
-    for _ in range(50):
-        if engine.get_num_unfinished_requests() == 0:
-            break
-        await asyncio.sleep(0.05)
-    assert engine.get_num_unfinished_requests() == 0
+    assert await _settles_idle(engine)
     assert speculative_router.run("Say hi.", reasoning_budget=5).steps
 
 
@@ -146,11 +147,7 @@ async def test_a_cancelled_task_aborts_its_requests(vllm_router):
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    for _ in range(50):
-        if engine.get_num_unfinished_requests() == 0:
-            break
-        await asyncio.sleep(0.05)
-    assert engine.get_num_unfinished_requests() == 0
+    assert await _settles_idle(engine)
 
 
 @pytest.mark.parametrize("arguments, check", CASES, ids=["json_schema", "forced_tool", "choice", "regex"])

@@ -1,16 +1,15 @@
 """ChatGlimpRouter's tools and structured output: every form reaches the engine as a constraint, and
 on the real embedded model the answers parse and validate."""
 
-from enum import Enum
 from typing import TypedDict
 
 import pytest
 from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
 from langchain_core.tools import tool
-from pydantic import BaseModel, Field
 
 from langchain_glimp import ChatGlimpRouter
 from langchain_glimp.chat_models import _to_engine_message
+from tests.constrained_cases import Order
 from tests.scripted_pairs import scripted_pair
 
 
@@ -24,24 +23,6 @@ def get_weather(location: str) -> str:
 def multiply(a: int, b: int) -> int:
     """Multiply two integers."""
     return a * b
-
-
-class Colour(str, Enum):
-    red = "red"
-    green = "green"
-
-
-class Item(BaseModel):
-    name: str
-    quantity: int = Field(ge=0)
-
-
-class Order(BaseModel):
-    """An order of items."""
-
-    customer: str
-    colour: Colour
-    items: list[Item]
 
 
 class OrderDict(TypedDict):

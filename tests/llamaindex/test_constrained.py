@@ -1,15 +1,14 @@
 """GlimpRouterLLM's tool calls and structured prediction: valid by construction on the embedded model."""
 
-from enum import Enum
 
 import pytest
 from llama_index.core.agent.workflow import FunctionAgent, ToolCallResult
 from llama_index.core.base.llms.types import ChatMessage, ToolCallBlock
 from llama_index.core.prompts import PromptTemplate
 from llama_index.core.tools import FunctionTool
-from pydantic import BaseModel, Field
 
 from llamaindex_glimp import GlimpRouterLLM
+from tests.constrained_cases import Order
 from tests.scripted_pairs import scripted_pair
 
 
@@ -21,24 +20,6 @@ def get_weather(location: str) -> str:
 def multiply(a: int, b: int) -> int:
     """Multiply two integers."""
     return a * b
-
-
-class Colour(str, Enum):
-    red = "red"
-    green = "green"
-
-
-class Item(BaseModel):
-    name: str
-    quantity: int = Field(ge=0)
-
-
-class Order(BaseModel):
-    """An order of items."""
-
-    customer: str
-    colour: Colour
-    items: list[Item]
 
 
 PROMPT = PromptTemplate("{customer} orders 2 red apples and 1 red pear. Write the order.")
