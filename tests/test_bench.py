@@ -13,7 +13,6 @@ from glimp_integrations import GlimpConfigError, GlimpRouter
 from glimp_integrations.bench.calibrate import split_problems, threshold_for_rate
 from glimp_integrations.bench.checking import (
     extract_choice,
-    extract_math_answer,
     is_correct,
 )
 from glimp_integrations.bench.harness import (
@@ -36,18 +35,17 @@ from tests.scripted_pairs import scripted_pair
 MATH = Problem("m", "q", "7", "math")
 
 
-@pytest.mark.parametrize("response, expected", [
-    ("so the total is \\boxed{7}.", "7"), ("3 + 4 = 7 apples. The answer is 7.", "7"),
-    ("\\boxed{\\frac{1}{2}} and later 9", "\\frac{1}{2}"), ("1,234 apples", "1234"), ("no numbers", None)])
-def test_extract_math_answer(response, expected):
-    assert extract_math_answer(response) == expected
-
-
 @pytest.mark.parametrize("response, correct", [
     ("\\boxed{7}", True), ("The answer is 7.0", True), ("\\boxed{14/2}", True), ("\\boxed{8}", False),
-    ("I don't know", False)])
+    ("I don't know", False), ("so the total is \\boxed{7}. Later 9 apples", True)])
 def test_math_answers_are_checked_by_value(response, correct):
     assert is_correct(response, MATH) is correct
+
+
+def test_nested_boxed_competition_answers_compare_by_value():
+    root = Problem("r", "q", "\\frac{\\sqrt{2}}{2}", "math")
+    assert is_correct("so \\boxed{\\frac{1}{\\sqrt{2}}}", root)
+    assert not is_correct("so \\boxed{\\frac{1}{2}}", root)
 
 
 @pytest.mark.parametrize("response, letter", [

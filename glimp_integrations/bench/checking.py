@@ -1,5 +1,5 @@
-"""Answer checking: math answers (boxed or final number, through `math-verify`), multiple-choice
-letters, and exact match."""
+"""Answer checking: math answers (extracted and compared by `math-verify`: the last `\\boxed{}`,
+nested LaTeX included, else the final answer), multiple-choice letters, and exact match."""
 
 from __future__ import annotations
 
@@ -8,19 +8,6 @@ import threading
 
 from glimp_integrations.bench.problems import LETTERS, Problem
 from glimp_integrations.errors import require_module
-
-_BOXED = re.compile(r"\\boxed\{((?:[^{}]|\{[^{}]*\})*)\}")
-_NUMBER = re.compile(r"-?\d+(?:,\d{3})*(?:\.\d+)?(?:/\d+)?")
-
-
-def extract_math_answer(response: str) -> str | None:
-    """The last \\boxed{...} content, else the last number in the response."""
-    boxed = _BOXED.findall(response)
-    if boxed:
-        return boxed[-1].strip()
-    numbers = _NUMBER.findall(response)
-    return numbers[-1].replace(",", "") if numbers else None
-
 
 def extract_choice(response: str, options: int) -> str | None:
     """The chosen letter: "answer is (B)", "Answer: B", "(B)", or a lone letter, last one wins."""
@@ -39,12 +26,9 @@ def is_correct(response: str, problem: Problem) -> bool:
         return extract_choice(response, len(problem.choices)) == problem.answer.strip().upper()
     if problem.kind == "exact":
         return response.strip().lower() == problem.answer.strip().lower()
-    predicted = extract_math_answer(response)
-    if predicted is None:
-        return False
     math_verify = require_module("math_verify", "bench", "Checking math answers")
     # math-verify times out through signal.alarm, which only the main thread may set.
     timeout = 5 if threading.current_thread() is threading.main_thread() else None
     gold = math_verify.parse(f"${problem.answer}$", parsing_timeout=timeout)
-    return bool(math_verify.verify(gold, math_verify.parse(f"${predicted}$", parsing_timeout=timeout),
-                                   timeout_seconds=timeout))
+    predicted = math_verify.parse(response, parsing_timeout=timeout)  # its own boxed / final-answer extraction
+    return bool(predicted) and bool(math_verify.verify(gold, predicted, timeout_seconds=timeout))

@@ -1,10 +1,11 @@
-"""Bootstrap confidence intervals (percentile method), plain and paired."""
+"""Bootstrap confidence intervals (percentile method, by scipy), plain and paired."""
 
 from __future__ import annotations
 
-import random
 from collections.abc import Sequence
 from dataclasses import dataclass
+
+from glimp_integrations.errors import require_module
 
 
 @dataclass(frozen=True)
@@ -24,11 +25,15 @@ def bootstrap_mean(values: Sequence[float], *, resamples: int = 2000, seed: int 
     """Mean of `values` with a percentile bootstrap interval (resampling the values)."""
     if not values:
         raise ValueError("bootstrap_mean needs at least one value")
-    rng = random.Random(seed)
-    n = len(values)
-    means = sorted(sum(values[rng.randrange(n)] for _ in range(n)) / n for _ in range(resamples))
-    tail = (1 - level) / 2
-    return Interval(sum(values) / n, means[int(tail * resamples)], means[min(resamples - 1, int((1 - tail) * resamples))])
+    mean = sum(values) / len(values)
+    if len(set(values)) == 1:  # no spread to resample (scipy needs two distinct observations)
+        return Interval(mean, mean, mean)
+    numpy = require_module("numpy", "bench", "Bootstrap intervals")
+    stats = require_module("scipy.stats", "bench", "Bootstrap intervals")
+    result = stats.bootstrap((list(values),), numpy.mean, n_resamples=resamples, confidence_level=level,
+                             method="percentile", rng=numpy.random.default_rng(seed))
+    interval = result.confidence_interval
+    return Interval(mean, float(interval.low), float(interval.high))
 
 
 def paired_difference(a: Sequence[float], b: Sequence[float], **kwargs) -> Interval:
