@@ -226,10 +226,11 @@ class _Run:
         self.started = time.perf_counter()
         self.prompt_tokens = 0
         self.finish = "budget"
+        self.sessions: dict[Role, ModelSession] = {}
 
     async def events(self) -> AsyncIterator[RouterEvent]:
         think = self.mode == "think"
-        sessions: dict[Role, ModelSession] = {}
+        sessions = self.sessions
         try:
             tool_choice = self.constraint.tool_choice if self.constraint and self.constraint.kind == "tools" else None
             for offset, role in enumerate(("small", "large")):
@@ -416,7 +417,9 @@ class _Run:
             threshold=self.config.threshold, small_model=self.backend.model_name("small"),
             large_model=self.backend.model_name("large"), prompt_tokens=self.prompt_tokens,
             wall_seconds=time.perf_counter() - self.started, finish_reason=finish,
-            tokens_by_model=tokens_by_model)
+            tokens_by_model=tokens_by_model,
+            usage_by_model={role: {"input_tokens": session.input_tokens, "output_tokens": session.output_tokens}
+                            for role, session in self.sessions.items()})
 
 
 def resolve_mode(mode: str, backend: Backend) -> str:

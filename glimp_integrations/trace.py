@@ -113,6 +113,11 @@ class RunTrace:
     wall_seconds: float
     finish_reason: Literal["stop", "budget"]
     tokens_by_model: dict[str, int] = field(default_factory=dict)
+    """Tokens of the response each model wrote."""
+    usage_by_model: dict[str, dict[str, int]] = field(default_factory=dict)
+    """What each model computed: {"small": {"input_tokens", "output_tokens"}, "large": {...}}, input
+    being the prompt and the text it had not seen (prefix-cache hits excluded), output every token
+    it generated (probes and discarded steps included)."""
 
     @property
     def routed_steps(self) -> list[StepTrace]:
@@ -153,6 +158,16 @@ class RunTrace:
         return self.accepted_tokens / drafted if drafted else None
 
     @property
+    def input_tokens(self) -> int:
+        """Context tokens both models processed (see `usage_by_model`)."""
+        return sum(usage["input_tokens"] for usage in self.usage_by_model.values())
+
+    @property
+    def output_tokens(self) -> int:
+        """Tokens both models generated, probes and discarded steps included (see `usage_by_model`)."""
+        return sum(usage["output_tokens"] for usage in self.usage_by_model.values())
+
+    @property
     def completion_tokens(self) -> int:
         return sum(s.tokens for s in self.steps)
 
@@ -167,6 +182,7 @@ class RunTrace:
             "routed_steps": len(self.routed_steps),
             "intervention_rate": self.intervention_rate,
             "tokens_by_model": dict(self.tokens_by_model),
+            "usage_by_model": {model: dict(usage) for model, usage in self.usage_by_model.items()},
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
             "reasoning_tokens": self.reasoning_tokens,

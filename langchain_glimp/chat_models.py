@@ -440,9 +440,13 @@ class _ChunkBuilder:
             tool_call_chunks = [{"type": "tool_call_chunk", "name": c.name, "args": json.dumps(c.arguments),
                                  "id": c.id, "index": i} for i, c in enumerate(calls)]
         summary = json_safe({**trace.summary(), "steps": [s.routing() for s in trace.steps]})
-        usage = {"input_tokens": trace.prompt_tokens, "output_tokens": trace.completion_tokens,
-                 "total_tokens": trace.prompt_tokens + trace.completion_tokens,
-                 "output_token_details": {"reasoning": trace.reasoning_tokens}}
+        # per model under "by_model": LangChain reads the other detail keys as disjoint parts of the total
+        by_model = trace.usage_by_model
+        usage = {"input_tokens": trace.input_tokens, "output_tokens": trace.output_tokens,
+                 "total_tokens": trace.input_tokens + trace.output_tokens,
+                 "input_token_details": {"by_model": {role: u["input_tokens"] for role, u in by_model.items()}},
+                 "output_token_details": {"reasoning": trace.reasoning_tokens,
+                                          "by_model": {role: u["output_tokens"] for role, u in by_model.items()}}}
         finish = "tool_calls" if tool_call_chunks else ("stop" if trace.finish_reason == "stop" else "length")
         return _chunk(content=content, tool_call_chunks=tool_call_chunks, usage_metadata=usage,
                       chunk_position="last",

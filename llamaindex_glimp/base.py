@@ -395,9 +395,9 @@ class _ResponseBuilder:
                 self.answer, parsed = parse_tool_calls(self.answer, self.tool_names)
                 calls = [(c.name, c.arguments) for c in parsed]
             self.answer = self.answer.strip()
-            usage = {"prompt_tokens": trace.prompt_tokens, "completion_tokens": trace.completion_tokens,
-                     "total_tokens": trace.prompt_tokens + trace.completion_tokens,
-                     "reasoning_tokens": trace.reasoning_tokens}
+            usage = {"prompt_tokens": trace.input_tokens, "completion_tokens": trace.output_tokens,
+                     "total_tokens": trace.input_tokens + trace.output_tokens,
+                     "reasoning_tokens": trace.reasoning_tokens, "by_model": trace.usage_by_model}
             raw = {"usage": usage, "glimp": json_safe({**trace.summary(), "steps": [s.routing() for s in trace.steps]})}
             return self._response(calls=calls, raw=raw)
         return None

@@ -99,6 +99,11 @@ class ModelSession(abc.ABC):
     context_window: int
     max_probe_top_k: int | None = None
     """Most logprobs a probe can return (a server's cap); None: the whole vocabulary."""
+    input_tokens: int = 0
+    """Context tokens this model processed over the run: the prompt, then text it had not seen
+    (steps the other model wrote, after a switch); prefix-cache hits are not counted."""
+    output_tokens: int = 0
+    """Tokens this model generated over the run, probes and discarded steps included."""
 
     @property
     @abc.abstractmethod

@@ -210,6 +210,12 @@ class OpenAISession(ModelSession):
         except StopAsyncIteration:
             return None
 
+    def _count(self, usage: Any) -> None:
+        """Add a server's usage report to this model's totals (prefix-cache hits excluded)."""
+        details = usage.prompt_tokens_details
+        self.input_tokens += usage.prompt_tokens - ((details.cached_tokens or 0) if details else 0)
+        self.output_tokens += usage.completion_tokens
+
     async def probe(self, top_k: int | None, max_tokens: int, stop: Sequence[str]) -> TokenDistribution:
         if self._stream is None:  # the probe starts the step, reading the first token's top-k
             self._stream = await self._server.create(**self._request(max_tokens, stop, top_k or -1))
@@ -220,6 +226,7 @@ class OpenAISession(ModelSession):
             return _distribution(logprobs.top_logprobs[0], top_k, self._server.vocab_size)
         # escalation: a one-token request for more of the same distribution (same context)
         response = await self._server.create(**self._request(1, (), top_k or -1, stream=False))
+        self._count(response.usage)
         return _distribution(response.choices[0].logprobs.top_logprobs[0], top_k, self._server.vocab_size)
 
     def write(self, max_tokens: int, stop: Sequence[str], measure: bool = False,
@@ -231,6 +238,7 @@ class OpenAISession(ModelSession):
         request["prompt"] = self._context + suffix
         request["extra_body"] = {}  # token strings, not ids, to match the candidates
         response = await self._server.create(**request)
+        self._count(response.usage)
         seen = {token.strip(): lp for token, lp in response.choices[0].logprobs.top_logprobs[0].items()}
         return {c: seen[c] for c in candidates if c in seen}
 
@@ -244,6 +252,9 @@ class OpenAISession(ModelSession):
         self._pending, self._pending_tokens = "", 0
         if self._stream is not None:  # closing the stream makes the server abort the request
             await _sync.on_background_loop(self._stream.close())
+            # an aborted stream reports no usage: count its whole context and the token it sent
+            self.input_tokens += self._context_tokens
+            self.output_tokens += 1
         self._stream = self._first = None
 
     async def append_text(self, text: str) -> None:
@@ -293,6 +304,7 @@ class _OpenAIWriter(StepWriter):
                     session._pending += choice.text
                     yield choice.text
             if chunk.usage is not None:  # the last chunk: exact counts
+                session._count(chunk.usage)
                 self.tokens = chunk.usage.completion_tokens
                 details = chunk.usage.prompt_tokens_details
                 cached = (details.cached_tokens or 0) if details else 0

@@ -105,7 +105,7 @@ class ScriptedSession(ModelSession):
         self._constraint = spec.constraint
         self.role = role
         self.model_name = model.name
-        self.prompt_tokens = prompt_tokens
+        self.prompt_tokens = self.input_tokens = prompt_tokens
         self.context_window = model.context_window
         self.max_probe_top_k = model.max_top_k
         self._model = model
@@ -185,11 +185,13 @@ class _ScriptedWriter(StepWriter):
         session = self._session
         step = session._take_step()
         self.prefill_tokens = session._context_tokens - session._seen_tokens
+        session.input_tokens += self.prefill_tokens
         session._seen_tokens = session._context_tokens
         scanner = StopScanner(self.stop)
         text = ""
         for position, token in enumerate(step.tokens if step else []):
             session._pending.append(token)
+            session.output_tokens += 1
             self.tokens += 1
             if self.measure:
                 self.token_entropies.append(step.token_entropies[position] if step.token_entropies else 0.1)

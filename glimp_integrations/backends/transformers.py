@@ -180,6 +180,7 @@ class TransformersSession(ModelSession):
             self._cache.crop(-surplus)  # transformers 5: a negative count of tokens to drop
         del self._cached_ids[common:]
         self._feed(ids[common:])
+        self.input_tokens += len(ids) - common
         return len(ids) - common
 
     def _feed(self, new_ids: list[int]) -> None:
@@ -201,6 +202,7 @@ class TransformersSession(ModelSession):
         tokens `matcher` (an llguidance grammar matcher) allows, if given."""
         torch, sampling = self._torch, self._sampling
         logits = self._next_logits
+        self.output_tokens += 1
         if matcher is not None:
             packed = numpy.frombuffer(matcher.compute_bitmask(), dtype=numpy.uint8)
             allowed = numpy.unpackbits(packed, bitorder="little")[:logits.shape[0]].astype(bool)  # [vocab]

@@ -208,19 +208,22 @@ class _Engine:
     def encode(self, text: str) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
-    def stream(self, ids: list[int], params: Any) -> _Request:
-        return _Request(self, ids, params)
+    def stream(self, ids: list[int], params: Any, session: ModelSession) -> _Request:
+        return _Request(self, ids, params, session)
 
 
 class _Request:
-    """One generate request, advanced on the background loop; aborted if closed early."""
+    """One generate request, advanced on the background loop; aborted if closed early.  The
+    tokens it computes are added to `session`'s usage as its outputs arrive."""
 
-    def __init__(self, engine: _Engine, ids: list[int], params: Any) -> None:
+    def __init__(self, engine: _Engine, ids: list[int], params: Any, session: ModelSession) -> None:
         from vllm.inputs import TokensPrompt
 
         self.engine = engine
+        self.session = session
         self.id = f"glimp-{uuid.uuid4().hex}"
         self.prompt_len = len(ids)
+        self._prompt_counted = False
         self._outputs = engine.llm.generate(TokensPrompt(prompt_token_ids=ids), params, request_id=self.id)
         self.done = False
 
@@ -229,10 +232,15 @@ class _Request:
         if self.done:
             return None
         try:
-            return await _sync.on_background_loop(self._outputs.__anext__())
+            output = await _sync.on_background_loop(self._outputs.__anext__())
         except StopAsyncIteration:
             self.done = True
             return None
+        if not self._prompt_counted:  # the first output says how much of the prompt was cached
+            self.session.input_tokens += self.prompt_len - (output.num_cached_tokens or 0)
+            self._prompt_counted = True
+        self.session.output_tokens += len(output.outputs[0].token_ids)
+        return output
 
     async def abort(self) -> None:
         if not self.done:
@@ -281,13 +289,13 @@ class VLLMSession(ModelSession):
 
     async def probe(self, top_k: int | None, max_tokens: int, stop: Sequence[str]) -> TokenDistribution:
         if self._request is None:  # the probe starts the step, reading the first token's top-k
-            self._request = self._engine.stream(self._committed, self._params(max_tokens, stop, top_k or -1))
+            self._request = self._engine.stream(self._committed, self._params(max_tokens, stop, top_k or -1), self)
             self._first = await self._request.next()
             if self._first is None or not self._first.outputs[0].logprobs:
                 return TokenDistribution((0.0,), vocab_size=self._engine.vocab_size)  # ended at once
             return _distribution(self._first.outputs[0].logprobs[0], top_k, self._engine.vocab_size)
         # escalation: a one-token request for more of the same distribution (same context)
-        request = self._engine.stream(self._committed, self._params(1, (), top_k or -1, final_only=True))
+        request = self._engine.stream(self._committed, self._params(1, (), top_k or -1, final_only=True), self)
         output = await request.next()
         await request.abort()
         return _distribution(output.outputs[0].logprobs[0], top_k, self._engine.vocab_size)
@@ -298,7 +306,7 @@ class VLLMSession(ModelSession):
 
     async def candidate_logprobs(self, suffix: str, candidates: Sequence[str]) -> dict[str, float]:
         request = self._engine.stream(self._committed + self._engine.encode(suffix),
-                                      self._params(1, (), MEASURE_TOP_K, final_only=True))
+                                      self._params(1, (), MEASURE_TOP_K, final_only=True), self)
         output = await request.next()
         await request.abort()
         seen = {lp.decoded_token.strip(): lp.logprob for lp in output.outputs[0].logprobs[0].values()}
@@ -348,7 +356,8 @@ class _VLLMWriter(StepWriter):
         request, output = session._request, session._first
         if request is None:  # no probe: start the step now
             request = session._request = session._engine.stream(session._committed, session._params(
-                self.max_tokens, self.stop, MEASURE_TOP_K if self.measure else None, constrained=self._constrained))
+                self.max_tokens, self.stop, MEASURE_TOP_K if self.measure else None, constrained=self._constrained),
+                session)
             output = await request.next()
         session._first = None
         if output is not None:

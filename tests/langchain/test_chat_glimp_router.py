@@ -74,9 +74,17 @@ def test_stream_yields_reasoning_deltas_before_the_answer_and_aggregates_like_in
 
 def test_usage_counts_prompt_answer_and_reasoning_tokens():
     message = ChatGlimpRouter(backend=scripted_pair()).invoke("What is 6 x 7?")
-    usage = message.usage_metadata
+    usage, summary = message.usage_metadata, message.response_metadata["glimp"]
     assert usage["output_tokens"] == 13 and usage["output_token_details"]["reasoning"] == 12
-    assert usage["total_tokens"] == usage["input_tokens"] + usage["output_tokens"] and usage["input_tokens"] > 0
+    assert usage["output_token_details"]["by_model"] == {"small": 12, "large": 1}
+    # the small model read only its prompt; the large model its prompt, then the small model's steps
+    inputs = usage["input_token_details"]["by_model"]
+    assert inputs["small"] == summary["prompt_tokens"]
+    answer = summary["steps"][-1]
+    assert answer["model"] == "large" and answer["prefill_tokens"] > 0
+    assert inputs["large"] == summary["prompt_tokens"] + answer["prefill_tokens"]
+    assert usage["input_tokens"] == sum(inputs.values())
+    assert usage["total_tokens"] == usage["input_tokens"] + usage["output_tokens"]
 
 
 def test_a_callback_handler_receives_one_step_event_per_step():

@@ -79,9 +79,11 @@ def test_chat_answer_thinking_blocks_usage_and_summary():
     routing = [b.additional_information for b in thinking]
     assert [(r["model"], r["decision"]) for r in routing] == [("small", "delegate")] * 2
     assert routing[0]["h_init"] == pytest.approx(0.2) and thinking[0].num_tokens == routing[0]["tokens"] == 6
-    assert response.raw["usage"] == {"prompt_tokens": response.raw["glimp"]["prompt_tokens"],
-                                     "completion_tokens": 13, "total_tokens": 13 + response.raw["glimp"]["prompt_tokens"],
-                                     "reasoning_tokens": 12}
+    usage, by_model = response.raw["usage"], response.raw["glimp"]["usage_by_model"]
+    assert usage["by_model"] == by_model and by_model["small"]["output_tokens"] == 12
+    assert usage["prompt_tokens"] == by_model["small"]["input_tokens"] + by_model["large"]["input_tokens"]
+    assert usage["completion_tokens"] == 13 and usage["reasoning_tokens"] == 12
+    assert usage["total_tokens"] == usage["prompt_tokens"] + 13
     assert response.raw["glimp"]["intervention_rate"] == 0.0
 
 
