@@ -31,14 +31,17 @@ from glimp_integrations.tools import parse_tool_calls, tool_instructions
 ORDER_SCHEMA = {
     "type": "object",
     "properties": {
-        "customer": {"type": "string"},
+        "customer": {"type": "string", "maxLength": 40},
         "priority": {"enum": ["low", "normal", "urgent"]},
-        "items": {"type": "array", "minItems": 1, "items": {"type": "object", "properties": {
-            "product": {"type": "string"}, "quantity": {"type": "integer", "minimum": 1},
+        "items": {"type": "array", "minItems": 1, "maxItems": 4, "items": {"type": "object", "properties": {
+            "product": {"type": "string", "maxLength": 40}, "quantity": {"type": "integer", "minimum": 1},
             "unit_price": {"type": "number", "minimum": 0}}, "required": ["product", "quantity", "unit_price"]}},
     },
     "required": ["customer", "priority", "items"],
 }
+"""Lists and strings are bounded, as a schema meant for generation should be: a grammar keeps every
+token valid but cannot make a model stop, and a 135M model left an unbounded list keeps adding items
+(with `maxItems`/`maxLength` removed, 7 of 50 constrained answers here ran out of `--max-tokens`)."""
 TOOL = {"type": "function", "function": {"name": "place_order", "description": "Place a customer's order.",
                                          "parameters": ORDER_SCHEMA}}
 NAMES = ["Alice", "Bob", "Chen", "Dana", "Emeka", "Farah", "Goran", "Hana", "Ivan", "Jun"]

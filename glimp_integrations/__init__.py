@@ -40,6 +40,7 @@ from glimp_integrations.router import (
     GlimpRouter,
     check_router_settings,
     normalize_messages,
+    router_settings,
 )
 from glimp_integrations.trace import (
     ProbeTrace,
@@ -92,5 +93,6 @@ __all__ = [
     "make_policy",
     "normalize_messages",
     "peaked_logprobs",
+    "router_settings",
     "verdict",
 ]

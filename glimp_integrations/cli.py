@@ -50,8 +50,9 @@ def _models(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="torch device for the transformers backend")
     parser.add_argument("--temperature", type=float, default=0.6)
     parser.add_argument("--top-p", type=float, default=0.95)
-    parser.add_argument("--mode", default="auto", choices=REASONING_MODES, help="think: route <think> reasoning")
-    parser.add_argument("--reasoning-budget", type=int, default=8192, help="most routed tokens")
+    parser.add_argument("--mode", choices=REASONING_MODES,
+                        help="think: route <think> reasoning (default: auto; think for the embedded pair)")
+    parser.add_argument("--reasoning-budget", type=int, help="most routed tokens (default: 8192; 256 embedded)")
     parser.add_argument("--answer-budget", type=int, default=2048, help="most tokens of the final answer")
 
 
@@ -62,7 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("question")
     _models(ask)
     ask.add_argument("--policy", default="glimpse", choices=POLICY_NAMES)
-    ask.add_argument("--threshold", type=_threshold, default=0.9, help="tau in nats (default 0.9; inf delegates all)")
+    ask.add_argument("--threshold", type=_threshold,
+                     help="tau in nats (default 0.9, the embedded pair's calibrated value without models; inf "
+                          "delegates all)")
     ask.add_argument("--random-rate", type=float, default=0.25, help="intervention rate of --policy random")
     ask.add_argument("--seed", type=int, default=None)
     ask.add_argument("--json", action="store_true", help="print only the trace as JSON on stdout")
@@ -90,15 +93,17 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        chosen = {"reasoning_mode": args.mode, "reasoning_budget": args.reasoning_budget}
         router = GlimpRouter(
             args.small, args.large, backend=args.backend, device=args.device, speculative=args.speculative,
-            temperature=args.temperature, top_p=args.top_p, reasoning_mode=args.mode,
-            reasoning_budget=args.reasoning_budget, answer_budget=args.answer_budget,
+            temperature=args.temperature, top_p=args.top_p, answer_budget=args.answer_budget,
+            **{name: value for name, value in chosen.items() if value is not None},
             **({"random_rate": args.random_rate} if args.command != "calibrate" else {}))
         with router:  # shuts the engines down cleanly, whatever happens
             if args.command == "ask":
-                trace = _ask(router, args.question, show=not args.json, policy=args.policy,
-                             threshold=args.threshold, seed=args.seed)
+                threshold = {} if args.threshold is None else {"threshold": args.threshold}
+                trace = _ask(router, args.question, show=not args.json, policy=args.policy, seed=args.seed,
+                             **threshold)
                 print(trace.to_json(indent=2) if args.json else summary_line(trace))
             elif args.command == "bench":
                 _bench(router, args)

@@ -68,6 +68,12 @@ ROUTER_SETTINGS: tuple[str, ...] = (
     "top_p", "seed", "reasoning_mode", "reasoning_budget")
 """The `GlimpRouter` arguments that framework adapters expose as fields of the same names."""
 
+def router_settings(source: Any) -> dict[str, Any]:
+    """The `ROUTER_SETTINGS` attributes of a framework adapter, as `GlimpRouter` arguments; None
+    means "the engine's default" and is left out (the embedded pair has defaults of its own)."""
+    return {name: value for name in ROUTER_SETTINGS if (value := getattr(source, name)) is not None}
+
+
 CALL_OVERRIDES: tuple[str, ...] = ("temperature", "top_p", "seed", "threshold", "reasoning_budget")
 """`RouterConfig` fields that framework adapters accept per call, under the same names."""
 
@@ -76,7 +82,8 @@ class GlimpRouter:
     """Routes each step of a response between a small and a large model.
 
     With no model arguments both roles run the embedded SmolLM2-135M-Instruct on the CPU (it
-    shows the mechanics, not the quality).  Name real models (HF ids or local folders) with
+    shows the mechanics, not the quality), in `think` mode with its own calibrated threshold
+    (`embedded.EMBEDDED_DEFAULTS`; any setting given explicitly wins).  Name real models (HF ids or local folders) with
     `small=` and `large=`; with `backend="openai"` they are the base URLs of two
     OpenAI-compatible servers.  `backend` is `transformers`, `vllm` (both models in this
     process) or `openai`; `speculative=True` drafts the large model's tokens with the small
@@ -107,6 +114,10 @@ class GlimpRouter:
         self._custom_policy = policy if isinstance(policy, RoutingPolicy) else None
         config_fields.setdefault("policy", "glimpse" if self._custom_policy else policy)
         check_setting_names("GlimpRouter", config_fields, CONFIG_FIELDS)
+        if small is None and large is None and config is None and not isinstance(backend, Backend):
+            from glimp_integrations.embedded import EMBEDDED_DEFAULTS
+
+            config_fields = {**EMBEDDED_DEFAULTS, **config_fields}
         self.config = base.with_overrides(**config_fields)
         check_backend_settings(backend, speculative, backend_options)
         self.backend = backend if isinstance(backend, Backend) else load_backend(

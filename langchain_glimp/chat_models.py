@@ -45,7 +45,6 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, Stric
 
 from glimp_integrations import (
     CALL_OVERRIDES,
-    ROUTER_SETTINGS,
     GlimpInputError,
     GlimpRouter,
     RouterEvent,
@@ -53,6 +52,7 @@ from glimp_integrations import (
     StepFinished,
     TokenDelta,
     check_router_settings,
+    router_settings,
 )
 from glimp_integrations.backends.base import Backend
 from glimp_integrations.config import PolicyName, ReasoningMode, check_setting_names
@@ -100,15 +100,17 @@ class ChatGlimpRouter(BaseChatModel):
     `speculative_config` for another drafting method."""
     backend_options: dict[str, Any] = Field(default_factory=dict)
     """Passed to the backend's constructor (e.g. vLLM memory shares, server model ids)."""
-    threshold: float = 0.9
-    """tau in nats: a step whose first-token entropy exceeds it is written by the large model."""
+    threshold: float | None = None
+    """tau in nats: a step whose first-token entropy exceeds it is written by the large model (None:
+    0.9, the paper's, or the embedded pair's calibrated value)."""
     policy: PolicyName = "glimpse"
     random_rate: float = 0.25
     temperature: float = 0.6
     top_p: float = 0.95
     seed: int | None = None
-    reasoning_mode: ReasoningMode = "auto"
-    reasoning_budget: int = 8192
+    reasoning_mode: ReasoningMode | None = None
+    """`think`, `plain` or `auto` (None: `auto`, or `think` for the embedded pair)."""
+    reasoning_budget: int | None = None
     """Most tokens routed step by step (the reasoning; the whole response for models without think tags)."""
     max_tokens: int | None = Field(default=None, gt=0)
     """Most tokens of the answer: after `</think>` for reasoning models, else of the whole
@@ -182,7 +184,7 @@ class ChatGlimpRouter(BaseChatModel):
 
     @model_validator(mode="after")
     def _valid_settings(self) -> ChatGlimpRouter:
-        check_router_settings({name: getattr(self, name) for name in ROUTER_SETTINGS})
+        check_router_settings(router_settings(self))
         return self
 
     def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
@@ -207,9 +209,7 @@ class ChatGlimpRouter(BaseChatModel):
                     options.setdefault("timeout", self.timeout)
                 if self.api_key is not None:
                     options.setdefault("api_key", self.api_key.get_secret_value())
-            self._engine = GlimpRouter(
-                self.small, self.large, backend_options=options,
-                **{name: getattr(self, name) for name in ROUTER_SETTINGS if name != "backend_options"})
+            self._engine = GlimpRouter(self.small, self.large, **{**router_settings(self), "backend_options": options})
         return self._engine
 
     def _request(self, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any]) -> dict[str, Any]:

@@ -48,7 +48,6 @@ from llama_index.core.program.function_program import FunctionCallingProgram, ge
 
 from glimp_integrations import (
     CALL_OVERRIDES,
-    ROUTER_SETTINGS,
     GlimpInputError,
     GlimpRouter,
     RouterEvent,
@@ -56,6 +55,7 @@ from glimp_integrations import (
     StepFinished,
     TokenDelta,
     check_router_settings,
+    router_settings,
 )
 from glimp_integrations.backends.base import Backend
 from glimp_integrations.config import PolicyName, ReasoningMode, RouterConfig, check_setting_names
@@ -97,14 +97,18 @@ class GlimpRouterLLM(FunctionCallingLLM):
     speculative: StrictBool | dict[str, Any] = Field(
         default=False, description="Draft the large model's tokens with the small one (vLLM), or vLLM's speculative_config.")
     backend_options: dict[str, Any] = Field(default_factory=dict, description="Passed to the backend's constructor.")
-    threshold: float = Field(default=0.9, description="tau in nats: steps with H_init above it go to the large model.")
+    threshold: float | None = Field(
+        default=None, description="tau in nats: steps with H_init above it go to the large model (None: 0.9, or "
+                                  "the embedded pair's calibrated value).")
     policy: PolicyName = Field(default="glimpse")
     random_rate: float = Field(default=0.25)
     temperature: float = Field(default=0.6)
     top_p: float = Field(default=0.95)
     seed: int | None = Field(default=None)
-    reasoning_mode: ReasoningMode = Field(default="auto")
-    reasoning_budget: int = Field(default=8192, description="Most tokens routed step by step.")
+    reasoning_mode: ReasoningMode | None = Field(
+        default=None, description="think, plain or auto (None: auto, or think for the embedded pair).")
+    reasoning_budget: int | None = Field(default=None, description="Most tokens routed step by step (None: 8192, or "
+                                                                    "the embedded pair's budget).")
     max_tokens: int | None = Field(
         default=None, gt=0, description="Most tokens of the answer (the whole response for models without think tags).")
     timeout: float | None = Field(
@@ -135,13 +139,13 @@ class GlimpRouterLLM(FunctionCallingLLM):
 
     @model_validator(mode="after")
     def _valid_settings(self) -> GlimpRouterLLM:
-        check_router_settings({name: getattr(self, name) for name in ROUTER_SETTINGS})
+        check_router_settings(router_settings(self))
         return self
 
     def router(self) -> GlimpRouter:
         """The engine (built on first use)."""
         if self._engine is None:
-            settings = {name: getattr(self, name) for name in ROUTER_SETTINGS}
+            settings = router_settings(self)
             if self.backend == "openai":
                 options = settings["backend_options"] = {"max_retries": self.max_retries, **self.backend_options}
                 if self.timeout is not None:

@@ -55,5 +55,6 @@ def scripted_router(small_steps, large_steps, *, think=False, top_k_only=False, 
 
 @pytest.fixture(scope="session")
 def embedded_router() -> GlimpRouter:
-    """The embedded default pair (loaded once for the session)."""
-    return GlimpRouter(seed=0)
+    """The embedded pair (loaded once for the session) in `plain` mode, where the whole response is
+    routed step by step: the tests of routing mechanics read that.  Its default is `think` mode."""
+    return GlimpRouter(seed=0, reasoning_mode="plain")

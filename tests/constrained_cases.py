@@ -17,25 +17,26 @@ class Colour(str, Enum):
 
 
 class Item(BaseModel):
-    name: str
+    name: str = Field(max_length=30)
     quantity: int = Field(ge=0)
 
 
 class Order(BaseModel):
-    """An order of items (the adapters' structured-output tests parse answers into it)."""
+    """An order of items (the adapters' structured-output tests parse answers into it).  Lists and
+    strings are bounded so that a small model's answer always fits its token budget."""
 
-    customer: str
+    customer: str = Field(max_length=30)
     colour: Colour
-    items: list[Item]
+    items: list[Item] = Field(max_length=3)
 
 
 ORDER_SCHEMA = {
     "type": "object",
     "properties": {
-        "customer": {"type": "string"},
+        "customer": {"type": "string", "maxLength": 30},
         "colour": {"enum": ["red", "green"]},
-        "items": {"type": "array", "items": {"type": "object", "properties": {
-            "name": {"type": "string"}, "quantity": {"type": "integer", "minimum": 0}},
+        "items": {"type": "array", "maxItems": 3, "items": {"type": "object", "properties": {
+            "name": {"type": "string", "maxLength": 30}, "quantity": {"type": "integer", "minimum": 0}},
             "required": ["name", "quantity"]}},
     },
     "required": ["customer", "colour", "items"],

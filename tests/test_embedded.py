@@ -69,18 +69,21 @@ def _glimp(*args):
                           text=True, timeout=300, env=env)
 
 
-def test_glimp_ask_json_prints_only_the_trace():
-    result = _glimp("ask", QUESTION, "--json", "--seed", "0", "--reasoning-budget", "40")
+def test_glimp_ask_json_prints_only_the_trace_of_a_think_mode_run():
+    result = _glimp("ask", QUESTION, "--json", "--seed", "0", "--reasoning-budget", "40", "--answer-budget", "20")
     assert result.returncode == 0, result.stderr
     trace = json.loads(result.stdout)
-    assert trace["steps"] and trace["answer"]
-    assert trace["completion_tokens"] == sum(s["tokens"] for s in trace["steps"]) <= 40
+    assert trace["mode"] == "think" and trace["steps"] and trace["answer"]  # the embedded default reasons
+    reasoning = [s for s in trace["steps"] if s["phase"] == "reasoning"]
+    assert reasoning and sum(s["tokens"] for s in reasoning) <= 40 and trace["reasoning"]
+    assert (trace["steps"][-1]["model"], trace["steps"][-1]["phase"]) == ("large", "answer")
     assert set(trace["tokens_by_model"]) == {"small", "large"}
     assert 0.0 <= trace["intervention_rate"] <= 1.0
 
 
 def test_glimp_ask_shows_each_step_by_model_and_a_summary():
-    result = _glimp("ask", QUESTION, "--seed", "0", "--reasoning-budget", "40", "--threshold", "0.9")
+    result = _glimp("ask", QUESTION, "--seed", "0", "--reasoning-budget", "40", "--answer-budget", "20",
+                    "--threshold", "0.9")
     assert result.returncode == 0, result.stderr
     out = result.stdout
     assert "[step 0 | " in out and "H_init=" in out

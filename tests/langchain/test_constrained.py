@@ -101,7 +101,7 @@ def test_a_multi_turn_tool_loop_round_trips_ids_results_and_reasoning():
 
 @pytest.fixture(scope="module")
 def embedded():
-    return ChatGlimpRouter(seed=0, max_tokens=160)
+    return ChatGlimpRouter(seed=0, max_tokens=160, reasoning_budget=32)  # short reasoning, then the answer
 
 
 @pytest.mark.embedded

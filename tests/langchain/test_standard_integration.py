@@ -56,7 +56,7 @@ class TestEmbeddedModel(ChatModelIntegrationTests):
 
     @property
     def chat_model_params(self) -> dict:
-        return {"seed": 0, "max_tokens": 128}
+        return {"seed": 0, "max_tokens": 128, "reasoning_budget": 32}
 
     @property
     def supports_model_override(self) -> bool:

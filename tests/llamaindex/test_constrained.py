@@ -46,7 +46,7 @@ def test_tool_required_and_parallel_calls_reach_the_grammar():
 
 @pytest.fixture(scope="module")
 def embedded():
-    return GlimpRouterLLM(seed=0, max_tokens=160)
+    return GlimpRouterLLM(seed=0, max_tokens=160, reasoning_budget=32)  # short reasoning, then the answer
 
 
 @pytest.mark.embedded

@@ -184,18 +184,20 @@ def test_a_prompt_longer_than_the_context_is_an_error():
 
 @pytest.mark.embedded
 def test_query_engine_on_the_embedded_model_answers_from_the_documents(recorder):
-    llm = GlimpRouterLLM(seed=0, max_tokens=40)
+    llm = GlimpRouterLLM(seed=0, max_tokens=40, reasoning_budget=48)  # the default pair reasons, then answers
     response = build_query_engine(llm).query("When does the bakery open?")
     assert str(response).strip()
     assert "bakery" in response.source_nodes[0].node.get_content()
-    steps = [e for e in recorder.events if isinstance(e, GlimpStepEvent)]
-    assert steps and all(e.routing["h_init"] is not None for e in steps)
-    assert sum(e.routing["tokens"] for e in steps) <= 40
+    steps = [e.routing for e in recorder.events if isinstance(e, GlimpStepEvent)]
+    reasoning = [s for s in steps if s["phase"] == "reasoning"]
+    assert reasoning and all(s["h_init"] is not None for s in reasoning)
+    assert sum(s["tokens"] for s in reasoning) <= 48
+    assert (steps[-1]["model"], steps[-1]["phase"]) == ("large", "answer") and steps[-1]["tokens"] <= 40
 
 
 @pytest.mark.embedded
 async def test_async_chat_on_the_embedded_model_does_not_block_the_event_loop():
-    llm = GlimpRouterLLM(seed=0, max_tokens=30)
+    llm = GlimpRouterLLM(seed=0, max_tokens=30, reasoning_budget=30)
     ticks = 0
 
     async def ticker():
@@ -216,6 +218,9 @@ async def test_async_chat_on_the_embedded_model_does_not_block_the_event_loop():
 
 @pytest.mark.embedded
 def test_streaming_on_the_embedded_model_matches_its_final_message():
-    responses = list(GlimpRouterLLM(seed=1, max_tokens=20).stream_chat(USER))
+    responses = list(GlimpRouterLLM(seed=1, max_tokens=20, reasoning_budget=30).stream_chat(USER))
     assert "".join(r.delta or "" for r in responses).strip() == responses[-1].message.content
-    assert responses[-1].raw["usage"]["completion_tokens"] <= 20
+    thinking = "".join(r.additional_kwargs.get("thinking_delta") or "" for r in responses)
+    final = responses[-1].message.blocks
+    assert thinking == "".join(b.content for b in final if isinstance(b, ThinkingBlock)) and thinking
+    assert responses[-1].raw["glimp"]["steps"][-1]["tokens"] <= 20
