@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import jsonschema
 import pytest
 
 from glimp_integrations import ContextLengthError
@@ -101,3 +102,16 @@ def test_constrained_answers_are_valid_on_the_embedded_model(embedded_router, ar
     trace = embedded_router.run(ORDER_QUESTION, max_tokens=200, **arguments)
     assert trace.steps[-1].model == "large" and trace.steps[-1].decision == "forced"
     check(trace)
+
+
+def test_a_constrained_answer_is_steered_to_close_before_its_budget_ends(embedded_router):
+    """An unbounded list in 40 tokens: the model would keep adding items; the backend closes the
+    answer within the budget instead of cutting it."""
+    schema = {"type": "object", "properties": {"items": {"type": "array", "items": {"type": "string"}}},
+              "required": ["items"]}
+    for seed in range(3):
+        trace = embedded_router.run("List every fruit you know as JSON.", max_tokens=40, seed=seed,
+                                    response_format={"type": "json_schema", "json_schema": {"name": "f", "schema": schema}})
+        answer = trace.steps[-1]
+        assert answer.tokens <= 40
+        jsonschema.validate(json.loads(trace.answer), schema)

@@ -39,6 +39,9 @@ logger = logging.getLogger(__name__)
 
 #: Logprobs kept in a probe's record next to the exact entropy (for traces and debugging).
 RECORDED_TOP_K = 20
+#: Tokens before the end of a constrained answer's budget from which it is steered to close (a
+#: grammar keeps each token valid but cannot make a model stop: a string it repeats would be cut).
+CLOSING_RESERVE = 24
 
 
 class LoadedModel:
@@ -71,6 +74,20 @@ class LoadedModel:
         self.eos_ids = frozenset(i for i in eos_ids if i is not None)
         self.knows_think_tags = knows_think_tags(self.tokenizer)
         self._grammar_tokenizer: Any = None
+        self._closers: Any = None
+
+    @property
+    def closers(self) -> Any:
+        """[vocab] bool: tokens that only close (`"`, `]`, `}`, spaces) and the end-of-text tokens."""
+        if self._closers is None:
+            texts = self.tokenizer.convert_ids_to_tokens(list(range(len(self.tokenizer))))
+            closing = [bool(t) and set(self.tokenizer.convert_tokens_to_string([t]).strip() or "x") <= set('"]}')
+                       for t in texts]
+            closers = self.torch.zeros(self.vocab_size, dtype=self.torch.bool)
+            closers[:len(closing)] = self.torch.tensor(closing)
+            closers[sorted(self.eos_ids)] = True
+            self._closers = closers
+        return self._closers
 
     def grammar_matcher(self, grammar: str) -> Any:
         """An llguidance matcher of `grammar` over this model's tokens (EOS allowed once it is complete)."""
@@ -197,17 +214,21 @@ class TransformersSession(ModelSession):
         self._cached_ids.extend(new_ids)
         self._next_logits = output.logits[0, -1].float()  # [vocab]
 
-    def _sample(self, matcher: Any = None) -> int:
+    def _sample(self, matcher: Any = None, closing: bool = False) -> int:
         """Draw the next token from `_next_logits` with the run's temperature and top-p, among the
-        tokens `matcher` (an llguidance grammar matcher) allows, if given."""
+        tokens `matcher` (an llguidance grammar matcher) allows, if given.  `closing`: the budget is
+        nearly spent, so take the likeliest allowed token that closes something (a string, a list,
+        an object, the text), else the likeliest allowed token: the answer ends complete."""
         torch, sampling = self._torch, self._sampling
         logits = self._next_logits
         self.output_tokens += 1
         if matcher is not None:
             packed = numpy.frombuffer(matcher.compute_bitmask(), dtype=numpy.uint8)
-            allowed = numpy.unpackbits(packed, bitorder="little")[:logits.shape[0]].astype(bool)  # [vocab]
-            logits = logits.masked_fill(~torch.from_numpy(allowed), -math.inf)
-        if sampling.temperature == 0:
+            allowed = torch.from_numpy(numpy.unpackbits(packed, bitorder="little")[:logits.shape[0]].astype(bool))
+            if closing and bool((allowed & self._loaded.closers).any()):
+                allowed &= self._loaded.closers
+            logits = logits.masked_fill(~allowed, -math.inf)  # [vocab]
+        if sampling.temperature == 0 or closing:
             return int(logits.argmax())
         probs = torch.softmax(logits / sampling.temperature, dim=-1)  # [vocab]
         if sampling.top_p < 1.0:
@@ -294,7 +315,8 @@ class _TransformersWriter(StepWriter):
         return self._sample()
 
     def _sample(self) -> int:
-        token = self._session._sample(self._matcher)
+        closing = self._matcher is not None and self.max_tokens - self.tokens <= CLOSING_RESERVE
+        token = self._session._sample(self._matcher, closing)
         if self._matcher is not None and not self._matcher.consume_token(token):
             raise RuntimeError(f"the grammar matcher refused token {token}: {self._matcher.get_error()}")
         return token
