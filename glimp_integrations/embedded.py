@@ -23,7 +23,7 @@ logger = logging.getLogger(__name__)
 EMBEDDED_MODEL_NAME = "SmolLM2-135M-Instruct"
 EMBEDDED_CONTEXT_WINDOW = 8192
 """The embedded model's context window in tokens (its config's `max_position_embeddings`)."""
-EMBEDDED_DEFAULTS: dict[str, object] = {"reasoning_mode": "think", "threshold": 1.0, "reasoning_budget": 256}
+EMBEDDED_DEFAULTS: dict[str, object] = {"reasoning_mode": "think", "threshold": 3.93, "reasoning_budget": 256}
 """Settings of the embedded pair where the caller gives none: it reasons in `think` mode (the routed
 steps are shown as reasoning, then the large model answers), with the threshold that sends about a
 quarter of the steps to the large model (`glimp calibrate --target-rate 0.25` on the shipped

@@ -63,8 +63,10 @@ class LoadedModel:
                 "(config.json, weights, tokenizer) or an HF model id already in the local HF cache; "
                 "this machine may have no network to download it."
             ) from error
-        self.lock = threading.Lock()
-        """Serialises forward passes: sessions of concurrent runs share the weights."""
+        self.lock = threading.RLock()
+        """Serialises each token's work (forward pass and sampling): sessions of concurrent runs share
+        the weights, and torch already spreads one token's work over the cores, so concurrent runs
+        take turns token by token instead of competing for the cores."""
         config = self.model.config
         self.context_window = int(getattr(config, "max_position_embeddings", None) or 4096)
         self.vocab_size = int(self.model.get_output_embeddings().weight.shape[0])
@@ -244,6 +246,10 @@ class TransformersSession(ModelSession):
         return await asyncio.to_thread(self._probe_sync)
 
     def _probe_sync(self) -> TokenDistribution:
+        with self._loaded.lock:
+            return self._probe_locked()
+
+    def _probe_locked(self) -> TokenDistribution:
         torch = self._torch
         if self._probe_token is None:
             self._pending.clear()
@@ -264,8 +270,9 @@ class TransformersSession(ModelSession):
 
     def _candidate_logprobs(self, suffix: str, candidates: Sequence[str]) -> dict[str, float]:
         tokenizer = self._loaded.tokenizer
-        self._sync_cache(self._committed + tokenizer(suffix, add_special_tokens=False)["input_ids"])
-        logprobs = self._torch.log_softmax(self._next_logits, dim=-1)  # [vocab]
+        with self._loaded.lock:
+            self._sync_cache(self._committed + tokenizer(suffix, add_special_tokens=False)["input_ids"])
+            logprobs = self._torch.log_softmax(self._next_logits, dim=-1)  # [vocab]
         ids = {c: tokenizer(c, add_special_tokens=False)["input_ids"] for c in candidates}
         return {c: float(logprobs[i[0]]) for c, i in ids.items() if len(i) == 1}
 
@@ -302,6 +309,10 @@ class _TransformersWriter(StepWriter):
         self.token_logprobs.append(float(logprobs[token]))
 
     def _first_token(self) -> int:
+        with self._session._loaded.lock:
+            return self._first_token_locked()
+
+    def _first_token_locked(self) -> int:
         session = self._session
         if session._probe_token is not None:  # keep the probe token as the step's first token
             self.prefill_tokens = session._last_prefill
@@ -311,8 +322,9 @@ class _TransformersWriter(StepWriter):
         return self._sample()
 
     def _next_token(self, token: int) -> int:
-        self._session._feed([token])
-        return self._sample()
+        with self._session._loaded.lock:
+            self._session._feed([token])
+            return self._sample()
 
     def _sample(self) -> int:
         closing = self._matcher is not None and self.max_tokens - self.tokens <= CLOSING_RESERVE

@@ -148,3 +148,13 @@ def test_react_agent_on_the_embedded_model_calls_the_tool_then_answers(embedded)
     assert call["name"] == "get_weather" and isinstance(call["args"]["location"], str)
     assert messages[2].content.startswith("It is sunny in") and isinstance(messages[3], AIMessage)
     assert messages[3].text and messages[3].tool_calls == []
+
+
+@pytest.mark.embedded
+def test_the_default_chat_model_shows_routed_reasoning_then_the_answer():
+    message = ChatGlimpRouter(seed=0, max_tokens=40).invoke("Tom has 3 apples and buys 4 more. How many?")
+    reasoning = [b for b in message.content_blocks if b["type"] == "reasoning"]
+    routing = [b["extras"]["glimp"] for b in reasoning if "extras" in b]
+    assert len(routing) == len(reasoning) and all(r["h_init"] is not None for r in routing)
+    assert message.text and message.response_metadata["glimp"]["mode"] == "think"
+    assert message.response_metadata["glimp"]["steps"][-1]["model"] == "large"

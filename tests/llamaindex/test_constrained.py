@@ -3,7 +3,7 @@
 
 import pytest
 from llama_index.core.agent.workflow import FunctionAgent, ToolCallResult
-from llama_index.core.base.llms.types import ChatMessage, ToolCallBlock
+from llama_index.core.base.llms.types import ChatMessage, ThinkingBlock, ToolCallBlock
 from llama_index.core.prompts import PromptTemplate
 from llama_index.core.tools import FunctionTool
 
@@ -90,3 +90,12 @@ async def test_function_agent_on_the_embedded_model_calls_the_tool_then_answers(
     assert results and {r.tool_name for r in results} == {"get_weather"}
     assert all(r.tool_output.content.startswith("It is sunny in") for r in results)
     assert str(answer).strip()
+
+
+@pytest.mark.embedded
+def test_the_default_llm_shows_routed_thinking_then_the_answer():
+    response = GlimpRouterLLM(seed=0, max_tokens=40).chat(
+        [ChatMessage(role="user", content="Tom has 3 apples and buys 4 more. How many?")])
+    thinking = [b for b in response.message.blocks if isinstance(b, ThinkingBlock)]
+    assert thinking and all(b.additional_information["h_init"] is not None for b in thinking)
+    assert response.message.content and response.raw["glimp"]["mode"] == "think"
