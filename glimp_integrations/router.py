@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,6 +31,7 @@ from glimp_integrations.config import BACKEND_NAMES, CONFIG_FIELDS, Role, Router
 from glimp_integrations.constraints import AnswerConstraint, answer_constraint
 from glimp_integrations.entropy import EntropyBounds, Verdict
 from glimp_integrations.errors import (
+    GlimpConfigError,
     GlimpError,
     GlimpInputError,
     GlimpRunError,
@@ -493,6 +494,17 @@ def normalize_messages(prompt: Prompt) -> list[Message]:
         roles = [m["role"] for m in messages]
         raise GlimpInputError(f"`prompt` has no user message; got roles {roles}. Add the user's question.")
     return messages
+
+
+def check_adapter_settings(owner: str, given: Mapping[str, Any], accepted: Collection[str]) -> None:
+    """What a framework adapter checks before building its fields: `model=` (a pair has two) is
+    refused with the fix, and every other name must be one of `accepted`."""
+    if "model" in given or "model_name" in given:
+        raise GlimpConfigError(
+            f"`{owner}(model=...)` got {given.get('model', given.get('model_name'))!r}, but {owner} runs a pair of "
+            "models. Pass small=... and large=... (HF ids or local folders; with backend='openai' the servers' "
+            "URLs), or neither for the embedded default.")
+    check_setting_names(owner, given, accepted)
 
 
 def check_router_settings(settings: Mapping[str, Any]) -> None:

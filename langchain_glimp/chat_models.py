@@ -51,11 +51,12 @@ from glimp_integrations import (
     RunFinished,
     StepFinished,
     TokenDelta,
+    check_adapter_settings,
     check_router_settings,
     router_settings,
 )
 from glimp_integrations.backends.base import Backend
-from glimp_integrations.config import PolicyName, ReasoningMode, check_setting_names
+from glimp_integrations.config import PolicyName, ReasoningMode
 from glimp_integrations.tools import parse_tool_calls
 from glimp_integrations.trace import json_safe
 
@@ -172,14 +173,8 @@ class ChatGlimpRouter(BaseChatModel):
     def _known_settings_only(cls, values: Any) -> Any:
         """A misspelt or unsupported setting fails here instead of being ignored."""
         if isinstance(values, dict):
-            if "model" in values or "model_name" in values:
-                raise GlimpInputError(
-                    f"`ChatGlimpRouter(model=...)` got {values.get('model', values.get('model_name'))!r}, but "
-                    "ChatGlimpRouter runs a pair of models. Pass small=... and large=... (HF ids or local "
-                    "folders; with backend='openai' the servers' URLs), or neither for the embedded default.")
             fields = cls.model_fields
-            accepted = set(fields) | {f.alias for f in fields.values() if f.alias}
-            check_setting_names("ChatGlimpRouter", values, accepted)
+            check_adapter_settings("ChatGlimpRouter", values, set(fields) | {f.alias for f in fields.values() if f.alias})
         return values
 
     @model_validator(mode="after")

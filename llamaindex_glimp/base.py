@@ -54,11 +54,12 @@ from glimp_integrations import (
     RunFinished,
     StepFinished,
     TokenDelta,
+    check_adapter_settings,
     check_router_settings,
     router_settings,
 )
 from glimp_integrations.backends.base import Backend
-from glimp_integrations.config import PolicyName, ReasoningMode, RouterConfig, check_setting_names
+from glimp_integrations.config import PolicyName, ReasoningMode, RouterConfig
 from glimp_integrations.embedded import EMBEDDED_CONTEXT_WINDOW, EMBEDDED_MODEL_NAME
 from glimp_integrations.tools import parse_tool_calls, partial_tool_calls
 from glimp_integrations.trace import json_safe
@@ -129,12 +130,7 @@ class GlimpRouterLLM(FunctionCallingLLM):
     def _known_settings_only(cls, values: Any) -> Any:
         """A misspelt or unsupported setting fails here instead of being ignored."""
         if isinstance(values, dict):
-            if "model" in values or "model_name" in values:
-                raise GlimpInputError(
-                    f"`GlimpRouterLLM(model=...)` got {values.get('model', values.get('model_name'))!r}, but "
-                    "GlimpRouterLLM runs a pair of models. Pass small=... and large=... (HF ids or local "
-                    "folders; with backend='openai' the servers' URLs), or neither for the embedded default.")
-            check_setting_names("GlimpRouterLLM", values, set(cls.model_fields))
+            check_adapter_settings("GlimpRouterLLM", values, set(cls.model_fields))
         return values
 
     @model_validator(mode="after")

@@ -76,3 +76,10 @@ CASES = [
     ({"response_format": {"type": "choice", "choice": ["yes", "no"]}}, check_choice),
     ({"response_format": {"type": "regex", "regex": r"[0-9]{2}-[a-z]{3}"}}, check_regex),
 ]
+
+
+def run_and_check(router, arguments, check) -> None:
+    """Answer the order question under `arguments`; the large model's forced answer must pass `check`."""
+    trace = router.run(ORDER_QUESTION, max_tokens=200, **arguments)
+    assert trace.steps[-1].model == "large" and trace.steps[-1].decision == "forced"
+    check(trace)

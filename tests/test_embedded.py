@@ -10,7 +10,7 @@ import jsonschema
 import pytest
 
 from glimp_integrations import ContextLengthError
-from tests.constrained_cases import CASES, ORDER_QUESTION
+from tests.constrained_cases import CASES, run_and_check
 
 pytestmark = pytest.mark.embedded
 
@@ -99,9 +99,7 @@ def test_glimp_ask_reports_bad_input_on_stderr():
 
 @pytest.mark.parametrize("arguments, check", CASES, ids=["json_schema", "forced_tool", "choice", "regex"])
 def test_constrained_answers_are_valid_on_the_embedded_model(embedded_router, arguments, check):
-    trace = embedded_router.run(ORDER_QUESTION, max_tokens=200, **arguments)
-    assert trace.steps[-1].model == "large" and trace.steps[-1].decision == "forced"
-    check(trace)
+    run_and_check(embedded_router, arguments, check)
 
 
 def test_a_constrained_answer_is_steered_to_close_before_its_budget_ends(embedded_router):

@@ -22,7 +22,7 @@ from glimp_integrations import (
     Verdict,
 )
 from glimp_integrations.embedded import embedded_model_dir
-from tests.constrained_cases import CASES, ORDER_QUESTION
+from tests.constrained_cases import CASES, run_and_check
 
 pytestmark = [pytest.mark.vllm, pytest.mark.embedded]
 QUESTION = "Tom has 3 apples and buys 4 more. How many apples does he have? Think step by step."
@@ -179,9 +179,7 @@ def test_a_server_failing_mid_run_raises_with_the_trace_so_far(server_url):
 
 @pytest.mark.parametrize("arguments, check", CASES, ids=["json_schema", "forced_tool", "choice", "regex"])
 def test_constrained_answers_are_valid_through_the_server(router, arguments, check):
-    trace = router.run(ORDER_QUESTION, max_tokens=200, **arguments)
-    assert trace.steps[-1].model == "large" and trace.steps[-1].decision == "forced"
-    check(trace)
+    run_and_check(router, arguments, check)
 
 
 def test_a_drafting_large_server_reports_acceptance_in_the_trace(server_url):

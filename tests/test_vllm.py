@@ -6,7 +6,7 @@ import math
 import pytest
 
 from glimp_integrations import GlimpConfigError, GlimpRouter, StepFinished, TokenDelta
-from tests.constrained_cases import CASES, ORDER_QUESTION
+from tests.constrained_cases import CASES, run_and_check
 
 pytestmark = [pytest.mark.vllm, pytest.mark.embedded]
 QUESTION = "Tom has 3 apples and buys 4 more. How many apples does he have? Think step by step."
@@ -152,6 +152,4 @@ async def test_a_cancelled_task_aborts_its_requests(vllm_router):
 
 @pytest.mark.parametrize("arguments, check", CASES, ids=["json_schema", "forced_tool", "choice", "regex"])
 def test_constrained_answers_are_valid_on_the_engine(vllm_router, arguments, check):
-    trace = vllm_router.run(ORDER_QUESTION, max_tokens=200, **arguments)
-    assert trace.steps[-1].model == "large" and trace.steps[-1].decision == "forced"
-    check(trace)
+    run_and_check(vllm_router, arguments, check)
