@@ -20,7 +20,8 @@ async def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=60)
     args = parser.parse_args()
 
-    llm = ChatGlimpRouter(small=args.small, large=args.large, threshold=0.9, seed=0, max_tokens=args.max_tokens)
+    llm = ChatGlimpRouter(small=args.small, large=args.large, seed=0, max_tokens=args.max_tokens,
+                          reasoning_budget=4 * args.max_tokens)
     prompt = ChatPromptTemplate.from_messages([
         ("system", "You are a careful tutor. Answer in short paragraphs."),
         ("user", "{question}"),

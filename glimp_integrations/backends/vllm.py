@@ -194,6 +194,18 @@ class _Engine:
         self.context_window = llm.model_config.max_model_len
         self.vocab_size = llm.model_config.get_vocab_size()
         self.knows_think_tags = knows_think_tags(self.tokenizer)
+        self._tokens_holding: dict[tuple[str, ...], list[int]] = {}
+
+    def tokens_holding(self, stop: Sequence[str]) -> list[int]:
+        """The ids of the single tokens whose text contains one of the `stop` strings (cached).
+        Stopping on them in the engine core, as well as on the strings in vLLM's front end, makes
+        the engine finish the request itself, and only such a finish carries the request's
+        speculative-decoding counts (a front-end stop aborts the request without them)."""
+        key = tuple(stop)
+        if key not in self._tokens_holding:
+            texts = self.tokenizer.batch_decode([[index] for index in range(len(self.tokenizer))]) if key else []
+            self._tokens_holding[key] = [index for index, text in enumerate(texts) if any(s in text for s in key)]
+        return self._tokens_holding[key]
 
     @classmethod
     async def start(cls, name: str, args: dict[str, Any]) -> _Engine:
@@ -283,7 +295,8 @@ class VLLMSession(ModelSession):
         return SamplingParams(
             structured_outputs=StructuredOutputsParams(grammar=grammar) if grammar else None,
             temperature=self._sampling.temperature, top_p=self._sampling.top_p, max_tokens=max_tokens,
-            stop=list(stop), include_stop_str_in_output=True, logprobs=logprobs,
+            stop=list(stop), stop_token_ids=self._engine.tokens_holding(stop), include_stop_str_in_output=True,
+            logprobs=logprobs,
             seed=next(self._seeds) if self._seeds is not None else None,
             output_kind=RequestOutputKind.FINAL_ONLY if final_only else RequestOutputKind.DELTA)
 

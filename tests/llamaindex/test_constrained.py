@@ -80,10 +80,12 @@ async def test_streamed_structured_predict_grows_to_a_complete_object(embedded):
 
 
 @pytest.mark.embedded
-async def test_function_agent_on_the_embedded_model_calls_the_tool_then_answers(embedded):
+async def test_function_agent_on_the_embedded_model_calls_the_tool_then_answers():
     """`initial_tool_choice` (LlamaIndex's way to force the first call) makes the 135M model call
-    the tool; the call is valid by construction; then it answers from the result."""
-    agent = FunctionAgent(tools=[get_weather], llm=embedded, initial_tool_choice="get_weather")
+    the tool; the call is valid by construction; then it answers from the result.  Plain mode: after
+    a 32-token think step the 135M model keeps calling the tool until the agent's iteration cap."""
+    llm = GlimpRouterLLM(seed=0, max_tokens=160, reasoning_mode="plain")
+    agent = FunctionAgent(tools=[get_weather], llm=llm, initial_tool_choice="get_weather")
     handler = agent.run("What is the weather in Paris?")
     results = [e async for e in handler.stream_events() if isinstance(e, ToolCallResult)]
     answer = await handler
