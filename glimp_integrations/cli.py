@@ -4,7 +4,8 @@
 - `glimp bench [DATA.jsonl]`: compare policies and thresholds over a problem set (JSON of every
   run, a Markdown table, PNG plots);
 - `glimp calibrate [DATA.jsonl] --target-rate R`: the threshold that gives intervention rate R on
-  a calibration split, reported on a disjoint split.
+  a calibration split, reported on a disjoint split;
+- `glimp serve`: the router behind an OpenAI-compatible HTTP API (see `glimp_integrations.server`).
 """
 
 from __future__ import annotations
@@ -56,19 +57,34 @@ def _models(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--answer-budget", type=int, default=2048, help="most tokens of the final answer")
 
 
+def _routing(parser: argparse.ArgumentParser) -> None:
+    """Routing options of `ask` and `serve` (a served request may override them per call)."""
+    parser.add_argument("--policy", default="glimpse", choices=POLICY_NAMES)
+    parser.add_argument("--threshold", type=_threshold,
+                        help="tau in nats (default: 3.93, calibrated, for the embedded pair; the paper's 0.9 for "
+                             "named models; inf delegates all)")
+    parser.add_argument("--random-rate", type=float, default=0.25, help="intervention rate of --policy random")
+    parser.add_argument("--seed", type=int, default=None)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="glimp", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
     ask = commands.add_parser("ask", help="answer one question, showing each step and who wrote it")
     ask.add_argument("question")
     _models(ask)
-    ask.add_argument("--policy", default="glimpse", choices=POLICY_NAMES)
-    ask.add_argument("--threshold", type=_threshold,
-                     help="tau in nats (default: 3.93, calibrated, for the embedded pair; the paper's 0.9 for "
-                          "named models; inf delegates all)")
-    ask.add_argument("--random-rate", type=float, default=0.25, help="intervention rate of --policy random")
-    ask.add_argument("--seed", type=int, default=None)
+    _routing(ask)
     ask.add_argument("--json", action="store_true", help="print only the trace as JSON on stdout")
+    serve = commands.add_parser("serve", help="serve the router as an OpenAI-compatible API (/v1/chat/completions, "
+                                              "/v1/models, /health, /metrics)")
+    _models(serve)
+    _routing(serve)
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--served-model-name", default="glimp", help="the model id clients pass as `model`")
+    serve.add_argument("--otlp-traces-endpoint", help="export OpenTelemetry spans (a run, its steps) over OTLP/gRPC "
+                                                      "to this URL, e.g. http://localhost:4317")
+    serve.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
     for name, summary in (("bench", "compare policies and thresholds over a problem set"),
                           ("calibrate", "pick the threshold for a target intervention rate")):
         command = commands.add_parser(name, help=summary)
@@ -93,18 +109,22 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        chosen = {"reasoning_mode": args.mode, "reasoning_budget": args.reasoning_budget}
+        chosen = {name: getattr(args, option, None) for name, option in (
+            ("reasoning_mode", "mode"), ("reasoning_budget", "reasoning_budget"), ("threshold", "threshold"),
+            ("seed", "seed"), ("policy", "policy"), ("random_rate", "random_rate"))}
         router = GlimpRouter(
             args.small, args.large, backend=args.backend, device=args.device, speculative=args.speculative,
             temperature=args.temperature, top_p=args.top_p, answer_budget=args.answer_budget,
-            **{name: value for name, value in chosen.items() if value is not None},
-            **({"random_rate": args.random_rate} if args.command != "calibrate" else {}))
+            **{name: value for name, value in chosen.items() if value is not None})
         with router:  # shuts the engines down cleanly, whatever happens
             if args.command == "ask":
-                threshold = {} if args.threshold is None else {"threshold": args.threshold}
-                trace = _ask(router, args.question, show=not args.json, policy=args.policy, seed=args.seed,
-                             **threshold)
+                trace = _ask(router, args.question, show=not args.json)
                 print(trace.to_json(indent=2) if args.json else summary_line(trace))
+            elif args.command == "serve":
+                from glimp_integrations.server import serve
+
+                serve(router, args.host, args.port, args.served_model_name, args.otlp_traces_endpoint,
+                      args.log_level)
             elif args.command == "bench":
                 _bench(router, args)
             else:
@@ -172,11 +192,11 @@ def _calibrate(router: GlimpRouter, args: argparse.Namespace) -> None:
           f"[{evaluation['pass_at_1']['low']:.3f}, {evaluation['pass_at_1']['high']:.3f}]")
 
 
-def _ask(router: GlimpRouter, question: str, show: bool, **overrides: object) -> RunTrace:
+def _ask(router: GlimpRouter, question: str, show: bool) -> RunTrace:
     """Run the question; when `show`, print each step as it is written."""
     out = sys.stdout
     at_line_start = True
-    for event in router.stream(question, **overrides):
+    for event in router.stream(question):
         if isinstance(event, RunFinished):
             return event.trace
         if not show:

@@ -9,7 +9,7 @@ router commits them (the step is kept) or discards them (the step is thrown away
 from __future__ import annotations
 
 import abc
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
@@ -183,8 +183,26 @@ class Backend(abc.ABC):
         """Render the run's messages with the model's chat template (see `render_chat_prompt`);
         raise `ContextLengthError` when the prompt does not fit."""
 
+    async def health(self) -> dict[Role, str | None]:
+        """Each role's model: None when it can serve, else what is wrong with it."""
+        return {role: None for role in self.models}
+
+    def running_requests(self) -> dict[Role, int] | None:
+        """Requests each role's engine is running now (one engine serving both roles is counted
+        under each); None where the backend has no engine of its own to ask (transformers)."""
+        return None
+
     def close(self) -> None:
         """Release the models."""
+
+
+async def health_problem(check: Awaitable[Any]) -> str | None:
+    """None when `check` completes, else what it raised, in one line."""
+    try:
+        await check
+    except Exception as error:  # whatever a health check raises is the answer, not a crash
+        return f"{type(error).__name__}: {error}"
+    return None
 
 
 class StopScanner:

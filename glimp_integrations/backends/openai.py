@@ -31,6 +31,7 @@ from glimp_integrations.backends.base import (
     StepWriter,
     TokenDistribution,
     check_prompt_fits,
+    health_problem,
     knows_think_tags,
     render_chat_prompt,
 )
@@ -85,6 +86,8 @@ class _Server:
                 "--max-logprobs -1 for decisions equal to the exact entropy's.", self.url, self.max_logprobs,
                 self.max_logprobs)
         self._client: Any = None
+        self.open_streams = 0
+        """Streamed requests of this process running on the server now."""
 
     def unreachable(self, error: Exception) -> str:
         return (f"The {self.role} model's server at {self.url} failed or is unreachable "
@@ -99,6 +102,12 @@ class _Server:
             self._client = openai.AsyncOpenAI(**self._client_args)
         return self._client
 
+    async def health(self) -> str | None:
+        """None when the server answers its model list at once (no retries), else the problem."""
+        client = self.client.with_options(max_retries=0, timeout=5.0)
+        problem = await health_problem(_sync.on_background_loop(client.models.list()))
+        return None if problem is None else f"the {self.role} model's server at {self.url}: {problem}"
+
     def count(self, text: str) -> int:
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
@@ -106,9 +115,37 @@ class _Server:
         """`completions.create` on the background loop; errors after retries name this server."""
         openai = require_module("openai", "openai", "The OpenAI-compatible servers backend")
         try:
-            return await _sync.on_background_loop(self.client.completions.create(model=self.name, **request))
+            response = await _sync.on_background_loop(self.client.completions.create(model=self.name, **request))
         except openai.APIError as error:
             raise ServerError(self.unreachable(error)) from error
+        return _CountedStream(self, response) if request.get("stream") else response
+
+
+class _CountedStream:
+    """A streamed response, counted in its server's `open_streams` until it ends or is closed."""
+
+    def __init__(self, server: _Server, stream: Any) -> None:
+        self._server, self._stream, self._open = server, stream, True
+        server.open_streams += 1
+
+    def __aiter__(self) -> _CountedStream:
+        return self
+
+    async def __anext__(self) -> Any:
+        try:
+            return await self._stream.__anext__()
+        except BaseException:  # ended, failed or cancelled: no longer running
+            self._forget()
+            raise
+
+    async def close(self) -> None:
+        self._forget()
+        await self._stream.close()
+
+    def _forget(self) -> None:
+        if self._open:
+            self._open = False
+            self._server.open_streams -= 1
 
 
 _CAP_MESSAGE = re.compile(r"max allowed: (\d+)")
@@ -153,6 +190,12 @@ class OpenAIServersBackend(Backend):
         prompt_tokens = server.count(prompt)
         check_prompt_fits(role, server.name, prompt_tokens, server.context_window)
         return OpenAISession(server, role, prompt, prompt_tokens, spec)
+
+    async def health(self) -> dict[Role, str | None]:
+        return {role: await server.health() for role, server in self.models.items()}
+
+    def running_requests(self) -> dict[Role, int]:
+        return {role: server.open_streams for role, server in self.models.items()}
 
     def close(self) -> None:
         for server in self.models.values():

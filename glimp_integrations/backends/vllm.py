@@ -36,6 +36,7 @@ from glimp_integrations.backends.base import (
     StepWriter,
     TokenDistribution,
     check_prompt_fits,
+    health_problem,
     knows_think_tags,
     render_chat_prompt,
     resolve_model_name,
@@ -108,6 +109,13 @@ class VLLMBackend(Backend):
         prompt_ids = engine.encode(render_chat_prompt(engine.tokenizer, spec))
         check_prompt_fits(role, engine.name, len(prompt_ids), engine.context_window)
         return VLLMSession(engine, role, prompt_ids, spec)
+
+    async def health(self) -> dict[Role, str | None]:
+        return {role: await health_problem(_sync.on_background_loop(engine.llm.check_health()))
+                for role, engine in self.models.items()}
+
+    def running_requests(self) -> dict[Role, int]:
+        return {role: engine.llm.get_num_unfinished_requests() for role, engine in self.models.items()}
 
     def close(self) -> None:
         """Shut the engines down (on the loop that drives them, so their output handlers stop cleanly)."""

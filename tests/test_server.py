@@ -1,0 +1,224 @@
+"""`glimp serve`: the OpenAI-compatible API, on 127.0.0.1, with real clients.
+
+The scripted pair checks the wire format exactly (fast); the embedded SmolLM2 pair is what the
+official `openai` client, LangChain's ChatOpenAI / ChatDeepSeek and LlamaIndex's OpenAILike talk to."""
+
+import json
+import time
+
+import httpx
+import openai
+import pytest
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from pydantic import BaseModel
+
+from glimp_integrations import GlimpRouter
+from glimp_integrations.server import running_server
+from tests.scripted_pairs import PLAIN_ANSWER, scripted_pair
+
+QUESTION = [{"role": "user", "content": "What is 3 x 3?"}]
+MULTIPLY = {"type": "function", "function": {"name": "multiply", "description": "Multiply two integers.",
+                                             "parameters": {"type": "object", "properties": {
+                                                 "a": {"type": "integer"}, "b": {"type": "integer"}},
+                                                 "required": ["a", "b"]}}}
+
+
+def metric(url: str, name: str, **labels: str) -> float:
+    """One sample of the server's /metrics (0 when absent)."""
+    wanted = name + ("{" + ",".join(f'{k}="{v}"' for k, v in sorted(labels.items())) + "}" if labels else "")
+    for line in httpx.get(url.removesuffix("/v1") + "/metrics").text.splitlines():
+        sample, _, value = line.rpartition(" ")
+        if sample == wanted:
+            return float(value)
+    return 0.0
+
+
+def sse_chunks(url: str, body: dict) -> list[dict]:
+    with httpx.stream("POST", url + "/chat/completions", json={**body, "stream": True}, timeout=60) as response:
+        assert response.status_code == 200
+        lines = [line.removeprefix("data: ") for line in response.iter_lines() if line.startswith("data: ")]
+    assert lines[-1] == "[DONE]"
+    return [json.loads(line) for line in lines[:-1]]
+
+
+@pytest.fixture(scope="module")
+def spans():
+    return InMemorySpanExporter()
+
+
+@pytest.fixture(scope="module")
+def scripted_url(spans):
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(spans))
+    with running_server(GlimpRouter(backend=scripted_pair()), tracer_provider=provider) as url:
+        yield url
+
+
+def test_a_response_and_its_stream_carry_the_same_reasoning_answer_steps_and_usage(scripted_url):
+    response = httpx.post(scripted_url + "/chat/completions", json={"model": "glimp", "messages": QUESTION}).json()
+    message = response["choices"][0]["message"]
+    assert message["content"] == PLAIN_ANSWER
+    assert message["reasoning_content"] == "Let me think about it.\n\nI know what to do."  # (`</think>` not shown)
+    steps = response["glimp"]["steps"]
+    assert [s["model"] for s in steps] == ["small", "small", "large"] and steps[0]["h_init"] is not None
+    usage = response["usage"]
+    assert usage["completion_tokens_details"]["reasoning_tokens"] == sum(s["tokens"] for s in steps[:2])
+    assert set(usage["by_model"]) == {"small", "large"}
+
+    chunks = sse_chunks(scripted_url, {"model": "glimp", "messages": QUESTION, "stream_options": {"include_usage": True}})
+    deltas = [c["choices"][0]["delta"] for c in chunks if c["choices"]]
+    assert "".join(d.get("reasoning_content", "") for d in deltas).strip() == message["reasoning_content"]
+    assert "".join(d.get("content", "") for d in deltas) == PLAIN_ANSWER
+    started = [c["glimp"]["step_started"] for c in chunks if "step_started" in c.get("glimp", {})]
+    finished = [c["glimp"]["step_finished"] for c in chunks if "step_finished" in c.get("glimp", {})]
+    assert [s["model"] for s in started] == [s["model"] for s in finished] == ["small", "small", "large"]
+    assert [s["tokens"] for s in finished] == [s["tokens"] for s in steps]
+    assert [c["choices"][0]["finish_reason"] for c in chunks if c["choices"]][-1] == "stop"
+    assert chunks[-1]["usage"]["completion_tokens"] == usage["completion_tokens"]
+
+
+def test_tool_calls_arrive_whole_in_a_response_and_as_deltas_in_a_stream(scripted_url):
+    body = {"model": "glimp", "messages": QUESTION, "tools": [MULTIPLY],
+            "tool_choice": {"type": "function", "function": {"name": "multiply"}}}
+    response = httpx.post(scripted_url + "/chat/completions", json=body).json()
+    choice = response["choices"][0]
+    assert choice["finish_reason"] == "tool_calls" and choice["message"]["content"] is None
+    call = choice["message"]["tool_calls"][0]["function"]
+    assert call["name"] == "multiply" and json.loads(call["arguments"]) == {"a": 3, "b": 3}
+
+    client = openai.OpenAI(base_url=scripted_url, api_key="unused")
+    stream = client.chat.completions.create(model="glimp", messages=QUESTION, tools=[MULTIPLY], tool_choice="required",
+                                            stream=True)
+    name, arguments, ids, finish = "", "", set(), None
+    for chunk in stream:
+        for delta_call in (chunk.choices[0].delta.tool_calls or []) if chunk.choices else []:
+            ids.add(delta_call.id) if delta_call.id else None
+            name += delta_call.function.name or ""
+            arguments += delta_call.function.arguments or ""
+        finish = (chunk.choices[0].finish_reason if chunk.choices else None) or finish
+    assert (name, json.loads(arguments), len(ids), finish) == ("multiply", {"a": 3, "b": 3}, 1, "tool_calls")
+
+
+@pytest.mark.parametrize(("field", "value", "status"), [
+    ("thresold", 1.0, 400),             # misspelt routing setting
+    ("threshold", -1, 400),             # rejected by the engine's validation
+    ("logprobs", True, 400),            # an OpenAI field glimp cannot honour
+    ("n", 2, 400),
+    ("tool_choice", "divide", 400),     # no such tool
+    ("model", "gpt-4o", 404),
+])
+def test_a_bad_field_is_an_openai_error_that_names_it_and_the_server_keeps_serving(scripted_url, field, value, status):
+    body = {"model": "glimp", "messages": QUESTION, "tools": [MULTIPLY], field: value}
+    response = httpx.post(scripted_url + "/chat/completions", json=body)
+    error = response.json()["error"]
+    assert (response.status_code, error["param"]) == (status, field) and repr(value) in error["message"]
+    assert httpx.post(scripted_url + "/chat/completions", json={"model": "glimp", "messages": QUESTION}).status_code == 200
+
+
+def test_models_health_and_metrics(scripted_url):
+    models = openai.OpenAI(base_url=scripted_url, api_key="unused").models.list().data
+    assert [m.id for m in models] == ["glimp"] and models[0].model_extra["large_model"] == "scripted-large"
+    assert httpx.get(scripted_url.removesuffix("/v1") + "/health").json() == {"status": "ok"}
+    before = (metric(scripted_url, "glimp_requests_total", status="200"),
+              metric(scripted_url, "glimp_steps_total", model="small", phase="reasoning"),
+              metric(scripted_url, "glimp_h_init_nats_count"))
+    httpx.post(scripted_url + "/chat/completions", json={"model": "glimp", "messages": QUESTION})
+    after = (metric(scripted_url, "glimp_requests_total", status="200"),
+             metric(scripted_url, "glimp_steps_total", model="small", phase="reasoning"),
+             metric(scripted_url, "glimp_h_init_nats_count"))
+    assert [b - a for a, b in zip(before, after)] == [1, 2, 2]  # one request, two probed small steps
+    assert metric(scripted_url, "glimp_runs_running") == 0
+    assert metric(scripted_url, "glimp_time_to_first_token_seconds_count") >= 1
+
+
+def test_each_run_is_a_span_with_a_child_span_per_step(scripted_url, spans):
+    spans.clear()
+    httpx.post(scripted_url + "/chat/completions", json={"model": "glimp", "messages": QUESTION, "threshold": 0.5})
+    finished = spans.get_finished_spans()
+    runs = [s for s in finished if s.name == "glimp.run"]
+    steps = [s for s in finished if s.name == "glimp.step"]
+    assert len(runs) == 1 and runs[0].attributes["glimp.threshold"] == 0.5
+    assert len(steps) == 3 and all(s.parent.span_id == runs[0].context.span_id for s in steps)
+    assert [s.attributes["glimp.step.model"] for s in steps] == ["small", "small", "large"]
+
+
+# --- the embedded pair, real clients --------------------------------------------------------------
+
+
+class Order(BaseModel):
+    customer: str
+    quantity: int
+
+
+@pytest.fixture(scope="module")
+def embedded_url():
+    with running_server(GlimpRouter(seed=0, reasoning_budget=24, answer_budget=40)) as url:
+        yield url
+
+
+@pytest.mark.embedded
+def test_the_openai_client_gets_routed_reasoning_then_the_answer(embedded_url):
+    client = openai.OpenAI(base_url=embedded_url, api_key="unused")
+    response = client.chat.completions.create(model="glimp", messages=QUESTION)
+    message = response.choices[0].message
+    assert message.content and message.model_extra["reasoning_content"]
+    steps = response.model_extra["glimp"]["steps"]
+    assert steps[-1]["phase"] == "answer" and any(s["h_init"] is not None for s in steps)
+    assert response.usage.completion_tokens_details.reasoning_tokens > 0
+
+    chunks = list(client.chat.completions.create(model="glimp", messages=QUESTION, stream=True))
+    deltas = [c.choices[0].delta for c in chunks if c.choices]
+    assert "".join((d.model_extra or {}).get("reasoning_content") or "" for d in deltas)
+    assert "".join(d.content or "" for d in deltas)
+
+
+@pytest.mark.embedded
+def test_langchain_chat_openai_and_chat_deepseek_answer_call_tools_and_fill_schemas(embedded_url):
+    from langchain_deepseek import ChatDeepSeek
+    from langchain_openai import ChatOpenAI
+
+    llm = ChatOpenAI(model="glimp", base_url=embedded_url, api_key="unused", max_tokens=40)
+    answer = llm.invoke("What is 3 x 3?")
+    assert answer.content and answer.usage_metadata["output_token_details"]["reasoning"] > 0
+    assert "".join(chunk.content for chunk in llm.stream("What is 3 x 3?"))
+    called = llm.bind_tools([MULTIPLY], tool_choice="multiply").invoke("What is 3 x 3?")
+    assert called.tool_calls[0]["name"] == "multiply" and set(called.tool_calls[0]["args"]) == {"a", "b"}
+    order = llm.with_structured_output(Order, method="json_schema").invoke("Alice orders 2 pears. Write the order.")
+    assert isinstance(order, Order)
+    # ChatOpenAI drops non-OpenAI fields; ChatDeepSeek (a ChatOpenAI) reads `reasoning_content`
+    thinking = ChatDeepSeek(model="glimp", api_base=embedded_url, api_key="unused").invoke("What is 3 x 3?")
+    assert thinking.additional_kwargs["reasoning_content"] and thinking.content
+
+
+@pytest.mark.embedded
+async def test_llamaindex_openailike_chats_and_streams_thinking(embedded_url):
+    from llama_index.core.base.llms.types import ChatMessage, ThinkingBlock
+    from llama_index.llms.openai_like import OpenAILike
+
+    llm = OpenAILike(model="glimp", api_base=embedded_url, api_key="unused", is_chat_model=True,
+                     is_function_calling_model=True, context_window=2048)
+    response = await llm.achat([ChatMessage(role="user", content="What is 3 x 3?")])
+    assert response.message.content
+    last = None
+    for last in llm.stream_chat([ChatMessage(role="user", content="What is 3 x 3?")]):
+        pass
+    assert last.message.content and any(isinstance(b, ThinkingBlock) and b.content for b in last.message.blocks)
+
+
+@pytest.mark.embedded
+def test_a_client_that_disconnects_cancels_its_run(embedded_url):
+    before = metric(embedded_url, "glimp_requests_total", status="499")
+    body = {"model": "glimp", "messages": QUESTION, "stream": True, "reasoning_budget": 400}
+    with httpx.stream("POST", embedded_url + "/chat/completions", json=body, timeout=60) as response:
+        for line in response.iter_lines():
+            if "reasoning_content" in line:
+                break  # leave mid-stream
+    with pytest.raises(httpx.ReadTimeout):  # a non-streamed request whose client gives up
+        httpx.post(embedded_url + "/chat/completions", json={**body, "stream": False}, timeout=1.0)
+    deadline = time.monotonic() + 30
+    while metric(embedded_url, "glimp_runs_running") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert metric(embedded_url, "glimp_runs_running") == 0
+    assert metric(embedded_url, "glimp_requests_total", status="499") - before == 2
