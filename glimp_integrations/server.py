@@ -505,6 +505,16 @@ def serve(router: GlimpRouter, host: str = "127.0.0.1", port: int = 8000, served
     uvicorn.run(app, host=host, port=port, log_level=log_level)
 
 
+def scrape(base_url: str, name: str, **labels: str) -> float:
+    """One sample of a running server's /metrics (`base_url` as `running_server` yields it; 0 when absent)."""
+    import httpx  # installed with FastAPI's test client and the openai client
+
+    parser = require_module("prometheus_client.parser", "serve", "Reading /metrics")
+    text = httpx.get(base_url.removesuffix("/v1") + "/metrics").text
+    return next((sample.value for family in parser.text_string_to_metric_families(text) for sample in family.samples
+                 if sample.name == name and sample.labels == labels), 0.0)
+
+
 @contextlib.contextmanager
 def running_server(router: GlimpRouter, host: str = "127.0.0.1", port: int = 0, **app_options: Any) -> Iterator[str]:
     """Serve `router` from a background thread while the block runs; yields the base URL

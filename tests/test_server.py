@@ -15,7 +15,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from pydantic import BaseModel
 
 from glimp_integrations import GlimpRouter
-from glimp_integrations.server import running_server
+from glimp_integrations.server import running_server, scrape
 from tests.scripted_pairs import PLAIN_ANSWER, scripted_pair
 
 QUESTION = [{"role": "user", "content": "What is 3 x 3?"}]
@@ -23,16 +23,6 @@ MULTIPLY = {"type": "function", "function": {"name": "multiply", "description": 
                                              "parameters": {"type": "object", "properties": {
                                                  "a": {"type": "integer"}, "b": {"type": "integer"}},
                                                  "required": ["a", "b"]}}}
-
-
-def metric(url: str, name: str, **labels: str) -> float:
-    """One sample of the server's /metrics (0 when absent)."""
-    wanted = name + ("{" + ",".join(f'{k}="{v}"' for k, v in sorted(labels.items())) + "}" if labels else "")
-    for line in httpx.get(url.removesuffix("/v1") + "/metrics").text.splitlines():
-        sample, _, value = line.rpartition(" ")
-        if sample == wanted:
-            return float(value)
-    return 0.0
 
 
 def sse_chunks(url: str, body: dict) -> list[dict]:
@@ -121,16 +111,16 @@ def test_models_health_and_metrics(scripted_url):
     models = openai.OpenAI(base_url=scripted_url, api_key="unused").models.list().data
     assert [m.id for m in models] == ["glimp"] and models[0].model_extra["large_model"] == "scripted-large"
     assert httpx.get(scripted_url.removesuffix("/v1") + "/health").json() == {"status": "ok"}
-    before = (metric(scripted_url, "glimp_requests_total", status="200"),
-              metric(scripted_url, "glimp_steps_total", model="small", phase="reasoning"),
-              metric(scripted_url, "glimp_h_init_nats_count"))
+    before = (scrape(scripted_url, "glimp_requests_total", status="200"),
+              scrape(scripted_url, "glimp_steps_total", model="small", phase="reasoning"),
+              scrape(scripted_url, "glimp_h_init_nats_count"))
     httpx.post(scripted_url + "/chat/completions", json={"model": "glimp", "messages": QUESTION})
-    after = (metric(scripted_url, "glimp_requests_total", status="200"),
-             metric(scripted_url, "glimp_steps_total", model="small", phase="reasoning"),
-             metric(scripted_url, "glimp_h_init_nats_count"))
+    after = (scrape(scripted_url, "glimp_requests_total", status="200"),
+             scrape(scripted_url, "glimp_steps_total", model="small", phase="reasoning"),
+             scrape(scripted_url, "glimp_h_init_nats_count"))
     assert [b - a for a, b in zip(before, after)] == [1, 2, 2]  # one request, two probed small steps
-    assert metric(scripted_url, "glimp_runs_running") == 0
-    assert metric(scripted_url, "glimp_time_to_first_token_seconds_count") >= 1
+    assert scrape(scripted_url, "glimp_runs_running") == 0
+    assert scrape(scripted_url, "glimp_time_to_first_token_seconds_count") >= 1
 
 
 def test_each_run_is_a_span_with_a_child_span_per_step(scripted_url, spans):
@@ -209,7 +199,7 @@ async def test_llamaindex_openailike_chats_and_streams_thinking(embedded_url):
 
 @pytest.mark.embedded
 def test_a_client_that_disconnects_cancels_its_run(embedded_url):
-    before = metric(embedded_url, "glimp_requests_total", status="499")
+    before = scrape(embedded_url, "glimp_requests_total", status="499")
     body = {"model": "glimp", "messages": QUESTION, "stream": True, "reasoning_budget": 400}
     with httpx.stream("POST", embedded_url + "/chat/completions", json=body, timeout=60) as response:
         for line in response.iter_lines():
@@ -218,7 +208,7 @@ def test_a_client_that_disconnects_cancels_its_run(embedded_url):
     with pytest.raises(httpx.ReadTimeout):  # a non-streamed request whose client gives up
         httpx.post(embedded_url + "/chat/completions", json={**body, "stream": False}, timeout=1.0)
     deadline = time.monotonic() + 30
-    while metric(embedded_url, "glimp_runs_running") and time.monotonic() < deadline:
+    while scrape(embedded_url, "glimp_runs_running") and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert metric(embedded_url, "glimp_runs_running") == 0
-    assert metric(embedded_url, "glimp_requests_total", status="499") - before == 2
+    assert scrape(embedded_url, "glimp_runs_running") == 0
+    assert scrape(embedded_url, "glimp_requests_total", status="499") - before == 2

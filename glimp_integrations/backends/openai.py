@@ -16,7 +16,9 @@ trace written so far.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
+import json
 import logging
 import re
 from collections.abc import AsyncIterator, Sequence
@@ -39,6 +41,20 @@ from glimp_integrations.config import Role
 from glimp_integrations.errors import GlimpConfigError, require_module
 
 logger = logging.getLogger(__name__)
+
+
+SESSION_HEADER = "X-Session-Id"
+"""Sent with every request to the model servers: the same value for all requests of a conversation,
+so that a load balancer in front of a vLLM fleet that hashes on it keeps them on the replica that
+holds their prefix cache (see the README's scale-out section)."""
+
+
+def conversation_key(messages: Sequence[dict[str, Any]]) -> str:
+    """A stable key of a conversation: a hash of its opening (system and first user message), the
+    part that later turns share."""
+    opening = [m for m in messages if m.get("role") == "system"][:1] + [
+        m for m in messages if m.get("role") == "user"][:1]
+    return hashlib.sha256(json.dumps(opening, sort_keys=True, default=str).encode()).hexdigest()[:32]
 
 
 class ServerError(RuntimeError):
@@ -215,6 +231,7 @@ class OpenAISession(ModelSession):
         self._sampling = spec.sampling
         self._constraint = spec.constraint
         self._seeds = itertools.count(seed) if seed is not None else None
+        self._conversation = conversation_key(spec.messages)
         self._context = prompt
         self._context_tokens = prompt_tokens
         self._pending = ""
@@ -234,6 +251,7 @@ class OpenAISession(ModelSession):
             "prompt": self._context, "max_tokens": max_tokens, "temperature": self._sampling.temperature,
             "top_p": self._sampling.top_p, "stream": stream,
             "extra_body": {"include_stop_str_in_output": True, "return_tokens_as_token_ids": True},
+            "extra_headers": {SESSION_HEADER: self._conversation},
         }
         if stop:
             request["stop"] = list(stop)

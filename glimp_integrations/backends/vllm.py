@@ -228,15 +228,15 @@ class _Engine:
     def encode(self, text: str) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
-    def stream(self, ids: list[int], params: Any, session: ModelSession) -> _Request:
+    def stream(self, ids: list[int], params: Any, session: ModelSession | None = None) -> _Request:
         return _Request(self, ids, params, session)
 
 
 class _Request:
     """One generate request, advanced on the background loop; aborted if closed early.  The
-    tokens it computes are added to `session`'s usage as its outputs arrive."""
+    tokens it computes are added to `session`'s usage (if any) as its outputs arrive."""
 
-    def __init__(self, engine: _Engine, ids: list[int], params: Any, session: ModelSession) -> None:
+    def __init__(self, engine: _Engine, ids: list[int], params: Any, session: ModelSession | None) -> None:
         from vllm.inputs import TokensPrompt
 
         self.engine = engine
@@ -256,6 +256,8 @@ class _Request:
         except StopAsyncIteration:
             self.done = True
             return None
+        if self.session is None:
+            return output
         if not self._prompt_counted:  # the first output says how much of the prompt was cached
             self.session.input_tokens += self.prompt_len - (output.num_cached_tokens or 0)
             self._prompt_counted = True

