@@ -212,3 +212,33 @@ def test_a_client_that_disconnects_cancels_its_run(embedded_url):
         time.sleep(0.1)
     assert scrape(embedded_url, "glimp_runs_running") == 0
     assert scrape(embedded_url, "glimp_requests_total", status="499") - before == 2
+
+
+@pytest.mark.embedded
+def test_glimp_serve_starts_from_the_command_line_and_answers():
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    command = [sys.executable, "-m", "glimp_integrations.cli", "serve", "--port", str(port), "--reasoning-budget", "16",
+               "--served-model-name", "tiny-pair", "--log-level", "warning"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and process.poll() is None:
+            try:
+                if httpx.get(base + "/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.5)
+        assert process.poll() is None, process.stderr.read()[-2000:]
+        response = httpx.post(base + "/v1/chat/completions", timeout=120, json={
+            "model": "tiny-pair", "messages": QUESTION, "max_tokens": 8})
+        assert response.status_code == 200 and response.json()["glimp"]["summary"]["mode"] == "think"
+    finally:
+        process.terminate()
+        process.wait(timeout=60)
