@@ -275,7 +275,7 @@ def main() -> None:
                         help="resident size after this many requests, then after this many")
     parser.add_argument("--levels", type=lambda text: [int(v) for v in text.split(",")], default=[1, 8, 32])
     parser.add_argument("--faults", action="store_true", help="run the server-kill check instead")
-    parser.add_argument("--out", default="benchmarks/results/serve_load.json")
+    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "serve_load.json"))
     args = parser.parse_args()
     results = main_faults() if args.faults else main_load(args)
     out = Path(args.out if not args.faults else args.out.replace(".json", "_faults.json"))
