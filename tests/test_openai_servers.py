@@ -151,6 +151,21 @@ class _FailingCompletions(BaseHTTPRequestHandler):
         pass
 
 
+class _DroppingCompletions(_FailingCompletions):
+    """Starts a streamed completion, then drops the connection mid-stream (a server killed mid-run)."""
+
+    def do_POST(self):
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        event = b'data: {"id": "x", "object": "text_completion", "model": "broken", "choices": [{"index": 0, ' \
+            b'"text": "Half", "logprobs": null, "finish_reason": null}]}\n\n'
+        self.wfile.write(b"%x\r\n%s\r\n" % (len(event), event))
+        self.wfile.flush()
+        self.close_connection = True  # no final chunk: the client reads an incomplete body
+
+
 class SmallThenLarge(RoutingPolicy):
     name = "small_then_large"
 
@@ -162,8 +177,9 @@ class SmallThenLarge(RoutingPolicy):
         return Verdict.DELEGATE if self.calls == 1 else Verdict.INTERVENE
 
 
-def test_a_server_failing_mid_run_raises_with_the_trace_so_far(server_url):
-    failing = ThreadingHTTPServer(("127.0.0.1", 0), _FailingCompletions)
+@pytest.mark.parametrize("handler", [_FailingCompletions, _DroppingCompletions], ids=["http_500", "dropped_stream"])
+def test_a_server_failing_mid_run_raises_with_the_trace_so_far(server_url, handler):
+    failing = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=failing.serve_forever, daemon=True).start()
     broken_url = f"http://127.0.0.1:{failing.server_address[1]}/v1"
     try:

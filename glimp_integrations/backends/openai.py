@@ -150,7 +150,13 @@ class _CountedStream:
     async def __anext__(self) -> Any:
         try:
             return await self._stream.__anext__()
-        except BaseException:  # ended, failed or cancelled: no longer running
+        except StopAsyncIteration:
+            self._forget()
+            raise
+        except Exception as error:  # the server went away mid-stream: say which one
+            self._forget()
+            raise ServerError(self._server.unreachable(error)) from error
+        except BaseException:  # cancelled
             self._forget()
             raise
 
