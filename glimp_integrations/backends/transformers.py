@@ -41,7 +41,8 @@ logger = logging.getLogger(__name__)
 RECORDED_TOP_K = 20
 #: Tokens before the end of a constrained answer's budget from which it is steered to close (a
 #: grammar keeps each token valid but cannot make a model stop: a string it repeats would be cut).
-CLOSING_RESERVE = 24
+#: Enough for an object's remaining required fields, the closing brackets and `</tool_call>`.
+CLOSING_RESERVE = 40
 
 
 class LoadedModel:
@@ -76,20 +77,25 @@ class LoadedModel:
         self.eos_ids = frozenset(i for i in eos_ids if i is not None)
         self.knows_think_tags = knows_think_tags(self.tokenizer)
         self._grammar_tokenizer: Any = None
-        self._closers: Any = None
+        self._closing_tiers: Any = None
 
     @property
-    def closers(self) -> Any:
-        """[vocab] bool: tokens that only close (`"`, `]`, `}`, spaces) and the end-of-text tokens."""
-        if self._closers is None:
-            texts = self.tokenizer.convert_ids_to_tokens(list(range(len(self.tokenizer))))
-            closing = [bool(t) and set(self.tokenizer.convert_tokens_to_string([t]).strip() or "x") <= set('"]}')
-                       for t in texts]
-            closers = self.torch.zeros(self.vocab_size, dtype=self.torch.bool)
-            closers[:len(closing)] = self.torch.tensor(closing)
-            closers[sorted(self.eos_ids)] = True
-            self._closers = closers
-        return self._closers
+    def closing_tiers(self) -> tuple[Any, Any]:
+        """Two [vocab] bool masks, in the order a closing answer prefers them: tokens that only close
+        (`"`, `]`, `}`, spaces) and the end-of-text tokens; then tokens that only separate (`,`), for
+        when nothing may close yet (an object still missing a required field, an integer)."""
+        if self._closing_tiers is None:
+            texts = [self.tokenizer.convert_tokens_to_string([t]).strip() if t else None
+                     for t in self.tokenizer.convert_ids_to_tokens(list(range(len(self.tokenizer))))]
+            tiers = []
+            for characters, with_eos in (('"]}', True), (",", False)):
+                tier = self.torch.zeros(self.vocab_size, dtype=self.torch.bool)
+                tier[:len(texts)] = self.torch.tensor([t is not None and set(t or "x") <= set(characters) for t in texts])
+                if with_eos:
+                    tier[sorted(self.eos_ids)] = True
+                tiers.append(tier.to(self.device))
+            self._closing_tiers = tuple(tiers)
+        return self._closing_tiers
 
     def grammar_matcher(self, grammar: str) -> Any:
         """An llguidance matcher of `grammar` over this model's tokens (EOS allowed once it is complete)."""
@@ -220,15 +226,19 @@ class TransformersSession(ModelSession):
         """Draw the next token from `_next_logits` with the run's temperature and top-p, among the
         tokens `matcher` (an llguidance grammar matcher) allows, if given.  `closing`: the budget is
         nearly spent, so take the likeliest allowed token that closes something (a string, a list,
-        an object, the text), else the likeliest allowed token: the answer ends complete."""
+        an object, the text), else one that separates (to the next required field), else the
+        likeliest allowed token: the answer ends complete."""
         torch, sampling = self._torch, self._sampling
         logits = self._next_logits
         self.output_tokens += 1
         if matcher is not None:
             packed = numpy.frombuffer(matcher.compute_bitmask(), dtype=numpy.uint8)
-            allowed = torch.from_numpy(numpy.unpackbits(packed, bitorder="little")[:logits.shape[0]].astype(bool))
-            if closing and bool((allowed & self._loaded.closers).any()):
-                allowed &= self._loaded.closers
+            allowed = torch.from_numpy(numpy.unpackbits(packed, bitorder="little")[:logits.shape[0]].astype(bool)).to(
+                logits.device)
+            for tier in self._loaded.closing_tiers if closing else ():
+                if bool((allowed & tier).any()):
+                    allowed &= tier
+                    break
             logits = logits.masked_fill(~allowed, -math.inf)  # [vocab]
         if sampling.temperature == 0 or closing:
             return int(logits.argmax())
