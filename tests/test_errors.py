@@ -83,3 +83,12 @@ def test_a_run_stops_at_the_context_window():
     trace = router.run("q")
     assert trace.finish_reason == "budget"
     assert trace.prompt_tokens + trace.completion_tokens < 20
+
+
+def test_an_unknown_backend_option_is_named_before_any_model_loads():
+    from glimp_integrations import GlimpConfigError, GlimpRouter
+
+    with pytest.raises(GlimpConfigError, match=r"backend_options of VLLMBackend\(block_size=.*engine_args"):
+        GlimpRouter(backend="vllm", backend_options={"block_size": 32})
+    with pytest.raises(GlimpConfigError, match=r"TransformersBackend\(max_model_len=.*accepted names are: none"):
+        GlimpRouter(backend="transformers", backend_options={"max_model_len": 32})

