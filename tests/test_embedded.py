@@ -104,7 +104,7 @@ def test_constrained_answers_are_valid_on_the_embedded_model(embedded_router, ar
 
 def test_a_constrained_answer_is_steered_to_close_before_its_budget_ends(embedded_router):
     """An unbounded list in 60 tokens: the model would keep adding items; the backend closes the
-    answer within the budget (its last `CLOSING_RESERVE` = 40 tokens) instead of cutting it."""
+    answer within the budget (its last 15 tokens, a quarter) instead of cutting it."""
     schema = {"type": "object", "properties": {"items": {"type": "array", "items": {"type": "string"}}},
               "required": ["items"]}
     for seed in range(3):

@@ -41,7 +41,8 @@ logger = logging.getLogger(__name__)
 RECORDED_TOP_K = 20
 #: Tokens before the end of a constrained answer's budget from which it is steered to close (a
 #: grammar keeps each token valid but cannot make a model stop: a string it repeats would be cut).
-#: Enough for an object's remaining required fields, the closing brackets and `</tool_call>`.
+#: Enough for an object's remaining required fields, the closing brackets and `</tool_call>`; at
+#: most a quarter of the answer's budget.
 CLOSING_RESERVE = 40
 
 
@@ -80,21 +81,21 @@ class LoadedModel:
         self._closing_tiers: Any = None
 
     @property
-    def closing_tiers(self) -> tuple[Any, Any]:
-        """Two [vocab] bool masks, in the order a closing answer prefers them: tokens that only close
-        (`"`, `]`, `}`, spaces) and the end-of-text tokens; then tokens that only separate (`,`), for
+    def closing_tiers(self) -> tuple[Any, Any, Any]:
+        """Three [vocab] bool masks, in the order a closing answer prefers them: the end-of-text
+        tokens; tokens that only close (`"`, `]`, `}`, spaces); tokens that only separate (`,`), for
         when nothing may close yet (an object still missing a required field, an integer)."""
         if self._closing_tiers is None:
             texts = [self.tokenizer.convert_tokens_to_string([t]).strip() if t else None
                      for t in self.tokenizer.convert_ids_to_tokens(list(range(len(self.tokenizer))))]
-            tiers = []
-            for characters, with_eos in (('"]}', True), (",", False)):
+            end_of_text = self.torch.zeros(self.vocab_size, dtype=self.torch.bool)
+            end_of_text[sorted(self.eos_ids)] = True
+            tiers = [end_of_text]
+            for characters in ('"]}', ","):
                 tier = self.torch.zeros(self.vocab_size, dtype=self.torch.bool)
                 tier[:len(texts)] = self.torch.tensor([t is not None and set(t or "x") <= set(characters) for t in texts])
-                if with_eos:
-                    tier[sorted(self.eos_ids)] = True
-                tiers.append(tier.to(self.device))
-            self._closing_tiers = tuple(tiers)
+                tiers.append(tier)
+            self._closing_tiers = tuple(tier.to(self.device) for tier in tiers)
         return self._closing_tiers
 
     def grammar_matcher(self, grammar: str) -> Any:
@@ -225,9 +226,9 @@ class TransformersSession(ModelSession):
     def _sample(self, matcher: Any = None, closing: bool = False) -> int:
         """Draw the next token from `_next_logits` with the run's temperature and top-p, among the
         tokens `matcher` (an llguidance grammar matcher) allows, if given.  `closing`: the budget is
-        nearly spent, so take the likeliest allowed token that closes something (a string, a list,
-        an object, the text), else one that separates (to the next required field), else the
-        likeliest allowed token: the answer ends complete."""
+        nearly spent, so end the text if the grammar allows it, else take the likeliest allowed
+        token that closes something (a string, a list, an object), else one that separates (to the
+        next required field), else the likeliest allowed token: the answer ends complete."""
         torch, sampling = self._torch, self._sampling
         logits = self._next_logits
         self.output_tokens += 1
@@ -337,7 +338,8 @@ class _TransformersWriter(StepWriter):
             return self._sample()
 
     def _sample(self) -> int:
-        closing = self._matcher is not None and self.max_tokens - self.tokens <= CLOSING_RESERVE
+        reserve = min(CLOSING_RESERVE, self.max_tokens // 4)  # a short answer keeps most of its budget
+        closing = self._matcher is not None and self.max_tokens - self.tokens <= reserve
         token = self._session._sample(self._matcher, closing)
         if self._matcher is not None and not self._matcher.consume_token(token):
             raise RuntimeError(f"the grammar matcher refused token {token}: {self._matcher.get_error()}")
