@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from glimp_integrations.trace import RunTrace
+from typing import Any
 
 
 class GlimpError(Exception):
@@ -29,9 +26,10 @@ class MissingDependencyError(GlimpError, ImportError):
 
 
 class GlimpRunError(GlimpError, RuntimeError):
-    """A run failed part-way; `partial_trace` holds the steps written before the failure."""
+    """A run failed part-way; `partial_trace` (a `trace.RunTrace`) holds the steps written before
+    the failure.  (Typed loosely: errors sit below every other module and import none of them.)"""
 
-    def __init__(self, message: str, partial_trace: RunTrace | None = None) -> None:
+    def __init__(self, message: str, partial_trace: Any | None = None) -> None:
         super().__init__(message)
         self.partial_trace = partial_trace
 
