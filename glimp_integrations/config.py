@@ -133,7 +133,12 @@ def check_setting_names(owner: str, given: Iterable[str], accepted: Collection[s
     (a misspelt setting is never silently ignored)."""
     for name in given:
         if name not in accepted:
-            close = difflib.get_close_matches(name, list(accepted), n=1, cutoff=0.6)
-            hint = f"Did you mean `{close[0]}`? " if close else ""
             raise invalid(f"{owner}({name}=...)", name, "is not a setting",
-                          f"{hint}The accepted names are: {', '.join(sorted(accepted)) or 'none'}.")
+                          f"{did_you_mean(name, accepted)}The accepted names are: "
+                          f"{', '.join(sorted(accepted)) or 'none'}.")
+
+
+def did_you_mean(name: str, accepted: Iterable[str]) -> str:
+    """"Did you mean `x`? " for the accepted name closest to a misspelt `name`, or ""."""
+    close = difflib.get_close_matches(name, list(accepted), n=1, cutoff=0.6)
+    return f"Did you mean `{close[0]}`? " if close else ""

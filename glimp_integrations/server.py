@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import difflib
 import json
 import time
 import uuid
@@ -33,19 +32,17 @@ from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import Any
 
 from glimp_integrations import _sync
-from glimp_integrations.config import CONFIG_FIELDS
+from glimp_integrations.config import CONFIG_FIELDS, did_you_mean
 from glimp_integrations.constraints import CALL_CLOSE, CALL_OPEN
 from glimp_integrations.errors import GlimpConfigError, GlimpInputError, GlimpRunError, require_module
 from glimp_integrations.router import GlimpRouter
 from glimp_integrations.tools import parse_tool_calls, partial_tool_calls
 from glimp_integrations.trace import RouterEvent, RunFinished, RunTrace, StepFinished, StepStarted, TokenDelta
 
-OPENAI_FIELDS: dict[str, Any] = {
-    "model": None, "messages": None, "stream": False, "stream_options": None, "max_tokens": None,
-    "max_completion_tokens": None, "temperature": None, "top_p": None, "seed": None, "stop": None, "n": 1,
-    "tools": None, "tool_choice": None, "parallel_tool_calls": None, "response_format": None, "user": None,
-}
-"""The chat-completion fields `glimp serve` honours, with the value that means "not set"."""
+OPENAI_FIELDS: tuple[str, ...] = (
+    "model", "messages", "stream", "stream_options", "max_tokens", "max_completion_tokens", "temperature", "top_p",
+    "seed", "stop", "n", "tools", "tool_choice", "parallel_tool_calls", "response_format", "user")
+"""The chat-completion fields `glimp serve` honours."""
 UNSUPPORTED_FIELDS: dict[str, Any] = {
     "logprobs": (None, False), "top_logprobs": (None, 0), "frequency_penalty": (None, 0, 0.0),
     "presence_penalty": (None, 0, 0.0), "logit_bias": (None, {}), "audio": (None,), "modalities": (None, ["text"]),
@@ -80,11 +77,9 @@ def run_arguments(body: Any, served_model: str) -> tuple[list[dict[str, Any]], d
             raise RequestError(400, f"`{name}` is not supported by glimp serve; got {value!r}. Leave it unset.", name)
         if name not in OPENAI_FIELDS and name not in UNSUPPORTED_FIELDS and name not in IGNORED_FIELDS \
                 and name not in ROUTING_FIELDS:
-            close = difflib.get_close_matches(name, [*OPENAI_FIELDS, *ROUTING_FIELDS], n=1, cutoff=0.6)
             raise RequestError(400, f"Unknown field `{name}`; got {value!r}. "
-                                    + (f"Did you mean `{close[0]}`? " if close else "")
-                                    + f"Accepted: OpenAI's chat fields and the routing settings "
-                                      f"{', '.join(ROUTING_FIELDS)}.", name)
+                                    f"{did_you_mean(name, [*OPENAI_FIELDS, *ROUTING_FIELDS])}Accepted: OpenAI's "
+                                    f"chat fields and the routing settings {', '.join(ROUTING_FIELDS)}.", name)
     if body.get("model") not in (None, served_model):
         raise RequestError(404, f"`model` must be `{served_model}`, the model this server serves; got "
                                 f"{body['model']!r}.", "model", kind="not_found_error")
@@ -129,7 +124,7 @@ class Metrics:
     """The server's Prometheus metrics, in a registry of its own."""
 
     def __init__(self, router: GlimpRouter) -> None:
-        prometheus = require_module("prometheus_client", "serve", "glimp serve's /metrics")
+        self._prometheus = prometheus = require_module("prometheus_client", "serve", "glimp serve's /metrics")
         prometheus.disable_created_metrics()  # no `_created` series beside each counter
         self.registry = registry = prometheus.CollectorRegistry()
         self.requests = prometheus.Counter("glimp_requests", "Chat-completion requests by HTTP status "
@@ -148,16 +143,14 @@ class Metrics:
             "glimp_time_per_output_token_seconds", "Time per output token after the first, per run",
             buckets=(0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.5), registry=registry)
         self.running = prometheus.Gauge("glimp_runs_running", "Runs in progress", registry=registry)
-        engine_requests = prometheus.Gauge("glimp_engine_requests_running", "Requests each role's engine or "
-                                           "server is running for this process", ["model"], registry=registry)
-        self._engine_requests = engine_requests
+        self._engine_requests = prometheus.Gauge("glimp_engine_requests_running", "Requests each role's engine or "
+                                                 "server is running for this process", ["model"], registry=registry)
         self._router = router
 
     def exposition(self) -> bytes:
-        prometheus = require_module("prometheus_client", "serve", "glimp serve's /metrics")
         for role, count in (self._router.backend.running_requests() or {}).items():
             self._engine_requests.labels(model=role).set(count)
-        return prometheus.generate_latest(self.registry)
+        return self._prometheus.generate_latest(self.registry)
 
     def observe_step(self, event: StepFinished) -> None:
         step = event.step
@@ -212,7 +205,6 @@ class _Run:
         self.last_token = 0.0
         self.events = app_state.router.astream(messages, **arguments)
         self.span = app_state.tracing.run_span({k: v for k, v in arguments.items() if k in ROUTING_FIELDS})
-        self.trace: RunTrace | None = None
 
     async def __aiter__(self) -> AsyncIterator[RouterEvent]:
         state = self.state
@@ -227,7 +219,6 @@ class _Run:
                     state.metrics.observe_step(event)
                     state.tracing.step_span(self.span, event.step.routing())
                 elif isinstance(event, RunFinished):
-                    self.trace = event.trace
                     state.metrics.observe_run(event.trace, self.first_token, self.last_token)
                     self.span.set_attributes(_span_attributes(event.trace.summary()))
                 yield event

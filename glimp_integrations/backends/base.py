@@ -232,6 +232,12 @@ def knows_think_tags(tokenizer: Any) -> bool:
     return "<think>" in (tokenizer.chat_template or "") or "<think>" in tokenizer.get_vocab()
 
 
+def token_texts(tokenizer: Any) -> list[str]:
+    """The text of every token of a HF tokenizer, by id (one pass over the vocabulary: call once
+    per model and keep the result)."""
+    return tokenizer.batch_decode([[index] for index in range(len(tokenizer))])
+
+
 def render_chat_prompt(tokenizer: Any, spec: SessionSpec) -> str:
     """The prompt text from a HF tokenizer's chat template: tools through the template when it
     renders them (else described in a system message), then `<think>\\n` when asked for."""

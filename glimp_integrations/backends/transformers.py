@@ -31,6 +31,7 @@ from glimp_integrations.backends.base import (
     knows_think_tags,
     render_chat_prompt,
     resolve_model_name,
+    token_texts,
 )
 from glimp_integrations.config import Role
 from glimp_integrations.errors import GlimpConfigError, invalid, require_module
@@ -86,14 +87,13 @@ class LoadedModel:
         tokens; tokens that only close (`"`, `]`, `}`, spaces); tokens that only separate (`,`), for
         when nothing may close yet (an object still missing a required field, an integer)."""
         if self._closing_tiers is None:
-            texts = [self.tokenizer.convert_tokens_to_string([t]).strip() if t else None
-                     for t in self.tokenizer.convert_ids_to_tokens(list(range(len(self.tokenizer))))]
+            texts = [text.strip() for text in token_texts(self.tokenizer)]
             end_of_text = self.torch.zeros(self.vocab_size, dtype=self.torch.bool)
             end_of_text[sorted(self.eos_ids)] = True
             tiers = [end_of_text]
             for characters in ('"]}', ","):
                 tier = self.torch.zeros(self.vocab_size, dtype=self.torch.bool)
-                tier[:len(texts)] = self.torch.tensor([t is not None and set(t or "x") <= set(characters) for t in texts])
+                tier[:len(texts)] = self.torch.tensor([bool(text) and set(text) <= set(characters) for text in texts])
                 tiers.append(tier)
             self._closing_tiers = tuple(tier.to(self.device) for tier in tiers)
         return self._closing_tiers

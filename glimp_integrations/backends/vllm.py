@@ -20,6 +20,7 @@ The engines live on Glimp's background event loop; sessions reach them from any 
 from __future__ import annotations
 
 import atexit
+import functools
 import itertools
 import logging
 import math
@@ -40,6 +41,7 @@ from glimp_integrations.backends.base import (
     knows_think_tags,
     render_chat_prompt,
     resolve_model_name,
+    token_texts,
 )
 from glimp_integrations.config import Role
 from glimp_integrations.errors import GlimpConfigError, invalid, require_module
@@ -208,18 +210,21 @@ class _Engine:
         self.context_window = llm.model_config.max_model_len
         self.vocab_size = llm.model_config.get_vocab_size()
         self.knows_think_tags = knows_think_tags(self.tokenizer)
-        self._tokens_holding: dict[tuple[str, ...], list[int]] = {}
+        self._token_texts: list[str] | None = None
+        self._tokens_holding_one = functools.lru_cache(maxsize=256)(self._scan_for)
 
     def tokens_holding(self, stop: Sequence[str]) -> list[int]:
-        """The ids of the single tokens whose text contains one of the `stop` strings (cached).
-        Stopping on them in the engine core, as well as on the strings in vLLM's front end, makes
-        the engine finish the request itself, and only such a finish carries the request's
-        speculative-decoding counts (a front-end stop aborts the request without them)."""
-        key = tuple(stop)
-        if key not in self._tokens_holding:
-            texts = self.tokenizer.batch_decode([[index] for index in range(len(self.tokenizer))]) if key else []
-            self._tokens_holding[key] = [index for index, text in enumerate(texts) if any(s in text for s in key)]
-        return self._tokens_holding[key]
+        """The ids of the single tokens whose text contains one of the `stop` strings.  Stopping
+        on them in the engine core, as well as on the strings in vLLM's front end, makes the engine
+        finish the request itself, and only such a finish carries the request's speculative-decoding
+        counts (a front-end stop aborts the request without them).  The vocabulary is decoded once;
+        each stop string's scan is kept for the 256 most recent (a server sees arbitrary ones)."""
+        return sorted({index for string in stop for index in self._tokens_holding_one(string)})
+
+    def _scan_for(self, string: str) -> tuple[int, ...]:
+        if self._token_texts is None:
+            self._token_texts = token_texts(self.tokenizer)
+        return tuple(index for index, text in enumerate(self._token_texts) if string in text)
 
     @classmethod
     async def start(cls, name: str, args: dict[str, Any]) -> _Engine:
