@@ -23,6 +23,7 @@ from glimp_integrations import (
 )
 from glimp_integrations.embedded import embedded_model_dir
 from tests.constrained_cases import CASES, run_and_check
+from tests.step_cases import check_stop_beginning_in_the_probe_token
 
 pytestmark = [pytest.mark.vllm, pytest.mark.embedded]
 QUESTION = "Tom has 3 apples and buys 4 more. How many apples does he have? Think step by step."
@@ -98,6 +99,10 @@ def test_straddling_probe_escalates_on_the_server(router):
     probe = router.run(QUESTION, reasoning_budget=8, threshold=middle).steps[0].probe
     assert probe.escalations >= 1
     assert probe.h_lower > middle or probe.h_upper <= middle
+
+
+async def test_a_stop_string_beginning_in_the_probe_token_ends_the_step_on_the_server(router):
+    await check_stop_beginning_in_the_probe_token(router.backend)
 
 
 def test_a_server_capping_logprobs_is_probed_within_its_cap(server_url, caplog):

@@ -7,6 +7,7 @@ import pytest
 
 from glimp_integrations import GlimpConfigError, GlimpRouter, StepFinished, TokenDelta
 from tests.constrained_cases import CASES, run_and_check
+from tests.step_cases import check_stop_beginning_in_the_probe_token
 
 pytestmark = [pytest.mark.vllm, pytest.mark.embedded]
 QUESTION = "Tom has 3 apples and buys 4 more. How many apples does he have? Think step by step."
@@ -54,6 +55,10 @@ def test_straddling_probe_escalates_to_more_logprobs(vllm_router):
     assert probe.escalations >= 1
     assert probe.h_lower - 1e-6 <= first.h_upper and probe.h_upper + 1e-6 >= first.h_lower
     assert probe.h_lower > middle or probe.h_upper <= middle  # settled, on one side
+
+
+async def test_a_stop_string_beginning_in_the_probe_token_ends_the_step(vllm_router):
+    await check_stop_beginning_in_the_probe_token(vllm_router.backend)
 
 
 async def test_many_chains_at_once_batch_in_the_engine(vllm_router):

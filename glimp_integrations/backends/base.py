@@ -220,6 +220,16 @@ class StopScanner:
         return any(s in text[start:] for s in self._stop)
 
 
+def stop_across(head: str, tail: str, stops: Sequence[str]) -> int | None:
+    """In `head + tail`, the end of the first stop string that begins in `head` and ends in
+    `tail`, or None.  A step continued by a second request (after its probe token, `head`)
+    needs this: the engine matches stop strings in that request's own text only."""
+    text = head + tail
+    ends = [start + len(stop) for stop in stops
+            if 0 <= (start := text.find(stop, max(0, len(head) - len(stop) + 1))) < len(head)]
+    return min(ends, default=None)
+
+
 def render_think_suffix(prompt: str, open_think: bool) -> str:
     """The prompt, followed by `<think>\\n` when reasoning must be opened and is not yet."""
     if open_think and not prompt.rstrip().endswith("<think>"):

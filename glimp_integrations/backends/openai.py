@@ -6,9 +6,10 @@ top-k bounds straddle the threshold can be settled over the whole vocabulary.  R
 completions endpoint with the prompt rendered from each model's own chat template (a tokenizer
 loaded locally: the served model's path or id, or the one given), then the steps so far.
 
-As with the in-process vLLM backend, the probe and the small model's step are one streamed
-request: the first chunk's `top_logprobs` give the probe, and the stream is closed (the server
-aborts the request) only when the large model takes the step.  Connection errors, timeouts and
+As with the in-process vLLM backend, a probe is a one-token request with `top_logprobs`; when the
+small model writes the step, its token starts the step and a streamed request without logprobs
+writes the rest (a whole step streamed with logprobs would carry k of them per token, each to be
+detokenized by the server and sent as JSON).  Connection errors, timeouts and
 5xx answers are retried with backoff by the `openai` client; a server that stays unreachable
 raises `ServerError` naming it, and the router turns that into a `GlimpRunError` carrying the
 trace written so far.
@@ -36,6 +37,7 @@ from glimp_integrations.backends.base import (
     health_problem,
     knows_think_tags,
     render_chat_prompt,
+    stop_across,
 )
 from glimp_integrations.config import Role
 from glimp_integrations.errors import GlimpConfigError, require_module
@@ -242,10 +244,10 @@ class OpenAISession(ModelSession):
         self._context_tokens = prompt_tokens
         self._pending = ""
         self._pending_tokens = 0
+        self._probe: Any = None
+        """The probe's response (one token, its text and logprobs), held until `write` starts the step with it."""
         self._stream: Any = None
-        """The streamed request of the step being written (started by a probe or by `write`)."""
-        self._first: Any = None
-        """The probe stream's first chunk, held until `write` reads it."""
+        """The streamed request writing the rest of the step."""
 
     @property
     def context_tokens(self) -> int:
@@ -254,7 +256,7 @@ class OpenAISession(ModelSession):
     def _request(self, max_tokens: int, stop: Sequence[str], logprobs: int | None, stream: bool = True,
                  constrained: bool = False) -> dict:
         request: dict[str, Any] = {
-            "prompt": self._context, "max_tokens": max_tokens, "temperature": self._sampling.temperature,
+            "prompt": self._context + self._pending, "max_tokens": max_tokens, "temperature": self._sampling.temperature,
             "top_p": self._sampling.top_p, "stream": stream,
             "extra_body": {"include_stop_str_in_output": True, "return_tokens_as_token_ids": True},
             "extra_headers": {SESSION_HEADER: self._conversation},
@@ -279,22 +281,19 @@ class OpenAISession(ModelSession):
 
     def _count(self, usage: Any) -> None:
         """Add a server's usage report to this model's totals (prefix-cache hits excluded)."""
-        details = usage.prompt_tokens_details
-        self.input_tokens += usage.prompt_tokens - ((details.cached_tokens or 0) if details else 0)
+        self.input_tokens += _uncached(usage)
         self.output_tokens += usage.completion_tokens
 
     async def probe(self, top_k: int | None, max_tokens: int, stop: Sequence[str]) -> TokenDistribution:
-        if self._stream is None:  # the probe starts the step, reading the first token's top-k
-            self._stream = await self._server.create(**self._request(max_tokens, stop, top_k or -1))
-            self._first = await self._next()
-            logprobs = self._first.choices[0].logprobs if self._first and self._first.choices else None
-            if logprobs is None or not logprobs.top_logprobs:
-                return TokenDistribution((0.0,), vocab_size=self._server.vocab_size)  # ended at once
-            return _distribution(logprobs.top_logprobs[0], top_k, self._server.vocab_size)
-        # escalation: a one-token request for more of the same distribution (same context)
-        response = await self._server.create(**self._request(1, (), top_k or -1, stream=False))
+        first = self._probe is None  # later calls (escalations) ask again for more of the same distribution
+        response = await self._server.create(**self._request(1, stop if first else (), top_k or -1, stream=False))
         self._count(response.usage)
-        return _distribution(response.choices[0].logprobs.top_logprobs[0], top_k, self._server.vocab_size)
+        if first:
+            self._probe = response
+        logprobs = response.choices[0].logprobs
+        if logprobs is None or not logprobs.top_logprobs:
+            return TokenDistribution((0.0,), vocab_size=self._server.vocab_size)  # ended at once
+        return _distribution(logprobs.top_logprobs[0], top_k, self._server.vocab_size)
 
     def write(self, max_tokens: int, stop: Sequence[str], measure: bool = False,
               constrained: bool = False) -> StepWriter:
@@ -313,16 +312,21 @@ class OpenAISession(ModelSession):
         self._context += self._pending
         self._context_tokens += self._pending_tokens
         self._pending, self._pending_tokens = "", 0
-        self._stream = self._first = None
+        self._stream = self._probe = None
 
     async def discard(self) -> None:
+        await self._close_stream(sent_tokens=1)
         self._pending, self._pending_tokens = "", 0
-        if self._stream is not None:  # closing the stream makes the server abort the request
+        self._probe = None
+
+    async def _close_stream(self, sent_tokens: int) -> None:
+        """Close the step's stream, if open (the server aborts the request).  An aborted stream
+        reports no usage: count its whole context and the tokens it sent."""
+        if self._stream is not None:
             await _sync.on_background_loop(self._stream.close())
-            # an aborted stream reports no usage: count its whole context and the token it sent
-            self.input_tokens += self._context_tokens
-            self.output_tokens += 1
-        self._stream = self._first = None
+            self.input_tokens += self._context_tokens + self._pending_tokens
+            self.output_tokens += sent_tokens
+            self._stream = None
 
     async def append_text(self, text: str) -> None:
         await self.discard()
@@ -349,41 +353,79 @@ class _OpenAIWriter(StepWriter):
 
     async def __aiter__(self) -> AsyncIterator[str]:
         session = self._session
-        if session._stream is None:  # no probe: start the step now
-            session._stream = await session._server.create(
-                **session._request(self.max_tokens, self.stop, session._server.measure_top_k if self.measure else None,
-                                   constrained=self._constrained))
-            session._first = await session._next()
-        chunk, session._first = session._first, None
-        finish, stop_reason, streamed = None, None, 0
+        probe, session._probe = session._probe, None
+        head = ""
+        if probe is not None:  # the probe's token starts the step
+            self.prefill_tokens = _uncached(probe.usage)
+            self.tokens = probe.usage.completion_tokens
+            choice = probe.choices[0]
+            head = choice.text
+            self._measure(choice.logprobs)
+            session._pending, session._pending_tokens = head, self.tokens
+            if head:
+                yield head
+            if choice.finish_reason == "stop" or self.tokens >= self.max_tokens:
+                self.end = _end(choice.finish_reason, (choice.model_extra or {}).get("stop_reason"))
+                return
+        session._stream = await session._server.create(**session._request(
+            self.max_tokens - self.tokens, self.stop, session._server.measure_top_k if self.measure else None,
+            constrained=self._constrained))
+        chunk = await session._next()
+        finish, stop_reason, streamed, tail = None, None, 0, ""
         while chunk is not None:
             if chunk.choices:
                 choice = chunk.choices[0]
                 streamed += max(1, len(choice.logprobs.tokens)) if choice.logprobs else 1
-                if self.measure and choice.logprobs:
-                    for top, logprob in zip(choice.logprobs.top_logprobs, choice.logprobs.token_logprobs):
-                        bounds = _distribution(top, session._server.measure_top_k, session._server.vocab_size).bounds()
-                        self.token_entropies.append((bounds.lower + bounds.upper) / 2)
-                        self.token_logprobs.append(logprob)
+                self._measure(choice.logprobs)
                 finish = choice.finish_reason or finish
                 stop_reason = (choice.model_extra or {}).get("stop_reason", stop_reason)
-                if choice.text:
-                    session._pending += choice.text
-                    yield choice.text
+                text = choice.text or ""
+                if head and len(tail) < max(map(len, self.stop), default=0):  # a stop string may begin in the probe token
+                    cut = stop_across(head, tail + text, self.stop)
+                    if cut is not None:
+                        text = text[:cut - len(head) - len(tail)]
+                        session._pending += text
+                        yield text
+                        await session._close_stream(sent_tokens=streamed)
+                        self.tokens += streamed
+                        session._pending_tokens = self.tokens
+                        self.end = "stop_string"
+                        return
+                    tail += text
+                if text:
+                    session._pending += text
+                    yield text
             if chunk.usage is not None:  # the last chunk: exact counts
                 session._count(chunk.usage)
-                self.tokens = chunk.usage.completion_tokens
-                details = chunk.usage.prompt_tokens_details
-                cached = (details.cached_tokens or 0) if details else 0
-                self.prefill_tokens = chunk.usage.prompt_tokens - cached
+                streamed = chunk.usage.completion_tokens
+                self.prefill_tokens += _uncached(chunk.usage)
                 # a vllm serve that drafts, started with --per-request-spec-decode-metrics, reports them
                 drafting = ((chunk.model_extra or {}).get("metrics") or {}).get("speculative_decoding")
                 if drafting:
                     self.drafted_tokens = drafting["num_draft_tokens"]
                     self.accepted_tokens = drafting["num_accepted_draft_tokens"]
             chunk = await session._next()
-        self.tokens = self.tokens or streamed
+        self.tokens += streamed
         session._pending_tokens = self.tokens
         session._stream = None
-        self.end = "max_tokens" if finish == "length" else "stop_string" if isinstance(stop_reason, str) \
-            else "end_of_text"
+        self.end = _end(finish, stop_reason)
+
+    def _measure(self, logprobs: Any) -> None:
+        """Record each token's entropy (midpoint of its bounds) and logprob, when measuring."""
+        if not (self.measure and logprobs):
+            return
+        server = self._session._server
+        for top, logprob in zip(logprobs.top_logprobs, logprobs.token_logprobs):
+            bounds = _distribution(top, server.measure_top_k, server.vocab_size).bounds()
+            self.token_entropies.append((bounds.lower + bounds.upper) / 2)
+            self.token_logprobs.append(logprob)
+
+
+def _end(finish: str | None, stop_reason: Any) -> str:
+    return "max_tokens" if finish == "length" else "stop_string" if isinstance(stop_reason, str) else "end_of_text"
+
+
+def _uncached(usage: Any) -> int:
+    """Prompt tokens a request's usage says the server computed (prefix-cache hits excluded)."""
+    details = usage.prompt_tokens_details
+    return usage.prompt_tokens - ((details.cached_tokens or 0) if details else 0)
