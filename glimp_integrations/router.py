@@ -469,12 +469,12 @@ def normalize_messages(prompt: Prompt) -> list[Message]:
     """Check a question or a message list and return it as a message list."""
     if isinstance(prompt, str):
         if not prompt.strip():
-            raise GlimpInputError("`prompt` is an empty question; got ''. Pass the question text.")
+            raise GlimpInputError("`prompt` is an empty question; got ''. Pass the question text.", parameter="prompt")
         return [{"role": "user", "content": prompt}]
     if not isinstance(prompt, Sequence) or isinstance(prompt, (bytes, bytearray)):
         raise GlimpInputError(
             f"`prompt` must be a question (str) or a list of chat messages; got {type(prompt).__name__}. "
-            'Pass e.g. [{"role": "user", "content": "..."}].')
+            'Pass e.g. [{"role": "user", "content": "..."}].', parameter="prompt")
     messages: list[Message] = []
     for position, message in enumerate(prompt):
         role = message.get("role") if isinstance(message, Mapping) else None
@@ -482,17 +482,20 @@ def normalize_messages(prompt: Prompt) -> list[Message]:
         if role not in ("system", "user", "assistant", "tool"):
             raise GlimpInputError(
                 f"`prompt[{position}]['role']` must be system, user, assistant or tool; got {role!r}. "
-                "Fix the message's role.")
+                "Fix the message's role.", parameter=f"prompt[{position}]['role']")
         if not isinstance(content, str):
             raise GlimpInputError(
                 f"`prompt[{position}]['content']` must be text; got {type(content).__name__}. "
-                "Glimp routes text only: pass the text content (images and audio are not supported).")
+                "Glimp routes text only: pass the text content (images and audio are not supported).",
+                parameter=f"prompt[{position}]['content']")
         messages.append(dict(message))
     if not messages:
-        raise GlimpInputError("`prompt` is an empty message list; got []. Pass at least one user message.")
+        raise GlimpInputError("`prompt` is an empty message list; got []. Pass at least one user message.",
+                              parameter="prompt")
     if not any(m["role"] == "user" for m in messages):
         roles = [m["role"] for m in messages]
-        raise GlimpInputError(f"`prompt` has no user message; got roles {roles}. Add the user's question.")
+        raise GlimpInputError(f"`prompt` has no user message; got roles {roles}. Add the user's question.",
+                              parameter="prompt")
     return messages
 
 

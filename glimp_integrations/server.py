@@ -113,11 +113,11 @@ def _tool_choice(choice: Any) -> str:
     return name
 
 
-def _parameter_of(message: str) -> str | None:
-    """The parameter a Glimp error message names first (`name` in backquotes), if any."""
-    start = message.find("`")
-    end = message.find("`", start + 1)
-    return message[start + 1:end] if start >= 0 and end > start else None
+def _openai_param(parameter: str | None) -> str | None:
+    """A Glimp error's parameter as the request names it: the router's `prompt` is `messages`."""
+    if parameter and parameter.startswith("prompt"):
+        return "messages" + parameter.removeprefix("prompt")
+    return parameter
 
 
 class Metrics:
@@ -419,7 +419,7 @@ async def _first_event(events: AsyncIterator[RouterEvent]) -> RouterEvent:
         return await events.__anext__()
     except (GlimpConfigError, GlimpInputError) as error:
         await events.aclose()
-        raise RequestError(400, str(error), _parameter_of(str(error))) from error
+        raise RequestError(400, str(error), _openai_param(error.parameter)) from error
     except GlimpRunError as error:
         await events.aclose()
         raise RequestError(502, str(error), kind="server_error") from error

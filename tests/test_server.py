@@ -107,6 +107,13 @@ def test_a_bad_field_is_an_openai_error_that_names_it_and_the_server_keeps_servi
     assert httpx.post(scripted_url + "/chat/completions", json={"model": "glimp", "messages": QUESTION}).status_code == 200
 
 
+def test_a_bad_message_is_an_error_naming_its_place_in_messages(scripted_url):
+    body = {"model": "glimp", "messages": [{"role": "user", "content": "Hi"}, {"role": "robot", "content": "Hi"}]}
+    response = httpx.post(scripted_url + "/chat/completions", json=body)
+    error = response.json()["error"]
+    assert (response.status_code, error["param"]) == (400, "messages[1]['role']") and "'robot'" in error["message"]
+
+
 def test_models_health_and_metrics(scripted_url):
     models = openai.OpenAI(base_url=scripted_url, api_key="unused").models.list().data
     assert [m.id for m in models] == ["glimp"] and models[0].model_extra["large_model"] == "scripted-large"

@@ -283,5 +283,4 @@ def check_prompt_fits(role: Role, model_name: str, prompt_tokens: int, context_w
         raise ContextLengthError(
             f"`messages` renders to {prompt_tokens} tokens for the {role} model `{model_name}`, "
             f"whose context window is {context_window} tokens. Shorten the conversation "
-            f"(drop earlier turns or long documents) or use a model with a longer context."
-        )
+            f"(drop earlier turns or long documents) or use a model with a longer context.", parameter="messages")
