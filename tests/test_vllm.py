@@ -37,7 +37,7 @@ def test_routed_run_probes_top_k_and_keeps_the_probe_token(vllm_router):
     assert sum(trace.tokens_by_model.values()) == trace.completion_tokens
     for step in trace.steps:
         probe = step.probe
-        assert probe.top_k is None or probe.top_k <= 100
+        assert probe.top_k is None or probe.top_k <= 1000
         if probe.basis == "bounds":  # certified: both bounds on the side of the decision
             assert (probe.h_lower > 0.9) if step.model == "large" else (probe.h_upper <= 0.9)
         else:
