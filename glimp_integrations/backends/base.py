@@ -220,14 +220,29 @@ class StopScanner:
         return any(s in text[start:] for s in self._stop)
 
 
-def stop_across(head: str, tail: str, stops: Sequence[str]) -> int | None:
-    """In `head + tail`, the end of the first stop string that begins in `head` and ends in
-    `tail`, or None.  A step continued by a second request (after its probe token, `head`)
-    needs this: the engine matches stop strings in that request's own text only."""
-    text = head + tail
-    ends = [start + len(stop) for stop in stops
-            if 0 <= (start := text.find(stop, max(0, len(head) - len(stop) + 1))) < len(head)]
-    return min(ends, default=None)
+class StopAcrossRequests:
+    """Finds a stop string that begins in a step's first token (`head`, written by the probe's
+    request) and ends in the text a second request writes after it: an engine matches stop
+    strings within one request's own text only."""
+
+    def __init__(self, head: str, stop: Sequence[str]) -> None:
+        self._head = head
+        self._stop = tuple(s for s in stop if s)
+        self._longest = max((len(s) for s in self._stop), default=0)
+        self._tail = ""
+
+    def cut(self, text: str) -> str | None:
+        """The next piece of the second request's text, kept up to the end of such a stop string;
+        None when none ends in it (then the piece is all the step's)."""
+        if not self._head or len(self._tail) >= self._longest:  # no stop can reach back into the head
+            return None
+        head, joined = len(self._head), self._head + self._tail + text
+        ends = [start + len(s) for s in self._stop
+                if 0 <= (start := joined.find(s, max(0, head - len(s) + 1))) < head]
+        if ends:
+            return text[:min(ends) - head - len(self._tail)]
+        self._tail += text
+        return None
 
 
 def render_think_suffix(prompt: str, open_think: bool) -> str:

@@ -32,12 +32,12 @@ from glimp_integrations.backends.base import (
     ModelSession,
     SessionSpec,
     StepWriter,
+    StopAcrossRequests,
     TokenDistribution,
     check_prompt_fits,
     health_problem,
     knows_think_tags,
     render_chat_prompt,
-    stop_across,
 )
 from glimp_integrations.config import Role
 from glimp_integrations.errors import GlimpConfigError, require_module
@@ -371,7 +371,8 @@ class _OpenAIWriter(StepWriter):
             self.max_tokens - self.tokens, self.stop, session._server.measure_top_k if self.measure else None,
             constrained=self._constrained))
         chunk = await session._next()
-        finish, stop_reason, streamed, tail = None, None, 0, ""
+        finish, stop_reason, streamed = None, None, 0
+        boundary = StopAcrossRequests(head, self.stop)
         while chunk is not None:
             if chunk.choices:
                 choice = chunk.choices[0]
@@ -380,18 +381,15 @@ class _OpenAIWriter(StepWriter):
                 finish = choice.finish_reason or finish
                 stop_reason = (choice.model_extra or {}).get("stop_reason", stop_reason)
                 text = choice.text or ""
-                if head and len(tail) < max(map(len, self.stop), default=0):  # a stop string may begin in the probe token
-                    cut = stop_across(head, tail + text, self.stop)
-                    if cut is not None:
-                        text = text[:cut - len(head) - len(tail)]
-                        session._pending += text
-                        yield text
-                        await session._close_stream(sent_tokens=streamed)
-                        self.tokens += streamed
-                        session._pending_tokens = self.tokens
-                        self.end = "stop_string"
-                        return
-                    tail += text
+                kept = boundary.cut(text)
+                if kept is not None:
+                    session._pending += kept
+                    yield kept
+                    await session._close_stream(sent_tokens=streamed)
+                    self.tokens += streamed
+                    session._pending_tokens = self.tokens
+                    self.end = "stop_string"
+                    return
                 if text:
                     session._pending += text
                     yield text

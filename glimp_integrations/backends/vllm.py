@@ -39,13 +39,13 @@ from glimp_integrations.backends.base import (
     ModelSession,
     SessionSpec,
     StepWriter,
+    StopAcrossRequests,
     TokenDistribution,
     check_prompt_fits,
     health_problem,
     knows_think_tags,
     render_chat_prompt,
     resolve_model_name,
-    stop_across,
     token_texts,
 )
 from glimp_integrations.config import Role
@@ -421,17 +421,15 @@ class _VLLMWriter(StepWriter):
         output = await request.next()
         if output is not None:
             self.prefill_tokens += request.prompt_len - (output.num_cached_tokens or 0)
-        tail = ""
+        boundary = StopAcrossRequests(head, self.stop)
         while output is not None:
             text = self._take(output)
-            if head and len(tail) < max(map(len, self.stop), default=0):  # a stop string may begin in the probe token
-                cut = stop_across(head, tail + text, self.stop)
-                if cut is not None:
-                    yield text[:cut - len(head) - len(tail)]
-                    self.end = "stop_string"
-                    await request.abort()
-                    return
-                tail += text
+            kept = boundary.cut(text)
+            if kept is not None:
+                yield kept
+                self.end = "stop_string"
+                await request.abort()
+                return
             if text:
                 yield text
             if output.finished:
