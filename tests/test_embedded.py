@@ -11,10 +11,9 @@ import pytest
 
 from glimp_integrations import ContextLengthError
 from tests.constrained_cases import CASES, run_and_check
+from tests.step_cases import QUESTION
 
 pytestmark = pytest.mark.embedded
-
-QUESTION = "Tom has 3 apples and buys 4 more. How many apples does he have? Think step by step."
 
 
 def test_routed_run_on_the_real_model_uses_both_models_and_reuses_caches(embedded_router):

@@ -23,10 +23,9 @@ from glimp_integrations import (
 )
 from glimp_integrations.embedded import embedded_model_dir
 from tests.constrained_cases import CASES, run_and_check
-from tests.step_cases import check_stop_beginning_in_the_probe_token
+from tests.step_cases import QUESTION, check_stop_beginning_in_the_probe_token
 
 pytestmark = [pytest.mark.vllm, pytest.mark.embedded]
-QUESTION = "Tom has 3 apples and buys 4 more. How many apples does he have? Think step by step."
 
 
 def _free_port() -> int:

@@ -7,10 +7,9 @@ import pytest
 
 from glimp_integrations import GlimpConfigError, GlimpRouter, StepFinished, TokenDelta
 from tests.constrained_cases import CASES, run_and_check
-from tests.step_cases import check_stop_beginning_in_the_probe_token
+from tests.step_cases import QUESTION, check_stop_beginning_in_the_probe_token
 
 pytestmark = [pytest.mark.vllm, pytest.mark.embedded]
-QUESTION = "Tom has 3 apples and buys 4 more. How many apples does he have? Think step by step."
 
 
 async def _settles_idle(engine, seconds: float = 2.5) -> bool:
