@@ -1,13 +1,14 @@
 """GlimpRouter: the routing loop of the paper (arXiv 2601.05110, Algorithm 1) in one place.
 
 For every step of the response:
-1. probe: the small model (SLM) samples the step's first token; H_init is the entropy (nats) of
-   that token's distribution at temperature 1.  Backends that return only top-k logprobs give
-   entropy bounds; more logprobs are asked for only while the bounds straddle the threshold, so
-   every decision equals the one the exact entropy would give;
-2. route: H_init <= threshold -> delegate, the SLM writes the step and keeps the probe token as
-   its first token; H_init > threshold -> intervene, the large model (LLM) writes the step from
-   the same context (the probe token is dropped);
+1. probe: the small model (SLM) computes the distribution of the step's first token; H_init is
+   its entropy (nats) at temperature 1.  Backends that return only top-k logprobs give entropy
+   bounds; more logprobs are asked for only while the bounds straddle the threshold, so every
+   decision equals the one the exact entropy would give;
+2. route: H_init <= threshold -> delegate, the SLM writes the step, its first token drawn from
+   that distribution (transformers keeps the token the probe sampled; vLLM and servers sample it
+   again in the step's request); H_init > threshold -> intervene, the large model (LLM) writes
+   the step from the same context;
 3. commit: the writer keeps its tokens (and their KV cache); the other model is handed the step
    as text and processes it only when it next writes (a switch costs the prefill of the tokens
    that model has not seen, not of the whole context).
@@ -367,7 +368,7 @@ class _Run:
             top_k=None if exact else len(distribution.top_logprobs), escalations=escalations,
             seconds=time.perf_counter() - started)
         if choice is Verdict.INTERVENE:
-            await small.discard()  # the probe token is not the large model's to keep
+            await small.discard()  # a probe token the small model holds is not the large model's to keep
         return probe, choice
 
     async def _write(self, writer: ModelSession, index: int, phase: str, decision: str,

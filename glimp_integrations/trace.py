@@ -2,9 +2,8 @@
 
 Vocabulary (used throughout Glimp):
 - step: a span of the response that ends at the step separator (a blank line by default);
-- probe: the small model's first token of a step and its distribution; H_init is that
-  distribution's entropy in nats;
-- delegate: the small model writes the step (the probe token is kept as its first token);
+- probe: the small model's distribution of a step's first token; H_init is its entropy in nats;
+- delegate: the small model writes the step, its first token drawn from that distribution;
 - intervene: the large model writes the step from the same context;
 - intervention rate: the share of routed steps written by the large model.
 """
@@ -53,7 +52,7 @@ class StepTrace:
     phase: Phase
     text: str
     tokens: int
-    """Tokens in the step (the probe token included when delegated)."""
+    """Tokens in the step."""
     prefill_tokens: int
     """Context tokens the writer had to process before writing (what it had not seen yet)."""
     decision: Literal["delegate", "intervene", "forced"]

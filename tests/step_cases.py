@@ -1,4 +1,4 @@
-"""A check that any real streaming backend must pass: a stop string that begins in the probe's token."""
+"""Checks that any real streaming backend must pass: a probe only measures."""
 
 from __future__ import annotations
 
@@ -9,26 +9,26 @@ QUESTION = "Tom has 3 apples and buys 4 more. How many apples does he have? Thin
 """The question the real-backend tests route (on the embedded pair its steps go to both models)."""
 
 
-async def _first_step(backend: Backend, stop: tuple[str, ...]) -> tuple[list[str], object]:
-    """The small model's first step, greedy, started by a probe: its text pieces and its writer."""
+async def _first_step(backend: Backend, probes: tuple[int | None, ...], stop: tuple[str, ...]) -> tuple[str, list]:
+    """The small model's first step, greedy, after probing with each of `probes` in turn (as a
+    climb up the ladder does): its text, and the distributions the probes returned."""
     spec = SessionSpec([{"role": "user", "content": QUESTION}], SamplingConfig(temperature=0), None, False)
     session = await backend.open_session("small", spec)
     try:
-        await session.probe(20, 40, stop)
-        writer = session.write(40, stop)
-        return [piece async for piece in writer], writer
+        distributions = [await session.probe(top_k, 40, stop) for top_k in probes]
+        return "".join([piece async for piece in session.write(40, stop)]), distributions
     finally:
         await session.aclose()
 
 
-async def check_stop_beginning_in_the_probe_token(backend: Backend) -> None:
-    """The probe's token and the rest of the step come from two requests; a stop string that
-    begins in the first must still end the step, right after it."""
-    pieces, _ = await _first_step(backend, ())
-    head, text = pieces[0], "".join(pieces)
-    assert head and len(text) > len(head) + 2, pieces
-    stop = head[-1] + text[len(head):len(head) + 2]
-    assert text.find(stop) == len(head) - 1  # it begins in the probe's token, and nowhere earlier
-    pieces, writer = await _first_step(backend, (stop,))
-    assert "".join(pieces) == text[:len(head) + 2]
-    assert writer.end == "stop_string"
+async def check_probes_leave_the_step_as_it_would_be(backend: Backend) -> None:
+    """Probes, escalated to the whole vocabulary, measure the step's first token without changing
+    the step the small model then writes, or where its stop string ends it."""
+    plain, _ = await _first_step(backend, (), ())
+    probed, (top, whole) = await _first_step(backend, (20, None), ())
+    assert probed == plain and len(plain) > 4
+    assert len(top.top_logprobs) == 20 and whole.is_full
+    assert max(abs(a - b) for a, b in zip(top.top_logprobs, whole.top_logprobs)) < 1e-3
+    stop = plain[2:4]  # ends the step after its first four characters
+    stopped, _ = await _first_step(backend, (20,), (stop,))
+    assert stopped == plain[:plain.find(stop) + len(stop)]

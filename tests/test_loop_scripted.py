@@ -98,7 +98,7 @@ def test_top_k_probes_escalate_only_when_the_bounds_straddle_the_threshold():
     router, backend = scripted_router(
         [step("far below\n\n", 0.05, tail="zipf"), step("near tau\n\n", 0.88, tail="zipf"),
          step("far above\n\n", 4.0, tail="zipf")],
-        [step("large step\n\n")], top_k_only=True, threshold=0.9)
+        [step("large step\n\n")], top_k_only=True, threshold=0.9, probe_ladder=(20, 1000, None))
     trace = router.run("q")
     probes = [s.probe for s in trace.steps]
     assert [p.escalations for p in probes[:3]] == [0, probes[1].escalations, 0]
@@ -113,7 +113,8 @@ def test_top_k_probes_escalate_only_when_the_bounds_straddle_the_threshold():
 @pytest.mark.parametrize("cap, ladder", [(20, [20]), (50, [20, 50]), (100, [20, 100])])
 def test_a_capped_backend_climbs_to_its_cap_then_decides_from_the_midpoint(cap, ladder):
     steps = [step("far below\n\n", 0.05, tail="zipf"), step("near tau\n\n", 0.8999, tail="zipf")]
-    router, backend = scripted_router(steps, [step("large step\n\n")], max_top_k=cap, threshold=0.9)
+    router, backend = scripted_router(steps, [step("large step\n\n")], max_top_k=cap, threshold=0.9,
+                                      probe_ladder=(20, 1000, None))
     far, near = (s.probe for s in router.run("q").steps[:2])
     assert far.basis == "bounds" and far.escalations == 0
     asked = [k for _, k in backend.probe_requests]

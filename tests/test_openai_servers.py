@@ -23,7 +23,7 @@ from glimp_integrations import (
 )
 from glimp_integrations.embedded import embedded_model_dir
 from tests.constrained_cases import CASES, run_and_check
-from tests.step_cases import QUESTION, check_stop_beginning_in_the_probe_token
+from tests.step_cases import QUESTION, check_probes_leave_the_step_as_it_would_be
 
 pytestmark = [pytest.mark.vllm, pytest.mark.embedded]
 
@@ -89,7 +89,7 @@ def test_routed_run_against_the_server(router):
         if probe.basis == "bounds":
             assert (probe.h_lower > 0.9) if step.model == "large" else (probe.h_upper <= 0.9)
         assert step.tokens > 0 and step.prefill_tokens > 0
-    assert trace.steps[0].probe.top_k == 20
+    assert trace.steps[0].probe.top_k == 1000  # the ladder's first rung
 
 
 def test_straddling_probe_escalates_on_the_server(router):
@@ -100,8 +100,8 @@ def test_straddling_probe_escalates_on_the_server(router):
     assert probe.h_lower > middle or probe.h_upper <= middle
 
 
-async def test_a_stop_string_beginning_in_the_probe_token_ends_the_step_on_the_server(router):
-    await check_stop_beginning_in_the_probe_token(router.backend)
+async def test_probes_leave_the_small_models_step_as_it_would_be_on_the_server(router):
+    await check_probes_leave_the_step_as_it_would_be(router.backend)
 
 
 def test_a_server_capping_logprobs_is_probed_within_its_cap(server_url, caplog):

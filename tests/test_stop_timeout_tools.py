@@ -3,7 +3,6 @@
 import pytest
 
 from glimp_integrations import GlimpRunError, TokenDelta
-from glimp_integrations.backends.base import StopAcrossRequests
 from glimp_integrations.errors import GlimpTimeoutError
 from glimp_integrations.tools import parse_tool_calls, prepare_messages
 from tests.conftest import scripted_router, step
@@ -21,18 +20,6 @@ def test_stop_sequence_ends_the_run_before_it_and_is_never_streamed():
     assert trace.finish_reason == "stop" and len(trace.steps) == 2
     streamed = "".join(e.text for e in events if isinstance(e, TokenDelta))
     assert "Observation" not in streamed and streamed == "Thought: add.\n\nIt is 7. "
-
-
-@pytest.mark.parametrize(("head", "pieces", "cuts"), [
-    ("ok\n", ["\nNext"], ["\n"]),             # "\n" + "\n" straddles: the step ends right after it
-    ("x<", ["|", ">rest"], [None, ">"]),       # a longer stop, across the head and two pieces
-    ("ok\n", ["x\n", "\n"], [None, None]),    # wholly in the second request: the engine's to find
-    ("ok", ["\n", "\n"], [None, None]),        # nothing of a stop in the head
-    ("a\n\nb", ["c"], [None]),                 # wholly in the head: the probe's request ended there
-])
-def test_a_stop_beginning_in_the_probe_token_is_cut_where_it_ends(head, pieces, cuts):
-    boundary = StopAcrossRequests(head, ["\n\n", "<|>", ""])  # an empty stop never matches
-    assert [boundary.cut(piece) for piece in pieces] == cuts
 
 
 def test_stop_sequences_apply_to_the_answer_not_the_reasoning_in_think_mode():

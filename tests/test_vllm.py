@@ -7,7 +7,7 @@ import pytest
 
 from glimp_integrations import GlimpConfigError, GlimpRouter, StepFinished, TokenDelta
 from tests.constrained_cases import CASES, run_and_check
-from tests.step_cases import QUESTION, check_stop_beginning_in_the_probe_token
+from tests.step_cases import QUESTION, check_probes_leave_the_step_as_it_would_be
 
 pytestmark = [pytest.mark.vllm, pytest.mark.embedded]
 
@@ -30,7 +30,7 @@ def vllm_router():
     router.close()
 
 
-def test_routed_run_probes_top_k_and_keeps_the_probe_token(vllm_router):
+def test_routed_run_probes_top_k_and_decides_on_certified_bounds(vllm_router):
     trace = vllm_router.run(QUESTION, reasoning_budget=80)
     assert trace.steps and trace.completion_tokens <= 80
     assert sum(trace.tokens_by_model.values()) == trace.completion_tokens
@@ -43,12 +43,12 @@ def test_routed_run_probes_top_k_and_keeps_the_probe_token(vllm_router):
             assert (probe.h_init > 0.9) == (step.model == "large")
         assert step.tokens > 0 and 0 < step.prefill_tokens <= trace.prompt_tokens + trace.completion_tokens
     first_probe = trace.steps[0].probe
-    assert first_probe.basis == "bounds" and first_probe.top_k == 20
+    assert first_probe.basis == "bounds" and first_probe.top_k == 1000  # the ladder's first rung
 
 
 def test_straddling_probe_escalates_to_more_logprobs(vllm_router):
     first = vllm_router.run(QUESTION, reasoning_budget=8).steps[0].probe
-    assert first.h_upper > first.h_lower  # top-20 does not pin the entropy down
+    assert first.h_upper > first.h_lower  # top-1000 does not pin the entropy down
     middle = (first.h_lower + first.h_upper) / 2
     probe = vllm_router.run(QUESTION, reasoning_budget=8, threshold=middle).steps[0].probe
     assert probe.escalations >= 1
@@ -56,8 +56,8 @@ def test_straddling_probe_escalates_to_more_logprobs(vllm_router):
     assert probe.h_lower > middle or probe.h_upper <= middle  # settled, on one side
 
 
-async def test_a_stop_string_beginning_in_the_probe_token_ends_the_step(vllm_router):
-    await check_stop_beginning_in_the_probe_token(vllm_router.backend)
+async def test_probes_leave_the_small_models_step_as_it_would_be(vllm_router):
+    await check_probes_leave_the_step_as_it_would_be(vllm_router.backend)
 
 
 async def test_seeded_runs_whose_prompts_fill_more_than_a_step_keep_the_engine_alive(vllm_router):

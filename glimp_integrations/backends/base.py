@@ -112,19 +112,19 @@ class ModelSession(abc.ABC):
 
     @abc.abstractmethod
     async def probe(self, top_k: int | None, max_tokens: int, stop: Sequence[str]) -> TokenDistribution:
-        """Distribution of the next token after the committed context; samples that token.
+        """Distribution of the next token after the committed context, at temperature 1.
 
-        The sampled token becomes the first pending token, so a following `write` (with the same
-        `max_tokens` and `stop`) keeps it as the step's first token; a backend that streams may
-        start writing the step right away and stop only if the step goes elsewhere.  Calling
-        again with a larger `top_k` (None: the whole vocabulary) returns more of the same
-        distribution and keeps the same token.
+        A backend may sample that token and hold it, so that a following `write` (with the same
+        `max_tokens` and `stop`) starts the step with it (transformers: the probe's forward pass
+        is the step's first); or keep nothing, and the `write` samples the first token again from
+        the same distribution (vLLM, servers: then a step is one request).  Calling again with a
+        larger `top_k` (None: the whole vocabulary) returns more of the same distribution.
         """
 
     @abc.abstractmethod
     def write(self, max_tokens: int, stop: Sequence[str], measure: bool = False,
               constrained: bool = False) -> StepWriter:
-        """Write up to `max_tokens` tokens (the probe token included), ending after the first
+        """Write up to `max_tokens` tokens (a held probe token included), ending after the first
         stop string (kept in the text) or at the end of text; `measure` records per-token
         entropies and logprobs; `constrained` restricts the tokens to the session's
         `SessionSpec.constraint` grammar (the answer; never after a probe)."""
@@ -141,7 +141,7 @@ class ModelSession(abc.ABC):
 
     @abc.abstractmethod
     async def discard(self) -> None:
-        """Drop the pending tokens (and a sampled probe token); stop a step still being written."""
+        """Drop the pending tokens (and a held probe token); stop a step still being written."""
 
     @abc.abstractmethod
     async def append_text(self, text: str) -> None:
@@ -218,31 +218,6 @@ class StopScanner:
         start = max(0, self._scanned - self._longest + 1)
         self._scanned = len(text)
         return any(s in text[start:] for s in self._stop)
-
-
-class StopAcrossRequests:
-    """Finds a stop string that begins in a step's first token (`head`, written by the probe's
-    request) and ends in the text a second request writes after it: an engine matches stop
-    strings within one request's own text only."""
-
-    def __init__(self, head: str, stop: Sequence[str]) -> None:
-        self._head = head
-        self._stop = tuple(s for s in stop if s)
-        self._longest = max((len(s) for s in self._stop), default=0)
-        self._tail = ""
-
-    def cut(self, text: str) -> str | None:
-        """The next piece of the second request's text, kept up to the end of such a stop string;
-        None when none ends in it (then the piece is all the step's)."""
-        if not self._head or len(self._tail) >= self._longest:  # no stop can reach back into the head
-            return None
-        head, joined = len(self._head), self._head + self._tail + text
-        ends = [start + len(s) for s in self._stop
-                if 0 <= (start := joined.find(s, max(0, head - len(s) + 1))) < head]
-        if ends:
-            return text[:min(ends) - head - len(self._tail)]
-        self._tail += text
-        return None
 
 
 def render_think_suffix(prompt: str, open_think: bool) -> str:

@@ -6,9 +6,9 @@ top-k bounds straddle the threshold can be settled over the whole vocabulary.  R
 completions endpoint with the prompt rendered from each model's own chat template (a tokenizer
 loaded locally: the served model's path or id, or the one given), then the steps so far.
 
-As with the in-process vLLM backend, a probe is a one-token request with `top_logprobs`; when the
-small model writes the step, its token starts the step and a streamed request without logprobs
-writes the rest (a whole step streamed with logprobs would carry k of them per token, each to be
+As with the in-process vLLM backend, a probe only measures: a one-token request with
+`top_logprobs`, whose token is not kept; the step, by whichever model, is one streamed request
+without logprobs (a whole step streamed with logprobs would carry k of them per token, each to be
 detokenized by the server and sent as JSON).  Connection errors, timeouts and
 5xx answers are retried with backoff by the `openai` client; a server that stays unreachable
 raises `ServerError` naming it, and the router turns that into a `GlimpRunError` carrying the
@@ -32,7 +32,6 @@ from glimp_integrations.backends.base import (
     ModelSession,
     SessionSpec,
     StepWriter,
-    StopAcrossRequests,
     TokenDistribution,
     check_prompt_fits,
     health_problem,
@@ -244,8 +243,6 @@ class OpenAISession(ModelSession):
         self._context_tokens = prompt_tokens
         self._pending = ""
         self._pending_tokens = 0
-        self._probe: Any = None
-        """The probe's response (one token, its text and logprobs), held until `write` starts the step with it."""
         self._stream: Any = None
         """The streamed request writing the rest of the step."""
 
@@ -285,11 +282,8 @@ class OpenAISession(ModelSession):
         self.output_tokens += usage.completion_tokens
 
     async def probe(self, top_k: int | None, max_tokens: int, stop: Sequence[str]) -> TokenDistribution:
-        first = self._probe is None  # later calls (escalations) ask again for more of the same distribution
-        response = await self._server.create(**self._request(1, stop if first else (), top_k or -1, stream=False))
+        response = await self._server.create(**self._request(1, (), top_k or -1, stream=False))
         self._count(response.usage)
-        if first:
-            self._probe = response
         logprobs = response.choices[0].logprobs
         if logprobs is None or not logprobs.top_logprobs:
             return TokenDistribution((0.0,), vocab_size=self._server.vocab_size)  # ended at once
@@ -312,21 +306,17 @@ class OpenAISession(ModelSession):
         self._context += self._pending
         self._context_tokens += self._pending_tokens
         self._pending, self._pending_tokens = "", 0
-        self._stream = self._probe = None
+        self._stream = None
 
     async def discard(self) -> None:
-        await self._close_stream(sent_tokens=1)
-        self._pending, self._pending_tokens = "", 0
-        self._probe = None
-
-    async def _close_stream(self, sent_tokens: int) -> None:
-        """Close the step's stream, if open (the server aborts the request).  An aborted stream
-        reports no usage: count its whole context and the tokens it sent."""
+        """Drop the pending step; close its stream if open (the server aborts the request).  An
+        aborted stream reports no usage: count its whole context and the tokens it sent."""
         if self._stream is not None:
             await _sync.on_background_loop(self._stream.close())
-            self.input_tokens += self._context_tokens + self._pending_tokens
-            self.output_tokens += sent_tokens
+            self.input_tokens += self._context_tokens
+            self.output_tokens += self._pending_tokens
             self._stream = None
+        self._pending, self._pending_tokens = "", 0
 
     async def append_text(self, text: str) -> None:
         await self.discard()
@@ -353,58 +343,34 @@ class _OpenAIWriter(StepWriter):
 
     async def __aiter__(self) -> AsyncIterator[str]:
         session = self._session
-        probe, session._probe = session._probe, None
-        head = ""
-        if probe is not None:  # the probe's token starts the step
-            self.prefill_tokens = _uncached(probe.usage)
-            self.tokens = probe.usage.completion_tokens
-            choice = probe.choices[0]
-            head = choice.text
-            self._measure(choice.logprobs)
-            session._pending, session._pending_tokens = head, self.tokens
-            if head:
-                yield head
-            if choice.finish_reason == "stop" or self.tokens >= self.max_tokens:
-                self.end = _end(choice.finish_reason, (choice.model_extra or {}).get("stop_reason"))
-                return
         session._stream = await session._server.create(**session._request(
-            self.max_tokens - self.tokens, self.stop, session._server.measure_top_k if self.measure else None,
+            self.max_tokens, self.stop, session._server.measure_top_k if self.measure else None,
             constrained=self._constrained))
         chunk = await session._next()
         finish, stop_reason, streamed = None, None, 0
-        boundary = StopAcrossRequests(head, self.stop)
         while chunk is not None:
             if chunk.choices:
                 choice = chunk.choices[0]
                 streamed += max(1, len(choice.logprobs.tokens)) if choice.logprobs else 1
+                session._pending_tokens = streamed
                 self._measure(choice.logprobs)
                 finish = choice.finish_reason or finish
                 stop_reason = (choice.model_extra or {}).get("stop_reason", stop_reason)
                 text = choice.text or ""
-                kept = boundary.cut(text)
-                if kept is not None:
-                    session._pending += kept
-                    yield kept
-                    await session._close_stream(sent_tokens=streamed)
-                    self.tokens += streamed
-                    session._pending_tokens = self.tokens
-                    self.end = "stop_string"
-                    return
                 if text:
                     session._pending += text
                     yield text
             if chunk.usage is not None:  # the last chunk: exact counts
                 session._count(chunk.usage)
                 streamed = chunk.usage.completion_tokens
-                self.prefill_tokens += _uncached(chunk.usage)
+                self.prefill_tokens = _uncached(chunk.usage)
                 # a vllm serve that drafts, started with --per-request-spec-decode-metrics, reports them
                 drafting = ((chunk.model_extra or {}).get("metrics") or {}).get("speculative_decoding")
                 if drafting:
                     self.drafted_tokens = drafting["num_draft_tokens"]
                     self.accepted_tokens = drafting["num_accepted_draft_tokens"]
             chunk = await session._next()
-        self.tokens += streamed
-        session._pending_tokens = self.tokens
+        self.tokens = session._pending_tokens = streamed
         session._stream = None
         self.end = _end(finish, stop_reason)
 

