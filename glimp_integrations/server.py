@@ -26,6 +26,8 @@ import asyncio
 import concurrent.futures
 import contextlib
 import json
+import signal
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator, Mapping
@@ -490,16 +492,34 @@ def _data(payload: Mapping[str, Any]) -> str:
 
 def serve(router: GlimpRouter, host: str = "127.0.0.1", port: int = 8000, served_model_name: str | None = None,
           otlp_traces_endpoint: str | None = None, log_level: str = "info") -> None:
-    """Serve `router` until interrupted (what `glimp serve` runs)."""
+    """Serve `router` until interrupted (what `glimp serve` runs).  SIGTERM (what `docker stop` and
+    Kubernetes send) and Ctrl-C stop taking requests, let the open ones finish, then export the
+    spans not yet sent: uvicorn's own signal handling needs the main thread, and the server runs
+    on the engines' loop."""
     tracer_provider = _otlp_tracer_provider(otlp_traces_endpoint) if otlp_traces_endpoint else None
     server = _uvicorn_server(create_app(router, served_model_name, tracer_provider=tracer_provider), host, port,
                              log_level)
     running = _start_on_engine_loop(server)
-    try:
-        running.result()
-    except KeyboardInterrupt:  # Ctrl-C: finish the open requests, then stop
+
+    def stop(*_: Any) -> None:
+        if server.should_exit:  # a second signal: stop without waiting for the open requests
+            server.force_exit = True
         server.should_exit = True
-        running.result()
+
+    in_main_thread = threading.current_thread() is threading.main_thread()  # where handlers can be set
+    previous = signal.signal(signal.SIGTERM, stop) if in_main_thread else None
+    try:
+        while True:
+            try:
+                running.result()
+                break
+            except KeyboardInterrupt:
+                stop()
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)
+        if tracer_provider is not None:
+            tracer_provider.shutdown()
 
 
 def _uvicorn_server(app: Any, host: str, port: int, log_level: str) -> Any:

@@ -4,11 +4,22 @@ The scripted pair checks the wire format exactly (fast); the embedded SmolLM2 pa
 official `openai` client, LangChain's ChatOpenAI / ChatDeepSeek and LlamaIndex's OpenAILike talk to."""
 
 import json
+import signal
+import socket
+import subprocess
+import sys
 import time
+from concurrent import futures
 
+import grpc
 import httpx
 import openai
 import pytest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2_grpc import (
+    TraceServiceServicer,
+    add_TraceServiceServicer_to_server,
+)
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -221,17 +232,41 @@ def test_a_client_that_disconnects_cancels_its_run(embedded_url):
     assert scrape(embedded_url, "glimp_requests_total", status="499") - before == 2
 
 
-@pytest.mark.embedded
-def test_glimp_serve_starts_from_the_command_line_and_answers():
-    import socket
-    import subprocess
-    import sys
+class OTLPReceiver(TraceServiceServicer):
+    """The trace half of an OpenTelemetry collector: OTLP/gRPC export requests, kept as received."""
 
+    def __init__(self) -> None:
+        self.requests: list = []
+
+    def Export(self, request, context):  # noqa: N802 (the gRPC method's name)
+        self.requests.append(request)
+        return ExportTraceServiceResponse()
+
+    def spans(self) -> list[tuple[dict, object]]:
+        """(resource attributes, span) for every span received."""
+        return [({a.key: a.value.string_value for a in resource.resource.attributes}, span)
+                for request in self.requests for resource in request.resource_spans
+                for scope in resource.scope_spans for span in scope.spans]
+
+
+@pytest.fixture()
+def otlp_receiver():
+    receiver, server = OTLPReceiver(), grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    add_TraceServiceServicer_to_server(receiver, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    yield receiver, f"http://127.0.0.1:{port}"
+    server.stop(grace=None)
+
+
+@pytest.mark.embedded
+def test_glimp_serve_from_the_command_line_exports_spans_and_drains_on_sigterm(otlp_receiver):
+    receiver, endpoint = otlp_receiver
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     command = [sys.executable, "-m", "glimp_integrations.cli", "serve", "--port", str(port), "--reasoning-budget", "16",
-               "--served-model-name", "tiny-pair", "--log-level", "warning"]
+               "--served-model-name", "tiny-pair", "--log-level", "warning", "--otlp-traces-endpoint", endpoint]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     base = f"http://127.0.0.1:{port}"
     try:
@@ -246,6 +281,24 @@ def test_glimp_serve_starts_from_the_command_line_and_answers():
         response = httpx.post(base + "/v1/chat/completions", timeout=120, json={
             "model": "tiny-pair", "messages": QUESTION, "max_tokens": 8})
         assert response.status_code == 200 and response.json()["glimp"]["summary"]["mode"] == "think"
+        # SIGTERM in the middle of a stream: the stream still ends whole, then the process exits
+        with httpx.stream("POST", base + "/v1/chat/completions", timeout=120, json={
+                "model": "tiny-pair", "messages": QUESTION, "max_tokens": 8, "stream": True}) as stream:
+            lines = stream.iter_lines()
+            assert next(lines).startswith("data: ")
+            process.send_signal(signal.SIGTERM)
+            rest = [line for line in lines if line.startswith("data: ")]
+        assert rest[-1] == "data: [DONE]" and '"finish_reason": "length"' in "".join(rest)
+        assert process.wait(timeout=60) == 0
     finally:
-        process.terminate()
-        process.wait(timeout=60)
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=60)
+    # the spans still in the exporter's batch went out at shutdown, to the receiver
+    spans = receiver.spans()
+    runs = [span for resource, span in spans if span.name == "glimp.run" and resource["service.name"] == "glimp"]
+    steps = [span for _, span in spans if span.name == "glimp.step"]
+    assert len(runs) == 2 and steps
+    assert {step.parent_span_id for step in steps} <= {run.span_id for run in runs}
+    assert all({a.key for a in step.attributes} >= {"glimp.step.model", "glimp.step.h_init"} for step in steps
+               if any(a.key == "glimp.step.phase" and a.value.string_value == "reasoning" for a in step.attributes))
