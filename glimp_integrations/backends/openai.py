@@ -68,7 +68,8 @@ class _Server:
     def __init__(self, role: Role, url: str, model: str | None, tokenizer: str | None, api_key: str,
                  timeout: float, max_retries: int) -> None:
         openai = require_module("openai", "openai", "The OpenAI-compatible servers backend")
-        transformers = require_module("transformers", "hf", "Rendering chat templates for the servers backend")
+        transformers = require_module("transformers", "openai", "Rendering chat templates for the servers backend")
+        require_module("jinja2", "openai", "Rendering chat templates for the servers backend")  # transformers' optional
         self.role, self.url = role, url.rstrip("/")
         self._client_args = {"base_url": self.url, "api_key": api_key, "timeout": timeout, "max_retries": max_retries}
         client = openai.OpenAI(**self._client_args)
