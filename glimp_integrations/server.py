@@ -17,7 +17,8 @@ Request fields: OpenAI's chat fields that map onto the engine (`messages`, `max_
 run setting of `RouterConfig` as an extra body field (`threshold`, `policy`, `reasoning_mode`,
 `reasoning_budget`, ...).  An unknown field, or a value the engine rejects, is a 400 error in
 OpenAI's shape naming the field.  A client that disconnects cancels its run, which aborts its
-engine requests.  A model server that fails mid-run ends the run with a 502 naming it.
+engine requests.  A model server that fails mid-run ends the run with a 502 naming it; any other
+failure of a run is a 500.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import Any
 
 from glimp_integrations import _sync
+from glimp_integrations.backends.openai import ServerError
 from glimp_integrations.config import CONFIG_FIELDS, did_you_mean
 from glimp_integrations.constraints import CALL_CLOSE, CALL_OPEN
 from glimp_integrations.errors import GlimpConfigError, GlimpInputError, GlimpRunError, require_module
@@ -416,6 +418,11 @@ def create_app(router: GlimpRouter, served_model_name: str | None = None, *, tra
     return app
 
 
+def _run_failure(error: GlimpRunError) -> RequestError:
+    """A run that failed: 502 when a model server failed (the error names it), else 500."""
+    return RequestError(502 if isinstance(error.__cause__, ServerError) else 500, str(error), kind="server_error")
+
+
 async def _first_event(events: AsyncIterator[RouterEvent]) -> RouterEvent:
     try:
         return await events.__anext__()
@@ -424,7 +431,7 @@ async def _first_event(events: AsyncIterator[RouterEvent]) -> RouterEvent:
         raise RequestError(400, str(error), _openai_param(error.parameter)) from error
     except GlimpRunError as error:
         await events.aclose()
-        raise RequestError(502, str(error), kind="server_error") from error
+        raise _run_failure(error) from error
 
 
 async def _last_event(events: AsyncIterator[RouterEvent], first: RouterEvent) -> RunTrace | RequestError:
@@ -434,7 +441,7 @@ async def _last_event(events: AsyncIterator[RouterEvent], first: RouterEvent) ->
         while not isinstance(event, RunFinished):
             event = await events.__anext__()
     except GlimpRunError as error:
-        return RequestError(502, str(error), kind="server_error")
+        return _run_failure(error)
     finally:
         await events.aclose()
     return event.trace
@@ -478,8 +485,9 @@ async def _sse(state: _State, events: AsyncIterator[RouterEvent], first: RouterE
         yield "data: [DONE]\n\n"
         status = "200"
     except GlimpRunError as error:
-        status = "502"
-        yield _data(RequestError(502, str(error), kind="server_error").body())
+        failure = _run_failure(error)
+        status = str(failure.status)
+        yield _data(failure.body())
         yield "data: [DONE]\n\n"
     finally:
         await events.aclose()

@@ -12,6 +12,7 @@ import time
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import httpx
 import pytest
 
 from glimp_integrations import (
@@ -22,6 +23,7 @@ from glimp_integrations import (
     Verdict,
 )
 from glimp_integrations.embedded import embedded_model_dir
+from glimp_integrations.server import running_server
 from tests.constrained_cases import CASES, run_and_check
 from tests.step_cases import QUESTION, check_probes_leave_the_step_as_it_would_be
 
@@ -193,6 +195,11 @@ def test_a_server_failing_mid_run_raises_with_the_trace_so_far(server_url, handl
             router.run(QUESTION, reasoning_budget=60, max_step_tokens=5)  # a second step, for the large model
         partial = info.value.partial_trace
         assert [s.model for s in partial.steps] == ["small"] and partial.steps[0].tokens > 0
+        with running_server(router) as url:  # through glimp serve: a 502 that names the failed server
+            response = httpx.post(url + "/chat/completions", timeout=60, json={
+                "model": "glimp", "messages": [{"role": "user", "content": QUESTION}], "reasoning_budget": 60,
+                "max_step_tokens": 5})
+        assert response.status_code == 502 and broken_url in response.json()["error"]["message"]
     finally:
         failing.shutdown()
 

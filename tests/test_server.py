@@ -25,7 +25,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from pydantic import BaseModel
 
-from glimp_integrations import GlimpRouter
+from glimp_integrations import GlimpRouter, RoutingPolicy, Verdict
 from glimp_integrations.server import running_server, scrape
 from tests.scripted_pairs import PLAIN_ANSWER, scripted_pair
 
@@ -150,6 +150,36 @@ def test_each_run_is_a_span_with_a_child_span_per_step(scripted_url, spans):
     assert len(runs) == 1 and runs[0].attributes["glimp.threshold"] == 0.5
     assert len(steps) == 3 and all(s.parent.span_id == runs[0].context.span_id for s in steps)
     assert [s.attributes["glimp.step.model"] for s in steps] == ["small", "small", "large"]
+
+
+class BrokenPolicy(RoutingPolicy):
+    """A routing policy with a bug: it fails on the second step."""
+
+    name = "broken"
+
+    def __init__(self):
+        self.calls = 0
+
+    def choose(self, bounds, rng):
+        self.calls += 1
+        if self.calls > 1:
+            raise ZeroDivisionError("division by zero")
+        return Verdict.DELEGATE
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_run_that_fails_inside_glimp_is_a_500_not_a_model_server_error(stream):
+    with running_server(GlimpRouter(backend=scripted_pair(), policy=BrokenPolicy())) as url:
+        body = {"model": "glimp", "messages": QUESTION, "stream": stream}
+        response = httpx.post(url + "/chat/completions", json=body)
+        if stream:
+            error = next(json.loads(line.removeprefix("data: "))["error"] for line in response.text.splitlines()
+                         if line.startswith("data: {") and '"error"' in line)
+            assert scrape(url, "glimp_requests_total", status="500") == 1
+        else:
+            assert response.status_code == 500
+            error = response.json()["error"]
+        assert error["code"] == 500 and "ZeroDivisionError" in error["message"]
 
 
 # --- the embedded pair, real clients --------------------------------------------------------------
