@@ -290,7 +290,7 @@ class _Run:
             if room <= 0:
                 return
             index, step_started = len(self.steps), time.perf_counter()
-            probe, verdict = await self._route(small, room, stop)
+            probe, verdict = await self._route(small)
             writer = small if verdict is Verdict.DELEGATE else large
             decision = "delegate" if writer is small else "intervene"
             basis = probe.basis if probe else "policy"
@@ -340,8 +340,7 @@ class _Run:
         if answer.end == "end_of_text" or answer.stopped:
             self.finish = "stop"
 
-    async def _route(self, small: ModelSession, max_tokens: int,
-                     stop: Sequence[str]) -> tuple[ProbeTrace | None, Verdict]:
+    async def _route(self, small: ModelSession) -> tuple[ProbeTrace | None, Verdict]:
         """Ask the policy who writes the next step, probing the small model if it needs to.
 
         Top-k probes climb `probe_ladder` (then the whole vocabulary) only while the entropy
@@ -352,7 +351,7 @@ class _Run:
             return None, self.policy.choose(None, self.rng)
         started = time.perf_counter()
         for escalations, top_k in enumerate(_probe_ladder(self.config.probe_ladder, small.max_probe_top_k)):
-            distribution = await small.probe(top_k, max_tokens, stop)
+            distribution = await small.probe(top_k)
             bounds = distribution.bounds()
             choice = self.policy.choose(bounds, self.rng)
             if choice is not Verdict.UNDECIDED:

@@ -15,7 +15,7 @@ async def _first_step(backend: Backend, probes: tuple[int | None, ...], stop: tu
     spec = SessionSpec([{"role": "user", "content": QUESTION}], SamplingConfig(temperature=0), None, False)
     session = await backend.open_session("small", spec)
     try:
-        distributions = [await session.probe(top_k, 40, stop) for top_k in probes]
+        distributions = [await session.probe(top_k) for top_k in probes]
         return "".join([piece async for piece in session.write(40, stop)]), distributions
     finally:
         await session.aclose()

@@ -111,11 +111,11 @@ class ModelSession(abc.ABC):
         """Tokens in the committed context (prompt plus committed steps)."""
 
     @abc.abstractmethod
-    async def probe(self, top_k: int | None, max_tokens: int, stop: Sequence[str]) -> TokenDistribution:
+    async def probe(self, top_k: int | None) -> TokenDistribution:
         """Distribution of the next token after the committed context, at temperature 1.
 
-        A backend may sample that token and hold it, so that a following `write` (with the same
-        `max_tokens` and `stop`) starts the step with it (transformers: the probe's forward pass
+        A backend may sample that token and hold it, so that the following `write` starts the
+        step with it (transformers: the probe's forward pass
         is the step's first); or keep nothing, and the `write` samples the first token again from
         the same distribution (vLLM, servers: then a step is one request).  Calling again with a
         larger `top_k` (None: the whole vocabulary) returns more of the same distribution.

@@ -282,7 +282,7 @@ class OpenAISession(ModelSession):
         self.input_tokens += _uncached(usage)
         self.output_tokens += usage.completion_tokens
 
-    async def probe(self, top_k: int | None, max_tokens: int, stop: Sequence[str]) -> TokenDistribution:
+    async def probe(self, top_k: int | None) -> TokenDistribution:
         response = await self._server.create(**self._request(1, (), top_k or -1, stream=False))
         self._count(response.usage)
         logprobs = response.choices[0].logprobs

@@ -131,7 +131,7 @@ class ScriptedSession(ModelSession):
             self._backend.steps_taken[self.role] += 1
         return self._step
 
-    async def probe(self, top_k: int | None, max_tokens: int, stop: Sequence[str]) -> TokenDistribution:
+    async def probe(self, top_k: int | None) -> TokenDistribution:
         self._backend.probe_requests.append((self.role, top_k))
         step = self._take_step()
         logprobs = tuple(sorted(step.first_logprobs, reverse=True)) if step else (0.0,)

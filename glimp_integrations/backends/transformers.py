@@ -253,7 +253,7 @@ class TransformersSession(ModelSession):
 
     # --- ModelSession --------------------------------------------------------------------------
 
-    async def probe(self, top_k: int | None, max_tokens: int, stop: Sequence[str]) -> TokenDistribution:
+    async def probe(self, top_k: int | None) -> TokenDistribution:
         return await asyncio.to_thread(self._probe_sync)
 
     def _probe_sync(self) -> TokenDistribution:

@@ -330,7 +330,7 @@ class VLLMSession(ModelSession):
             seed=next(self._seeds) if self._seeds is not None else None,
             output_kind=RequestOutputKind.FINAL_ONLY if final_only else RequestOutputKind.DELTA)
 
-    async def probe(self, top_k: int | None, max_tokens: int, stop: Sequence[str]) -> TokenDistribution:
+    async def probe(self, top_k: int | None) -> TokenDistribution:
         # Only the numbers are needed: vLLM would otherwise detokenize each of the top-k tokens
         # (the whole vocabulary at the last rung) in this process.
         request = self._engine.stream(self._committed, self._params(1, (), top_k or -1, final_only=True,
