@@ -245,7 +245,7 @@ class OpenAISession(ModelSession):
         self._pending = ""
         self._pending_tokens = 0
         self._stream: Any = None
-        """The streamed request writing the rest of the step."""
+        """The streamed request writing the step."""
 
     @property
     def context_tokens(self) -> int:

@@ -310,7 +310,7 @@ class VLLMSession(ModelSession):
         self._committed: list[int] = list(prompt_ids)
         self._pending: list[int] = []
         self._request: _Request | None = None
-        """The request writing the rest of the step."""
+        """The request writing the step."""
 
     @property
     def context_tokens(self) -> int:
