@@ -32,3 +32,13 @@ async def check_probes_leave_the_step_as_it_would_be(backend: Backend) -> None:
     stop = plain[2:4]  # ends the step after its first four characters
     stopped, _ = await _first_step(backend, (20,), (stop,))
     assert stopped == plain[:plain.find(stop) + len(stop)]
+
+
+def check_steps_count_what_their_probes_prefilled(router) -> None:
+    """A step's `prefill_tokens` include the context its probes prefilled (after a switch, the
+    small model catches up in the probe): with every step delegated, the small model's steps
+    account for all the context it processed."""
+    trace = router.run(QUESTION, threshold=float("inf"), reasoning_budget=40, max_step_tokens=12)
+    small_steps = [s for s in trace.steps if s.model == "small"]
+    assert len(small_steps) >= 2 and all(s.probe for s in small_steps)
+    assert sum(s.prefill_tokens for s in small_steps) == trace.usage_by_model["small"]["input_tokens"]

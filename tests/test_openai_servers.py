@@ -25,7 +25,11 @@ from glimp_integrations import (
 from glimp_integrations.embedded import embedded_model_dir
 from glimp_integrations.server import running_server
 from tests.constrained_cases import CASES, run_and_check
-from tests.step_cases import QUESTION, check_probes_leave_the_step_as_it_would_be
+from tests.step_cases import (
+    QUESTION,
+    check_probes_leave_the_step_as_it_would_be,
+    check_steps_count_what_their_probes_prefilled,
+)
 
 pytestmark = [pytest.mark.vllm, pytest.mark.embedded]
 
@@ -104,6 +108,10 @@ def test_straddling_probe_escalates_on_the_server(router):
 
 async def test_probes_leave_the_small_models_step_as_it_would_be_on_the_server(router):
     await check_probes_leave_the_step_as_it_would_be(router.backend)
+
+
+def test_a_steps_prefill_counts_its_probes_on_the_server(router):
+    check_steps_count_what_their_probes_prefilled(router)
 
 
 def test_a_server_capping_logprobs_is_probed_within_its_cap(server_url, caplog):

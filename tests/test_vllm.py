@@ -7,7 +7,11 @@ import pytest
 
 from glimp_integrations import GlimpConfigError, GlimpRouter, StepFinished, TokenDelta
 from tests.constrained_cases import CASES, run_and_check
-from tests.step_cases import QUESTION, check_probes_leave_the_step_as_it_would_be
+from tests.step_cases import (
+    QUESTION,
+    check_probes_leave_the_step_as_it_would_be,
+    check_steps_count_what_their_probes_prefilled,
+)
 
 pytestmark = [pytest.mark.vllm, pytest.mark.embedded]
 
@@ -58,6 +62,10 @@ def test_straddling_probe_escalates_to_more_logprobs(vllm_router):
 
 async def test_probes_leave_the_small_models_step_as_it_would_be(vllm_router):
     await check_probes_leave_the_step_as_it_would_be(vllm_router.backend)
+
+
+def test_a_steps_prefill_counts_its_probes(vllm_router):
+    check_steps_count_what_their_probes_prefilled(vllm_router)
 
 
 async def test_seeded_runs_whose_prompts_fill_more_than_a_step_keep_the_engine_alive(vllm_router):

@@ -244,6 +244,8 @@ class OpenAISession(ModelSession):
         self._context_tokens = prompt_tokens
         self._pending = ""
         self._pending_tokens = 0
+        self._probed_tokens = 0
+        """Context tokens the probes of the coming step prefilled (the step's `prefill_tokens` include them)."""
         self._stream: Any = None
         """The streamed request writing the step."""
 
@@ -285,6 +287,7 @@ class OpenAISession(ModelSession):
     async def probe(self, top_k: int | None) -> TokenDistribution:
         response = await self._server.create(**self._request(1, (), top_k or -1, stream=False))
         self._count(response.usage)
+        self._probed_tokens += _uncached(response.usage)
         logprobs = response.choices[0].logprobs
         if logprobs is None or not logprobs.top_logprobs:
             return TokenDistribution((0.0,), vocab_size=self._server.vocab_size)  # ended at once
@@ -306,7 +309,7 @@ class OpenAISession(ModelSession):
     def commit(self) -> None:
         self._context += self._pending
         self._context_tokens += self._pending_tokens
-        self._pending, self._pending_tokens = "", 0
+        self._pending, self._pending_tokens, self._probed_tokens = "", 0, 0
         self._stream = None
 
     async def discard(self) -> None:
@@ -317,7 +320,7 @@ class OpenAISession(ModelSession):
             self.input_tokens += self._context_tokens
             self.output_tokens += self._pending_tokens
             self._stream = None
-        self._pending, self._pending_tokens = "", 0
+        self._pending, self._pending_tokens, self._probed_tokens = "", 0, 0
 
     async def append_text(self, text: str) -> None:
         await self.discard()
@@ -364,7 +367,7 @@ class _OpenAIWriter(StepWriter):
             if chunk.usage is not None:  # the last chunk: exact counts
                 session._count(chunk.usage)
                 streamed = chunk.usage.completion_tokens
-                self.prefill_tokens = _uncached(chunk.usage)
+                self.prefill_tokens = session._probed_tokens + _uncached(chunk.usage)
                 # a vllm serve that drafts, started with --per-request-spec-decode-metrics, reports them
                 drafting = ((chunk.model_extra or {}).get("metrics") or {}).get("speculative_decoding")
                 if drafting:

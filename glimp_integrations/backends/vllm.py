@@ -309,6 +309,8 @@ class VLLMSession(ModelSession):
         self._seeds = itertools.count(seed) if seed is not None else None
         self._committed: list[int] = list(prompt_ids)
         self._pending: list[int] = []
+        self._probed_tokens = 0
+        """Context tokens the probes of the coming step prefilled (the step's `prefill_tokens` include them)."""
         self._request: _Request | None = None
         """The request writing the step."""
 
@@ -337,6 +339,7 @@ class VLLMSession(ModelSession):
                                                                     detokenize=False), self)
         output = await request.next()
         await request.abort()
+        self._probed_tokens += request.prompt_len - (output.num_cached_tokens or 0)
         return _distribution(output.outputs[0].logprobs[0], top_k, self._engine.vocab_size)
 
     def write(self, max_tokens: int, stop: Sequence[str], measure: bool = False,
@@ -354,10 +357,12 @@ class VLLMSession(ModelSession):
     def commit(self) -> None:
         self._committed.extend(self._pending)
         self._pending.clear()
+        self._probed_tokens = 0
         self._forget_request()
 
     async def discard(self) -> None:
         self._pending.clear()
+        self._probed_tokens = 0
         if self._request is not None:
             await self._request.abort()
         self._forget_request()
@@ -396,7 +401,7 @@ class _VLLMWriter(StepWriter):
             constrained=self._constrained), session)
         output = await request.next()
         if output is not None:
-            self.prefill_tokens = request.prompt_len - (output.num_cached_tokens or 0)
+            self.prefill_tokens = session._probed_tokens + request.prompt_len - (output.num_cached_tokens or 0)
         while output is not None:
             text = self._take(output)
             if text:
