@@ -58,6 +58,12 @@ class RoutingPolicy:
     measures_steps = False
     """Whether `keep_small_step` reads per-token entropies and logprobs (backends then record them)."""
 
+    @property
+    def gate_threshold(self) -> float | None:
+        """The threshold when `choose` intervenes exactly when H_init exceeds it (then a backend may
+        decide inside its engine: `ModelSession.gated_probe`); None otherwise."""
+        return None
+
     def choose(self, bounds: EntropyBounds | None, rng: random.Random) -> Verdict:
         return Verdict.DELEGATE
 
@@ -73,6 +79,10 @@ class GlimpsePolicy(RoutingPolicy):
 
     def __init__(self, threshold: float) -> None:
         self.threshold = threshold
+
+    @property
+    def gate_threshold(self) -> float | None:
+        return self.threshold if type(self).choose is GlimpsePolicy.choose else None  # unless a subclass decides
 
     def choose(self, bounds: EntropyBounds | None, rng: random.Random) -> Verdict:
         assert bounds is not None, "glimpse needs a probe"

@@ -290,7 +290,7 @@ class _Run:
             if room <= 0:
                 return
             index, step_started = len(self.steps), time.perf_counter()
-            probe, verdict = await self._route(small)
+            probe, verdict = await self._route(small, room, stop)
             writer = small if verdict is Verdict.DELEGATE else large
             decision = "delegate" if writer is small else "intervene"
             basis = probe.basis if probe else "policy"
@@ -340,22 +340,30 @@ class _Run:
         if answer.end == "end_of_text" or answer.stopped:
             self.finish = "stop"
 
-    async def _route(self, small: ModelSession) -> tuple[ProbeTrace | None, Verdict]:
+    async def _route(self, small: ModelSession, max_tokens: int,
+                     stop: Sequence[str]) -> tuple[ProbeTrace | None, Verdict]:
         """Ask the policy who writes the next step, probing the small model if it needs to.
 
         Top-k probes climb `probe_ladder` (then the whole vocabulary) only while the entropy
         bounds straddle the threshold.  A backend that caps its logprobs (`max_probe_top_k`) ends
         the climb at its cap; a decision the bounds still cannot settle there is taken from their
-        midpoint (basis `capped`)."""
+        midpoint (basis `capped`).  For a threshold policy a backend may instead measure the exact
+        entropy in the request that writes the step (`gated_probe`: no probe request at all)."""
         if not self.policy.needs_probe:
             return None, self.policy.choose(None, self.rng)
         started = time.perf_counter()
-        for escalations, top_k in enumerate(_probe_ladder(self.config.probe_ladder, small.max_probe_top_k)):
-            distribution = await small.probe(top_k)
+        threshold, escalations = self.policy.gate_threshold, 0
+        distribution = await small.gated_probe(threshold, max_tokens, stop) if threshold is not None else None
+        if distribution is not None:
             bounds = distribution.bounds()
             choice = self.policy.choose(bounds, self.rng)
-            if choice is not Verdict.UNDECIDED:
-                break
+        else:
+            for escalations, top_k in enumerate(_probe_ladder(self.config.probe_ladder, small.max_probe_top_k)):
+                distribution = await small.probe(top_k)
+                bounds = distribution.bounds()
+                choice = self.policy.choose(bounds, self.rng)
+                if choice is not Verdict.UNDECIDED:
+                    break
         exact, middle = distribution.is_full, (bounds.lower + bounds.upper) / 2
         basis = "full" if exact else "bounds"
         if choice is Verdict.UNDECIDED:
@@ -367,7 +375,7 @@ class _Run:
             top_k=None if exact else len(distribution.top_logprobs), escalations=escalations,
             seconds=time.perf_counter() - started)
         if choice is Verdict.INTERVENE:
-            await small.discard()  # a probe token the small model holds is not the large model's to keep
+            await small.discard()  # a probe token or a gated request the small model holds is not the large model's
         return probe, choice
 
     async def _write(self, writer: ModelSession, index: int, phase: str, decision: str,

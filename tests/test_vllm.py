@@ -34,8 +34,36 @@ def vllm_router():
     router.close()
 
 
-def test_routed_run_probes_top_k_and_decides_on_certified_bounds(vllm_router):
-    trace = vllm_router.run(QUESTION, reasoning_budget=80)
+@pytest.fixture(scope="module")
+def probing_router():
+    """The same, probing with requests (`entropy_gate=False`): the top-k ladder."""
+    router = GlimpRouter(backend="vllm", seed=0, reasoning_mode="plain", threshold=0.9,
+                         backend_options={"max_model_len": 4096, "entropy_gate": False})
+    yield router
+    router.close()
+
+
+@pytest.mark.parametrize("threshold, writers", [(0.9, {"small", "large"}), (float("inf"), {"small"})])
+def test_the_gate_measures_h_init_in_the_steps_own_request(vllm_router, probing_router, threshold, writers):
+    gated, probed = (router.run(QUESTION, reasoning_budget=80, temperature=0, max_step_tokens=30, threshold=threshold)
+                     for router in (vllm_router, probing_router))
+    assert [s.model for s in gated.steps] == [s.model for s in probed.steps] and gated.answer == probed.answer
+    assert len(gated.steps) >= 2 and {s.model for s in gated.steps} == writers
+    for gate, probe in zip((s.probe for s in gated.steps), (s.probe for s in probed.steps)):
+        assert gate.basis == "full" and gate.top_k is None and gate.escalations == 0
+        assert gate.h_lower == gate.h_init == gate.h_upper
+        assert probe.h_lower - 0.1 < gate.h_init < probe.h_upper + 0.1  # bf16 kernels: cached or not
+    for step in gated.steps:
+        assert step.tokens > 0 and 0 < step.prefill_tokens <= gated.prompt_tokens + gated.completion_tokens
+    # no probe requests: the small model generated its steps' tokens, and one token per intervened step
+    small_tokens = sum(s.tokens for s in gated.steps if s.model == "small")
+    intervened = sum(s.model == "large" for s in gated.steps)
+    assert gated.usage_by_model["small"]["output_tokens"] == small_tokens + intervened
+    assert probed.usage_by_model["small"]["output_tokens"] == small_tokens + len(probed.steps) + probed.escalations
+
+
+def test_routed_run_probes_top_k_and_decides_on_certified_bounds(probing_router):
+    trace = probing_router.run(QUESTION, reasoning_budget=80)
     assert trace.steps and trace.completion_tokens <= 80
     assert sum(trace.tokens_by_model.values()) == trace.completion_tokens
     for step in trace.steps:
@@ -50,11 +78,11 @@ def test_routed_run_probes_top_k_and_decides_on_certified_bounds(vllm_router):
     assert first_probe.basis == "bounds" and first_probe.top_k == 1000  # the ladder's first rung
 
 
-def test_straddling_probe_escalates_to_more_logprobs(vllm_router):
-    first = vllm_router.run(QUESTION, reasoning_budget=8).steps[0].probe
+def test_straddling_probe_escalates_to_more_logprobs(probing_router):
+    first = probing_router.run(QUESTION, reasoning_budget=8).steps[0].probe
     assert first.h_upper > first.h_lower  # top-1000 does not pin the entropy down
     middle = (first.h_lower + first.h_upper) / 2
-    probe = vllm_router.run(QUESTION, reasoning_budget=8, threshold=middle).steps[0].probe
+    probe = probing_router.run(QUESTION, reasoning_budget=8, threshold=middle).steps[0].probe
     assert probe.escalations >= 1
     assert probe.h_lower - 1e-6 <= first.h_upper and probe.h_upper + 1e-6 >= first.h_lower
     assert probe.h_lower > middle or probe.h_upper <= middle  # settled, on one side

@@ -121,6 +121,13 @@ class ModelSession(abc.ABC):
         larger `top_k` (None: the whole vocabulary) returns more of the same distribution.
         """
 
+    async def gated_probe(self, threshold: float, max_tokens: int, stop: Sequence[str]) -> TokenDistribution | None:
+        """H_init measured by the request that writes the step (its exact entropy, as a
+        distribution): above `threshold` the request ends at once (discard it); at or below it the
+        following `write` (with the same `max_tokens` and `stop`) goes on with it.  None where the
+        backend cannot (then the router probes)."""
+        return None
+
     @abc.abstractmethod
     def write(self, max_tokens: int, stop: Sequence[str], measure: bool = False,
               constrained: bool = False) -> StepWriter:

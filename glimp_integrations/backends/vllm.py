@@ -31,7 +31,7 @@ import logging
 import math
 import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
-from typing import Any, get_args
+from typing import TYPE_CHECKING, Any, get_args
 
 from glimp_integrations import _sync
 from glimp_integrations.backends.base import (
@@ -50,6 +50,9 @@ from glimp_integrations.backends.base import (
 )
 from glimp_integrations.config import Role
 from glimp_integrations.errors import GlimpConfigError, invalid, require_module
+
+if TYPE_CHECKING:
+    from glimp_integrations.backends.vllm_gate import GateSlots
 
 logger = logging.getLogger(__name__)
 
@@ -83,20 +86,27 @@ class VLLMBackend(Backend):
         memory: dict[Role, float] | None = None,
         max_model_len: int | None = None,
         enforce_eager: bool | None = None,
+        entropy_gate: bool = True,
         engine_args: dict[str, Any] | None = None,
     ) -> None:
         """`memory`: per role, the GPU memory share (0-1) on a GPU or the KV-cache size in GiB on a
         CPU.  `enforce_eager` defaults to True on a CPU (start-up about 30 s instead of 100 s), and
         the block size to `CPU_BLOCK_SIZE` and chunked prefill to `CPU_CHUNKED_PREFILL`.
+        `entropy_gate` measures H_init inside the small model's engine, in the step's own request
+        (`vllm_gate`); turn it off for an engine whose workers run on other hosts.
         `engine_args` are passed to `AsyncEngineArgs` as they are."""
         require_module("vllm", "vllm", "The vLLM backend")
         from vllm.platforms import current_platform
+
+        from glimp_integrations.backends import vllm_gate
 
         on_cpu = current_platform.is_cpu()
         names = {"small": resolve_model_name("small", small), "large": resolve_model_name("large", large)}
         memory = {**(DEFAULT_CPU_KV_CACHE_GIB if on_cpu else DEFAULT_GPU_MEMORY_SHARE), **(memory or {})}
         draft = speculative_config(names["small"], names["large"], speculative) if speculative else None
         shared = names["small"] == names["large"] and not draft
+        self.gate: GateSlots | None = None
+        """Where the small model's engine writes H_init (`vllm_gate`); None: probes are requests."""
         self.models: dict[Role, _Engine] = {}
         for role in ("large", "small"):
             if shared and role == "small":
@@ -119,7 +129,10 @@ class VLLMBackend(Backend):
                 args["speculative_config"] = draft
                 args["per_request_spec_decode_metrics"] = "summary"  # drafted and accepted tokens per request
             args.update(engine_args or {})
+            if entropy_gate and (role == "small" or shared):
+                args["logits_processors"] = [*(args.get("logits_processors") or []), vllm_gate.GATE_PROCESSOR]
             self.models[role] = _sync.run_sync(_Engine.start(names[role], args))
+        self.gate = vllm_gate.GateSlots() if entropy_gate else None
         atexit.register(self.close)  # engines left running at exit die noisily: shut them down first
 
 
@@ -127,7 +140,7 @@ class VLLMBackend(Backend):
         engine = self.models[role]
         prompt_ids = engine.encode(render_chat_prompt(engine.tokenizer, spec))
         check_prompt_fits(role, engine.name, len(prompt_ids), engine.context_window)
-        return VLLMSession(engine, role, prompt_ids, spec)
+        return VLLMSession(engine, role, prompt_ids, spec, self.gate if role == "small" else None)
 
     async def health(self) -> dict[Role, str | None]:
         return {role: await health_problem(_sync.on_background_loop(engine.llm.check_health()))
@@ -142,6 +155,9 @@ class VLLMBackend(Backend):
         engines = list({id(e): e for e in self.models.values()}.values())
         self.models.clear()
         _sync.run_sync(_shutdown(engines))
+        if self.gate is not None:
+            self.gate.close()
+            self.gate = None
 
 
 async def _shutdown(engines: list[_Engine]) -> None:
@@ -297,8 +313,10 @@ class _Request:
 
 
 class VLLMSession(ModelSession):
-    def __init__(self, engine: _Engine, role: Role, prompt_ids: list[int], spec: SessionSpec) -> None:
+    def __init__(self, engine: _Engine, role: Role, prompt_ids: list[int], spec: SessionSpec,
+                 gate: GateSlots | None = None) -> None:
         seed = spec.seed
+        self._gate = gate
         self._engine = engine
         self.role = role
         self.model_name = engine.name
@@ -313,13 +331,15 @@ class VLLMSession(ModelSession):
         """Context tokens the probes of the coming step prefilled (the step's `prefill_tokens` include them)."""
         self._request: _Request | None = None
         """The request writing the step."""
+        self._started: Any = None
+        """The first output of a gated step's request, for `write` to go on from."""
 
     @property
     def context_tokens(self) -> int:
         return len(self._committed)
 
     def _params(self, max_tokens: int, stop: Sequence[str], logprobs: int | None, final_only: bool = False,
-                constrained: bool = False, detokenize: bool = True) -> Any:
+                constrained: bool = False, detokenize: bool = True, extra_args: dict[str, Any] | None = None) -> Any:
         from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
 
@@ -330,6 +350,7 @@ class VLLMSession(ModelSession):
             stop=list(stop), stop_token_ids=self._engine.tokens_holding(stop), include_stop_str_in_output=True,
             logprobs=logprobs, detokenize=detokenize,
             seed=next(self._seeds) if self._seeds is not None else None,
+            extra_args=extra_args,
             output_kind=RequestOutputKind.FINAL_ONLY if final_only else RequestOutputKind.DELTA)
 
     async def probe(self, top_k: int | None) -> TokenDistribution:
@@ -341,6 +362,19 @@ class VLLMSession(ModelSession):
         await request.abort()
         self._probed_tokens += request.prompt_len - (output.num_cached_tokens or 0)
         return _distribution(output.outputs[0].logprobs[0], top_k, self._engine.vocab_size)
+
+    async def gated_probe(self, threshold: float, max_tokens: int, stop: Sequence[str]) -> TokenDistribution | None:
+        if self._gate is None:
+            return None
+        gate = self._gate.claim(threshold, self._engine.tokenizer.eos_token_id)
+        request = self._request = self._engine.stream(self._committed, self._params(max_tokens, stop, None, extra_args=gate),
+                                                      self)
+        self._started = await request.next()
+        entropy = self._gate.entropy(gate)
+        if entropy is None:  # the engine finished without a first position (no room): probe instead
+            await self.discard()
+            return None
+        return TokenDistribution((), vocab_size=self._engine.vocab_size, exact_entropy=entropy)
 
     def write(self, max_tokens: int, stop: Sequence[str], measure: bool = False,
               constrained: bool = False) -> StepWriter:
@@ -377,7 +411,7 @@ class VLLMSession(ModelSession):
         self._forget_request()
 
     def _forget_request(self) -> None:
-        self._request = None
+        self._request = self._started = None
 
 
 def _distribution(logprobs: dict[int, Any], top_k: int | None, vocab_size: int) -> TokenDistribution:
@@ -396,10 +430,12 @@ class _VLLMWriter(StepWriter):
 
     async def __aiter__(self) -> AsyncIterator[str]:
         session = self._session
-        request = session._request = session._engine.stream(session._committed, session._params(
-            self.max_tokens, self.stop, MEASURE_TOP_K if self.measure else None,
-            constrained=self._constrained), session)
-        output = await request.next()
+        request, output, session._started = session._request, session._started, None
+        if output is None:  # no gated request has started the step
+            request = session._request = session._engine.stream(session._committed, session._params(
+                self.max_tokens, self.stop, MEASURE_TOP_K if self.measure else None,
+                constrained=self._constrained), session)
+            output = await request.next()
         if output is not None:
             self.prefill_tokens = session._probed_tokens + request.prompt_len - (output.num_cached_tokens or 0)
         while output is not None:
