@@ -2,10 +2,13 @@
 
 Each engine has its own memory share and prefix caching on, so a switch recomputes only the
 blocks of context that engine has not cached.  Many runs at once batch their probes and steps
-inside the engines.  A probe only measures: it is a one-token request with top-k logprobs and no
-token texts, and its token is not kept.  The step, by whichever model, is one request from the
-committed context, without logprobs; the small model samples the step's first token again from
-the same distribution (the prefix cache holds all but the last partial block of the context).
+inside the engines.  For a threshold policy the entropy gate (`vllm_gate`) measures H_init
+exactly inside the small model's engine, in the request that writes the step, which ends at once
+when the large model is to write it: no probe request.  Otherwise a probe only measures: it is a
+one-token request with top-k logprobs and no token texts, and its token is not kept.  The step,
+by whichever model, is one request from the committed context, without logprobs; the small model
+samples the step's first token again from the same distribution (the prefix cache holds all but
+the last partial block of the context).
 Keeping the probe's token would cost a second request per delegated step plus a stop-string check
 across the two; one request with logprobs for the whole step costs more still: vLLM detokenizes
 every logprob's token, for every token of the step, in this process (measured: the front end took
