@@ -115,9 +115,9 @@ class ModelSession(abc.ABC):
         """Distribution of the next token after the committed context, at temperature 1.
 
         A backend may sample that token and hold it, so that the following `write` starts the
-        step with it (transformers: the probe's forward pass
-        is the step's first); or keep nothing, and the `write` samples the first token again from
-        the same distribution (vLLM, servers: then a step is one request).  Calling again with a
+        step with it (transformers: the probe's forward pass is the step's first); or keep
+        nothing, and the `write` samples the first token again from the same distribution (vLLM,
+        servers: then a step is one request).  Calling again with a
         larger `top_k` (None: the whole vocabulary) returns more of the same distribution.
         """
 

@@ -8,11 +8,11 @@ when the large model is to write it: no probe request.  Otherwise a probe only m
 one-token request with top-k logprobs and no token texts, and its token is not kept.  The step,
 by whichever model, is one request from the committed context, without logprobs; the small model
 samples the step's first token again from the same distribution (the prefix cache holds all but
-the last partial block of the context).
-Keeping the probe's token would cost a second request per delegated step plus a stop-string check
-across the two; one request with logprobs for the whole step costs more still: vLLM detokenizes
-every logprob's token, for every token of the step, in this process (measured: the front end took
-0.45 of a core at 8 chains on the CPU, three quarters of it there).  When the bounds straddle the
+the last partial block of the context).  Keeping the probe's token would cost a second request
+per delegated step plus a stop-string check across the two; one request with logprobs for the
+whole step costs more still: vLLM detokenizes every logprob's token, for every token of the step,
+in this process (measured: the front end took 0.45 of a core at 8 chains on the CPU, three
+quarters of it there).  When the bounds straddle the
 threshold the probe is asked again for more logprobs (the whole vocabulary needs the engine built
 with `max_logprobs=-1`, which this backend does).
 
@@ -284,7 +284,8 @@ class _Request:
         self.session = session
         self.id = f"glimp-{uuid.uuid4().hex}"
         self.prompt_len = len(ids)
-        self._prompt_counted = False
+        self.prefill_tokens: int | None = None
+        """Prompt tokens the engine computed (not from its prefix cache); known from the first output."""
         self._outputs = engine.llm.generate(TokensPrompt(prompt_token_ids=ids), params, request_id=self.id)
         self.done = False
 
@@ -297,12 +298,12 @@ class _Request:
         except StopAsyncIteration:
             self.done = True
             return None
-        if self.session is None:
-            return output
-        if not self._prompt_counted:  # the first output says how much of the prompt was cached
-            self.session.input_tokens += self.prompt_len - (output.num_cached_tokens or 0)
-            self._prompt_counted = True
-        self.session.output_tokens += len(output.outputs[0].token_ids)
+        if self.prefill_tokens is None:  # the first output says how much of the prompt was cached
+            self.prefill_tokens = self.prompt_len - (output.num_cached_tokens or 0)
+            if self.session is not None:
+                self.session.input_tokens += self.prefill_tokens
+        if self.session is not None:
+            self.session.output_tokens += len(output.outputs[0].token_ids)
         return output
 
     async def abort(self) -> None:
@@ -363,7 +364,7 @@ class VLLMSession(ModelSession):
                                                                     detokenize=False), self)
         output = await request.next()
         await request.abort()
-        self._probed_tokens += request.prompt_len - (output.num_cached_tokens or 0)
+        self._probed_tokens += request.prefill_tokens
         return _distribution(output.outputs[0].logprobs[0], top_k, self._engine.vocab_size)
 
     async def gated_probe(self, threshold: float, max_tokens: int, stop: Sequence[str]) -> TokenDistribution | None:
@@ -440,7 +441,7 @@ class _VLLMWriter(StepWriter):
                 constrained=self._constrained), session)
             output = await request.next()
         if output is not None:
-            self.prefill_tokens = session._probed_tokens + request.prompt_len - (output.num_cached_tokens or 0)
+            self.prefill_tokens = session._probed_tokens + request.prefill_tokens
         while output is not None:
             text = self._take(output)
             if text:

@@ -6,9 +6,9 @@ KV block (vLLM caches whole blocks only): measured on the embedded pair at 8 con
 model's step.  The step's request carries the threshold in `SamplingParams.extra_args`; at its
 first position `EntropyGate` (a vLLM logits processor, run by the engine's workers) computes the
 exact entropy of the raw logits (temperature 1), writes it to a slot of a memory-mapped file (in
-/dev/shm where there is one) that glimp reads, and when it is above the threshold forces the end-of-text token, so the request ends
-there and the large model writes the step.  At or below it the request goes on: the small
-model's step.  The workers must run on this host (every single-node setup; not a multi-node
+/dev/shm where there is one) that glimp reads, and when it is above the threshold forces the
+end-of-text token, so the request ends there and the large model writes the step.  At or below
+it the request goes on: the small model's step.  The workers must run on this host (every single-node setup; not a multi-node
 pipeline-parallel engine, for which `VLLMBackend(entropy_gate=False)` probes with requests).
 
 This module is imported by vLLM's workers (`logits_processors=[GATE_PROCESSOR]`): keep it light.
@@ -68,7 +68,7 @@ class GateSlots:
 
 
 class EntropyGate(AdapterLogitsProcessor):
-    """Per gated request: at its first position, the entropy to shared memory, and the end of the
+    """Per gated request: at its first position, the entropy to the mapped file, and the end of the
     request when it is above the threshold."""
 
     def __init__(self, vllm_config: Any, device: Any, is_pin_memory: bool) -> None:
