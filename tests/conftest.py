@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from glimp_integrations import GlimpRouter, ScriptedBackend, ScriptedModel, ScriptedStep
+from glimp_integrations import GlimpRouter, RoutingPolicy, ScriptedBackend, ScriptedModel, ScriptedStep, Verdict
 
 
 def distribution_with_entropy(target: float, vocab_size: int = 1000, tail: str = "flat") -> list[float]:
@@ -28,6 +28,22 @@ def distribution_with_entropy(target: float, vocab_size: int = 1000, tail: str =
         low, high = (mid, high) if entropy(mid) > target else (low, mid)
     p = (low + high) / 2
     return sorted([math.log(p)] + [math.log((1 - p) * w / total) for w in shape], reverse=True)
+
+
+class ScriptedChoices(RoutingPolicy):
+    """A policy that answers its steps from a script: each a Verdict, or an exception to raise
+    (a policy with a bug); the last one holds for every later step."""
+
+    name = "scripted"
+
+    def __init__(self, *choices: Verdict | Exception) -> None:
+        self._choices = list(choices)
+
+    def choose(self, bounds, rng) -> Verdict:
+        choice = self._choices.pop(0) if len(self._choices) > 1 else self._choices[0]
+        if isinstance(choice, Exception):
+            raise choice
+        return choice
 
 
 def step(text: str, entropy: float = 0.1, vocab_size: int = 1000, tail: str = "flat") -> ScriptedStep:

@@ -19,11 +19,11 @@ from glimp_integrations import (
     GlimpConfigError,
     GlimpRouter,
     GlimpRunError,
-    RoutingPolicy,
     Verdict,
 )
 from glimp_integrations.embedded import embedded_model_dir
 from glimp_integrations.server import running_server
+from tests.conftest import ScriptedChoices
 from tests.constrained_cases import CASES, run_and_check
 from tests.step_cases import (
     QUESTION,
@@ -180,24 +180,13 @@ class _DroppingCompletions(_FailingCompletions):
         self.close_connection = True  # no final chunk: the client reads an incomplete body
 
 
-class SmallThenLarge(RoutingPolicy):
-    name = "small_then_large"
-
-    def __init__(self):
-        self.calls = 0
-
-    def choose(self, bounds, rng):
-        self.calls += 1
-        return Verdict.DELEGATE if self.calls == 1 else Verdict.INTERVENE
-
-
 @pytest.mark.parametrize("handler", [_FailingCompletions, _DroppingCompletions], ids=["http_500", "dropped_stream"])
 def test_a_server_failing_mid_run_raises_with_the_trace_so_far(server_url, handler):
     failing = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=failing.serve_forever, daemon=True).start()
     broken_url = f"http://127.0.0.1:{failing.server_address[1]}/v1"
     try:
-        router = GlimpRouter(server_url, broken_url, backend="openai", policy=SmallThenLarge(), seed=0,
+        router = GlimpRouter(server_url, broken_url, backend="openai", policy=ScriptedChoices(Verdict.DELEGATE, Verdict.INTERVENE), seed=0,
                              backend_options={"max_retries": 1, "timeout": 10})
         with pytest.raises(GlimpRunError, match=f"large model's server at {broken_url}") as info:
             router.run(QUESTION, reasoning_budget=60, max_step_tokens=5)  # a second step, for the large model

@@ -25,8 +25,9 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from pydantic import BaseModel
 
-from glimp_integrations import GlimpRouter, RoutingPolicy, Verdict
+from glimp_integrations import GlimpRouter, Verdict
 from glimp_integrations.server import running_server, scrape
+from tests.conftest import ScriptedChoices
 from tests.scripted_pairs import PLAIN_ANSWER, scripted_pair
 
 QUESTION = [{"role": "user", "content": "What is 3 x 3?"}]
@@ -152,24 +153,10 @@ def test_each_run_is_a_span_with_a_child_span_per_step(scripted_url, spans):
     assert [s.attributes["glimp.step.model"] for s in steps] == ["small", "small", "large"]
 
 
-class BrokenPolicy(RoutingPolicy):
-    """A routing policy with a bug: it fails on the second step."""
-
-    name = "broken"
-
-    def __init__(self):
-        self.calls = 0
-
-    def choose(self, bounds, rng):
-        self.calls += 1
-        if self.calls > 1:
-            raise ZeroDivisionError("division by zero")
-        return Verdict.DELEGATE
-
-
 @pytest.mark.parametrize("stream", [False, True])
 def test_a_run_that_fails_inside_glimp_is_a_500_not_a_model_server_error(stream):
-    with running_server(GlimpRouter(backend=scripted_pair(), policy=BrokenPolicy())) as url:
+    with running_server(GlimpRouter(backend=scripted_pair(), policy=ScriptedChoices(
+            Verdict.DELEGATE, ZeroDivisionError("division by zero")))) as url:
         body = {"model": "glimp", "messages": QUESTION, "stream": stream}
         response = httpx.post(url + "/chat/completions", json=body)
         if stream:
