@@ -9,6 +9,9 @@ An `AnswerConstraint` restricts the answer (not the routed reasoning) to one of:
   (see `glimp_integrations.tools`), under `tool_choice`: `auto` (free text, or text followed by
   well-formed calls), `required` (at least one call), a tool's name (calls to that tool),
   `none` (text with no call); several calls in a row unless `parallel_tool_calls` is False.
+  With an `answer_format` (one of the forms above; OpenAI's tools plus `response_format`), an
+  answer that makes no call follows that format instead of being free text: an agent either
+  calls a tool or gives its final, structured answer.
 
 Object schemas that do not say otherwise admit no properties beyond those they list (a small
 model otherwise invents fields, and a function fails on arguments it does not take); `strict`
@@ -69,6 +72,8 @@ class AnswerConstraint:
     """`auto`, `required`, `none`, or the name of the one tool to call (`tools`)."""
     parallel_tool_calls: bool = True
     """Allow several calls in one answer (`tools`)."""
+    answer_format: AnswerConstraint | None = None
+    """`tools`: what an answer without a call must be (None: free text)."""
     name: str | None = field(default=None, compare=False)
     """A name for the schema in messages (e.g. OpenAI's `json_schema.name`)."""
 
@@ -107,11 +112,14 @@ class AnswerConstraint:
 
     @classmethod
     def for_tools(cls, tools: Sequence[Mapping[str, Any]], tool_choice: str | None = None,
-                  parallel_tool_calls: bool | None = None) -> AnswerConstraint:
-        """Tool calls under `tool_choice` (None: `auto`; `any` is read as `required`)."""
+                  parallel_tool_calls: bool | None = None,
+                  answer_format: AnswerConstraint | None = None) -> AnswerConstraint:
+        """Tool calls under `tool_choice` (None: `auto`; `any` is read as `required`); an answer
+        without a call follows `answer_format` (None: free text)."""
         choice = "auto" if tool_choice is None else "required" if tool_choice == "any" else tool_choice
         return cls("tools", tools=tuple(tools), tool_choice=choice,
-                   parallel_tool_calls=True if parallel_tool_calls is None else parallel_tool_calls)
+                   parallel_tool_calls=True if parallel_tool_calls is None else parallel_tool_calls,
+                   answer_format=answer_format)
 
     @classmethod
     def from_response_format(cls, response_format: Mapping[str, Any] | AnswerConstraint) -> AnswerConstraint:
@@ -155,20 +163,14 @@ class AnswerConstraint:
     @cached_property
     def grammar(self) -> str:
         """The constraint in llguidance's Lark dialect (`start` is the whole answer)."""
-        if self.kind == "json_schema":
-            return f"start: %json {_with_layout(_closed_objects(self.schema, require_all=self.strict))}"
-        if self.kind == "json_object":
-            return f"start: %json {_with_layout({'type': 'object'})}"
-        if self.kind == "regex":
-            llguidance = require_module("llguidance", "hf", "Compiling a regex constraint")
-            return f"start: /{llguidance.regex_to_lark(self.pattern)}/"
-        if self.kind == "choice":
-            return "start: " + " | ".join(json.dumps(c, ensure_ascii=False) for c in self.choices)
-        return self._tools_grammar()
+        return self._tools_grammar() if self.kind == "tools" else f"start: {self._answer_rule()}"
 
     def instructions(self) -> str | None:
         """What the prompt should tell the model about the answer's format (None: nothing to add;
         tool schemas are described by `glimp_integrations.tools`)."""
+        if self.kind == "tools":
+            rule = self.answer_format.instructions() if self.answer_format else None
+            return rule and "Unless you call a tool, " + rule[0].lower() + rule[1:]
         if self.kind == "json_schema":
             return "Reply with a single JSON value that matches this JSON schema, and nothing else:\n" + \
                 json.dumps(self.schema, ensure_ascii=False)
@@ -180,18 +182,34 @@ class AnswerConstraint:
 
     # --- internals ------------------------------------------------------------------------------
 
+    def _answer_rule(self) -> str:
+        """The right-hand side of a Lark rule for a non-tool answer."""
+        if self.kind == "json_schema":
+            return f"%json {_with_layout(_closed_objects(self.schema, require_all=self.strict))}"
+        if self.kind == "json_object":
+            return f"%json {_with_layout({'type': 'object'})}"
+        if self.kind == "regex":
+            llguidance = require_module("llguidance", "hf", "Compiling a regex constraint")
+            return f"/{llguidance.regex_to_lark(self.pattern)}/"
+        return " | ".join(json.dumps(c, ensure_ascii=False) for c in self.choices)
+
     def _tools_grammar(self) -> str:
         calls = [t for t in self.tools if self.tool_choice in TOOL_CHOICE_MODES or
                  t["function"]["name"] == self.tool_choice]
         body = f"body: %json {_call_schema(calls)} {json.dumps(CALL_CLOSE)}"
         more = f' ("{CALL_OPEN}" body)*' if self.parallel_tool_calls else ""
+        call_list = f'"{CALL_OPEN}" body{more}'
+        if self.tool_choice not in ("auto", "none"):
+            return f"start: {call_list}\n{body}"
+        if self.answer_format is not None:  # no text around calls: the answer is the format or calls
+            answer = f"answer: {self.answer_format._answer_rule()}"
+            return f"start: answer\n{answer}" if self.tool_choice == "none" else \
+                f"start: answer | {call_list}\n{answer}\n{body}"
         text = f"TEXT: {_TEXT_WITHOUT_CALL}"
         if self.tool_choice == "none":
             return f"start: TEXT\n{text}"
-        if self.tool_choice == "auto":
-            return (f"start: TEXT | TEXT_THEN_CALL body{more}\n{body}\n{text}\n"
-                    f"TEXT_THEN_CALL: {_TEXT_THEN_CALL}")
-        return f'start: "{CALL_OPEN}" body{more}\n{body}'
+        return (f"start: TEXT | TEXT_THEN_CALL body{more}\n{body}\n{text}\n"
+                f"TEXT_THEN_CALL: {_TEXT_THEN_CALL}")
 
     def _check_fields(self) -> None:
         if self.kind == "json_schema" and not isinstance(self.schema, Mapping):
@@ -204,6 +222,13 @@ class AnswerConstraint:
                           'Pass e.g. ["yes", "no"].')
         if self.kind == "tools":
             _check_tools(self.tools, self.tool_choice)
+            if self.answer_format is not None and (not isinstance(self.answer_format, AnswerConstraint) or
+                                                   self.answer_format.kind == "tools"):
+                raise invalid("response_format", self.answer_format, "must be a JSON schema, JSON object, regex "
+                              "or choice format when given with tools", 'Pass e.g. {"type": "json_object"}.')
+        elif self.answer_format is not None:
+            raise invalid("answer_format", self.answer_format, "applies only to a tools constraint",
+                          "Pass it to AnswerConstraint.for_tools, or use the format as the constraint itself.")
 
 
 def _check_tools(tools: Sequence[Mapping[str, Any]], tool_choice: str) -> None:
@@ -284,14 +309,13 @@ def answer_constraint(tools: Sequence[Mapping[str, Any]] | None, tool_choice: st
                       parallel_tool_calls: bool | None,
                       response_format: Mapping[str, Any] | AnswerConstraint | None) -> AnswerConstraint | None:
     """The constraint a run's arguments ask for: tools (always constrained to well-formed calls,
-    `tool_choice` None meaning `auto`), a response format, or None."""
-    if response_format is not None and tools and tool_choice != "none":
-        raise invalid("response_format", response_format, "cannot be combined with tools the answer may call",
-                      "Pass either tools (the answer is a call) or response_format, or tool_choice='none'.")
-    if response_format is not None:
-        return AnswerConstraint.from_response_format(response_format)
-    if tools:
-        return AnswerConstraint.for_tools(tools, tool_choice, parallel_tool_calls)
+    `tool_choice` None meaning `auto`; with a response format, an answer without a call follows
+    it, as with OpenAI's tools plus `response_format`), a response format, or None."""
+    answer_format = None if response_format is None else AnswerConstraint.from_response_format(response_format)
+    if tools and not (answer_format and tool_choice == "none"):
+        return AnswerConstraint.for_tools(tools, tool_choice, parallel_tool_calls, answer_format)
+    if answer_format is not None:
+        return answer_format
     if tool_choice not in (None, "auto", "none"):
         raise invalid("tool_choice", tool_choice, "asks for a tool call but no tools are given", "Pass `tools` too.")
     return None

@@ -486,17 +486,11 @@ def normalize_messages(prompt: Prompt) -> list[Message]:
     messages: list[Message] = []
     for position, message in enumerate(prompt):
         role = message.get("role") if isinstance(message, Mapping) else None
-        content = message.get("content") if isinstance(message, Mapping) else None
         if role not in ("system", "user", "assistant", "tool"):
             raise GlimpInputError(
                 f"`prompt[{position}]['role']` must be system, user, assistant or tool; got {role!r}. "
                 "Fix the message's role.", parameter=f"prompt[{position}]['role']")
-        if not isinstance(content, str):
-            raise GlimpInputError(
-                f"`prompt[{position}]['content']` must be text; got {type(content).__name__}. "
-                "Glimp routes text only: pass the text content (images and audio are not supported).",
-                parameter=f"prompt[{position}]['content']")
-        messages.append(dict(message))
+        messages.append({**message, "content": _message_text(message, position)})
     if not messages:
         raise GlimpInputError("`prompt` is an empty message list; got []. Pass at least one user message.",
                               parameter="prompt")
@@ -505,6 +499,26 @@ def normalize_messages(prompt: Prompt) -> list[Message]:
         raise GlimpInputError(f"`prompt` has no user message; got roles {roles}. Add the user's question.",
                               parameter="prompt")
     return messages
+
+
+def _message_text(message: Mapping[str, Any], position: int) -> str:
+    """A message's content as text, as OpenAI's API takes it: a string, a list of text parts (joined
+    by newlines, as vLLM does), or None for an assistant message that only calls tools."""
+    content = message.get("content")
+    if isinstance(content, str):
+        return content
+    if content is None and message.get("role") == "assistant" and message.get("tool_calls"):
+        return ""
+    if isinstance(content, list) and content and all(
+            isinstance(part, Mapping) and part.get("type") == "text" and isinstance(part.get("text"), str)
+            for part in content):
+        return "\n".join(part["text"] for part in content)
+    kinds = sorted({str(part.get("type")) for part in content if isinstance(part, Mapping)}) \
+        if isinstance(content, list) else type(content).__name__
+    raise GlimpInputError(
+        f"`prompt[{position}]['content']` must be text or a list of text parts; got {kinds}. "
+        "Glimp routes text only: pass the text content (images and audio are not supported).",
+        parameter=f"prompt[{position}]['content']")
 
 
 def check_adapter_settings(owner: str, given: Mapping[str, Any], accepted: Collection[str]) -> None:

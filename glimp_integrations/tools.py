@@ -33,8 +33,8 @@ def tool_instructions(tools: Sequence[dict[str, Any]], tool_choice: str | None =
     """A system prompt describing `tools` and how to call them (for templates without tools)."""
     schemas = "\n".join(json.dumps(t.get("function", t)) for t in tools)
     rule = {
-        None: "Call a tool only when it helps; otherwise answer in plain text.",
-        "auto": "Call a tool only when it helps; otherwise answer in plain text.",
+        None: "Call a tool only when it helps; otherwise answer directly.",
+        "auto": "Call a tool only when it helps; otherwise answer directly.",
         "any": "You must call one of the tools.",
         "required": "You must call one of the tools.",
     }.get(tool_choice, f"You must call the tool `{tool_choice}`.")
@@ -44,21 +44,34 @@ def tool_instructions(tools: Sequence[dict[str, Any]], tool_choice: str | None =
 
 def prepare_messages(messages: Sequence[Message], tools: Sequence[dict[str, Any]] | None,
                      template_renders_tools: bool, tool_choice: str | None = None) -> list[Message]:
-    """Messages ready for a chat template: when the template cannot render tools, describe them in
-    a system message and write earlier assistant tool calls inline as `<tool_call>` text."""
-    if template_renders_tools:
-        return [dict(m) for m in messages]
+    """Messages ready for a chat template: earlier calls' arguments as objects (OpenAI sends them as
+    JSON text; templates and the inline format expect objects, as vLLM's server also converts them),
+    and when the template cannot render tools, the tools described in a system message and earlier
+    calls written inline as `<tool_call>` text."""
     prepared: list[Message] = []
     for message in messages:
         message = dict(message)
-        calls = message.pop("tool_calls", None)
-        if calls:
+        calls = [_with_object_arguments(call) for call in message.pop("tool_calls", None) or []]
+        if calls and template_renders_tools:
+            message["tool_calls"] = calls
+        elif calls:
             inline = "".join(
                 "<tool_call>" + json.dumps({"name": c["function"]["name"], "arguments": c["function"]["arguments"]})
                 + "</tool_call>" for c in calls)
             message["content"] = (message.get("content") or "") + inline
         prepared.append(message)
-    return add_system_text(prepared, tool_instructions(tools, tool_choice)) if tools else prepared
+    return add_system_text(prepared, tool_instructions(tools, tool_choice)) if tools and not template_renders_tools \
+        else prepared
+
+
+def _with_object_arguments(call: dict[str, Any]) -> dict[str, Any]:
+    arguments = call["function"].get("arguments")
+    if isinstance(arguments, str):
+        try:
+            arguments = json.loads(arguments)
+        except json.JSONDecodeError:
+            return call  # not JSON: the model sees the text it was given
+    return {**call, "function": {**call["function"], "arguments": arguments}}
 
 
 def add_system_text(messages: Sequence[Message], text: str) -> list[Message]:

@@ -69,13 +69,27 @@ def check_regex(trace) -> None:
     assert re.fullmatch(r"[0-9]{2}-[a-z]{3}", trace.answer), trace.answer
 
 
+def check_calls_or_order(trace) -> None:
+    """Tools with a response format: valid calls to the tools, or the order's JSON; never free text."""
+    text, calls = parse_tool_calls(trace.answer, ["get_weather", "place_order"])
+    if not calls:
+        return check_order(trace)
+    assert text == ""
+    parameters = {tool["function"]["name"]: tool["function"]["parameters"] for tool in TOOLS}
+    for call in calls:
+        jsonschema.validate(call.arguments, parameters[call.name])
+
+
 CASES = [
     ({"response_format": {"type": "json_schema", "json_schema": {"name": "order", "schema": ORDER_SCHEMA}}},
      check_order),
     ({"tools": TOOLS, "tool_choice": "place_order", "parallel_tool_calls": False}, check_forced_order_call),
     ({"response_format": {"type": "choice", "choice": ["yes", "no"]}}, check_choice),
     ({"response_format": {"type": "regex", "regex": r"[0-9]{2}-[a-z]{3}"}}, check_regex),
+    ({"tools": TOOLS, "response_format": {"type": "json_schema", "json_schema": {"name": "order", "schema": ORDER_SCHEMA}}},
+     check_calls_or_order),
 ]
+CASE_IDS = ["json_schema", "forced_tool", "choice", "regex", "tools_or_json_schema"]
 
 
 def run_and_check(router, arguments, check) -> None:

@@ -5,7 +5,8 @@ second closes `</think>`); the large model answers.  When the prompt offers tool
 result has come back yet, the answer is a call to the tool (named by `tool_choice`, else the
 first), with arguments filled from its JSON schema (integers 3, strings "glimp"); a LlamaIndex
 ReAct prompt gets an Action, then an Answer once an Observation is in the prompt; when JSON is
-asked for, the answer is a JSON object.  Otherwise the answer is `PLAIN_ANSWER`.
+asked for, the answer is a JSON object (filled from the schema the prompt gives, if any).
+Otherwise the answer is `PLAIN_ANSWER`.
 """
 
 from __future__ import annotations
@@ -53,6 +54,9 @@ def _answer(prompt: str) -> str:
         return "<tool_call>" + json.dumps({"name": tool["name"], "arguments": _fill(tool.get("parameters", {}), prompt)},
                                             ensure_ascii=False) \
             + "</tool_call>"
+    schema = re.search(r"matches this JSON schema, and nothing else:\n(\{.*\})", prompt)
+    if schema:
+        return json.dumps(_fill(json.loads(schema.group(1)), prompt))
     if "JSON" in prompt and not tool_answered:
         return json.dumps({"setup": "Why did the cat sit on the computer?", "punchline": "To keep an eye on the mouse."})
     return PLAIN_ANSWER

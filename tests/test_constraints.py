@@ -7,7 +7,7 @@ import pytest
 
 from glimp_integrations import GlimpConfigError, GlimpRouter
 from glimp_integrations.backends.base import Backend
-from glimp_integrations.constraints import AnswerConstraint
+from glimp_integrations.constraints import AnswerConstraint, answer_constraint
 from tests.conftest import scripted_router, step
 
 TOOL = {"type": "function", "function": {"name": "add", "parameters": {
@@ -25,7 +25,7 @@ OTHER = {"type": "function", "function": {"name": "sub"}}
     ({"tools": [TOOL, TOOL]}, r"`tools` must have distinct names; \['add'\] appear more than once"),
     ({"tools": [{"type": "function"}]}, r"`tools\[0\]` must be an OpenAI function schema"),
     ({"tool_choice": "required"}, r"`tool_choice` asks for a tool call but no tools are given"),
-    ({"tools": [TOOL], "response_format": {"type": "json_object"}}, r"`response_format` cannot be combined"),
+    ({"tools": [TOOL], "response_format": {"type": "text"}}, r"`response_format` asks for free text"),
 ])
 def test_bad_constraints_fail_before_any_model_runs_and_the_router_stays_usable(arguments, fragment):
     router, backend = scripted_router([step("Fine.")], [step("Fine.")])
@@ -55,6 +55,44 @@ def test_grammars_follow_tool_choice_and_parallel_calls():
     assert named.startswith('start: "<tool_call>" body\n') and '"const": "add"' not in named
     assert AnswerConstraint.for_tools([TOOL], "any").tool_choice == "required"
     assert AnswerConstraint.for_tools([TOOL], "none").grammar.startswith("start: TEXT\n")
+
+
+@pytest.fixture(scope="module")
+def accepts():
+    """accepts(grammar, text): whether `text` is a complete answer under `grammar` (llguidance,
+    the embedded model's tokens)."""
+    import llguidance.hf
+    from transformers import AutoTokenizer
+
+    from glimp_integrations.embedded import embedded_model_dir
+
+    tokenizer = AutoTokenizer.from_pretrained(embedded_model_dir())
+    tokens = llguidance.hf.from_tokenizer(tokenizer)
+
+    def check(grammar: str, text: str) -> bool:
+        matcher = llguidance.LLMatcher(tokens, grammar, log_level=0)
+        return matcher.consume_tokens(tokenizer.encode(text, add_special_tokens=False)) and matcher.is_accepting()
+
+    return check
+
+
+def test_tools_with_a_response_format_answer_with_calls_or_that_format_never_free_text(accepts):
+    """OpenAI's tools plus response_format (what LangChain's create_agent sends for a structured
+    final answer): under `auto` the answer is calls or the format's JSON; `required` and a tool's
+    name still force a call; `none` is the format alone."""
+    answer_schema = {"type": "json_schema", "json_schema": {"name": "sum", "schema": {
+        "type": "object", "properties": {"total": {"type": "integer"}}, "required": ["total"]}}}
+    call, json_answer = '<tool_call>{"name": "add", "arguments": {"a": 1}}</tool_call>', '{"total": 3}'
+    auto = answer_constraint([TOOL, OTHER], None, None, answer_schema)
+    assert auto.kind == "tools" and auto.answer_format.kind == "json_schema"
+    assert [accepts(auto.grammar, text) for text in (call, json_answer, "The total is 3.", '{"sum": 3}')] == \
+        [True, True, False, False]
+    required = answer_constraint([TOOL, OTHER], "required", None, answer_schema)
+    assert [accepts(required.grammar, text) for text in (call, json_answer)] == [True, False]
+    assert answer_constraint([TOOL], "none", None, answer_schema) == auto.answer_format
+    assert auto.instructions().startswith("Unless you call a tool, reply with a single JSON value")
+    with pytest.raises(GlimpConfigError, match="`response_format` must be a JSON schema, JSON object"):
+        AnswerConstraint.for_tools([TOOL], answer_format=AnswerConstraint.for_tools([OTHER]))
 
 
 def test_objects_are_closed_and_strict_requires_every_property():

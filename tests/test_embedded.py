@@ -10,7 +10,7 @@ import jsonschema
 import pytest
 
 from glimp_integrations import ContextLengthError
-from tests.constrained_cases import CASES, run_and_check
+from tests.constrained_cases import CASE_IDS, CASES, run_and_check
 from tests.step_cases import QUESTION
 
 pytestmark = pytest.mark.embedded
@@ -96,7 +96,7 @@ def test_glimp_ask_reports_bad_input_on_stderr():
     assert "`small`" in result.stderr and result.stdout == ""
 
 
-@pytest.mark.parametrize("arguments, check", CASES, ids=["json_schema", "forced_tool", "choice", "regex"])
+@pytest.mark.parametrize("arguments, check", CASES, ids=CASE_IDS)
 def test_constrained_answers_are_valid_on_the_embedded_model(embedded_router, arguments, check):
     run_and_check(embedded_router, arguments, check)
 

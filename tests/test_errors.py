@@ -60,7 +60,8 @@ def test_missing_model_path_is_named():
     ("   ", "empty question"),
     ([], "empty message list"),
     ([{"role": "system", "content": "be brief"}], "no user message"),
-    ([{"role": "user", "content": [{"type": "image_url", "image_url": "x"}]}], "`prompt[0]['content']`"),
+    ([{"role": "user", "content": [{"type": "image_url", "image_url": "x"}]}], "`prompt[0]['content']`.*['image_url']"),
+    ([{"role": "user", "content": None}], "`prompt[0]['content']` must be text.*NoneType"),
     ([{"role": "wizard", "content": "hi"}], "`prompt[0]['role']`"),
     (42, "`prompt` must be a question"),
 ])
@@ -69,6 +70,18 @@ def test_bad_prompts_are_rejected_and_the_router_stays_usable(prompt, fragment):
     with pytest.raises(GlimpInputError, match=fragment.replace("[", r"\[").replace("]", r"\]")):
         router.run(prompt)
     assert router.run("a real question").answer == "fine"
+
+
+def test_openai_message_shapes_are_read_as_text():
+    """Text parts are joined by newlines; an assistant message that only calls tools has no content,
+    and its call's arguments, JSON text in OpenAI's shape, reach the prompt as an object."""
+    router, backend = scripted_router([step("fine")], [])
+    call = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+    router.run([{"role": "user", "content": [{"type": "text", "text": "Part one."}, {"type": "text", "text": "Two."}]},
+                {"role": "assistant", "content": None, "tool_calls": [call]},
+                {"role": "tool", "tool_call_id": "c1", "content": "done"}])
+    assert 'user: Part one.\nTwo.\nassistant: <tool_call>{"name": "f", "arguments": {}}</tool_call>\ntool: done' \
+        in backend.prompts[0]
 
 
 def test_prompt_longer_than_the_context_window():

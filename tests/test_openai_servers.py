@@ -24,7 +24,7 @@ from glimp_integrations import (
 from glimp_integrations.embedded import embedded_model_dir
 from glimp_integrations.server import running_server
 from tests.conftest import ScriptedChoices
-from tests.constrained_cases import CASES, run_and_check
+from tests.constrained_cases import CASE_IDS, CASES, run_and_check
 from tests.step_cases import (
     QUESTION,
     check_probes_leave_the_step_as_it_would_be,
@@ -201,7 +201,7 @@ def test_a_server_failing_mid_run_raises_with_the_trace_so_far(server_url, handl
         failing.shutdown()
 
 
-@pytest.mark.parametrize("arguments, check", CASES, ids=["json_schema", "forced_tool", "choice", "regex"])
+@pytest.mark.parametrize("arguments, check", CASES, ids=CASE_IDS)
 def test_constrained_answers_are_valid_through_the_server(router, arguments, check):
     run_and_check(router, arguments, check)
 

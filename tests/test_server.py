@@ -103,6 +103,21 @@ def test_tool_calls_arrive_whole_in_a_response_and_as_deltas_in_a_stream(scripte
     assert (name, json.loads(arguments), len(ids), finish) == ("multiply", {"a": 3, "b": 3}, 1, "tool_calls")
 
 
+def test_tools_with_a_response_format_give_a_call_then_an_answer_in_that_format(scripted_url):
+    """OpenAI's tools plus response_format, as agents send them for a structured final answer."""
+    product = {"type": "json_schema", "json_schema": {"name": "product", "schema": {
+        "type": "object", "properties": {"product": {"type": "integer"}}, "required": ["product"]}}}
+    body = {"model": "glimp", "messages": QUESTION, "tools": [MULTIPLY], "response_format": product}
+    first = httpx.post(scripted_url + "/chat/completions", json=body).json()["choices"][0]
+    assert first["finish_reason"] == "tool_calls"
+    call = first["message"]["tool_calls"][0]
+    result = {"role": "tool", "tool_call_id": call["id"], "content": "9"}
+    body["messages"] = [*QUESTION, first["message"], result]
+    second = httpx.post(scripted_url + "/chat/completions", json=body).json()["choices"][0]
+    assert second["finish_reason"] == "stop" and "tool_calls" not in second["message"]
+    assert json.loads(second["message"]["content"]) == {"product": 3}
+
+
 @pytest.mark.parametrize(("field", "value", "status"), [
     ("thresold", 1.0, 400),             # misspelt routing setting
     ("threshold", -1, 400),             # rejected by the engine's validation

@@ -6,7 +6,7 @@ import math
 import pytest
 
 from glimp_integrations import GlimpConfigError, GlimpRouter, StepFinished, TokenDelta
-from tests.constrained_cases import CASES, run_and_check
+from tests.constrained_cases import CASE_IDS, CASES, run_and_check
 from tests.step_cases import (
     QUESTION,
     check_probes_leave_the_step_as_it_would_be,
@@ -208,6 +208,6 @@ async def test_a_cancelled_task_aborts_its_requests(vllm_router):
     assert await _settles_idle(engine)
 
 
-@pytest.mark.parametrize("arguments, check", CASES, ids=["json_schema", "forced_tool", "choice", "regex"])
+@pytest.mark.parametrize("arguments, check", CASES, ids=CASE_IDS)
 def test_constrained_answers_are_valid_on_the_engine(vllm_router, arguments, check):
     run_and_check(vllm_router, arguments, check)

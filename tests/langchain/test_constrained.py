@@ -1,10 +1,12 @@
 """ChatGlimpRouter's tools and structured output: every form reaches the engine as a constraint, and
 on the real embedded model the answers parse and validate."""
 
+import asyncio
 from typing import TypedDict
 
 import pytest
-from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
+from pydantic import BaseModel, Field
+from langchain_core.messages import HumanMessage, ToolMessage
 from langchain_core.tools import tool
 
 from langchain_glimp import ChatGlimpRouter
@@ -128,26 +130,54 @@ def test_tool_choice_none_and_a_named_tool_on_the_embedded_model(embedded):
         isinstance(v, int) for v in named.tool_calls[0]["args"].values())
 
 
+class WeatherReport(BaseModel):
+    """What the agent reports back."""
+
+    location: str = Field(max_length=40)
+    conditions: str = Field(max_length=40)
+
+
+def test_create_agent_with_a_response_format_calls_tools_then_answers_in_that_format():
+    """create_agent gives a model whose profile declares structured output its tools and the
+    response format together (ProviderStrategy): the engine constrains each answer to calls or
+    that format, and the agent's structured_response is parsed from the final answer."""
+    from langchain.agents import create_agent
+
+    backend = scripted_pair()
+    agent = create_agent(ChatGlimpRouter(backend=backend), tools=[get_weather], response_format=WeatherReport)
+    result = agent.invoke({"messages": [HumanMessage("What is the weather in 'Paris'?")]})
+    assert [m.type for m in result["messages"]] == ["human", "ai", "tool", "ai"]
+    assert result["messages"][1].tool_calls[0]["args"] == {"location": "Paris"}
+    assert result["structured_response"] == WeatherReport(location="Paris", conditions="Paris")
+    grammars = [grammar for _, grammar in backend.constrained_writes]
+    assert len(grammars) == 2 and all(g.startswith('start: answer | "<tool_call>" body') for g in grammars)
+    assert "Unless you call a tool, reply with a single JSON value" in backend.prompts[-1]
+
+
 @pytest.mark.embedded
-@pytest.mark.filterwarnings("ignore:create_react_agent has been moved")
-def test_react_agent_on_the_embedded_model_calls_the_tool_then_answers(embedded):
-    """LangGraph's prebuilt ReAct agent with a dynamic model: a call is required while the user's
-    question has no tool result yet (a 135M model left to `auto` answers in text), then text only."""
-    from langgraph.prebuilt import create_react_agent
+@pytest.mark.parametrize("response_format", [None, WeatherReport], ids=["text", "structured"])
+def test_create_agent_on_the_embedded_model_calls_the_tool_then_answers(response_format):
+    from langchain.agents import create_agent
 
-    def model(state, runtime):
-        answered = isinstance(state["messages"][-1], ToolMessage)
-        return embedded.bind_tools([get_weather], tool_choice="none" if answered else "required",
-                                   parallel_tool_calls=False)
+    from langchain_glimp.agents import CallToolThenAnswer
 
-    result = create_react_agent(model, [get_weather]).invoke(
-        {"messages": [HumanMessage("What is the weather in Paris?")]})
+    model = ChatGlimpRouter(seed=0, max_tokens=160, reasoning_mode="plain")  # the answer follows the tool result
+    agent = create_agent(model, tools=[get_weather], response_format=response_format,
+                         middleware=[CallToolThenAnswer()])
+    question = {"messages": [HumanMessage("What is the weather in Paris?")]}
+    # the middleware's sync and async hooks: one run each way
+    result = agent.invoke(question) if response_format is None else asyncio.run(agent.ainvoke(question))
     messages = result["messages"]
     assert [m.type for m in messages] == ["human", "ai", "tool", "ai"]
     call = messages[1].tool_calls[0]
     assert call["name"] == "get_weather" and isinstance(call["args"]["location"], str)
-    assert messages[2].content.startswith("It is sunny in") and isinstance(messages[3], AIMessage)
-    assert messages[3].text and messages[3].tool_calls == []
+    assert messages[2].content.startswith("It is sunny in") and messages[3].tool_calls == []
+    assert messages[3].response_metadata["glimp"]["mode"] == "plain"
+    if response_format is None:
+        assert messages[3].text and "<tool_call>" not in messages[3].text
+    else:
+        assert isinstance(result["structured_response"], WeatherReport)
+        assert WeatherReport.model_validate_json(messages[3].text) == result["structured_response"]
 
 
 @pytest.mark.embedded
