@@ -2,6 +2,7 @@
 
 
 import pytest
+from pydantic import BaseModel, Field
 from llama_index.core.agent.workflow import FunctionAgent, ToolCallResult
 from llama_index.core.base.llms.types import ChatMessage, ThinkingBlock, ToolCallBlock
 from llama_index.core.prompts import PromptTemplate
@@ -20,6 +21,13 @@ def get_weather(location: str) -> str:
 def multiply(a: int, b: int) -> int:
     """Multiply two integers."""
     return a * b
+
+
+class WeatherReport(BaseModel):
+    """What the agent reports back."""
+
+    location: str = Field(max_length=40)
+    conditions: str = Field(max_length=40)
 
 
 PROMPT = PromptTemplate("{customer} orders 2 red apples and 1 red pear. Write the order.")
@@ -82,16 +90,18 @@ async def test_streamed_structured_predict_grows_to_a_complete_object(embedded):
 @pytest.mark.embedded
 async def test_function_agent_on_the_embedded_model_calls_the_tool_then_answers():
     """`initial_tool_choice` (LlamaIndex's way to force the first call) makes the 135M model call
-    the tool; the call is valid by construction; then it answers from the result.  Plain mode: after
-    a 32-token think step the 135M model keeps calling the tool until the agent's iteration cap."""
+    the tool; the call is valid by construction; then it answers from the result, and `output_cls`
+    gets that answer as a filled object.  Plain mode: after a 32-token think step the 135M model
+    keeps calling the tool until the agent's iteration cap."""
     llm = GlimpRouterLLM(seed=0, max_tokens=160, reasoning_mode="plain")
-    agent = FunctionAgent(tools=[get_weather], llm=llm, initial_tool_choice="get_weather")
+    agent = FunctionAgent(tools=[get_weather], llm=llm, initial_tool_choice="get_weather", output_cls=WeatherReport)
     handler = agent.run("What is the weather in Paris?")
     results = [e async for e in handler.stream_events() if isinstance(e, ToolCallResult)]
     answer = await handler
     assert results and {r.tool_name for r in results} == {"get_weather"}
     assert all(r.tool_output.content.startswith("It is sunny in") for r in results)
     assert str(answer).strip()
+    assert isinstance(answer.get_pydantic_model(WeatherReport), WeatherReport)
 
 
 @pytest.mark.embedded
