@@ -30,6 +30,13 @@ class Order(BaseModel):
     items: list[Item] = Field(max_length=3)
 
 
+class WeatherReport(BaseModel):
+    """An agent's final answer (the adapters' and the server's agent tests)."""
+
+    location: str = Field(max_length=40)
+    conditions: str = Field(max_length=40)
+
+
 ORDER_SCHEMA = {
     "type": "object",
     "properties": {

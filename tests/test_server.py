@@ -28,6 +28,7 @@ from pydantic import BaseModel
 from glimp_integrations import GlimpRouter, Verdict
 from glimp_integrations.server import running_server, scrape
 from tests.conftest import ScriptedChoices
+from tests.constrained_cases import WeatherReport
 from tests.scripted_pairs import PLAIN_ANSWER, scripted_pair
 
 QUESTION = [{"role": "user", "content": "What is 3 x 3?"}]
@@ -230,6 +231,32 @@ def test_langchain_chat_openai_and_chat_deepseek_answer_call_tools_and_fill_sche
     # ChatOpenAI drops non-OpenAI fields; ChatDeepSeek (a ChatOpenAI) reads `reasoning_content`
     thinking = ChatDeepSeek(model="glimp", api_base=embedded_url, api_key="unused").invoke("What is 3 x 3?")
     assert thinking.additional_kwargs["reasoning_content"] and thinking.content
+
+
+@pytest.mark.embedded
+def test_a_langchain_agent_over_chat_openai_runs_its_tool_loop_through_the_server(embedded_url):
+    """create_agent over ChatOpenAI pointed at glimp serve: the client sends its call back as an
+    assistant message with `content: null` and arguments as JSON text, then gets its structured
+    response as a forced call (create_agent's ToolStrategy, for a model it does not know)."""
+    from langchain.agents import create_agent
+    from langchain_core.tools import tool
+    from langchain_openai import ChatOpenAI
+
+    from langchain_glimp.agents import CallToolThenAnswer
+
+    @tool
+    def get_weather(location: str) -> str:
+        """Get the weather at a location."""
+        return f"It is sunny in {location}."
+
+    llm = ChatOpenAI(model="glimp", base_url=embedded_url, api_key="unused", max_tokens=100,
+                     extra_body={"reasoning_mode": "plain"})
+    agent = create_agent(llm, [get_weather], response_format=WeatherReport, middleware=[CallToolThenAnswer()])
+    result = agent.invoke({"messages": [("user", "What is the weather in Paris?")]})
+    messages = result["messages"]
+    assert [m.type for m in messages] == ["human", "ai", "tool", "ai", "tool"]
+    assert messages[1].tool_calls[0]["name"] == "get_weather" and messages[2].content.startswith("It is sunny in")
+    assert isinstance(result["structured_response"], WeatherReport)
 
 
 @pytest.mark.embedded

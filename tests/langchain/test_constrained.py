@@ -5,13 +5,12 @@ import asyncio
 from typing import TypedDict
 
 import pytest
-from pydantic import BaseModel, Field
 from langchain_core.messages import HumanMessage, ToolMessage
 from langchain_core.tools import tool
 
 from langchain_glimp import ChatGlimpRouter
 from langchain_glimp.chat_models import _to_engine_message
-from tests.constrained_cases import Order
+from tests.constrained_cases import Order, WeatherReport
 from tests.scripted_pairs import scripted_pair
 
 
@@ -128,13 +127,6 @@ def test_tool_choice_none_and_a_named_tool_on_the_embedded_model(embedded):
     assert [c["name"] for c in named.tool_calls] == ["multiply"]
     assert set(named.tool_calls[0]["args"]) == {"a", "b"} and all(
         isinstance(v, int) for v in named.tool_calls[0]["args"].values())
-
-
-class WeatherReport(BaseModel):
-    """What the agent reports back."""
-
-    location: str = Field(max_length=40)
-    conditions: str = Field(max_length=40)
 
 
 def test_create_agent_with_a_response_format_calls_tools_then_answers_in_that_format():

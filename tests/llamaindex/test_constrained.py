@@ -2,14 +2,13 @@
 
 
 import pytest
-from pydantic import BaseModel, Field
 from llama_index.core.agent.workflow import FunctionAgent, ToolCallResult
 from llama_index.core.base.llms.types import ChatMessage, ThinkingBlock, ToolCallBlock
 from llama_index.core.prompts import PromptTemplate
 from llama_index.core.tools import FunctionTool
 
 from llamaindex_glimp import GlimpRouterLLM
-from tests.constrained_cases import Order
+from tests.constrained_cases import Order, WeatherReport
 from tests.scripted_pairs import scripted_pair
 
 
@@ -21,13 +20,6 @@ def get_weather(location: str) -> str:
 def multiply(a: int, b: int) -> int:
     """Multiply two integers."""
     return a * b
-
-
-class WeatherReport(BaseModel):
-    """What the agent reports back."""
-
-    location: str = Field(max_length=40)
-    conditions: str = Field(max_length=40)
 
 
 PROMPT = PromptTemplate("{customer} orders 2 red apples and 1 red pear. Write the order.")
