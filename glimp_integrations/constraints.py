@@ -170,7 +170,7 @@ class AnswerConstraint:
         tool schemas are described by `glimp_integrations.tools`)."""
         if self.kind == "tools":
             rule = self.answer_format.instructions() if self.answer_format else None
-            return rule and "Unless you call a tool, " + rule[0].lower() + rule[1:]
+            return rule if not rule or self.tool_choice == "none" else "Unless you call a tool, " + rule[0].lower() + rule[1:]
         if self.kind == "json_schema":
             return "Reply with a single JSON value that matches this JSON schema, and nothing else:\n" + \
                 json.dumps(self.schema, ensure_ascii=False)
@@ -312,7 +312,7 @@ def answer_constraint(tools: Sequence[Mapping[str, Any]] | None, tool_choice: st
     `tool_choice` None meaning `auto`; with a response format, an answer without a call follows
     it, as with OpenAI's tools plus `response_format`), a response format, or None."""
     answer_format = None if response_format is None else AnswerConstraint.from_response_format(response_format)
-    if tools and not (answer_format and tool_choice == "none"):
+    if tools:
         return AnswerConstraint.for_tools(tools, tool_choice, parallel_tool_calls, answer_format)
     if answer_format is not None:
         return answer_format

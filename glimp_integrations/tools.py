@@ -37,6 +37,7 @@ def tool_instructions(tools: Sequence[dict[str, Any]], tool_choice: str | None =
         "auto": "Call a tool only when it helps; otherwise answer directly.",
         "any": "You must call one of the tools.",
         "required": "You must call one of the tools.",
+        "none": "Do not call a tool now; answer directly.",
     }.get(tool_choice, f"You must call the tool `{tool_choice}`.")
     return ("You can call these tools:\n" + schemas + "\n\nTo call a tool, reply with exactly "
             '<tool_call>{"name": "TOOL_NAME", "arguments": {...}}</tool_call>. ' + rule)

@@ -1,9 +1,10 @@
 """A scripted model pair that answers according to its prompt, for framework test suites.
 
 It is a test fixture, not a model: the small model writes two low-entropy reasoning steps (the
-second closes `</think>`); the large model answers.  When the prompt offers tools and no tool
-result has come back yet, the answer is a call to the tool (named by `tool_choice`, else the
-first), with arguments filled from its JSON schema (integers 3, strings "glimp"); a LlamaIndex
+second closes `</think>`); the large model answers.  When the prompt offers tools, does not
+forbid a call, and no tool result has come back yet, the answer is a call to the tool (named by
+`tool_choice`, else the first), with arguments filled from its JSON schema (integers 3, strings
+"glimp"); a LlamaIndex
 ReAct prompt gets an Action, then an Answer once an Observation is in the prompt; when JSON is
 asked for, the answer is a JSON object (filled from the schema the prompt gives, if any).
 Otherwise the answer is `PLAIN_ANSWER`.
@@ -48,7 +49,7 @@ def _answer(prompt: str) -> str:
         block = prompt.split(_TOOL_HEADER, 1)[1].split("\n\n", 1)[0]
         tools = [json.loads(line) for line in block.strip().splitlines() if line.startswith("{")]
     tool_answered = re.search(r"\ntool: ", prompt.rsplit("\nuser: ", 1)[-1]) is not None
-    if tools and not tool_answered:
+    if tools and not tool_answered and "Do not call a tool" not in prompt:
         forced = re.search(r"must call the tool `([^`]+)`", prompt)
         tool = next((t for t in tools if forced and t["name"] == forced.group(1)), tools[0])
         return "<tool_call>" + json.dumps({"name": tool["name"], "arguments": _fill(tool.get("parameters", {}), prompt)},

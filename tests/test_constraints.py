@@ -57,6 +57,16 @@ def test_grammars_follow_tool_choice_and_parallel_calls():
     assert AnswerConstraint.for_tools([TOOL], "none").grammar.startswith("start: TEXT\n")
 
 
+@pytest.mark.parametrize("tool_choice, rule", [
+    (None, "Call a tool only when it helps"), ("required", "You must call one of the tools."),
+    ("sub", "You must call the tool `sub`."), ("none", "Do not call a tool now; answer directly."),
+])
+def test_the_prompt_states_the_tool_choice_the_grammar_enforces(tool_choice, rule):
+    router, backend = scripted_router([step("Fine.")], [step("Fine.")])
+    router.run("Hi?", tools=[TOOL, OTHER], tool_choice=tool_choice)
+    assert rule in backend.prompts[0] and backend.prompts[0].count("You must call") == (rule.count("You must call"))
+
+
 @pytest.fixture(scope="module")
 def accepts():
     """accepts(grammar, text): whether `text` is a complete answer under `grammar` (llguidance,
@@ -89,8 +99,10 @@ def test_tools_with_a_response_format_answer_with_calls_or_that_format_never_fre
         [True, True, False, False]
     required = answer_constraint([TOOL, OTHER], "required", None, answer_schema)
     assert [accepts(required.grammar, text) for text in (call, json_answer)] == [True, False]
-    assert answer_constraint([TOOL], "none", None, answer_schema) == auto.answer_format
+    none = answer_constraint([TOOL, OTHER], "none", None, answer_schema)
+    assert [accepts(none.grammar, text) for text in (call, json_answer)] == [False, True]
     assert auto.instructions().startswith("Unless you call a tool, reply with a single JSON value")
+    assert none.instructions() == auto.answer_format.instructions()
     with pytest.raises(GlimpConfigError, match="`response_format` must be a JSON schema, JSON object"):
         AnswerConstraint.for_tools([TOOL], answer_format=AnswerConstraint.for_tools([OTHER]))
 
