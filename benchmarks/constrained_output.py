@@ -2,7 +2,8 @@
 
 Validity: N structured answers under a nested JSON schema (objects, a list of objects, an enum,
 integers with a minimum) and N forced tool calls (its arguments the same schema), on the embedded
-SmolLM2 by default.  The unconstrained side sees the same prompt (the schema or the tool
+SmolLM2 by default; `--tasks call_or_structured` adds an agent's turn (the tool and the schema as
+response format under `tool_choice="auto"`: a valid call or a valid order counts).  The unconstrained side sees the same prompt (the schema or the tool
 instructions in its system message) and is parsed the same way; a result counts as valid when it
 parses and validates against the schema (`jsonschema`).  Target: 100% constrained.  Answers that end on the token budget are counted apart: on backends that
 cannot steer an answer to close (vLLM, servers), a list the model keeps extending is truncated there.
@@ -70,6 +71,11 @@ def valid_call(answer: str) -> bool:
         return False
 
 
+def valid_call_or_structured(answer: str) -> bool:
+    """Tools with a response format (an agent's turn): one valid call, or a valid order."""
+    return valid_call(answer) or valid_structured(answer)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=50, help="questions per task")
@@ -80,13 +86,18 @@ def main() -> None:
     args = parser.parse_args()
 
     router = GlimpRouter(backend=args.backend, policy="always_large", seed=0)
+    order_format = {"type": "json_schema", "json_schema": {"name": "order", "schema": ORDER_SCHEMA}}
     structured_prompt = AnswerConstraint.json_schema(ORDER_SCHEMA).instructions()
     tool_prompt = tool_instructions([TOOL], "place_order")
+    agent_prompt = AnswerConstraint.for_tools([TOOL], answer_format=AnswerConstraint.from_response_format(
+        order_format)).instructions() + "\n\n" + tool_instructions([TOOL], "auto")
     tasks = {
-        "structured": (valid_structured, {"response_format": {"type": "json_schema", "json_schema": {
-            "name": "order", "schema": ORDER_SCHEMA}}}, structured_prompt),
+        "structured": (valid_structured, {"response_format": order_format}, structured_prompt),
         "forced_tool_call": (valid_call, {"tools": [TOOL], "tool_choice": "place_order",
                                           "parallel_tool_calls": False}, tool_prompt),
+        # not in the default run: what create_agent sends for a structured final answer
+        "call_or_structured": (valid_call_or_structured, {"tools": [TOOL], "parallel_tool_calls": False,
+                                                          "response_format": order_format}, agent_prompt),
     }
     tasks = {name: tasks[name] for name in args.tasks.split(",")}
     results: dict[str, dict] = {}
@@ -96,6 +107,7 @@ def main() -> None:
     for task, (is_valid, constraint, system) in tasks.items():
         counts = {"constrained": 0, "unconstrained": 0}
         cut_by_budget = 0  # constrained answers still valid so far when `max_tokens` ran out
+        calls = 0  # constrained answers that are a call (for call_or_structured: the model's choice)
         for index, question in enumerate(questions(args.runs)):
             for side in ("constrained", "unconstrained"):
                 common = {"max_tokens": args.max_tokens, "seed": index, "reasoning_mode": "plain"}
@@ -106,10 +118,12 @@ def main() -> None:
                                        **common)
                 counts[side] += is_valid(trace.answer)
                 cut_by_budget += side == "constrained" and trace.steps[-1].finish_reason == "budget"
+                calls += side == "constrained" and bool(parse_tool_calls(trace.answer, ["place_order"])[1])
                 answer_tokens[side] += sum(s.tokens for s in trace.steps if s.phase == "answer")
                 answer_seconds[side] += sum(s.seconds for s in trace.steps if s.phase == "answer")
         results[task] = {side: counts[side] / args.runs for side in counts}
         results[task]["constrained_cut_by_budget"] = cut_by_budget / args.runs
+        results[task]["constrained_calls"] = calls / args.runs
         print(f"{task}: valid constrained {counts['constrained']}/{args.runs} ({cut_by_budget} cut by the token "
               f"budget), unconstrained {counts['unconstrained']}/{args.runs}", flush=True)
     speed = {side: answer_tokens[side] / answer_seconds[side] for side in answer_tokens}
