@@ -5,6 +5,7 @@ An `AnswerConstraint` restricts the answer (not the routed reasoning) to one of:
 - `json_object`: any JSON object;
 - `regex`: text matching a regular expression, whole;
 - `choice`: exactly one of some strings;
+- `grammar`: text in a grammar of your own, in llguidance's Lark dialect (vLLM's `grammar`);
 - `tools`: tool calls in the Hermes/Qwen format `<tool_call>{"name": ..., "arguments": {...}}</tool_call>`
   (see `glimp_integrations.tools`), under `tool_choice`: `auto` (free text, or text followed by
   well-formed calls), `required` (at least one call), a tool's name (calls to that tool),
@@ -37,7 +38,7 @@ from typing import Any, Literal
 
 from glimp_integrations.errors import invalid, require_module
 
-ConstraintKind = Literal["json_schema", "json_object", "regex", "choice", "tools"]
+ConstraintKind = Literal["json_schema", "json_object", "regex", "choice", "grammar", "tools"]
 TOOL_CHOICE_MODES: tuple[str, ...] = ("auto", "required", "none")
 
 #: JSON written compactly with one space after `:` and `,`, as models are trained to; free
@@ -66,6 +67,8 @@ class AnswerConstraint:
     """The regular expression (`regex`), matched against the whole answer."""
     choices: tuple[str, ...] = ()
     """The allowed answers (`choice`)."""
+    lark: str | None = None
+    """The grammar (`grammar`), in llguidance's Lark dialect; its `start` rule is the whole answer."""
     tools: tuple[Mapping[str, Any], ...] = ()
     """OpenAI function schemas (`tools`); a function's own `strict: true` applies to its arguments."""
     tool_choice: str = "auto"
@@ -84,6 +87,7 @@ class AnswerConstraint:
             parameter, value = {
                 "json_schema": ("response_format schema", self.schema), "regex": ("regex", self.pattern),
                 "choice": ("choices", list(self.choices)), "json_object": ("response_format", "json_object"),
+                "grammar": ("grammar", self.lark),
                 "tools": ("tools", self.tool_names)}[self.kind]
             raise invalid(parameter, value, f"is rejected by the grammar engine (llguidance: {grammar_error})",
                           "Fix that part of the schema or pattern (llguidance's JSON-schema and regex docs list "
@@ -105,6 +109,11 @@ class AnswerConstraint:
         return cls("regex", pattern=pattern)
 
     @classmethod
+    def from_grammar(cls, lark: str) -> AnswerConstraint:
+        """Answers of a grammar in llguidance's Lark dialect, e.g. `start: "Total: " /[0-9]+/`."""
+        return cls("grammar", lark=lark)
+
+    @classmethod
     def choice(cls, choices: Sequence[str]) -> AnswerConstraint:
         if isinstance(choices, str):
             raise invalid("choices", choices, "must be a list of strings, not one string", 'Pass e.g. ["yes", "no"].')
@@ -124,8 +133,9 @@ class AnswerConstraint:
     @classmethod
     def from_response_format(cls, response_format: Mapping[str, Any] | AnswerConstraint) -> AnswerConstraint:
         """OpenAI's `response_format` ({"type": "json_schema", "json_schema": {"name", "schema",
-        "strict"}} or {"type": "json_object"}), vLLM's {"type": "regex", "regex": ...} and
-        {"type": "choice", "choice": [...]}, or a ready `AnswerConstraint`."""
+        "strict"}} or {"type": "json_object"}), {"type": "regex", "regex": ...},
+        {"type": "choice", "choice": [...]} and {"type": "grammar", "grammar": ...} (vLLM's forms
+        of its structured outputs), or a ready `AnswerConstraint`."""
         if isinstance(response_format, AnswerConstraint):
             return response_format
         if not isinstance(response_format, Mapping):
@@ -144,10 +154,12 @@ class AnswerConstraint:
             return cls.regex(response_format["regex"])
         if kind == "choice" and isinstance(response_format.get("choice"), Sequence):
             return cls.choice(response_format["choice"])
+        if kind == "grammar":
+            return cls.from_grammar(response_format.get("grammar"))
         if kind == "text":
             raise invalid("response_format", dict(response_format), "asks for free text, which is no constraint",
                           "Pass response_format=None for free text.")
-        raise invalid("response_format['type']", kind, "must be json_schema, json_object, regex or choice",
+        raise invalid("response_format['type']", kind, "must be json_schema, json_object, regex, choice or grammar",
                       'Pass e.g. {"type": "json_object"}.')
 
     # --- what backends and adapters use ---------------------------------------------------------
@@ -163,6 +175,8 @@ class AnswerConstraint:
     @cached_property
     def grammar(self) -> str:
         """The constraint in llguidance's Lark dialect (`start` is the whole answer)."""
+        if self.kind == "grammar":
+            return self.lark
         return self._tools_grammar() if self.kind == "tools" else f"start: {self._answer_rule()}"
 
     def instructions(self) -> str | None:
@@ -217,13 +231,16 @@ class AnswerConstraint:
                           'Pass e.g. {"type": "object", "properties": {...}}.')
         if self.kind == "regex" and (not isinstance(self.pattern, str) or not self.pattern):
             raise invalid("regex", self.pattern, "must be a non-empty regular expression", r'Pass e.g. r"\d+".')
+        if self.kind == "grammar" and (not isinstance(self.lark, str) or not self.lark.strip()):
+            raise invalid("grammar", self.lark, "must be a grammar in llguidance's Lark dialect",
+                          'Pass e.g. \'start: "Total: " /[0-9]+/\'.')
         if self.kind == "choice" and (not self.choices or not all(isinstance(c, str) and c for c in self.choices)):
             raise invalid("choices", list(self.choices), "must be a non-empty list of non-empty strings",
                           'Pass e.g. ["yes", "no"].')
         if self.kind == "tools":
             _check_tools(self.tools, self.tool_choice)
             if self.answer_format is not None and (not isinstance(self.answer_format, AnswerConstraint) or
-                                                   self.answer_format.kind == "tools"):
+                                                   self.answer_format.kind in ("tools", "grammar")):
                 raise invalid("response_format", self.answer_format, "must be a JSON schema, JSON object, regex "
                               "or choice format when given with tools", 'Pass e.g. {"type": "json_object"}.')
         elif self.answer_format is not None:

@@ -13,7 +13,8 @@ Endpoints: `POST /v1/chat/completions` (streamed as server-sent events, or not),
   tokens each model computed (prefills after a switch and probes included).
 Request fields: OpenAI's chat fields that map onto the engine (`messages`, `max_tokens` /
 `max_completion_tokens`, `temperature`, `top_p`, `seed`, `stop`, `tools`, `tool_choice`,
-`parallel_tool_calls`, `response_format`, `stream`, `stream_options`, `n`=1, `user`), plus any
+`parallel_tool_calls`, `response_format`, `stream`, `stream_options`, `n`=1, `user`), vLLM's
+`structured_outputs` (one of `json`, `json_object`, `regex`, `choice`, `grammar`), and any
 run setting of `RouterConfig` as an extra body field (`threshold`, `policy`, `reasoning_mode`,
 `reasoning_budget`, ...).  An unknown field, or a value the engine rejects, is a 400 error in
 OpenAI's shape naming the field.  A client that disconnects cancels its run, which aborts its
@@ -37,7 +38,7 @@ from typing import Any
 from glimp_integrations import _sync
 from glimp_integrations.backends.openai import ServerError
 from glimp_integrations.config import CONFIG_FIELDS, did_you_mean
-from glimp_integrations.constraints import CALL_CLOSE, CALL_OPEN
+from glimp_integrations.constraints import CALL_CLOSE, CALL_OPEN, AnswerConstraint
 from glimp_integrations.errors import GlimpConfigError, GlimpInputError, GlimpRunError, require_module
 from glimp_integrations.router import GlimpRouter
 from glimp_integrations.tools import parse_tool_calls, partial_tool_calls
@@ -47,6 +48,8 @@ OPENAI_FIELDS: tuple[str, ...] = (
     "model", "messages", "stream", "stream_options", "max_tokens", "max_completion_tokens", "temperature", "top_p",
     "seed", "stop", "n", "tools", "tool_choice", "parallel_tool_calls", "response_format", "user")
 """The chat-completion fields `glimp serve` honours."""
+STRUCTURED_OUTPUT_KINDS = ("json", "json_object", "regex", "choice", "grammar")
+"""The forms of vLLM's `structured_outputs` field that `glimp serve` takes (one per request)."""
 UNSUPPORTED_FIELDS: dict[str, Any] = {
     "logprobs": (None, False), "top_logprobs": (None, 0), "frequency_penalty": (None, 0, 0.0),
     "presence_penalty": (None, 0, 0.0), "logit_bias": (None, {}), "audio": (None,), "modalities": (None, ["text"]),
@@ -80,7 +83,7 @@ def run_arguments(body: Any, served_model: str) -> tuple[list[dict[str, Any]], d
         if name in UNSUPPORTED_FIELDS and value not in UNSUPPORTED_FIELDS[name]:
             raise RequestError(400, f"`{name}` is not supported by glimp serve; got {value!r}. Leave it unset.", name)
         if name not in OPENAI_FIELDS and name not in UNSUPPORTED_FIELDS and name not in IGNORED_FIELDS \
-                and name not in ROUTING_FIELDS:
+                and name not in ROUTING_FIELDS and name != "structured_outputs":
             raise RequestError(400, f"Unknown field `{name}`; got {value!r}. "
                                     f"{did_you_mean(name, [*OPENAI_FIELDS, *ROUTING_FIELDS])}Accepted: OpenAI's "
                                     f"chat fields and the routing settings {', '.join(ROUTING_FIELDS)}.", name)
@@ -96,6 +99,11 @@ def run_arguments(body: Any, served_model: str) -> tuple[list[dict[str, Any]], d
     for name in ("temperature", "top_p", "seed", "stop", "tools", "parallel_tool_calls", "response_format"):
         if body.get(name) is not None:
             arguments[name] = body[name]
+    if body.get("structured_outputs") is not None:
+        if "response_format" in arguments:
+            raise RequestError(400, "Pass either `response_format` or `structured_outputs`, not both.",
+                               "structured_outputs")
+        arguments["response_format"] = _structured_outputs(body["structured_outputs"])
     if isinstance(arguments.get("stop"), str):
         arguments["stop"] = [arguments["stop"]]
     max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
@@ -104,6 +112,26 @@ def run_arguments(body: Any, served_model: str) -> tuple[list[dict[str, Any]], d
     if body.get("tool_choice") is not None:
         arguments["tool_choice"] = _tool_choice(body["tool_choice"])
     return messages, arguments
+
+
+def _structured_outputs(spec: Any) -> AnswerConstraint:
+    """vLLM's `structured_outputs` field ({"json": schema}, {"json_object": true}, {"regex": ...},
+    {"choice": [...]} or {"grammar": ...}) as the engine's constraint, checked here so that an
+    error names this field."""
+    given = {key: value for key, value in spec.items() if value not in (None, False)} if isinstance(spec, dict) else {}
+    if len(given) != 1 or next(iter(given)) not in STRUCTURED_OUTPUT_KINDS:
+        raise RequestError(400, f"`structured_outputs` must set one of {', '.join(STRUCTURED_OUTPUT_KINDS)}; got "
+                                f"{spec!r}.", "structured_outputs")
+    kind, value = next(iter(given.items()))
+    try:
+        if kind == "json":
+            schema = json.loads(value) if isinstance(value, str) else value
+            return AnswerConstraint.json_schema(schema, name="structured_outputs")
+        return AnswerConstraint.json_object() if kind == "json_object" else \
+            AnswerConstraint.from_response_format({"type": kind, kind: value})
+    except ValueError as error:  # the engine's GlimpConfigError, or a `json` string that is not JSON
+        raise RequestError(400, f"`structured_outputs` {spec!r} cannot be applied: {error}",
+                           "structured_outputs") from error
 
 
 def _tool_choice(choice: Any) -> str:

@@ -87,16 +87,22 @@ def check_calls_or_order(trace) -> None:
         jsonschema.validate(call.arguments, parameters[call.name])
 
 
+def check_grammar(trace) -> None:
+    assert re.fullmatch(r"Alice: [1-9] items?", trace.answer), trace.answer
+
+
 CASES = [
     ({"response_format": {"type": "json_schema", "json_schema": {"name": "order", "schema": ORDER_SCHEMA}}},
      check_order),
     ({"tools": TOOLS, "tool_choice": "place_order", "parallel_tool_calls": False}, check_forced_order_call),
     ({"response_format": {"type": "choice", "choice": ["yes", "no"]}}, check_choice),
     ({"response_format": {"type": "regex", "regex": r"[0-9]{2}-[a-z]{3}"}}, check_regex),
+    ({"response_format": {"type": "grammar", "grammar": 'start: "Alice: " COUNT " item" "s"?\nCOUNT: /[1-9]/'}},
+     check_grammar),
     ({"tools": TOOLS, "response_format": {"type": "json_schema", "json_schema": {"name": "order", "schema": ORDER_SCHEMA}}},
      check_calls_or_order),
 ]
-CASE_IDS = ["json_schema", "forced_tool", "choice", "regex", "tools_or_json_schema"]
+CASE_IDS = ["json_schema", "forced_tool", "choice", "regex", "grammar", "tools_or_json_schema"]
 
 
 def run_and_check(router, arguments, check) -> None:

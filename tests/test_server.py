@@ -4,6 +4,7 @@ The scripted pair checks the wire format exactly (fast); the embedded SmolLM2 pa
 official `openai` client, LangChain's ChatOpenAI / ChatDeepSeek and LlamaIndex's OpenAILike talk to."""
 
 import json
+import re
 import signal
 import socket
 import subprocess
@@ -125,6 +126,9 @@ def test_tools_with_a_response_format_give_a_call_then_an_answer_in_that_format(
     ("logprobs", True, 400),            # an OpenAI field glimp cannot honour
     ("n", 2, 400),
     ("tool_choice", "divide", 400),     # no such tool
+    ("structured_outputs", {"regex": "a+", "choice": ["a"]}, 400),  # vLLM's field: one form at a time
+    ("structured_outputs", {"json": "{not json"}, 400),
+    ("structured_outputs", {"grammar": "start: nothing_defined"}, 400),  # rejected by the grammar engine
     ("model", "gpt-4o", 404),
 ])
 def test_a_bad_field_is_an_openai_error_that_names_it_and_the_server_keeps_serving(scripted_url, field, value, status):
@@ -231,6 +235,23 @@ def test_langchain_chat_openai_and_chat_deepseek_answer_call_tools_and_fill_sche
     # ChatOpenAI drops non-OpenAI fields; ChatDeepSeek (a ChatOpenAI) reads `reasoning_content`
     thinking = ChatDeepSeek(model="glimp", api_base=embedded_url, api_key="unused").invoke("What is 3 x 3?")
     assert thinking.additional_kwargs["reasoning_content"] and thinking.content
+
+
+@pytest.mark.embedded
+@pytest.mark.parametrize("structured_outputs, answer", [
+    ({"choice": ["yes", "no"]}, r"yes|no"),
+    ({"regex": r"[0-9]{2}-[a-z]{3}"}, r"[0-9]{2}-[a-z]{3}"),
+    ({"grammar": 'start: "Total: " NUMBER " apples"\nNUMBER: /[1-9][0-9]?/'}, r"Total: [1-9][0-9]? apples"),
+    ({"json": {"type": "object", "properties": {"total": {"type": "integer"}}, "required": ["total"]}},
+     r'\{"total": -?[0-9]+\}'),
+])
+def test_vllm_structured_outputs_constrain_the_answer(embedded_url, structured_outputs, answer):
+    """vLLM's `structured_outputs` extension field, as vLLM clients send it in `extra_body`."""
+    client = openai.OpenAI(base_url=embedded_url, api_key="unused")
+    response = client.chat.completions.create(
+        model="glimp", messages=[{"role": "user", "content": "Tom has 3 apples and buys 4 more. How many?"}],
+        max_tokens=30, extra_body={"structured_outputs": structured_outputs, "reasoning_mode": "plain"})
+    assert re.fullmatch(answer, response.choices[0].message.content), response.choices[0].message.content
 
 
 @pytest.mark.embedded
