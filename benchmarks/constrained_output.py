@@ -3,9 +3,10 @@
 Validity: N structured answers under a nested JSON schema (objects, a list of objects, an enum,
 integers with a minimum) and N forced tool calls (its arguments the same schema), on the embedded
 SmolLM2 by default; `--tasks call_or_structured` adds an agent's turn (the tool and the schema as
-response format under `tool_choice="auto"`: a valid call or a valid order counts).  The unconstrained side sees the same prompt (the schema or the tool
-instructions in its system message) and is parsed the same way; a result counts as valid when it
-parses and validates against the schema (`jsonschema`).  Target: 100% constrained.  Answers that end on the token budget are counted apart: on backends that
+response format under `tool_choice="auto"`: a valid call or a valid order counts).  The
+unconstrained side sees the same prompt (the schema or the tool instructions in its system
+message) and is parsed the same way; a result counts as valid when it parses and validates
+against the schema (`jsonschema`).  Target: 100% constrained.  Answers that end on the token budget are counted apart: on backends that
 cannot steer an answer to close (vLLM, servers), a list the model keeps extending is truncated there.
 
 Cost: answer tokens per second with the grammar against without, over the same runs (the large

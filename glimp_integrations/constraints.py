@@ -184,7 +184,9 @@ class AnswerConstraint:
         tool schemas are described by `glimp_integrations.tools`)."""
         if self.kind == "tools":
             rule = self.answer_format.instructions() if self.answer_format else None
-            return rule if not rule or self.tool_choice == "none" else "Unless you call a tool, " + rule[0].lower() + rule[1:]
+            if not rule or self.tool_choice == "none":
+                return rule
+            return "Unless you call a tool, " + rule[0].lower() + rule[1:]
         if self.kind == "json_schema":
             return "Reply with a single JSON value that matches this JSON schema, and nothing else:\n" + \
                 json.dumps(self.schema, ensure_ascii=False)

