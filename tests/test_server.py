@@ -346,7 +346,8 @@ def test_glimp_serve_from_the_command_line_exports_spans_and_drains_on_sigterm(o
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     command = [sys.executable, "-m", "glimp_integrations.cli", "serve", "--port", str(port), "--reasoning-budget", "16",
-               "--served-model-name", "tiny-pair", "--log-level", "warning", "--otlp-traces-endpoint", endpoint]
+               "--served-model-name", "tiny-pair", "--log-level", "warning", "--otlp-traces-endpoint", endpoint,
+               "--seed", "0", "--temperature", "0"]  # greedy: the finish reasons asserted below cannot vary
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     base = f"http://127.0.0.1:{port}"
     try:
