@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 from collections.abc import Sequence
 
@@ -29,7 +30,7 @@ def _threshold(text: str) -> float:
     return value
 
 
-def _speculative(text: str) -> dict:
+def _json_object(text: str) -> dict:
     try:
         value = json.loads(text)
     except json.JSONDecodeError as error:
@@ -45,9 +46,13 @@ def _models(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--large", help="large model: HF id or local folder (default: embedded SmolLM2)")
     parser.add_argument("--backend", default="transformers", choices=BACKEND_NAMES,
                         help="transformers, vllm (in this process) or openai (--small/--large are server URLs)")
-    parser.add_argument("--speculative", nargs="?", const=True, default=False, type=_speculative, metavar="JSON",
+    parser.add_argument("--speculative", nargs="?", const=True, default=False, type=_json_object, metavar="JSON",
                         help="draft the large model's tokens with the small one (vLLM); or a JSON dict of vLLM's "
                              'speculative_config, e.g. \'{"method": "ngram", "num_speculative_tokens": 3}\'')
+    parser.add_argument("--backend-options", type=_json_object, default=None, metavar="JSON",
+                        help="the backend's own options as a JSON object, e.g. for --backend openai "
+                             '\'{"max_retries": 5, "entropy_gate": true}\' (API keys: GLIMP_SMALL_API_KEY, '
+                             "GLIMP_LARGE_API_KEY)")
     parser.add_argument("--device", default="auto", help="torch device for the transformers backend")
     parser.add_argument("--temperature", type=float, default=0.6)
     parser.add_argument("--top-p", type=float, default=0.95)
@@ -106,6 +111,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _backend_options(args: argparse.Namespace) -> dict | None:
+    """--backend-options, plus the model servers' API keys from the environment (never on a
+    command line, where `ps` shows them) for the openai backend."""
+    options = dict(args.backend_options or {})
+    if args.backend == "openai":
+        for role in ("small", "large"):
+            if key := os.environ.get(f"GLIMP_{role.upper()}_API_KEY"):
+                options.setdefault(f"{role}_api_key", key)
+    return options or None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -114,6 +130,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             ("seed", "seed"), ("policy", "policy"), ("random_rate", "random_rate"))}
         router = GlimpRouter(
             args.small, args.large, backend=args.backend, device=args.device, speculative=args.speculative,
+            backend_options=_backend_options(args),
             temperature=args.temperature, top_p=args.top_p, answer_budget=args.answer_budget,
             **{name: value for name, value in chosen.items() if value is not None})
         with router:  # shuts the engines down cleanly, whatever happens
@@ -202,7 +219,9 @@ def _ask(router: GlimpRouter, question: str, show: bool) -> RunTrace:
         if not show:
             continue
         if isinstance(event, StepStarted):
-            h = f" H_init={event.probe.h_init:.3f}" if event.probe else ""
+            probe = event.probe
+            h = "" if probe is None else f" H_init={probe.h_init:.3f}" if probe.h_init is not None else \
+                f" H_init<={probe.h_upper:.3f}"
             label = "answer" if event.decision == "forced" else event.decision
             separator = "" if at_line_start else "\n"
             out.write(f"{separator}[step {event.index} | {event.model}{h} | {label}]\n")

@@ -32,7 +32,8 @@ class EntropyBounds:
     lower: float
     upper: float
     exact: bool = False
-    """True when computed from the whole distribution (then lower == upper is the entropy)."""
+    """True when the interval has no rounding error to allow for: computed from the whole
+    distribution (then lower == upper is the entropy), or proven against the threshold itself."""
 
     @property
     def width(self) -> float:

@@ -202,6 +202,10 @@ class GlimpRouter:
         return self.config.with_overrides(**overrides)
 
 
+def _retries(*sessions: ModelSession) -> int:
+    return sum(session.retries for session in sessions)
+
+
 @dataclass
 class _Written:
     """What `_Run._write` leaves behind once a step is written."""
@@ -289,7 +293,7 @@ class _Run:
                        config.max_step_tokens or config.reasoning_budget)
             if room <= 0:
                 return
-            index, step_started = len(self.steps), time.perf_counter()
+            index, step_started, retried_before = len(self.steps), time.perf_counter(), _retries(small, large)
             probe, verdict = await self._route(small, room, stop)
             writer = small if verdict is Verdict.DELEGATE else large
             decision = "delegate" if writer is small else "intervene"
@@ -311,7 +315,8 @@ class _Run:
                 tokens=written.tokens, prefill_tokens=written.prefill_tokens, decision=decision, basis=basis,
                 probe=probe, seconds=time.perf_counter() - step_started,
                 finish_reason=_step_finish(written, reasoning_closed), discarded_tokens=discarded,
-                drafted_tokens=written.drafted_tokens, accepted_tokens=written.accepted_tokens)
+                drafted_tokens=written.drafted_tokens, accepted_tokens=written.accepted_tokens,
+                retries=_retries(small, large) - retried_before)
             writer.commit()
             await (large if writer is small else small).append_text(written.text)
             self.steps.append(step)
@@ -324,7 +329,7 @@ class _Run:
     async def _answer(self, large: ModelSession) -> AsyncIterator[RouterEvent]:
         """The large model's final answer (constrained when the run has a constraint)."""
         self.finish = "budget"
-        answer_started, answer = time.perf_counter(), _Written()
+        answer_started, answer, retried_before = time.perf_counter(), _Written(), large.retries
         room = min(self.config.answer_budget, _room(large))
         async for event in self._write(large, len(self.steps), "answer", "forced", None, room, self.config.stop,
                                        answer, constrained=self.constraint is not None):
@@ -335,7 +340,8 @@ class _Run:
             tokens=answer.tokens, prefill_tokens=answer.prefill_tokens, decision="forced", basis="forced",
             probe=None, seconds=time.perf_counter() - answer_started,
             finish_reason=_step_finish(answer, False), discarded_tokens=0,
-            drafted_tokens=answer.drafted_tokens, accepted_tokens=answer.accepted_tokens))
+            drafted_tokens=answer.drafted_tokens, accepted_tokens=answer.accepted_tokens,
+            retries=large.retries - retried_before))
         yield StepFinished(self.steps[-1])
         if answer.end == "end_of_text" or answer.stopped:
             self.finish = "stop"
@@ -365,14 +371,15 @@ class _Run:
                 if choice is not Verdict.UNDECIDED:
                     break
         exact, middle = distribution.is_full, (bounds.lower + bounds.upper) / 2
-        basis = "full" if exact else "bounds"
+        basis = "gate" if distribution.proven else "full" if exact else "bounds"
         if choice is Verdict.UNDECIDED:
             assert not exact, "the whole vocabulary gives the exact entropy"
             choice = self.policy.choose(EntropyBounds(middle, middle, exact=True), self.rng)  # a point: no margin
             basis = "capped"
         probe = ProbeTrace(
-            h_init=bounds.lower if exact else middle, h_lower=bounds.lower, h_upper=bounds.upper, basis=basis,
-            top_k=None if exact else len(distribution.top_logprobs), escalations=escalations,
+            h_init=None if distribution.proven else bounds.lower if exact else middle, h_lower=bounds.lower,
+            h_upper=bounds.upper, basis=basis,
+            top_k=None if exact or distribution.proven else len(distribution.top_logprobs), escalations=escalations,
             seconds=time.perf_counter() - started)
         if choice is Verdict.INTERVENE:
             await small.discard()  # a probe token or a gated request the small model holds is not the large model's

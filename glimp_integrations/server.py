@@ -163,6 +163,9 @@ class Metrics:
                                            "(499: the client disconnected)", ["status"], registry=registry)
         self.steps = prometheus.Counter("glimp_steps", "Steps written, by writer and phase",
                                         ["model", "phase"], registry=registry)
+        self.retries = prometheus.Counter("glimp_step_retries", "Requests sent again after a model server failed "
+                                          "them (a replica died, a stream was cut), by the step's writer", ["model"],
+                                          registry=registry)
         self.tokens = prometheus.Counter("glimp_model_tokens", "Tokens each model computed (input: prompt and "
                                          "prefills, output: generated)", ["model", "kind"], registry=registry)
         self.h_init = prometheus.Histogram("glimp_h_init_nats", "Entropy of each routed step's probe (nats)",
@@ -187,6 +190,8 @@ class Metrics:
     def observe_step(self, event: StepFinished) -> None:
         step = event.step
         self.steps.labels(model=step.model, phase=step.phase).inc()
+        if step.retries:
+            self.retries.labels(model=step.model).inc(step.retries)
         if step.probe is not None:
             if step.probe.h_init is not None:
                 self.h_init.observe(step.probe.h_init)
@@ -215,12 +220,29 @@ class _Tracing:
     def run_span(self, attributes: Mapping[str, Any]) -> Any:
         return self.tracer.start_span("glimp.run", attributes=_span_attributes(attributes))
 
-    def step_span(self, run: Any, step: Mapping[str, Any]) -> None:
-        end = time.time_ns()
-        span = self.tracer.start_span("glimp.step", context=self._api.set_span_in_context(run),
-                                      start_time=end - int(step["seconds"] * 1e9),
-                                      attributes=_span_attributes(step, prefix="glimp.step."))
-        span.end(end_time=end)
+    def current(self, span: Any) -> Any:
+        """Make `span` the current one (the servers backend sends it on as `traceparent`); returns
+        the token for `restore`."""
+        from opentelemetry import context
+
+        return context.attach(self._api.set_span_in_context(span))
+
+    @staticmethod
+    def restore(token: Any) -> None:
+        from opentelemetry import context
+
+        context.detach(token)
+
+    def step_span(self, run: Any, started: StepStarted) -> Any:
+        """A step's span, from its probe's start (the probe's requests are the run span's children)."""
+        probe_seconds = started.probe.seconds if started.probe else 0.0
+        return self.tracer.start_span("glimp.step", context=self._api.set_span_in_context(run),
+                                      start_time=time.time_ns() - int(probe_seconds * 1e9))
+
+    @staticmethod
+    def end_step_span(span: Any, step: Mapping[str, Any]) -> None:
+        span.set_attributes(_span_attributes(step, prefix="glimp.step."))
+        span.end()
 
 
 def _span_attributes(values: Mapping[str, Any], prefix: str = "glimp.") -> dict[str, Any]:
@@ -239,17 +261,28 @@ class _Run:
         self.span = app_state.tracing.run_span({k: v for k, v in arguments.items() if k in ROUTING_FIELDS})
 
     async def __aiter__(self) -> AsyncIterator[RouterEvent]:
-        state = self.state
+        state, tracing = self.state, self.state.tracing
         state.metrics.running.inc()
+        step_span, current = None, tracing.current(self.span)
         try:
             async for event in self.events:
                 if isinstance(event, TokenDelta) and event.text:
                     self.last_token = time.perf_counter() - self.started
                     if self.first_token is None:
                         self.first_token = self.last_token
+                elif isinstance(event, StepStarted):
+                    if step_span is not None:  # the small model's attempt, discarded by the policy
+                        step_span.end()
+                    step_span = tracing.step_span(self.span, event)
+                    tracing.restore(current)
+                    current = tracing.current(step_span)
                 elif isinstance(event, StepFinished):
                     state.metrics.observe_step(event)
-                    state.tracing.step_span(self.span, event.step.routing())
+                    if step_span is not None:
+                        tracing.end_step_span(step_span, event.step.routing())
+                        step_span = None
+                    tracing.restore(current)
+                    current = tracing.current(self.span)
                 elif isinstance(event, RunFinished):
                     state.metrics.observe_run(event.trace, self.first_token, self.last_token)
                     self.span.set_attributes(_span_attributes(event.trace.summary()))
@@ -259,6 +292,9 @@ class _Run:
             raise
         finally:
             await self.events.aclose()
+            if step_span is not None:
+                step_span.end()
+            tracing.restore(current)
             self.span.end()
             state.metrics.running.dec()
 
@@ -403,10 +439,17 @@ def create_app(router: GlimpRouter, served_model_name: str | None = None, *, tra
             "max_model_len": min(backend.context_window("small"), backend.context_window("large"))}]}
 
     @app.get("/health")
+    @app.get("/readyz")
     async def health() -> Any:
+        """Readiness: 503 naming each model (server) that cannot serve now."""
         problems = {role: problem for role, problem in (await router.backend.health()).items() if problem}
         if problems:
             return JSONResponse({"status": "unavailable", "problems": problems}, status_code=503)
+        return {"status": "ok"}
+
+    @app.get("/livez")
+    async def live() -> Any:
+        """Liveness: the process answers (a model server that is down is readiness's concern, not a restart's)."""
         return {"status": "ok"}
 
     @app.get("/metrics")

@@ -18,11 +18,13 @@ from typing import Any, Literal
 from glimp_integrations.config import Role
 
 Phase = Literal["reasoning", "answer"]
-ProbeBasis = Literal["full", "bounds", "capped"]
+ProbeBasis = Literal["full", "bounds", "capped", "gate"]
 """How a probe settled its decision: `full` (exact entropy over the whole vocabulary), `bounds`
 (certified by top-k entropy bounds), `capped` (from the bounds' midpoint: they still straddled
-the threshold at the most logprobs the backend gives, e.g. a server's `--max-logprobs`)."""
-DecisionBasis = Literal["full", "bounds", "capped", "policy", "forced"]
+the threshold at the most logprobs the backend gives, e.g. a server's `--max-logprobs`), `gate`
+(proven by the entropy gate on a model server, which measures H_init but cannot return it: the
+bounds are [0, threshold] and `h_init` is None)."""
+DecisionBasis = Literal["full", "bounds", "capped", "gate", "policy", "forced"]
 """How a step's writer was chosen: a `ProbeBasis`, `policy` (a policy that needs no probe), or
 `forced` (not routed: the large model's final answer)."""
 
@@ -32,7 +34,7 @@ class ProbeTrace:
     """The probe at the start of a routed step."""
 
     h_init: float | None
-    """Entropy in nats; exact when `basis` is `full`, else the midpoint of the bounds."""
+    """Entropy in nats; exact when `basis` is `full`, else the midpoint of the bounds; None for `gate`."""
     h_lower: float
     h_upper: float
     basis: ProbeBasis
@@ -67,6 +69,8 @@ class StepTrace:
     """Speculative decoding: draft tokens proposed to the writer (None: no drafting, or unreported)."""
     accepted_tokens: int | None = None
     """Speculative decoding: of `drafted_tokens`, those the writer accepted."""
+    retries: int = 0
+    """Requests of this step (its probes included) sent again after a model server failed them."""
 
     @property
     def h_init(self) -> float | None:
@@ -90,6 +94,7 @@ class StepTrace:
             "discarded_tokens": self.discarded_tokens,
             "drafted_tokens": self.drafted_tokens,
             "accepted_tokens": self.accepted_tokens,
+            "retries": self.retries,
             "probe_seconds": probe.seconds if probe else 0.0,
             "seconds": self.seconds,
             "finish_reason": self.finish_reason,

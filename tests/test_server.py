@@ -10,17 +10,10 @@ import socket
 import subprocess
 import sys
 import time
-from concurrent import futures
 
-import grpc
 import httpx
 import openai
 import pytest
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2_grpc import (
-    TraceServiceServicer,
-    add_TraceServiceServicer_to_server,
-)
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -29,6 +22,7 @@ from pydantic import BaseModel
 from glimp_integrations import GlimpRouter, Verdict
 from glimp_integrations.server import running_server, scrape
 from tests.conftest import ScriptedChoices
+from tests.otlp import running_otlp_receiver
 from tests.constrained_cases import WeatherReport
 from tests.scripted_pairs import PLAIN_ANSWER, scripted_pair
 
@@ -312,31 +306,10 @@ def test_a_client_that_disconnects_cancels_its_run(embedded_url):
     assert scrape(embedded_url, "glimp_requests_total", status="499") - before == 2
 
 
-class OTLPReceiver(TraceServiceServicer):
-    """The trace half of an OpenTelemetry collector: OTLP/gRPC export requests, kept as received."""
-
-    def __init__(self) -> None:
-        self.requests: list = []
-
-    def Export(self, request, context):  # noqa: N802 (the gRPC method's name)
-        self.requests.append(request)
-        return ExportTraceServiceResponse()
-
-    def spans(self) -> list[tuple[dict, object]]:
-        """(resource attributes, span) for every span received."""
-        return [({a.key: a.value.string_value for a in resource.resource.attributes}, span)
-                for request in self.requests for resource in request.resource_spans
-                for scope in resource.scope_spans for span in scope.spans]
-
-
 @pytest.fixture()
 def otlp_receiver():
-    receiver, server = OTLPReceiver(), grpc.server(futures.ThreadPoolExecutor(max_workers=2))
-    add_TraceServiceServicer_to_server(receiver, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    yield receiver, f"http://127.0.0.1:{port}"
-    server.stop(grace=None)
+    with running_otlp_receiver() as receiver_and_endpoint:
+        yield receiver_and_endpoint
 
 
 @pytest.mark.embedded

@@ -34,12 +34,16 @@ class TokenDistribution:
     vocab_size: int
     exact_entropy: float | None = None
     """Entropy over the whole vocabulary, when the backend computed it (then `is_full`)."""
+    proven: EntropyBounds | None = None
+    """What a gated request proved of the entropy without returning it (e.g. [0, threshold])."""
 
     @property
     def is_full(self) -> bool:
         return self.exact_entropy is not None or len(self.top_logprobs) == self.vocab_size
 
     def bounds(self) -> EntropyBounds:
+        if self.proven is not None:
+            return self.proven
         if self.exact_entropy is not None:
             return EntropyBounds(self.exact_entropy, self.exact_entropy, exact=True)
         return entropy_bounds(self.top_logprobs, self.vocab_size)
@@ -104,6 +108,8 @@ class ModelSession(abc.ABC):
     (steps the other model wrote, after a switch); prefix-cache hits are not counted."""
     output_tokens: int = 0
     """Tokens this model generated over the run, probes and discarded steps included."""
+    retries: int = 0
+    """Requests of this run sent again after the model's server failed them (servers backend)."""
 
     @property
     @abc.abstractmethod

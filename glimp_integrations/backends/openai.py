@@ -9,14 +9,22 @@ loaded locally: the served model's path or id, or the one given), then the steps
 As with the in-process vLLM backend, a probe only measures: a one-token request with
 `top_logprobs`, whose token is not kept; the step, by whichever model, is one streamed request
 without logprobs (a whole step streamed with logprobs would carry k of them per token, each to be
-detokenized by the server and sent as JSON).  Connection errors, timeouts and
-5xx answers are retried with backoff by the `openai` client; a server that stays unreachable
-raises `ServerError` naming it, and the router turns that into a `GlimpRunError` carrying the
-trace written so far.
+detokenized by the server and sent as JSON).  On a small model's server started with the entropy
+gate (`vllm_gate`) a delegated step is one request too: the step's own request ends at once when
+H_init is above the threshold.
+
+A fleet (replicas behind a router) loses no run to one replica: a request that fails (connection
+refused or reset, a timeout, a 5xx, a stream cut mid-step) is sent again with bounded backoff, and
+a step cut mid-way goes on from the tokens already received: the new request's prompt is the old
+one's token ids followed by the step's tokens so far, so a greedy step reads as one server would
+have written it (a sampled one goes on with a fresh sample of the same distribution).  Each
+session counts its `retries`; once they run out the server is named in a `ServerError`, and the
+router turns that into a `GlimpRunError` carrying the trace written so far.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import itertools
 import json
@@ -32,13 +40,16 @@ from glimp_integrations.backends.base import (
     ModelSession,
     SessionSpec,
     StepWriter,
+    StopScanner,
     TokenDistribution,
     check_prompt_fits,
     health_problem,
     knows_think_tags,
     render_chat_prompt,
 )
+from glimp_integrations.backends.gate_arguments import GATE_PROCESSOR, gate_arguments
 from glimp_integrations.config import Role
+from glimp_integrations.entropy import EntropyBounds
 from glimp_integrations.errors import GlimpConfigError, require_module
 
 logger = logging.getLogger(__name__)
@@ -59,19 +70,30 @@ def conversation_key(messages: Sequence[dict[str, Any]]) -> str:
 
 
 class ServerError(RuntimeError):
-    """A model server failed or stayed unreachable after the client's retries."""
+    """A model server failed or stayed unreachable (after the session's retries, when `retryable`)."""
+
+    def __init__(self, message: str, retryable: bool = True) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+        """True for failures a second try may not meet: the connection, a timeout, a 5xx, a 429."""
+
+
+GATE_CHECK_PROMPT = "1, 2, 3, 4,"
+"""A prompt whose next token is not the end of text, for the start-up check of the entropy gate."""
 
 
 class _Server:
     """One OpenAI-compatible server and what sessions need from it."""
 
     def __init__(self, role: Role, url: str, model: str | None, tokenizer: str | None, api_key: str,
-                 timeout: float, max_retries: int) -> None:
+                 timeout: float, retry: _RetryPolicy, entropy_gate: bool | None) -> None:
         openai = require_module("openai", "openai", "The OpenAI-compatible servers backend")
         transformers = require_module("transformers", "openai", "Rendering chat templates for the servers backend")
         require_module("jinja2", "openai", "Rendering chat templates for the servers backend")  # transformers' optional
         self.role, self.url = role, url.rstrip("/")
-        self._client_args = {"base_url": self.url, "api_key": api_key, "timeout": timeout, "max_retries": max_retries}
+        self.retry = retry
+        # The sessions retry (and count) failed requests themselves; the client sends each once.
+        self._client_args = {"base_url": self.url, "api_key": api_key, "timeout": timeout, "max_retries": 0}
         client = openai.OpenAI(**self._client_args)
         try:
             card = next(m for m in client.models.list().data if model is None or m.id == model)
@@ -103,9 +125,33 @@ class _Server:
                 "bounds straddle the threshold is decided from their midpoint (basis 'capped'). Start it with "
                 "--max-logprobs -1 for decisions equal to the exact entropy's.", self.url, self.max_logprobs,
                 self.max_logprobs)
+        self.gate = role == "small" and entropy_gate is not False and self._has_gate(openai, client)
+        """True when the server runs the entropy gate (`vllm serve --logits-processors ...EntropyGate`)."""
+        if role == "small" and entropy_gate is None and not self.gate:
+            logger.warning(
+                "The small model's server at %s does not run the entropy gate: each step starts with a probe request. "
+                "Start it with --logits-processors %s (pip install glimp there) for one request per delegated step.",
+                self.url, GATE_PROCESSOR)
+        if role == "small" and entropy_gate and not self.gate:
+            raise GlimpConfigError(
+                f"`entropy_gate=True` but the small model's server at {self.url} does not run the gate. Start it "
+                f"with --logits-processors {GATE_PROCESSOR} (after pip install glimp in its image), or pass "
+                "entropy_gate=None to probe with requests where it is missing.")
         self._client: Any = None
         self.open_streams = 0
         """Streamed requests of this process running on the server now."""
+
+    def _has_gate(self, openai: Any, client: Any) -> bool:
+        """Whether a gated request with a threshold below every entropy ends at its first token, as
+        only the gate makes it (greedy, on a prompt whose next token is not the end of text)."""
+        eos = self.tokenizer.eos_token_id
+        try:
+            response = client.completions.create(
+                model=self.name, prompt=GATE_CHECK_PROMPT, max_tokens=2, temperature=0.0,
+                extra_body={"vllm_xargs": gate_arguments(-1.0, eos), "return_token_ids": True})
+        except openai.APIError:
+            return False  # a server that refuses vllm_xargs has no gate
+        return (response.choices[0].model_extra or {}).get("token_ids") == [eos]
 
     def unreachable(self, error: Exception) -> str:
         return (f"The {self.role} model's server at {self.url} failed or is unreachable "
@@ -130,13 +176,32 @@ class _Server:
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     async def create(self, **request: Any) -> Any:
-        """`completions.create` on the background loop; errors after retries name this server."""
+        """`completions.create` on the background loop, sent once; a failure is a `ServerError`
+        naming this server, `retryable` unless the server refused the request (a 4xx but 408/429)."""
         openai = require_module("openai", "openai", "The OpenAI-compatible servers backend")
         try:
             response = await _sync.on_background_loop(self.client.completions.create(model=self.name, **request))
         except openai.APIError as error:
-            raise ServerError(self.unreachable(error)) from error
+            status = getattr(error, "status_code", None)
+            retryable = status is None or status >= 500 or status in (408, 429)
+            raise ServerError(self.unreachable(error), retryable) from error
         return _CountedStream(self, response) if request.get("stream") else response
+
+
+class _RetryPolicy:
+    """How often and how soon a failed request is sent again: `max_retries` times per step, after
+    `backoff` seconds doubling each time (at most `max_backoff`)."""
+
+    def __init__(self, max_retries: int, backoff: float, max_backoff: float = 4.0) -> None:
+        self.max_retries, self.backoff, self.max_backoff = max_retries, backoff, max_backoff
+
+    async def pause(self, error: ServerError, retries_so_far: int) -> None:
+        """Wait before retry number `retries_so_far + 1`; raise `error` when it may not be retried."""
+        if not error.retryable or retries_so_far >= self.max_retries:
+            raise error
+        delay = min(self.backoff * 2 ** retries_so_far, self.max_backoff)
+        logger.warning("Retrying in %.2f s (%d of %d): %s", delay, retries_so_far + 1, self.max_retries, error)
+        await asyncio.sleep(delay)
 
 
 class _CountedStream:
@@ -191,22 +256,30 @@ def _logprobs_cap(openai: Any, client: Any, model: str, vocab_size: int) -> int 
 
 
 class OpenAIServersBackend(Backend):
-    """Two OpenAI-compatible servers (`vllm serve`, SGLang), one per role."""
+    """Two OpenAI-compatible servers (`vllm serve`, SGLang, or routers in front of fleets of them), one per role."""
 
     name = "openai"
     supports_constraints = True
 
     def __init__(self, small_url: str, large_url: str, *, small_model: str | None = None,
                  large_model: str | None = None, small_tokenizer: str | None = None,
-                 large_tokenizer: str | None = None, api_key: str = "EMPTY", timeout: float = 120.0,
-                 max_retries: int = 3) -> None:
+                 large_tokenizer: str | None = None, api_key: str = "EMPTY", small_api_key: str | None = None,
+                 large_api_key: str | None = None, timeout: float = 120.0, max_retries: int = 3,
+                 retry_backoff: float = 0.25, entropy_gate: bool | None = None) -> None:
         """`*_model`: the served model id (default: the server's first); `*_tokenizer`: where to
-        load the chat template from (default: the served model's path, then its id)."""
+        load the chat template from (default: the served model's path, then its id); `*_api_key`:
+        each server's key (default: `api_key`).  `max_retries`: how often one step's failed
+        requests are sent again, `retry_backoff` seconds apart at first, doubling.  `entropy_gate`:
+        None uses the small model's server's gate where it runs one (checked at start, with a
+        warning where not), True requires it, False always probes with requests."""
+        retry = _RetryPolicy(_count_of("max_retries", max_retries), _seconds_of("retry_backoff", retry_backoff))
+        keys = {"small": small_api_key or api_key, "large": large_api_key or api_key}
         self.models: dict[Role, _Server] = {
-            "small": _Server("small", small_url, small_model, small_tokenizer, api_key, timeout, max_retries),
-            "large": _Server("large", large_url, large_model, large_tokenizer, api_key, timeout, max_retries),
+            "small": _Server("small", small_url, small_model, small_tokenizer, keys["small"], timeout, retry,
+                             entropy_gate),
+            "large": _Server("large", large_url, large_model, large_tokenizer, keys["large"], timeout, retry,
+                             entropy_gate),
         }
-
 
     async def open_session(self, role: Role, spec: SessionSpec) -> OpenAISession:
         server = self.models[role]
@@ -227,6 +300,22 @@ class OpenAIServersBackend(Backend):
                 _sync.run_sync(server._client.close())
 
 
+def _count_of(parameter: str, value: Any) -> int:
+    from glimp_integrations.errors import invalid
+
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise invalid(parameter, value, "must be a whole number >= 0", f"Pass e.g. {parameter}=3 (0: never retry).")
+    return value
+
+
+def _seconds_of(parameter: str, value: Any) -> float:
+    from glimp_integrations.errors import invalid
+
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 60:
+        raise invalid(parameter, value, "must be a number of seconds from 0 to 60", f"Pass e.g. {parameter}=0.25.")
+    return float(value)
+
+
 class OpenAISession(ModelSession):
     def __init__(self, server: _Server, role: Role, prompt: str, prompt_tokens: int, spec: SessionSpec) -> None:
         seed = spec.seed
@@ -236,6 +325,7 @@ class OpenAISession(ModelSession):
         self.prompt_tokens = prompt_tokens
         self.context_window = server.context_window
         self.max_probe_top_k = server.max_logprobs
+        self.retries = 0
         self._sampling = spec.sampling
         self._constraint = spec.constraint
         self._seeds = itertools.count(seed) if seed is not None else None
@@ -243,11 +333,19 @@ class OpenAISession(ModelSession):
         self._context = prompt
         self._context_tokens = prompt_tokens
         self._pending = ""
+        self._pending_ids: list[int] = []
+        """Token ids of the pending step, where the server returns them (vLLM's `return_token_ids`)."""
         self._pending_tokens = 0
+        self._step_retries = 0
+        """Requests of the coming step sent again so far (bounded by the server's retry policy)."""
         self._probed_tokens = 0
         """Context tokens the probes of the coming step prefilled (the step's `prefill_tokens` include them)."""
         self._stream: Any = None
         """The streamed request writing the step."""
+        self._prompt_ids: list[int] | None = None
+        """Token ids of the prompt of the request writing the step (to go on from, should it fail)."""
+        self._first_chunk: Any = None
+        """The first chunk of a gated step's request, read by `gated_probe`, for `write` to go on from."""
 
     @property
     def context_tokens(self) -> int:
@@ -259,7 +357,7 @@ class OpenAISession(ModelSession):
             "prompt": self._context + self._pending, "max_tokens": max_tokens, "temperature": self._sampling.temperature,
             "top_p": self._sampling.top_p, "stream": stream,
             "extra_body": {"include_stop_str_in_output": True, "return_tokens_as_token_ids": True},
-            "extra_headers": {SESSION_HEADER: self._conversation},
+            "extra_headers": _trace_headers({SESSION_HEADER: self._conversation}),
         }
         if stop:
             request["stop"] = list(stop)
@@ -271,7 +369,22 @@ class OpenAISession(ModelSession):
             request["seed"] = next(self._seeds)
         if stream:
             request["stream_options"] = {"include_usage": True}
+            request["extra_body"]["return_token_ids"] = True  # to go on from the tokens received, after a failure
         return request
+
+    async def _send(self, request: dict[str, Any]) -> Any:
+        """A request, sent again (unchanged, so a seeded one samples the same) while it fails and
+        the retry policy allows."""
+        while True:
+            try:
+                return await self._server.create(**request)
+            except ServerError as error:
+                await self._retry_after(error)
+
+    async def _retry_after(self, error: ServerError) -> None:
+        await self._server.retry.pause(error, self._step_retries)
+        self._step_retries += 1
+        self.retries += 1
 
     async def _next(self) -> Any | None:
         try:
@@ -285,13 +398,45 @@ class OpenAISession(ModelSession):
         self.output_tokens += usage.completion_tokens
 
     async def probe(self, top_k: int | None) -> TokenDistribution:
-        response = await self._server.create(**self._request(1, (), top_k or -1, stream=False))
+        response = await self._send(self._request(1, (), top_k or -1, stream=False))
         self._count(response.usage)
         self._probed_tokens += _uncached(response.usage)
         logprobs = response.choices[0].logprobs
         if logprobs is None or not logprobs.top_logprobs:
             return TokenDistribution((0.0,), vocab_size=self._server.vocab_size)  # ended at once
         return _distribution(logprobs.top_logprobs[0], top_k, self._server.vocab_size)
+
+    async def gated_probe(self, threshold: float, max_tokens: int, stop: Sequence[str]) -> TokenDistribution | None:
+        """The step's own request, gated: a first token other than the end of text proves H_init <=
+        threshold (the request goes on as the small model's step).  The end of text first is the
+        gate's intervention or, rarely, the model's own choice: it cannot tell which, so it says
+        None and the router probes, keeping every decision exact."""
+        if not self._server.gate:
+            return None
+        eos = self._server.tokenizer.eos_token_id
+        request = self._request(max_tokens, stop, None)
+        request["extra_body"]["vllm_xargs"] = gate_arguments(threshold, eos)
+        while True:
+            try:
+                self._stream = await self._server.create(**request)
+                chunk = await self._next()
+                while chunk is not None and not (chunk.choices and _token_ids(chunk.choices[0])):
+                    chunk = await self._next()  # a chunk without tokens (usage alone) cannot start a step
+                break
+            except ServerError as error:
+                await self._close_stream()
+                await self._retry_after(error)
+        first = _token_ids(chunk.choices[0]) if chunk is not None else []
+        if first[:1] == [eos] or not first:
+            if chunk is not None and chunk.usage is None:
+                chunk = await self._next()  # the usage chunk that follows the end
+            if chunk is not None and chunk.usage is not None:
+                self._count(chunk.usage)
+                self._probed_tokens += _uncached(chunk.usage)
+            await self._close_stream()
+            return None
+        self._first_chunk = chunk
+        return TokenDistribution((), vocab_size=self._server.vocab_size, proven=EntropyBounds(0.0, threshold, exact=True))
 
     def write(self, max_tokens: int, stop: Sequence[str], measure: bool = False,
               constrained: bool = False) -> StepWriter:
@@ -301,7 +446,7 @@ class OpenAISession(ModelSession):
         request = self._request(1, (), self._server.measure_top_k, stream=False)
         request["prompt"] = self._context + suffix
         request["extra_body"] = {}  # token strings, not ids, to match the candidates
-        response = await self._server.create(**request)
+        response = await self._send(request)
         self._count(response.usage)
         seen = {token.strip(): lp for token, lp in response.choices[0].logprobs.top_logprobs[0].items()}
         return {c: seen[c] for c in candidates if c in seen}
@@ -309,18 +454,25 @@ class OpenAISession(ModelSession):
     def commit(self) -> None:
         self._context += self._pending
         self._context_tokens += self._pending_tokens
-        self._pending, self._pending_tokens, self._probed_tokens = "", 0, 0
-        self._stream = None
+        self._forget_step()
+
+    def _forget_step(self) -> None:
+        self._pending, self._pending_ids, self._pending_tokens, self._probed_tokens = "", [], 0, 0
+        self._stream, self._prompt_ids, self._first_chunk, self._step_retries = None, None, None, 0
+
+    async def _close_stream(self) -> None:
+        if self._stream is not None:
+            await _sync.on_background_loop(self._stream.close())
+            self._stream = None
 
     async def discard(self) -> None:
         """Drop the pending step; close its stream if open (the server aborts the request).  An
         aborted stream reports no usage: count its whole context and the tokens it sent."""
         if self._stream is not None:
-            await _sync.on_background_loop(self._stream.close())
+            await self._close_stream()
             self.input_tokens += self._context_tokens
             self.output_tokens += self._pending_tokens
-            self._stream = None
-        self._pending, self._pending_tokens, self._probed_tokens = "", 0, 0
+        self._forget_step()
 
     async def append_text(self, text: str) -> None:
         await self.discard()
@@ -331,6 +483,23 @@ class OpenAISession(ModelSession):
         await self.discard()
 
 
+def _trace_headers(headers: dict[str, str]) -> dict[str, str]:
+    """`headers` plus the current OpenTelemetry context as W3C `traceparent` (`glimp serve` makes
+    each step's span current while the step runs), so the server's request spans join the run's
+    trace.  Unchanged where OpenTelemetry is not installed or no span is current."""
+    try:
+        from opentelemetry.propagate import inject
+    except ImportError:
+        return headers
+    inject(headers)
+    return headers
+
+
+def _token_ids(choice: Any) -> list[int]:
+    """Token ids a streamed choice carries (vLLM's `return_token_ids`), else none."""
+    return list((choice.model_extra or {}).get("token_ids") or ())
+
+
 def _distribution(top_logprobs: dict[str, float], top_k: int | None, vocab_size: int) -> TokenDistribution:
     """The k largest logprobs of a position (the server may add the sampled token, which is never
     larger than the k-th), or all of them when the whole vocabulary was asked for."""
@@ -339,6 +508,10 @@ def _distribution(top_logprobs: dict[str, float], top_k: int | None, vocab_size:
 
 
 class _OpenAIWriter(StepWriter):
+    """A step streamed from the server.  A failed request or a stream cut mid-step is sent again
+    from where it stopped: the prompt's token ids and the step's tokens so far (the server's
+    `return_token_ids`; text where a server gives no ids), with the tokens still allowed."""
+
     def __init__(self, session: OpenAISession, max_tokens: int, stop: Sequence[str], measure: bool,
                  constrained: bool) -> None:
         super().__init__(max_tokens, stop, measure)
@@ -347,35 +520,75 @@ class _OpenAIWriter(StepWriter):
 
     async def __aiter__(self) -> AsyncIterator[str]:
         session = self._session
-        session._stream = await session._server.create(**session._request(
-            self.max_tokens, self.stop, session._server.measure_top_k if self.measure else None,
-            constrained=self._constrained))
-        chunk = await session._next()
-        finish, stop_reason, streamed = None, None, 0
+        scanner: StopScanner | None = None  # after a resumption the server cannot see a stop string across the cut
+        self.prefill_tokens = session._probed_tokens
+        while True:
+            try:
+                async for text in self._stream_once(scanner):
+                    yield text
+                break
+            except ServerError as error:
+                await session._close_stream()
+                if self._constrained and session._pending_tokens:
+                    raise  # a grammar cannot go on from the middle of its text in a new request
+                await session._retry_after(error)
+                scanner = StopScanner(self.stop)
+        self.tokens = session._pending_tokens
+        session._stream = None
+
+    def _resumed_request(self) -> dict[str, Any]:
+        """The request that writes the step, or goes on with it after a failure."""
+        session = self._session
+        written = session._pending_tokens
+        request = session._request(self.max_tokens - written, self.stop,
+                                   session._server.measure_top_k if self.measure else None,
+                                   constrained=self._constrained)
+        if written and session._prompt_ids is not None and len(session._pending_ids) == written:
+            request["prompt"] = session._prompt_ids + session._pending_ids
+        return request
+
+    async def _stream_once(self, scanner: StopScanner | None) -> AsyncIterator[str]:
+        """One request's part of the step; a `ServerError` when it fails before its end."""
+        session = self._session
+        chunk, session._first_chunk = session._first_chunk, None
+        if chunk is None:  # no gated request has started the step
+            session._stream = await session._server.create(**self._resumed_request())
+            chunk = await session._next()
+        finish, stop_reason = None, None
         while chunk is not None:
             if chunk.choices:
                 choice = chunk.choices[0]
-                streamed += max(1, len(choice.logprobs.tokens)) if choice.logprobs else 1
-                session._pending_tokens = streamed
+                extra = choice.model_extra or {}
+                if extra.get("prompt_token_ids") and session._prompt_ids is None:
+                    session._prompt_ids = list(extra["prompt_token_ids"])
+                ids = _token_ids(choice)
+                session._pending_ids += ids
+                session._pending_tokens += len(ids) or (max(1, len(choice.logprobs.tokens)) if choice.logprobs else 1)
                 self._measure(choice.logprobs)
                 finish = choice.finish_reason or finish
-                stop_reason = (choice.model_extra or {}).get("stop_reason", stop_reason)
+                stop_reason = extra.get("stop_reason", stop_reason)
                 text = choice.text or ""
+                stopped_across = scanner is not None and scanner.found(session._pending + text)
+                if stopped_across:
+                    text = _through_stop(session._pending, text, self.stop)
+                    finish, stop_reason = "stop", "a stop string across the resumption"
                 if text:
                     session._pending += text
                     yield text
+                if stopped_across:
+                    await session._close_stream()
+                    break
             if chunk.usage is not None:  # the last chunk: exact counts
                 session._count(chunk.usage)
-                streamed = chunk.usage.completion_tokens
-                self.prefill_tokens = session._probed_tokens + _uncached(chunk.usage)
+                self.prefill_tokens += _uncached(chunk.usage)
                 # a vllm serve that drafts, started with --per-request-spec-decode-metrics, reports them
                 drafting = ((chunk.model_extra or {}).get("metrics") or {}).get("speculative_decoding")
                 if drafting:
-                    self.drafted_tokens = drafting["num_draft_tokens"]
-                    self.accepted_tokens = drafting["num_accepted_draft_tokens"]
+                    self.drafted_tokens = (self.drafted_tokens or 0) + drafting["num_draft_tokens"]
+                    self.accepted_tokens = (self.accepted_tokens or 0) + drafting["num_accepted_draft_tokens"]
             chunk = await session._next()
-        self.tokens = session._pending_tokens = streamed
-        session._stream = None
+        if finish is None:
+            raise ServerError(session._server.unreachable(ConnectionError("the stream ended before the step did")))
         self.end = _end(finish, stop_reason)
 
     def _measure(self, logprobs: Any) -> None:
@@ -387,6 +600,13 @@ class _OpenAIWriter(StepWriter):
             bounds = _distribution(top, server.measure_top_k, server.vocab_size).bounds()
             self.token_entropies.append((bounds.lower + bounds.upper) / 2)
             self.token_logprobs.append(logprob)
+
+
+def _through_stop(pending: str, text: str, stop: Sequence[str]) -> str:
+    """The part of `text` (following `pending`) up to the end of the first stop string in both."""
+    joined = pending + text
+    end = min(joined.find(s) + len(s) for s in stop if s and s in joined)
+    return joined[len(pending):end]
 
 
 def _end(finish: str | None, stop_reason: Any) -> str:

@@ -102,6 +102,7 @@ class VLLMBackend(Backend):
         from vllm.platforms import current_platform
 
         from glimp_integrations.backends import vllm_gate
+        from glimp_integrations.backends.gate_arguments import GATE_PROCESSOR
 
         on_cpu = current_platform.is_cpu()
         names = {"small": resolve_model_name("small", small), "large": resolve_model_name("large", large)}
@@ -133,7 +134,7 @@ class VLLMBackend(Backend):
                 args["per_request_spec_decode_metrics"] = "summary"  # drafted and accepted tokens per request
             args.update(engine_args or {})
             if entropy_gate and (role == "small" or shared):
-                args["logits_processors"] = [*(args.get("logits_processors") or []), vllm_gate.GATE_PROCESSOR]
+                args["logits_processors"] = [*(args.get("logits_processors") or []), GATE_PROCESSOR]
             self.models[role] = _sync.run_sync(_Engine.start(names[role], args))
         self.gate = vllm_gate.GateSlots() if entropy_gate else None
         atexit.register(self.close)  # engines left running at exit die noisily: shut them down first

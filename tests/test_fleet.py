@@ -1,0 +1,162 @@
+"""Glimp on a real vLLM fleet on 127.0.0.1 (`glimp_integrations.local_fleet`): one small replica with
+the entropy gate, two large replicas behind `vllm-router` (consistent hashing on `X-Session-Id`),
+every replica exporting its spans to an OTLP receiver.  One fleet for the module (about 4 GB a
+replica); the test that kills a replica runs last.  Select with `-m fleet`."""
+
+import asyncio
+import logging
+import time
+
+import httpx
+import pytest
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from glimp_integrations import GlimpConfigError, GlimpRouter
+from glimp_integrations.embedded import embedded_model_dir
+from glimp_integrations.local_fleet import LocalFleet, free_port, vllm_metric
+from glimp_integrations.server import running_server, scrape
+from tests.otlp import running_otlp_receiver
+from tests.step_cases import QUESTION
+
+pytestmark = [pytest.mark.fleet, pytest.mark.vllm, pytest.mark.embedded]
+
+GREEDY = {"temperature": 0.0, "reasoning_mode": "plain", "reasoning_budget": 100}
+MIXED_THRESHOLD = 1.9
+"""On QUESTION (greedy) the embedded model's H_init are about 2.25, 2.35, 1.38, 2.07, 2.41: both
+models write, and no step is within 0.15 nats of the threshold."""
+QUESTIONS = [QUESTION, "Explain how to make tea, step by step, with a blank line between steps.",
+             "List three facts about the moon, one paragraph each.", "What are the four seasons? One paragraph each."]
+
+
+@pytest.fixture(scope="module")
+def receiver():
+    with running_otlp_receiver() as (receiver, endpoint):
+        yield receiver, endpoint
+
+
+@pytest.fixture(scope="module")
+def fleet(receiver, tmp_path_factory):
+    _, endpoint = receiver
+    with LocalFleet(embedded_model_dir(), replica_args=["--otlp-traces-endpoint", endpoint],
+                    log_dir=tmp_path_factory.mktemp("fleet")) as fleet:
+        yield fleet
+
+
+def routers(fleet, **options):
+    """The fleet's router with the gate (as found at start) and one that probes with requests."""
+    return (GlimpRouter(fleet.url("small"), fleet.url("large"), backend="openai", **GREEDY, **options),
+            GlimpRouter(fleet.url("small"), fleet.url("large"), backend="openai", **GREEDY, **options,
+                        backend_options={"entropy_gate": False}))
+
+
+def test_a_delegated_step_is_one_request_on_the_gated_server(fleet):
+    gated, probing = routers(fleet, threshold=float("inf"))
+    with gated, probing:
+        assert gated.backend.models["small"].gate and not gated.backend.models["large"].gate
+        with_gate, with_probes = gated.run(QUESTION), probing.run(QUESTION)
+    assert with_gate.answer == with_probes.answer and len(with_gate.steps) > 2
+    assert {s.basis for s in with_gate.steps} == {"gate"} and all(s.h_init is None for s in with_gate.steps)
+    assert all(s.probe.h_upper == float("inf") for s in with_gate.steps)
+    written = sum(s.tokens for s in with_gate.steps)
+    # the small server generated the steps' tokens and nothing else: no probe requests
+    assert with_gate.usage_by_model["small"]["output_tokens"] == written
+    assert with_probes.usage_by_model["small"]["output_tokens"] == written + len(with_probes.steps)
+
+
+def test_gated_and_probed_runs_route_alike(fleet):
+    gated, probing = routers(fleet, threshold=MIXED_THRESHOLD)
+    with gated, probing:
+        with_gate, with_probes = gated.run(QUESTION), probing.run(QUESTION)
+    assert [s.model for s in with_gate.steps] == [s.model for s in with_probes.steps]
+    assert {s.model for s in with_gate.steps} == {"small", "large"} and with_gate.answer == with_probes.answer
+    for gated_step, probed_step in zip(with_gate.steps, with_probes.steps):
+        if gated_step.model == "small":  # proven at most the threshold, as the probe measured
+            assert gated_step.basis == "gate" and gated_step.probe.h_upper == MIXED_THRESHOLD
+            assert probed_step.probe.h_upper <= MIXED_THRESHOLD
+        else:  # the gate ended the request at once; a probe confirmed it was the gate
+            assert gated_step.basis in ("bounds", "full") and gated_step.probe.h_lower > MIXED_THRESHOLD
+
+
+def test_a_server_without_the_gate_is_noticed_and_probed(fleet, caplog):
+    with caplog.at_level(logging.WARNING, logger="glimp_integrations.backends.openai"):
+        router = GlimpRouter(fleet.url("large"), fleet.url("large"), backend="openai", threshold=MIXED_THRESHOLD,
+                             **GREEDY)
+    with router:
+        warnings = [r.getMessage() for r in caplog.records if "does not run the entropy gate" in r.getMessage()]
+        assert len(warnings) == 1 and fleet.url("large") in warnings[0] and "--logits-processors" in warnings[0]
+        trace = router.run(QUESTION)
+    assert {s.basis for s in trace.steps} <= {"bounds", "full"} and all(s.h_init is not None for s in trace.steps)
+    with pytest.raises(GlimpConfigError, match="entropy_gate=True") as error:
+        GlimpRouter(fleet.url("large"), fleet.url("large"), backend="openai",
+                    backend_options={"entropy_gate": True})
+    assert fleet.url("large") in str(error.value)
+
+
+def test_a_router_down_at_start_fails_fast_naming_it(fleet):
+    down = f"http://127.0.0.1:{free_port()}/v1"
+    started = time.monotonic()
+    with pytest.raises(GlimpConfigError) as error:
+        GlimpRouter(fleet.url("small"), down, backend="openai")
+    assert down in str(error.value) and "large" in str(error.value) and time.monotonic() - started < 30
+
+
+def test_fleet_requests_join_the_run_trace(fleet, receiver):
+    otlp, _ = receiver
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    router = GlimpRouter(fleet.url("small"), fleet.url("large"), backend="openai", threshold=MIXED_THRESHOLD,
+                         **GREEDY)
+    with router, running_server(router, tracer_provider=provider) as url:
+        response = httpx.post(url + "/chat/completions", timeout=300, json={
+            "model": "glimp", "messages": [{"role": "user", "content": QUESTION}]})
+        assert response.status_code == 200
+    spans = exporter.get_finished_spans()
+    run = next(s for s in spans if s.name == "glimp.run")
+    steps = [s for s in spans if s.name == "glimp.step"]
+    step_ids = {s.context.span_id.to_bytes(8, "big") for s in steps}
+    trace_id = run.context.trace_id.to_bytes(16, "big")
+    vllm_spans = otlp.wait_for(lambda all_spans: [s for _, s in all_spans if s.trace_id == trace_id])
+    assert vllm_spans, "no vLLM span joined the run's trace"
+    # every request of a step is a child of that step's span (probes before a step: of the run's span)
+    assert {s.parent_span_id for s in vllm_spans} <= step_ids | {run.context.span_id.to_bytes(8, "big")}
+    assert {s.parent_span_id for s in vllm_spans} & step_ids
+    models = {a.value.string_value for s in vllm_spans for a in s.attributes if a.key == "gen_ai.response.model"}
+    assert models == {"glimp-small", "glimp-large"}
+
+
+def test_a_dying_replica_costs_a_retry_not_a_run(fleet):
+    """Last: it kills a large replica.  Runs that send every step to the large model are in flight
+    when the busiest replica is SIGKILLed; each run goes on through the other replica."""
+    router = GlimpRouter(fleet.url("small"), fleet.url("large"), backend="openai", threshold=0.0, **GREEDY)
+    with router, running_server(router) as url:
+        async def runs_and_a_kill() -> list[httpx.Response]:
+            async with httpx.AsyncClient(timeout=300) as client:
+                async def run(question: str) -> httpx.Response:
+                    return await client.post(url + "/chat/completions", json={
+                        "model": "glimp", "messages": [{"role": "user", "content": question}]})
+
+                async def kill_the_busiest() -> None:
+                    deadline = time.monotonic() + 60
+                    while time.monotonic() < deadline:
+                        running = {r.url: vllm_metric(r.url, "vllm:num_requests_running")
+                                   for r in fleet.replicas["large"]}
+                        busiest = max(running, key=running.get)
+                        if running[busiest] >= 1:
+                            next(r for r in fleet.replicas["large"] if r.url == busiest).kill()
+                            return
+                        await asyncio.sleep(0.05)
+                    raise AssertionError("no large replica was running a request")
+
+                return (await asyncio.gather(*(run(q) for q in QUESTIONS), kill_the_busiest()))[:len(QUESTIONS)]
+
+        responses = asyncio.run(runs_and_a_kill())
+        assert [r.status_code for r in responses] == [200] * len(QUESTIONS), [r.text[:300] for r in responses]
+        steps = [step for r in responses for step in r.json()["glimp"]["steps"]]
+        assert sum(step["retries"] for step in steps) >= 1
+        assert all(step["model"] == "large" for step in steps)
+        assert all(r.json()["choices"][0]["message"]["content"] for r in responses)
+        assert scrape(url.removesuffix("/v1"), "glimp_step_retries_total", model="large") >= 1
+        assert httpx.get(url.removesuffix("/v1") + "/health", timeout=30).status_code == 200
