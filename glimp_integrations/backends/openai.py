@@ -36,6 +36,7 @@ from typing import Any
 from glimp_integrations import _sync
 from glimp_integrations.backends.base import (
     MEASURE_TOP_K,
+    REQUEST_HEADERS,
     Backend,
     ModelSession,
     SessionSpec,
@@ -484,9 +485,13 @@ class OpenAISession(ModelSession):
 
 
 def _trace_headers(headers: dict[str, str]) -> dict[str, str]:
-    """`headers` plus the current OpenTelemetry context as W3C `traceparent` (`glimp serve` makes
-    each step's span current while the step runs), so the server's request spans join the run's
-    trace.  Unchanged where OpenTelemetry is not installed or no span is current."""
+    """`headers` plus what the run's service asks to send (`REQUEST_HEADERS`: `glimp serve` sends
+    its step span as W3C `traceparent`), else the current OpenTelemetry context where that is
+    installed (an application's own span), so a model server's request spans join the trace."""
+    extra = REQUEST_HEADERS.get()
+    if extra is not None:
+        headers.update(extra())
+        return headers
     try:
         from opentelemetry.propagate import inject
     except ImportError:
