@@ -21,10 +21,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -34,7 +30,8 @@ from questions import QUESTIONS
 
 from glimp_integrations import GlimpRouter, _sync
 from glimp_integrations.embedded import embedded_model_dir
-from glimp_integrations.server import running_server, scrape
+from glimp_integrations.local_fleet import LocalFleet, wait_until_serving
+from glimp_integrations.serve import running_server, scrape
 
 PLAIN_REQUESTS = 5
 """Plain generation is also timed split into this many requests, each going on from the last: about
@@ -217,35 +214,12 @@ def main_load(args: argparse.Namespace) -> dict:
     return results
 
 
-def vllm_server(port: int) -> subprocess.Popen:
-    command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(embedded_model_dir()),
-               "--served-model-name", "smollm2", "--host", "127.0.0.1", "--port", str(port), "--max-logprobs", "-1",
-               "--enable-prefix-caching", "--enable-prompt-tokens-details", "--enforce-eager", "--max-model-len", "4096"]
-    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env={**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"}, start_new_session=True)
-
-
-def wait_until_up(url: str, seconds: float = 300) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url + "/models", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(1)
-    raise RuntimeError(f"{url} did not come up in {seconds} s")
-
-
 def main_faults() -> dict:
-    ports = {"small": 18101, "large": 18102}
-    servers = {role: vllm_server(port) for role, port in ports.items()}
-    urls = {role: f"http://127.0.0.1:{port}/v1" for role, port in ports.items()}
+    fleet = LocalFleet(embedded_model_dir(), {"small": 1, "large": 1})
+    large = fleet.replicas["large"][0]
     results: dict = {}
-    try:
-        for url in urls.values():
-            wait_until_up(url)
-        router = GlimpRouter(urls["small"], urls["large"], backend="openai",
+    with fleet:
+        router = GlimpRouter(fleet.url("small"), fleet.url("large"), backend="openai",
                              backend_options={"max_retries": 1, "timeout": 30})
         with router, running_server(router) as url:
             health = url.removesuffix("/v1") + "/health"
@@ -259,7 +233,7 @@ def main_faults() -> dict:
 
                     async def kill() -> None:
                         await asyncio.sleep(3)
-                        os.killpg(servers["large"].pid, signal.SIGKILL)
+                        large.kill()
 
                     outcomes = await asyncio.gather(*(one(i) for i in range(4)), kill())
                     return outcomes[:4]
@@ -272,20 +246,14 @@ def main_faults() -> dict:
             small_only = httpx.post(url + "/chat/completions", timeout=300, json=body(
                 0, False, reasoning_mode="plain", threshold=1e9))  # every step to the small model
             results["small_only_while_down"] = small_only.status_code
-            servers["large"] = vllm_server(ports["large"])
-            wait_until_up(urls["large"])
+            large.start()
+            wait_until_serving(large.url, 300, large)
             up = httpx.get(health, timeout=30)
             again = httpx.post(url + "/chat/completions", timeout=300, json=body(1, False, threshold=0.0))
             results["after_restart"] = {"health": up.status_code, "request": again.status_code,
                                         "large_steps": sum(s["model"] == "large" for s in again.json()["glimp"]["steps"])}
         for key, value in results.items():
             print(f"{key}: {value}", flush=True)
-    finally:
-        for process in servers.values():
-            with_group = process.poll() is None
-            if with_group:
-                os.killpg(process.pid, signal.SIGTERM)
-                process.wait(timeout=60)
     return results
 
 

@@ -5,7 +5,7 @@
   run, a Markdown table, PNG plots);
 - `glimp calibrate [DATA.jsonl] --target-rate R`: the threshold that gives intervention rate R on
   a calibration split, reported on a disjoint split;
-- `glimp serve`: the router behind an OpenAI-compatible HTTP API (see `glimp_integrations.server`).
+- `glimp serve`: the router behind an OpenAI-compatible HTTP API (see `glimp_integrations.serve`).
 """
 
 from __future__ import annotations
@@ -90,6 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--otlp-traces-endpoint", help="export OpenTelemetry spans (a run, its steps) over OTLP/gRPC "
                                                       "to this URL, e.g. http://localhost:4317")
     serve.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
+    serve.add_argument("--api-key", default=os.environ.get("GLIMP_API_KEY"),
+                       help="require `Authorization: Bearer KEY` on every /v1 route (default: $GLIMP_API_KEY; "
+                            "the environment keeps it out of `ps`)")
     for name, summary in (("bench", "compare policies and thresholds over a problem set"),
                           ("calibrate", "pick the threshold for a target intervention rate")):
         command = commands.add_parser(name, help=summary)
@@ -138,10 +141,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 trace = _ask(router, args.question, show=not args.json)
                 print(trace.to_json(indent=2) if args.json else summary_line(trace))
             elif args.command == "serve":
-                from glimp_integrations.server import serve
+                from glimp_integrations.serve import serve
 
                 serve(router, args.host, args.port, args.served_model_name, args.otlp_traces_endpoint,
-                      args.log_level)
+                      args.log_level, args.api_key)
             elif args.command == "bench":
                 _bench(router, args)
             else:

@@ -497,7 +497,7 @@ def normalize_messages(prompt: Prompt) -> list[Message]:
             raise GlimpInputError(
                 f"`prompt[{position}]['role']` must be system, user, assistant or tool; got {role!r}. "
                 "Fix the message's role.", parameter=f"prompt[{position}]['role']")
-        messages.append({**message, "content": _message_text(message, position)})
+        messages.append(_with_reasoning({**message, "content": _message_text(message, position)}, position))
     if not messages:
         raise GlimpInputError("`prompt` is an empty message list; got []. Pass at least one user message.",
                               parameter="prompt")
@@ -506,6 +506,24 @@ def normalize_messages(prompt: Prompt) -> list[Message]:
         raise GlimpInputError(f"`prompt` has no user message; got roles {roles}. Add the user's question.",
                               parameter="prompt")
     return messages
+
+
+def _with_reasoning(message: dict[str, Any], position: int) -> dict[str, Any]:
+    """An assistant message's earlier reasoning under both names chat templates read (vLLM takes
+    `reasoning`, older clients and the DeepSeek API send `reasoning_content`)."""
+    given = {name: message[name] for name in ("reasoning", "reasoning_content") if message.get(name) is not None}
+    if not given:
+        return message
+    for name, text in given.items():
+        if not isinstance(text, str):
+            raise GlimpInputError(f"`prompt[{position}]['{name}']` must be text; got {type(text).__name__}. "
+                                  "Pass the earlier reasoning as a string, or leave it out.",
+                                  parameter=f"prompt[{position}]['{name}']")
+    if len(set(given.values())) > 1:
+        raise GlimpInputError(f"`prompt[{position}]` has `reasoning` and `reasoning_content` with different texts. "
+                              "Send one of them (they name the same thing).", parameter=f"prompt[{position}]['reasoning']")
+    text = next(iter(given.values()))
+    return {**message, "reasoning": text, "reasoning_content": text}
 
 
 def _message_text(message: Mapping[str, Any], position: int) -> str:

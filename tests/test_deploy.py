@@ -11,7 +11,7 @@ import yaml
 
 from glimp_integrations import GlimpRouter
 from glimp_integrations.backends.gate_arguments import GATE_PROCESSOR
-from glimp_integrations.server import create_app
+from glimp_integrations.serve import create_app
 from tests.scripted_pairs import scripted_pair
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"

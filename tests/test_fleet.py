@@ -16,7 +16,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from glimp_integrations import GlimpConfigError, GlimpRouter
 from glimp_integrations.embedded import embedded_model_dir
 from glimp_integrations.local_fleet import LocalFleet, free_port, vllm_metric
-from glimp_integrations.server import running_server, scrape
+from glimp_integrations.serve import running_server, scrape
 from tests.otlp import running_otlp_receiver
 from tests.step_cases import QUESTION
 

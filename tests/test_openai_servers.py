@@ -22,7 +22,7 @@ from glimp_integrations import (
     Verdict,
 )
 from glimp_integrations.embedded import embedded_model_dir
-from glimp_integrations.server import running_server
+from glimp_integrations.serve import running_server
 from tests.conftest import ScriptedChoices
 from tests.constrained_cases import CASE_IDS, CASES, run_and_check
 from tests.step_cases import (
@@ -199,6 +199,111 @@ def test_a_server_failing_mid_run_raises_with_the_trace_so_far(server_url, handl
         assert response.status_code == 502 and broken_url in response.json()["error"]["message"]
     finally:
         failing.shutdown()
+
+
+class _KeyedServer(_FailingCompletions):
+    """Lists its model only to the holder of `KEY` (401 otherwise), and records the keys it was sent."""
+
+    KEY = ""
+    seen: list[str] = []
+
+    def do_GET(self):
+        type(self).seen.append(self.headers.get("Authorization", ""))
+        if self.headers.get("Authorization") != f"Bearer {self.KEY}":
+            return self._send(401, json.dumps({"error": {"message": "Unauthorized", "type": "invalid_api_key"}}))
+        super().do_GET()
+
+
+def test_each_model_server_gets_its_own_api_key():
+    servers = {}
+    for role, key in (("small", "key-of-small"), ("large", "key-of-large")):
+        handler = type(role, (_KeyedServer,), {"KEY": key, "seen": []})
+        servers[role] = (ThreadingHTTPServer(("127.0.0.1", 0), handler), handler)
+        threading.Thread(target=servers[role][0].serve_forever, daemon=True).start()
+    urls = {role: f"http://127.0.0.1:{server.server_address[1]}/v1" for role, (server, _) in servers.items()}
+    try:
+        router = GlimpRouter(urls["small"], urls["large"], backend="openai", backend_options={
+            "small_api_key": "key-of-small", "large_api_key": "key-of-large", "max_retries": 0})
+        router.close()
+        assert set(servers["small"][1].seen) == {"Bearer key-of-small"}
+        assert set(servers["large"][1].seen) == {"Bearer key-of-large"}
+        with pytest.raises(GlimpConfigError, match=f"large model's server at {urls['large']} refused the API key.*large_api_key"):
+            GlimpRouter(urls["small"], urls["large"], backend="openai",
+                        backend_options={"api_key": "key-of-small", "max_retries": 0})
+    finally:
+        for server, _ in servers.values():
+            server.shutdown()
+
+
+class _CuttingProxy(BaseHTTPRequestHandler):
+    """Forwards to the real server; cuts the first streamed completion after `CUT_AFTER` events
+    (a replica killed mid-step), and records each streamed request and the events it passed on."""
+
+    CUT_AFTER = 4
+    upstream = ""
+    streamed: list[dict] = []
+
+    def do_GET(self):
+        with urllib.request.urlopen(self.upstream + self.path) as response:
+            self._reply(response.status, response.read())
+
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        request = json.loads(body)
+        upstream = urllib.request.Request(self.upstream + self.path, data=body,
+                                          headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(upstream) as response:
+            if not request.get("stream"):
+                return self._reply(response.status, response.read())
+            record = {"request": request, "events": []}
+            type(self).streamed.append(record)
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            for line in response:
+                if line.startswith(b"data: {"):
+                    if len(self.streamed) == 1 and len(record["events"]) == self.CUT_AFTER:
+                        self.close_connection = True  # no final chunk: the client reads an incomplete body
+                        return
+                    record["events"].append(json.loads(line[6:]))
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(line), line))
+                self.wfile.flush()
+            self.wfile.write(b"0\r\n\r\n")
+
+    def _reply(self, status, body):
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_a_step_cut_mid_stream_goes_on_from_its_tokens(server_url):
+    proxy_handler = type("Proxy", (_CuttingProxy,), {"upstream": server_url.removesuffix("/v1"), "streamed": []})
+    proxy = ThreadingHTTPServer(("127.0.0.1", 0), proxy_handler)
+    threading.Thread(target=proxy.serve_forever, daemon=True).start()
+    try:
+        router = GlimpRouter(server_url, f"http://127.0.0.1:{proxy.server_address[1]}/v1", backend="openai",
+                             policy="always_large", temperature=0.0, reasoning_mode="plain", reasoning_budget=40)
+        with router:
+            trace = router.run(QUESTION)
+    finally:
+        proxy.shutdown()
+    cut, resumed = proxy_handler.streamed[:2]
+    received = [id_ for event in cut["events"] for id_ in event["choices"][0]["token_ids"]]
+    # the resumed request: the cut one's prompt as token ids, then the tokens it had sent
+    assert resumed["request"]["prompt"] == cut["events"][0]["choices"][0]["prompt_token_ids"] + received
+    assert resumed["request"]["max_tokens"] == cut["request"]["max_tokens"] - len(received)
+    first = trace.steps[0]
+    assert first.retries == 1 and sum(step.retries for step in trace.steps) == 1
+    texts = [event["choices"][0]["text"] for record in (cut, resumed) for event in record["events"] if event["choices"]]
+    assert first.text == "".join(texts)  # what was shown before the cut, then the rest: nothing twice or lost
+    assert first.tokens == len(received) + sum(len(event["choices"][0]["token_ids"])
+                                               for event in resumed["events"] if event["choices"])
 
 
 @pytest.mark.parametrize("arguments, check", CASES, ids=CASE_IDS)

@@ -19,8 +19,8 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from pydantic import BaseModel
 
-from glimp_integrations import GlimpRouter, Verdict
-from glimp_integrations.server import running_server, scrape
+from glimp_integrations import GlimpConfigError, GlimpRouter, Verdict
+from glimp_integrations.serve import running_server, scrape
 from tests.conftest import ScriptedChoices
 from tests.otlp import running_otlp_receiver
 from tests.constrained_cases import WeatherReport
@@ -58,7 +58,8 @@ def test_a_response_and_its_stream_carry_the_same_reasoning_answer_steps_and_usa
     response = httpx.post(scripted_url + "/chat/completions", json={"model": "glimp", "messages": QUESTION}).json()
     message = response["choices"][0]["message"]
     assert message["content"] == PLAIN_ANSWER
-    assert message["reasoning_content"] == "Let me think about it.\n\nI know what to do."  # (`</think>` not shown)
+    assert message["reasoning"] == "Let me think about it.\n\nI know what to do."  # (`</think>` not shown)
+    assert message["reasoning_content"] == message["reasoning"]  # vLLM's name, and the DeepSeek API's
     steps = response["glimp"]["steps"]
     assert [s["model"] for s in steps] == ["small", "small", "large"] and steps[0]["h_init"] is not None
     usage = response["usage"]
@@ -67,7 +68,8 @@ def test_a_response_and_its_stream_carry_the_same_reasoning_answer_steps_and_usa
 
     chunks = sse_chunks(scripted_url, {"model": "glimp", "messages": QUESTION, "stream_options": {"include_usage": True}})
     deltas = [c["choices"][0]["delta"] for c in chunks if c["choices"]]
-    assert "".join(d.get("reasoning_content", "") for d in deltas).strip() == message["reasoning_content"]
+    assert "".join(d.get("reasoning", "") for d in deltas).strip() == message["reasoning"]
+    assert all(d.get("reasoning") == d.get("reasoning_content") for d in deltas)
     assert "".join(d.get("content", "") for d in deltas) == PLAIN_ANSWER
     started = [c["glimp"]["step_started"] for c in chunks if "step_started" in c.get("glimp", {})]
     finished = [c["glimp"]["step_finished"] for c in chunks if "step_finished" in c.get("glimp", {})]
@@ -191,6 +193,37 @@ class Order(BaseModel):
     quantity: int
 
 
+KEY = "sk-glimp-test-9f8e7d"
+
+
+def test_an_api_key_admits_only_its_holders_to_the_v1_routes():
+    with running_server(GlimpRouter(backend=scripted_pair()), api_key=KEY) as url:
+        base = url.removesuffix("/v1")
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": KEY}):  # none, wrong, no "Bearer"
+            for method, path in (("GET", "/models"), ("POST", "/chat/completions")):
+                response = httpx.request(method, url + path, headers=headers, json={"messages": QUESTION})
+                error = response.json()["error"]
+                assert response.status_code == 401 and error["code"] == "invalid_api_key"
+                assert error["type"] == "authentication_error" and KEY not in response.text
+        with pytest.raises(openai.AuthenticationError):
+            openai.OpenAI(base_url=url, api_key="wrong").chat.completions.create(model="glimp", messages=QUESTION)
+        client = openai.OpenAI(base_url=url, api_key=KEY)
+        assert client.chat.completions.create(model="glimp", messages=QUESTION).choices[0].message.content
+        assert [m.id for m in client.models.list()] == ["glimp"]
+        for path in ("/health", "/readyz", "/livez", "/metrics"):  # for the orchestrator: no key, keep them internal
+            assert httpx.get(base + path).status_code == 200
+        metrics = httpx.get(base + "/metrics").text
+        assert KEY not in metrics and scrape(url, "glimp_requests_total", status="401") == 7
+
+
+def test_an_empty_api_key_is_refused_at_start():
+    from glimp_integrations.serve import create_app
+
+    with pytest.raises(GlimpConfigError, match="`api_key`") as error:
+        create_app(GlimpRouter(backend=scripted_pair()), api_key=" ")
+    assert "<hidden>" in str(error.value)
+
+
 @pytest.fixture(scope="module")
 def embedded_url():
     with running_server(GlimpRouter(seed=0, reasoning_budget=24, answer_budget=40)) as url:
@@ -202,15 +235,25 @@ def test_the_openai_client_gets_routed_reasoning_then_the_answer(embedded_url):
     client = openai.OpenAI(base_url=embedded_url, api_key="unused")
     response = client.chat.completions.create(model="glimp", messages=QUESTION)
     message = response.choices[0].message
-    assert message.content and message.model_extra["reasoning_content"]
+    assert message.content and message.model_extra["reasoning"] == message.model_extra["reasoning_content"]
     steps = response.model_extra["glimp"]["steps"]
     assert steps[-1]["phase"] == "answer" and any(s["h_init"] is not None for s in steps)
     assert response.usage.completion_tokens_details.reasoning_tokens > 0
 
     chunks = list(client.chat.completions.create(model="glimp", messages=QUESTION, stream=True))
     deltas = [c.choices[0].delta for c in chunks if c.choices]
-    assert "".join((d.model_extra or {}).get("reasoning_content") or "" for d in deltas)
+    assert "".join((d.model_extra or {}).get("reasoning") or "" for d in deltas)
     assert "".join(d.content or "" for d in deltas)
+    # the reasoning sent back in the next turn, under either name, is read (and checked)
+    for name in ("reasoning", "reasoning_content"):
+        turn = [*QUESTION, {"role": "assistant", "content": message.content, name: message.model_extra["reasoning"]},
+                {"role": "user", "content": "And with 2 more?"}]
+        assert client.chat.completions.create(model="glimp", messages=turn, max_tokens=4).choices[0].message.content
+    with pytest.raises(openai.BadRequestError) as error:
+        client.chat.completions.create(model="glimp", messages=[
+            *QUESTION, {"role": "assistant", "content": "7", "reasoning": "a", "reasoning_content": "b"},
+            {"role": "user", "content": "Sure?"}])
+    assert error.value.body["param"] == "messages[1]['reasoning']"
 
 
 @pytest.mark.embedded

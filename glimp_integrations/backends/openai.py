@@ -155,6 +155,10 @@ class _Server:
         return (response.choices[0].model_extra or {}).get("token_ids") == [eos]
 
     def unreachable(self, error: Exception) -> str:
+        if getattr(error, "status_code", None) in (401, 403):
+            return (f"The {self.role} model's server at {self.url} refused the API key ({type(error).__name__}: "
+                    f"{error}). Pass its key as `{self.role}_api_key` (or `api_key`) in backend_options; glimp serve "
+                    f"reads GLIMP_{self.role.upper()}_API_KEY.")
         return (f"The {self.role} model's server at {self.url} failed or is unreachable "
                 f"({type(error).__name__}: {error}). Check that the server is running and reachable from "
                 f"here (curl {self.url}/models), that the URL ends in /v1, and its logs.")

@@ -1,0 +1,33 @@
+"""`glimp serve`: one `GlimpRouter` behind an OpenAI-compatible HTTP API (FastAPI on uvicorn).
+
+The package, by concern: `protocol` (what the APIs share on the wire: errors, usage, events),
+`chat` (chat completions in and out), `runs` (a request's run, observed and cancellable),
+`observability` (metrics and spans), `app` (the routes), `process` (serving it).
+
+Endpoints: `POST /v1/chat/completions` (streamed as server-sent events, or not), `GET /v1/models`,
+`GET /health` and `GET /readyz` (200 when both models can serve, else 503 naming the one that
+cannot), `GET /livez` (200 while the process answers) and
+`GET /metrics` (Prometheus).  What a response carries beyond OpenAI's fields:
+- `reasoning` and `reasoning_content` (the same text) in the message and in stream deltas: the
+  routed reasoning (`think` mode), under vLLM's name and the DeepSeek API's;
+- `glimp`, an extension field: on a response, `{"steps": [routing of each step], "summary": {...}}`;
+  in a stream, chunks with empty `choices` carry `{"step_started": {...}}` when a step's writer
+  is chosen, `{"step_finished": {...}}` (the step's routing: model, H_init, tokens, seconds,
+  drafted/accepted tokens) when it ends, and `{"summary": {...}}` before the usage chunk;
+- `usage.completion_tokens_details.reasoning_tokens`, and `usage.by_model`: input and output
+  tokens each model computed (prefills after a switch and probes included).
+Request fields: OpenAI's chat fields that map onto the engine (`messages`, `max_tokens` /
+`max_completion_tokens`, `temperature`, `top_p`, `seed`, `stop`, `tools`, `tool_choice`,
+`parallel_tool_calls`, `response_format`, `stream`, `stream_options`, `n`=1, `user`), vLLM's
+`structured_outputs` (one of `json`, `json_object`, `regex`, `choice`, `grammar`), and any
+run setting of `RouterConfig` as an extra body field (`threshold`, `policy`, `reasoning_mode`,
+`reasoning_budget`, ...).  An unknown field, or a value the engine rejects, is a 400 error in
+OpenAI's shape naming the field.  A client that disconnects cancels its run, which aborts its
+engine requests.  A model server that fails mid-run ends the run with a 502 naming it; any other
+failure of a run is a 500.
+"""
+
+from glimp_integrations.serve.app import create_app
+from glimp_integrations.serve.process import running_server, scrape, serve
+
+__all__ = ["create_app", "running_server", "scrape", "serve"]

@@ -1,0 +1,375 @@
+"""`POST /v1/chat/completions`: OpenAI's chat-completion fields in, a routed run out, as a
+`chat.completion` or as `chat.completion.chunk` server-sent events.
+
+Request fields: OpenAI's chat fields that map onto the engine (`messages`, `max_tokens` /
+`max_completion_tokens`, `temperature`, `top_p`, `seed`, `stop`, `tools`, `tool_choice`,
+`parallel_tool_calls`, `response_format`, `stream`, `stream_options`, `n`=1, `user`), vLLM's
+`structured_outputs` (one of `json`, `json_object`, `regex`, `choice`, `grammar`), and any run
+setting of `RouterConfig` as an extra body field (`threshold`, `policy`, `reasoning_mode`,
+`reasoning_budget`, ...).  An unknown field, or a value the engine rejects, is a 400 error in
+OpenAI's shape naming the field.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+from glimp_integrations.constraints import CALL_CLOSE, CALL_OPEN, AnswerConstraint
+from glimp_integrations.config import did_you_mean
+from glimp_integrations.serve.protocol import (
+    ROUTING_FIELDS,
+    RequestError,
+    check_fields,
+    is_int,
+    is_number,
+    is_text_list,
+    run_failure,
+    shown,
+    sse_data,
+    usage,
+)
+from glimp_integrations.serve.runs import (
+    ObservedRun,
+    ServerState,
+    first_event,
+    json_body,
+    last_event,
+    unless_disconnected,
+)
+from glimp_integrations.errors import GlimpRunError
+from glimp_integrations.tools import parse_tool_calls, partial_tool_calls
+from glimp_integrations.trace import RouterEvent, RunFinished, RunTrace, StepFinished, StepStarted, TokenDelta
+
+OPENAI_FIELDS: tuple[str, ...] = (
+    "model", "messages", "stream", "stream_options", "max_tokens", "max_completion_tokens", "temperature", "top_p",
+    "seed", "stop", "n", "tools", "tool_choice", "parallel_tool_calls", "response_format", "user")
+"""The chat-completion fields `glimp serve` honours."""
+STRUCTURED_OUTPUT_KINDS = ("json", "json_object", "regex", "choice", "grammar")
+"""The forms of vLLM's `structured_outputs` field that `glimp serve` takes (one per request)."""
+UNSUPPORTED_FIELDS: dict[str, Any] = {
+    "logprobs": (None, False), "top_logprobs": (None, 0), "frequency_penalty": (None, 0, 0.0),
+    "presence_penalty": (None, 0, 0.0), "logit_bias": (None, {}), "audio": (None,), "modalities": (None, ["text"]),
+    "prediction": (None,), "reasoning_effort": (None,), "web_search_options": (None,),
+}
+"""OpenAI fields accepted only at their "off" values (a request may carry them unset)."""
+IGNORED_FIELDS = ("store", "metadata", "service_tier", "include_reasoning")
+"""Fields that do not change the answer (storage, billing tier, labels): accepted and not used."""
+
+
+async def chat_completions(state: ServerState, request: Any) -> Any:
+    """`POST /v1/chat/completions`: a routed run, streamed as chunks or answered whole."""
+    from fastapi.responses import Response, StreamingResponse
+
+    try:
+        body = await json_body(request)
+        messages, arguments = run_arguments(body, state.served_model, state.max_model_len)
+        tool_names = [t.get("function", t).get("name") for t in arguments.get("tools") or []]
+        events = ObservedRun(state, messages, arguments).__aiter__()
+        first = await first_event(events)  # bad settings fail here, before any response starts
+    except RequestError as error:
+        return state.error_response(error)
+    completion_id = f"chatcmpl-{uuid.uuid4().hex}"
+    if body.get("stream"):
+        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        writer = ChunkWriter(completion_id, state.served_model, tool_names)
+        return StreamingResponse(stream_chunks(state, events, first, writer, include_usage),
+                                 media_type="text/event-stream")
+    outcome = await unless_disconnected(request, last_event(events, first))
+    if outcome is None:  # the client left: the run was cancelled
+        state.metrics.requests.labels(status="499").inc()
+        return Response(status_code=499)
+    if isinstance(outcome, RequestError):
+        return state.error_response(outcome)
+    state.metrics.requests.labels(status="200").inc()
+    return completion(outcome, completion_id, state.served_model, tool_names)
+
+
+FIELD_RULES: dict[str, tuple[Any, str, str]] = {
+    "model": (lambda v: isinstance(v, str), "must be a string", "Pass the id /v1/models lists."),
+    "stream": (lambda v: isinstance(v, bool), "must be true or false", "Pass a JSON boolean."),
+    "stream_options": (lambda v: isinstance(v, dict) and set(v) <= {"include_usage", "continuous_usage_stats"}
+                       and all(isinstance(x, bool) for x in v.values()), "must be {\"include_usage\": true|false}",
+                       "Pass a JSON object with boolean values."),
+    "max_tokens": (lambda v: is_int(v, 1), "must be an integer >= 1", "Pass e.g. 256."),
+    "max_completion_tokens": (lambda v: is_int(v, 1), "must be an integer >= 1", "Pass e.g. 256."),
+    "temperature": (lambda v: is_number(v, 0, 2), "must be a number from 0 to 2", "Pass e.g. 0.6 (0: greedy)."),
+    "top_p": (lambda v: is_number(v, 0, 1, low_open=True), "must be a number in (0, 1]", "Pass e.g. 0.95."),
+    "seed": (is_int, "must be an integer (64-bit)", "Pass e.g. 0."),
+    "stop": (lambda v: isinstance(v, str) or is_text_list(v), "must be a string or a list of strings",
+             'Pass e.g. ["\\n\\n"].'),
+    "n": (lambda v: v == 1 and is_int(v), "must be 1 (one routed answer per request)", "Leave it out or pass 1."),
+    "tools": (lambda v: isinstance(v, list), "must be a list of function tools", "See OpenAI's `tools`."),
+    "tool_choice": (lambda v: isinstance(v, (str, dict)), "must be a string or a function choice",
+                    'Pass auto, required, none or {"type": "function", "function": {"name": ...}}.'),
+    "parallel_tool_calls": (lambda v: isinstance(v, bool), "must be true or false", "Pass a JSON boolean."),
+    "response_format": (lambda v: isinstance(v, dict), "must be an object", 'Pass e.g. {"type": "json_object"}.'),
+    "user": (lambda v: isinstance(v, str), "must be a string", "Pass an end-user id."),
+    "store": (lambda v: isinstance(v, bool), "must be true or false", "Pass a JSON boolean."),
+    "metadata": (lambda v: isinstance(v, dict) and all(isinstance(x, str) for x in v.values()),
+                 "must be an object of strings", 'Pass e.g. {"team": "search"}.'),
+    "service_tier": (lambda v: isinstance(v, str), "must be a string", "Pass e.g. auto."),
+    "include_reasoning": (lambda v: isinstance(v, bool), "must be true or false", "Pass a JSON boolean."),
+}
+"""Types and ranges of the chat fields, as OpenAI documents them (a field set to null is unset)."""
+TOOL_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+"""What OpenAI allows as a function's name."""
+
+
+def run_arguments(body: Any, served_model: str, max_model_len: int | None = None) -> tuple[list[dict[str, Any]],
+                                                                                         dict[str, Any]]:
+    """The messages and `GlimpRouter.astream` keyword arguments of a chat-completion request body;
+    RequestError naming the field for anything that is unknown, of the wrong type or range, or
+    cannot be honoured (a token budget beyond `max_model_len`, the context window)."""
+    if not isinstance(body, dict):
+        raise RequestError(400, "The request body must be a JSON object.")
+    check_fields(body, FIELD_RULES)
+    _check_messages(body.get("messages"))
+    _check_tools(body.get("tools"))
+    for name in ("max_tokens", "max_completion_tokens"):
+        if max_model_len is not None and body.get(name) is not None and body[name] > max_model_len:
+            raise RequestError(400, f"`{name}` must be at most {max_model_len}, this model's context window; got "
+                                    f"{body[name]}. Ask for fewer tokens.", name)
+    for name, value in body.items():
+        if name in UNSUPPORTED_FIELDS and value not in UNSUPPORTED_FIELDS[name]:
+            raise RequestError(400, f"`{name}` is not supported by glimp serve; got {shown(value)}. Leave it unset.",
+                               name)
+        if name not in OPENAI_FIELDS and name not in UNSUPPORTED_FIELDS and name not in IGNORED_FIELDS \
+                and name not in ROUTING_FIELDS and name != "structured_outputs":
+            raise RequestError(400, f"Unknown field `{name}`; got {shown(value)}. "
+                                    f"{did_you_mean(name, [*OPENAI_FIELDS, *ROUTING_FIELDS])}Accepted: OpenAI's "
+                                    f"chat fields and the routing settings {', '.join(ROUTING_FIELDS)}.", name)
+    if body.get("model") not in (None, served_model):
+        raise RequestError(404, f"`model` must be `{served_model}`, the model this server serves; got "
+                                f"{shown(body['model'])}.", "model", kind="not_found_error")
+    messages = body["messages"]
+    arguments: dict[str, Any] = {name: body[name] for name in ROUTING_FIELDS if body.get(name) is not None}
+    for name in ("temperature", "top_p", "seed", "stop", "tools", "parallel_tool_calls", "response_format"):
+        if body.get(name) is not None:
+            arguments[name] = body[name]
+    if body.get("structured_outputs") is not None:
+        if "response_format" in arguments:
+            raise RequestError(400, "Pass either `response_format` or `structured_outputs`, not both.",
+                               "structured_outputs")
+        arguments["response_format"] = _structured_outputs(body["structured_outputs"])
+    if isinstance(arguments.get("stop"), str):
+        arguments["stop"] = [arguments["stop"]]
+    max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
+    if max_tokens is not None:
+        arguments["max_tokens"] = max_tokens
+    if body.get("tool_choice") is not None:
+        arguments["tool_choice"] = _tool_choice(body["tool_choice"])
+    return messages, arguments
+
+
+MESSAGE_ROLES = ("system", "user", "assistant", "tool")
+
+
+def _check_messages(messages: Any) -> None:
+    """The shapes OpenAI requires of `messages` (their text is the engine's to check)."""
+    if not isinstance(messages, list) or not messages:
+        raise RequestError(400, "`messages` must be a non-empty list of chat messages.", "messages")
+    for index, message in enumerate(messages):
+        where = f"messages[{index}]"
+        if not isinstance(message, dict):
+            raise RequestError(400, f"`{where}` must be an object with a `role`; got {shown(message)}.", where)
+        role = message.get("role")
+        if role not in MESSAGE_ROLES:
+            raise RequestError(400, f"`{where}['role']` must be one of {', '.join(MESSAGE_ROLES)}; got {shown(role)}.",
+                               f"{where}['role']")
+        for name in ("name", "tool_call_id", "reasoning", "reasoning_content"):
+            if message.get(name) is not None and not isinstance(message[name], str):
+                raise RequestError(400, f"`{where}['{name}']` must be a string; got {shown(message[name])}.",
+                                   f"{where}['{name}']")
+        if role == "tool" and not message.get("tool_call_id"):
+            raise RequestError(400, f"`{where}` is a tool result without `tool_call_id`. Name the call it answers.",
+                               f"{where}['tool_call_id']")
+        calls = message.get("tool_calls")
+        if calls is None:
+            continue
+        if role != "assistant" or not isinstance(calls, list):
+            raise RequestError(400, f"`{where}['tool_calls']` must be a list, on an assistant message; got "
+                                    f"{shown(calls)} on a {role} message.", f"{where}['tool_calls']")
+        for number, call in enumerate(calls):
+            function = call.get("function") if isinstance(call, dict) else None
+            if not (isinstance(function, dict) and isinstance(function.get("name"), str)
+                    and isinstance(function.get("arguments"), (str, dict)) and isinstance(call.get("id", ""), str)):
+                raise RequestError(400, f"`{where}['tool_calls'][{number}]` must be {{\"id\": ..., \"type\": "
+                                        f"\"function\", \"function\": {{\"name\": ..., \"arguments\": \"<JSON>\"}}}}; "
+                                        f"got {shown(call)}.", f"{where}['tool_calls'][{number}]")
+
+
+def _check_tools(tools: Any) -> None:
+    for index, tool in enumerate(tools or []):
+        function = tool.get("function") if isinstance(tool, dict) else None
+        name = function.get("name") if isinstance(function, dict) else None
+        if not (isinstance(tool, dict) and tool.get("type", "function") == "function" and isinstance(name, str)
+                and TOOL_NAME.match(name) and isinstance(function.get("description", ""), str)
+                and isinstance(function.get("parameters", {}), dict)):
+            raise RequestError(400, f"`tools[{index}]` must be {{\"type\": \"function\", \"function\": {{\"name\": "
+                                    f"<1-64 of A-Z a-z 0-9 _ ->, \"description\": <text>, \"parameters\": <JSON "
+                                    f"schema>}}}}; got {shown(tool)}.", f"tools[{index}]")
+
+
+def _structured_outputs(spec: Any) -> AnswerConstraint:
+    """vLLM's `structured_outputs` field ({"json": schema}, {"json_object": true}, {"regex": ...},
+    {"choice": [...]} or {"grammar": ...}) as the engine's constraint, checked here so that an
+    error names this field."""
+    given = {key: value for key, value in spec.items() if value not in (None, False)} if isinstance(spec, dict) else {}
+    if len(given) != 1 or next(iter(given)) not in STRUCTURED_OUTPUT_KINDS:
+        raise RequestError(400, f"`structured_outputs` must set one of {', '.join(STRUCTURED_OUTPUT_KINDS)}; got "
+                                f"{spec!r}.", "structured_outputs")
+    kind, value = next(iter(given.items()))
+    try:
+        if kind == "json":
+            schema = json.loads(value) if isinstance(value, str) else value
+            return AnswerConstraint.json_schema(schema, name="structured_outputs")
+        return AnswerConstraint.json_object() if kind == "json_object" else \
+            AnswerConstraint.from_response_format({"type": kind, kind: value})
+    except ValueError as error:  # the engine's GlimpConfigError, or a `json` string that is not JSON
+        raise RequestError(400, f"`structured_outputs` {spec!r} cannot be applied: {error}",
+                           "structured_outputs") from error
+
+
+def _tool_choice(choice: Any) -> str:
+    """OpenAI's tool_choice (a mode, or {"type": "function", "function": {"name": ...}}) as the engine's string."""
+    if isinstance(choice, str):
+        return choice
+    name = choice.get("function", {}).get("name") if isinstance(choice, dict) else None
+    if not isinstance(name, str):
+        raise RequestError(400, f"`tool_choice` must be auto, required, none or "
+                                f'{{"type": "function", "function": {{"name": ...}}}}; got {choice!r}.', "tool_choice")
+    return name
+
+
+class ChunkWriter:
+    """Turns a run's events into `chat.completion.chunk` payloads.  Reasoning deltas go out as
+    `reasoning` (vLLM's name since 0.30) and `reasoning_content` (the DeepSeek API's, which many
+    clients still read), the same text; the answer as `content`, or, when the request has tools, as `tool_calls`
+    once a `<tool_call>` starts (a call's name when it is complete, its arguments when the call is)."""
+
+    def __init__(self, completion_id: str, model: str, tool_names: list[str]) -> None:
+        self.base = {"id": completion_id, "object": "chat.completion.chunk", "created": int(time.time()),
+                     "model": model}
+        self.tool_names = tool_names
+        self.answer = ""
+        self.content_sent = 0
+        self.announced: list[str] = []
+        """Ids of the tool calls whose name has been sent, in order."""
+        self.arguments_sent = 0
+
+    def chunk(self, delta: dict[str, Any] | None = None, finish_reason: str | None = None,
+              **extra: Any) -> dict[str, Any]:
+        choices = [] if delta is None else [{"index": 0, "delta": delta, "logprobs": None,
+                                             "finish_reason": finish_reason}]
+        return {**self.base, "choices": choices, **extra}
+
+    def on_event(self, event: RouterEvent) -> list[dict[str, Any]]:
+        if isinstance(event, StepStarted):
+            probe = event.probe
+            return [self.chunk(glimp={"step_started": {
+                "index": event.index, "model": event.model, "phase": event.phase, "decision": event.decision,
+                "h_init": probe.h_init if probe else None}})]
+        if isinstance(event, StepFinished):
+            return [self.chunk(glimp={"step_finished": event.step.routing()})]
+        if isinstance(event, TokenDelta) and event.text:
+            if event.phase == "reasoning":
+                return [self.chunk({"reasoning": event.text, "reasoning_content": event.text})]
+            self.answer += event.text
+            return self._answer_chunks(final=False)
+        return []
+
+    def finish(self, trace: RunTrace, include_usage: bool) -> list[dict[str, Any]]:
+        chunks = self._answer_chunks(final=True)
+        chunks.append(self.chunk({}, finish_reason=_finish_reason(trace, bool(self.announced))))
+        chunks.append(self.chunk(glimp={"summary": trace.summary()}))
+        if include_usage:
+            chunks.append(self.chunk(usage=usage(trace)))
+        return chunks
+
+    def _answer_chunks(self, final: bool) -> list[dict[str, Any]]:
+        if not self.tool_names:
+            text, self.content_sent = self.answer[self.content_sent:], len(self.answer)
+            return [self.chunk({"content": text})] if text else []
+        chunks = []
+        call_start = self.answer.find(CALL_OPEN)
+        free_text_end = len(self.answer) if call_start < 0 else call_start
+        if call_start < 0 and not final:  # hold back what may be the start of `<tool_call>`
+            free_text_end -= _partial_suffix(self.answer, CALL_OPEN)
+        if free_text_end > self.content_sent:
+            chunks.append(self.chunk({"content": self.answer[self.content_sent:free_text_end]}))
+            self.content_sent = free_text_end
+        if call_start < 0:
+            return chunks
+        if final:
+            calls = [(c.name, c.arguments) for c in parse_tool_calls(self.answer, self.tool_names)[1]]
+            complete = len(calls)
+        else:
+            calls = partial_tool_calls(self.answer, self.tool_names)
+            complete = min(len(calls), self.answer.count(CALL_CLOSE))
+        for index, (name, _) in enumerate(calls[len(self.announced):], start=len(self.announced)):
+            call_id = f"call_{uuid.uuid4().hex[:12]}"
+            self.announced.append(call_id)
+            chunks.append(self.chunk({"tool_calls": [{"index": index, "id": call_id, "type": "function",
+                                                      "function": {"name": name, "arguments": ""}}]}))
+        for index in range(self.arguments_sent, complete):
+            chunks.append(self.chunk({"tool_calls": [{"index": index, "function": {
+                "arguments": json.dumps(calls[index][1])}}]}))
+        self.arguments_sent = max(self.arguments_sent, complete)
+        return chunks
+
+
+def _partial_suffix(text: str, tag: str) -> int:
+    """Length of the longest end of `text` that begins `tag` (0 if none)."""
+    return next((n for n in range(min(len(tag) - 1, len(text)), 0, -1) if tag.startswith(text[-n:])), 0)
+
+
+def _finish_reason(trace: RunTrace, called: bool) -> str:
+    return "tool_calls" if called else "length" if trace.finish_reason == "budget" else "stop"
+
+
+def completion(trace: RunTrace, completion_id: str, model: str, tool_names: list[str]) -> dict[str, Any]:
+    """The `chat.completion` response for a finished run."""
+    text, calls = parse_tool_calls(trace.answer, tool_names) if tool_names else (trace.answer, [])
+    message: dict[str, Any] = {"role": "assistant", "content": text or (None if calls else ""),
+                               "reasoning": trace.reasoning or None, "reasoning_content": trace.reasoning or None}
+    if calls:
+        message["tool_calls"] = [{"id": c.id, "type": "function",
+                                  "function": {"name": c.name, "arguments": json.dumps(c.arguments)}} for c in calls]
+    return {"id": completion_id, "object": "chat.completion", "created": int(time.time()), "model": model,
+            "choices": [{"index": 0, "message": message, "logprobs": None,
+                         "finish_reason": _finish_reason(trace, bool(calls))}],
+            "usage": usage(trace),
+            "glimp": {"steps": [step.routing() for step in trace.steps], "summary": trace.summary()}}
+
+
+async def stream_chunks(state: ServerState, events: AsyncIterator[RouterEvent], first: RouterEvent, writer: ChunkWriter,
+               include_usage: bool) -> AsyncIterator[str]:
+    """Server-sent events of a streamed run.  A disconnect cancels this generator (and the run);
+    an error mid-stream goes out as an `error` event, as vLLM sends it."""
+    status = "499"
+    try:
+        yield sse_data(writer.chunk({"role": "assistant", "content": ""}))
+        event: RouterEvent | None = first
+        while event is not None:
+            for chunk in writer.on_event(event):
+                yield sse_data(chunk)
+            if isinstance(event, RunFinished):
+                for chunk in writer.finish(event.trace, include_usage):
+                    yield sse_data(chunk)
+                break
+            event = await events.__anext__()
+        yield "data: [DONE]\n\n"
+        status = "200"
+    except GlimpRunError as error:
+        failure = run_failure(error)
+        status = str(failure.status)
+        yield sse_data(failure.body())
+        yield "data: [DONE]\n\n"
+    finally:
+        await events.aclose()
+        state.metrics.requests.labels(status=status).inc()

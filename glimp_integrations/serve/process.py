@@ -1,0 +1,90 @@
+"""Running the app: `serve` (what `glimp serve` runs, with SIGTERM draining open requests),
+`running_server` (a background server for notebooks, tests and benchmarks) and `scrape`."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from glimp_integrations import _sync
+from glimp_integrations.errors import require_module
+from glimp_integrations.router import GlimpRouter
+from glimp_integrations.serve.app import create_app
+from glimp_integrations.serve.observability import otlp_tracer_provider
+
+
+def serve(router: GlimpRouter, host: str = "127.0.0.1", port: int = 8000, served_model_name: str | None = None,
+          otlp_traces_endpoint: str | None = None, log_level: str = "info", api_key: str | None = None) -> None:
+    """Serve `router` until interrupted (what `glimp serve` runs).  SIGTERM (what `docker stop` and
+    Kubernetes send) and Ctrl-C stop taking requests, let the open ones finish, then export the
+    spans not yet sent: uvicorn's own signal handling needs the main thread, and the server runs
+    on the engines' loop."""
+    tracer_provider = otlp_tracer_provider(otlp_traces_endpoint) if otlp_traces_endpoint else None
+    server = _uvicorn_server(create_app(router, served_model_name, tracer_provider=tracer_provider, api_key=api_key),
+                             host, port, log_level)
+    running = _start_on_engine_loop(server)
+
+    def stop(*_: Any) -> None:
+        if server.should_exit:  # a second signal: stop without waiting for the open requests
+            server.force_exit = True
+        server.should_exit = True
+
+    in_main_thread = threading.current_thread() is threading.main_thread()  # where handlers can be set
+    previous = signal.signal(signal.SIGTERM, stop) if in_main_thread else None
+    try:
+        while True:
+            try:
+                running.result()
+                break
+            except KeyboardInterrupt:
+                stop()
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)
+        if tracer_provider is not None:
+            tracer_provider.shutdown()
+
+
+def _uvicorn_server(app: Any, host: str, port: int, log_level: str) -> Any:
+    uvicorn = require_module("uvicorn", "serve", "glimp serve")
+    return uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level=log_level))
+
+
+def _start_on_engine_loop(server: Any) -> concurrent.futures.Future:
+    """Run the HTTP server on Glimp's background loop, the one that drives the engines, so that a
+    request's run awaits its engine requests directly instead of hopping between loops per token."""
+    return asyncio.run_coroutine_threadsafe(server.serve(), _sync.background_loop())
+
+
+def scrape(base_url: str, name: str, **labels: str) -> float:
+    """One sample of a running server's /metrics (`base_url` as `running_server` yields it; 0 when absent)."""
+    import httpx  # installed with FastAPI's test client and the openai client
+
+    parser = require_module("prometheus_client.parser", "serve", "Reading /metrics")
+    text = httpx.get(base_url.removesuffix("/v1") + "/metrics").text
+    return next((sample.value for family in parser.text_string_to_metric_families(text) for sample in family.samples
+                 if sample.name == name and sample.labels == labels), 0.0)
+
+
+@contextlib.contextmanager
+def running_server(router: GlimpRouter, host: str = "127.0.0.1", port: int = 0, **app_options: Any) -> Iterator[str]:
+    """Serve `router` (on Glimp's background loop) while the block runs; yields the base URL
+    (`http://HOST:PORT/v1`; port 0 picks a free one).  For notebooks, tests and benchmarks."""
+    server = _uvicorn_server(create_app(router, **app_options), host, port, "warning")
+    running = _start_on_engine_loop(server)
+    while not server.started:
+        if running.done():
+            raise RuntimeError(f"glimp serve could not start on {host}:{port} ({running.exception()!r})")
+        time.sleep(0.02)
+    bound_port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield f"http://{host}:{bound_port}/v1"
+    finally:
+        server.should_exit = True
+        running.result()

@@ -1,0 +1,86 @@
+"""What every API of `glimp serve` shares on the wire: errors in OpenAI's shape (`RequestError`,
+with the `param` it names), usage with the routing's token counts, and server-sent events."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from glimp_integrations.backends.openai import ServerError
+from glimp_integrations.config import CONFIG_FIELDS
+from glimp_integrations.errors import GlimpRunError
+from glimp_integrations.trace import RunTrace
+
+SAMPLING_FIELDS = ("temperature", "top_p", "seed", "stop")
+"""Run settings every API takes under OpenAI's own names."""
+ROUTING_FIELDS: tuple[str, ...] = tuple(f for f in CONFIG_FIELDS if f not in SAMPLING_FIELDS)
+"""Run settings accepted as extra body fields (`threshold`, `policy`, ...)."""
+
+
+class RequestError(Exception):
+    """A request the server answers with an OpenAI-style error (`status`, `param`, `code`)."""
+
+    def __init__(self, status: int, message: str, param: str | None = None,
+                 kind: str = "invalid_request_error", code: str | int | None = None) -> None:
+        super().__init__(message)
+        self.status, self.param, self.kind = status, param, kind
+        self.code = status if code is None else code
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"message": str(self), "type": self.kind, "param": self.param, "code": self.code}}
+
+
+def openai_param(parameter: str | None) -> str | None:
+    """A Glimp error's parameter as the request names it: the router's `prompt` is `messages`."""
+    if parameter and parameter.startswith("prompt"):
+        return "messages" + parameter.removeprefix("prompt")
+    return parameter
+
+
+def usage(trace: RunTrace) -> dict[str, Any]:
+    """OpenAI's usage object for a run, with `by_model` (what each model computed) added."""
+    return {"prompt_tokens": trace.prompt_tokens, "completion_tokens": trace.completion_tokens,
+            "total_tokens": trace.prompt_tokens + trace.completion_tokens,
+            "completion_tokens_details": {"reasoning_tokens": trace.reasoning_tokens},
+            "by_model": {model: dict(counts) for model, counts in trace.usage_by_model.items()}}
+
+
+def run_failure(error: GlimpRunError) -> RequestError:
+    """A run that failed: 502 when a model server failed (the error names it), else 500."""
+    return RequestError(502 if isinstance(error.__cause__, ServerError) else 500, str(error), kind="server_error")
+
+
+def sse_data(payload: Mapping[str, Any]) -> str:
+    return f"data: {json.dumps(payload)}\n\n"
+
+
+def is_int(value: Any, low: int = -(2 ** 63), high: int = 2 ** 63 - 1) -> bool:
+    """An integer (not a bool) within [low, high]."""
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+
+
+def is_number(value: Any, low: float, high: float, low_open: bool = False) -> bool:
+    """A finite number (not a bool) within [low, high] ((low, high] when `low_open`)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) \
+        and (value > low if low_open else value >= low) and value <= high
+
+
+def is_text_list(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(item, str) for item in value)
+
+
+def check_fields(body: Mapping[str, Any], rules: Mapping[str, tuple[Callable[[Any], bool], str, str]]) -> None:
+    """Each field of `body` that `rules` names ({field: (test, rule, fix)}) and is not None passes
+    its test, else a 400 naming it."""
+    for name, (test, rule, fix) in rules.items():
+        value = body.get(name)
+        if value is not None and not test(value):
+            raise RequestError(400, f"`{name}` {rule}; got {shown(value)}. {fix}", name)
+
+
+def shown(value: Any, limit: int = 200) -> str:
+    """A value as an error message quotes it: its repr, cut to `limit` characters."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
