@@ -179,7 +179,7 @@ class GlimpRouter:
         config = self._config_for(overrides)
         custom = self._custom_policy if "policy" not in overrides else None
         policy = custom or make_policy(config)
-        events = _Run(self.backend, config, policy, messages, tools, constraint).events()
+        events = _Run(self.backend, config, policy, messages, tools, constraint, max_tokens).events()
         try:
             async for event in events:
                 yield event
@@ -230,9 +230,12 @@ class _Run:
     """The state of one run; `events` is the algorithm: the routed steps, then the answer."""
 
     def __init__(self, backend: Backend, config: RouterConfig, policy: RoutingPolicy, messages: list[Message],
-                 tools: Sequence[dict[str, Any]] | None, constraint: AnswerConstraint | None) -> None:
+                 tools: Sequence[dict[str, Any]] | None, constraint: AnswerConstraint | None,
+                 max_tokens: int | None = None) -> None:
         self.backend = backend
         self.config = config
+        self.max_tokens = max_tokens
+        """The caller's `max_tokens`, when given: it must fit in what the prompt leaves of the context."""
         self.policy = policy
         self.messages = messages
         self.tools = tools
@@ -257,6 +260,7 @@ class _Run:
                 sessions[role] = await self.backend.open_session(role, spec)
             small, large = sessions["small"], sessions["large"]
             self.prompt_tokens = large.prompt_tokens
+            self._check_max_tokens_fit(small, large)
             reasoning_closed = False
             if think or self.constraint is None:  # plain mode with a constraint: the large model answers alone
                 async for event in self._routed_steps(small, large):
@@ -414,6 +418,17 @@ class _Run:
         written.token_entropies, written.token_logprobs = step.token_entropies, step.token_logprobs
         written.drafted_tokens, written.accepted_tokens = step.drafted_tokens, step.accepted_tokens
         written.hit_step_limit = self.config.max_step_tokens == max_tokens
+
+    def _check_max_tokens_fit(self, *sessions: ModelSession) -> None:
+        """A `max_tokens` beyond what the prompt leaves of a model's context is an input error, as
+        vLLM answers it (the run would otherwise end short of it without saying why)."""
+        left = min(session.context_window - session.prompt_tokens for session in sessions)
+        if self.max_tokens is not None and self.max_tokens > left:
+            raise GlimpInputError(
+                f"`max_tokens` ({self.max_tokens}) is more than the context leaves after the prompt: {left} tokens "
+                f"(context window {min(s.context_window for s in sessions)}, prompt "
+                f"{max(s.prompt_tokens for s in sessions)} tokens). Ask for at most {left}, or shorten the messages.",
+                parameter="max_tokens")
 
     @staticmethod
     def _draft(written: _Written, large: ModelSession) -> SmallStepDraft:

@@ -150,6 +150,7 @@ def test_bodies_that_are_not_a_request_get_a_4xx(url, raw, status):
 @pytest.mark.parametrize("body, param", [
     ({"max_tokens": 10 ** 30}, "max_tokens"),  # out of range (it was a 500)
     ({"max_tokens": 100_000}, "max_tokens"),  # beyond the context window, as vLLM refuses it
+    ({"max_tokens": 4090}, "max_tokens"),  # within the window (4096), beyond what the prompt leaves of it
     ({"temperature": "hot"}, "temperature"), ({"temperature": 2.5}, "temperature"), ({"top_p": 0}, "top_p"),
     ({"stream": "yes"}, "stream"), ({"n": True}, "n"), ({"seed": 2 ** 64}, "seed"),
     ({"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "tool_calls": {"id": 1}}]},

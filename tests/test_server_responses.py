@@ -74,6 +74,7 @@ def test_function_tools_and_their_turns(client):
     ("tools", [{"type": "web_search"}], "tools[0]"),
     ("max_output_tokens", 0, "max_output_tokens"),
     ("max_output_tokens", 10 ** 9, "max_output_tokens"),
+    ("max_output_tokens", 4090, "max_output_tokens"),  # more than the prompt leaves of the 4096-token window
     ("input", [{"type": "image", "url": "x"}], "input[0]"),
     ("input", [{"role": "user", "content": [{"type": "input_image", "image_url": "x"}]}], "input[0]['content']"),
     ("text", {"format": {"type": "json_schema"}}, "text.format"),
