@@ -16,7 +16,6 @@ import json
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 from glimp_integrations.constraints import CALL_CLOSE, CALL_OPEN, AnswerConstraint
@@ -24,26 +23,17 @@ from glimp_integrations.config import did_you_mean
 from glimp_integrations.serve.protocol import (
     ROUTING_FIELDS,
     RequestError,
+    COMMON_RULES,
     check_fields,
     is_int,
-    is_number,
     is_text_list,
-    run_failure,
     shown,
     sse_data,
     usage,
 )
-from glimp_integrations.serve.runs import (
-    ObservedRun,
-    ServerState,
-    first_event,
-    json_body,
-    last_event,
-    unless_disconnected,
-)
-from glimp_integrations.errors import GlimpRunError
+from glimp_integrations.serve.runs import ServerState, answer
 from glimp_integrations.tools import parse_tool_calls, partial_tool_calls
-from glimp_integrations.trace import RouterEvent, RunFinished, RunTrace, StepFinished, StepStarted, TokenDelta
+from glimp_integrations.trace import RouterEvent, RunTrace, StepFinished, StepStarted, TokenDelta
 
 OPENAI_FIELDS: tuple[str, ...] = (
     "model", "messages", "stream", "stream_options", "max_tokens", "max_completion_tokens", "temperature", "top_p",
@@ -63,42 +53,22 @@ IGNORED_FIELDS = ("store", "metadata", "service_tier", "include_reasoning")
 
 async def chat_completions(state: ServerState, request: Any) -> Any:
     """`POST /v1/chat/completions`: a routed run, streamed as chunks or answered whole."""
-    from fastapi.responses import Response, StreamingResponse
-
-    try:
-        body = await json_body(request)
+    def parse(body: Any) -> tuple[list[dict[str, Any]], dict[str, Any], ChunkWriter]:
         messages, arguments = run_arguments(body, state.served_model, state.max_model_len)
         tool_names = [t.get("function", t).get("name") for t in arguments.get("tools") or []]
-        events = ObservedRun(state, messages, arguments).__aiter__()
-        first = await first_event(events)  # bad settings fail here, before any response starts
-    except RequestError as error:
-        return state.error_response(error)
-    completion_id = f"chatcmpl-{uuid.uuid4().hex}"
-    if body.get("stream"):
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-        writer = ChunkWriter(completion_id, state.served_model, tool_names)
-        return StreamingResponse(stream_chunks(state, events, first, writer, include_usage),
-                                 media_type="text/event-stream")
-    outcome = await unless_disconnected(request, last_event(events, first))
-    if outcome is None:  # the client left: the run was cancelled
-        state.metrics.requests.labels(status="499").inc()
-        return Response(status_code=499)
-    if isinstance(outcome, RequestError):
-        return state.error_response(outcome)
-    state.metrics.requests.labels(status="200").inc()
-    return completion(outcome, completion_id, state.served_model, tool_names)
+        return messages, arguments, ChunkWriter(state.served_model, tool_names, include_usage)
+
+    return await answer(state, request, parse)
 
 
 FIELD_RULES: dict[str, tuple[Any, str, str]] = {
-    "model": (lambda v: isinstance(v, str), "must be a string", "Pass the id /v1/models lists."),
-    "stream": (lambda v: isinstance(v, bool), "must be true or false", "Pass a JSON boolean."),
+    **COMMON_RULES,
     "stream_options": (lambda v: isinstance(v, dict) and set(v) <= {"include_usage", "continuous_usage_stats"}
                        and all(isinstance(x, bool) for x in v.values()), "must be {\"include_usage\": true|false}",
                        "Pass a JSON object with boolean values."),
     "max_tokens": (lambda v: is_int(v, 1), "must be an integer >= 1", "Pass e.g. 256."),
     "max_completion_tokens": (lambda v: is_int(v, 1), "must be an integer >= 1", "Pass e.g. 256."),
-    "temperature": (lambda v: is_number(v, 0, 2), "must be a number from 0 to 2", "Pass e.g. 0.6 (0: greedy)."),
-    "top_p": (lambda v: is_number(v, 0, 1, low_open=True), "must be a number in (0, 1]", "Pass e.g. 0.95."),
     "seed": (is_int, "must be an integer (64-bit)", "Pass e.g. 0."),
     "stop": (lambda v: isinstance(v, str) or is_text_list(v), "must be a string or a list of strings",
              'Pass e.g. ["\\n\\n"].'),
@@ -106,13 +76,8 @@ FIELD_RULES: dict[str, tuple[Any, str, str]] = {
     "tools": (lambda v: isinstance(v, list), "must be a list of function tools", "See OpenAI's `tools`."),
     "tool_choice": (lambda v: isinstance(v, (str, dict)), "must be a string or a function choice",
                     'Pass auto, required, none or {"type": "function", "function": {"name": ...}}.'),
-    "parallel_tool_calls": (lambda v: isinstance(v, bool), "must be true or false", "Pass a JSON boolean."),
     "response_format": (lambda v: isinstance(v, dict), "must be an object", 'Pass e.g. {"type": "json_object"}.'),
-    "user": (lambda v: isinstance(v, str), "must be a string", "Pass an end-user id."),
     "store": (lambda v: isinstance(v, bool), "must be true or false", "Pass a JSON boolean."),
-    "metadata": (lambda v: isinstance(v, dict) and all(isinstance(x, str) for x in v.values()),
-                 "must be an object of strings", 'Pass e.g. {"team": "search"}.'),
-    "service_tier": (lambda v: isinstance(v, str), "must be a string", "Pass e.g. auto."),
     "include_reasoning": (lambda v: isinstance(v, bool), "must be true or false", "Pass a JSON boolean."),
 }
 """Types and ranges of the chat fields, as OpenAI documents them (a field set to null is unset)."""
@@ -252,10 +217,11 @@ class ChunkWriter:
     clients still read), the same text; the answer as `content`, or, when the request has tools, as `tool_calls`
     once a `<tool_call>` starts (a call's name when it is complete, its arguments when the call is)."""
 
-    def __init__(self, completion_id: str, model: str, tool_names: list[str]) -> None:
-        self.base = {"id": completion_id, "object": "chat.completion.chunk", "created": int(time.time()),
-                     "model": model}
+    def __init__(self, model: str, tool_names: list[str], include_usage: bool = False) -> None:
+        self.id, self.model = f"chatcmpl-{uuid.uuid4().hex}", model
+        self.base = {"id": self.id, "object": "chat.completion.chunk", "created": int(time.time()), "model": model}
         self.tool_names = tool_names
+        self.include_usage = include_usage
         self.answer = ""
         self.content_sent = 0
         self.announced: list[str] = []
@@ -268,7 +234,28 @@ class ChunkWriter:
                                              "finish_reason": finish_reason}]
         return {**self.base, "choices": choices, **extra}
 
-    def on_event(self, event: RouterEvent) -> list[dict[str, Any]]:
+    def start(self) -> list[str]:
+        return [sse_data(self.chunk({"role": "assistant", "content": ""}))]
+
+    def on_event(self, event: RouterEvent) -> list[str]:
+        return [sse_data(chunk) for chunk in self._chunks(event)]
+
+    def finish(self, trace: RunTrace) -> list[str]:
+        chunks = self._answer_chunks(final=True)
+        chunks.append(self.chunk({}, finish_reason=_finish_reason(trace, bool(self.announced))))
+        chunks.append(self.chunk(glimp={"summary": trace.summary()}))
+        if self.include_usage:
+            chunks.append(self.chunk(usage=usage(trace)))
+        return [*map(sse_data, chunks), "data: [DONE]\n\n"]
+
+    def failed(self, failure: RequestError) -> list[str]:
+        """An `error` event, as vLLM sends it, then the end of the stream."""
+        return [sse_data(failure.body()), "data: [DONE]\n\n"]
+
+    def whole(self, trace: RunTrace) -> dict[str, Any]:
+        return completion(trace, self.id, self.model, self.tool_names)
+
+    def _chunks(self, event: RouterEvent) -> list[dict[str, Any]]:
         if isinstance(event, StepStarted):
             probe = event.probe
             return [self.chunk(glimp={"step_started": {
@@ -282,14 +269,6 @@ class ChunkWriter:
             self.answer += event.text
             return self._answer_chunks(final=False)
         return []
-
-    def finish(self, trace: RunTrace, include_usage: bool) -> list[dict[str, Any]]:
-        chunks = self._answer_chunks(final=True)
-        chunks.append(self.chunk({}, finish_reason=_finish_reason(trace, bool(self.announced))))
-        chunks.append(self.chunk(glimp={"summary": trace.summary()}))
-        if include_usage:
-            chunks.append(self.chunk(usage=usage(trace)))
-        return chunks
 
     def _answer_chunks(self, final: bool) -> list[dict[str, Any]]:
         if not self.tool_names:
@@ -345,31 +324,3 @@ def completion(trace: RunTrace, completion_id: str, model: str, tool_names: list
                          "finish_reason": _finish_reason(trace, bool(calls))}],
             "usage": usage(trace),
             "glimp": {"steps": [step.routing() for step in trace.steps], "summary": trace.summary()}}
-
-
-async def stream_chunks(state: ServerState, events: AsyncIterator[RouterEvent], first: RouterEvent, writer: ChunkWriter,
-               include_usage: bool) -> AsyncIterator[str]:
-    """Server-sent events of a streamed run.  A disconnect cancels this generator (and the run);
-    an error mid-stream goes out as an `error` event, as vLLM sends it."""
-    status = "499"
-    try:
-        yield sse_data(writer.chunk({"role": "assistant", "content": ""}))
-        event: RouterEvent | None = first
-        while event is not None:
-            for chunk in writer.on_event(event):
-                yield sse_data(chunk)
-            if isinstance(event, RunFinished):
-                for chunk in writer.finish(event.trace, include_usage):
-                    yield sse_data(chunk)
-                break
-            event = await events.__anext__()
-        yield "data: [DONE]\n\n"
-        status = "200"
-    except GlimpRunError as error:
-        failure = run_failure(error)
-        status = str(failure.status)
-        yield sse_data(failure.body())
-        yield "data: [DONE]\n\n"
-    finally:
-        await events.aclose()
-        state.metrics.requests.labels(status=status).inc()

@@ -84,3 +84,17 @@ def shown(value: Any, limit: int = 200) -> str:
     """A value as an error message quotes it: its repr, cut to `limit` characters."""
     text = repr(value)
     return text if len(text) <= limit else text[:limit] + "..."
+
+
+COMMON_RULES: dict[str, tuple[Callable[[Any], bool], str, str]] = {
+    "model": (lambda v: isinstance(v, str), "must be a string", "Pass the id /v1/models lists."),
+    "stream": (lambda v: isinstance(v, bool), "must be true or false", "Pass a JSON boolean."),
+    "temperature": (lambda v: is_number(v, 0, 2), "must be a number from 0 to 2", "Pass e.g. 0.6 (0: greedy)."),
+    "top_p": (lambda v: is_number(v, 0, 1, low_open=True), "must be a number in (0, 1]", "Pass e.g. 0.95."),
+    "parallel_tool_calls": (lambda v: isinstance(v, bool), "must be true or false", "Pass a JSON boolean."),
+    "user": (lambda v: isinstance(v, str), "must be a string", "Pass an end-user id."),
+    "metadata": (lambda v: isinstance(v, dict) and all(isinstance(x, str) for x in v.values()),
+                 "must be an object of strings", 'Pass e.g. {"team": "search"}.'),
+    "service_tier": (lambda v: isinstance(v, str), "must be a string", "Pass e.g. auto."),
+}
+"""Types and ranges of the fields both APIs take, as OpenAI documents them (`check_fields`)."""

@@ -24,31 +24,21 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 from glimp_integrations.serve.chat import run_arguments
 from glimp_integrations.serve.protocol import (
+    COMMON_RULES,
     ROUTING_FIELDS,
     RequestError,
     check_fields,
     is_int,
-    is_number,
-    run_failure,
     shown,
     usage,
 )
-from glimp_integrations.serve.runs import (
-    ObservedRun,
-    ServerState,
-    first_event,
-    json_body,
-    last_event,
-    unless_disconnected,
-)
-from glimp_integrations.errors import GlimpRunError
+from glimp_integrations.serve.runs import ServerState, answer
 from glimp_integrations.tools import parse_tool_calls
-from glimp_integrations.trace import RouterEvent, RunFinished, RunTrace, StepFinished, StepStarted, TokenDelta
+from glimp_integrations.trace import RouterEvent, RunTrace, StepFinished, StepStarted, TokenDelta
 
 RESPONSES_FIELDS = ("model", "input", "instructions", "max_output_tokens", "temperature", "top_p", "seed", "stop",
                     "tools", "tool_choice", "parallel_tool_calls", "text", "stream", "store", "metadata", "user",
@@ -58,25 +48,17 @@ RESPONSES_FIELDS = ("model", "input", "instructions", "max_output_tokens", "temp
 STATEFUL = {"previous_response_id": None, "conversation": None, "store": False, "background": False}
 """Fields that need state kept between requests: Glimp keeps none, so only these values pass."""
 FIELD_RULES: dict[str, tuple[Any, str, str]] = {
-    "model": (lambda v: isinstance(v, str), "must be a string", "Pass the id /v1/models lists."),
+    **COMMON_RULES,
     "input": (lambda v: isinstance(v, (str, list)) and bool(v), "must be text or a non-empty list of items",
               'Pass e.g. "What is 3 x 3?".'),
     "instructions": (lambda v: isinstance(v, str), "must be a string", "Pass the system instructions as text."),
     "max_output_tokens": (lambda v: is_int(v, 1), "must be an integer >= 1", "Pass e.g. 256."),
-    "temperature": (lambda v: is_number(v, 0, 2), "must be a number from 0 to 2", "Pass e.g. 0.6 (0: greedy)."),
-    "top_p": (lambda v: is_number(v, 0, 1, low_open=True), "must be a number in (0, 1]", "Pass e.g. 0.95."),
     "tools": (lambda v: isinstance(v, list), "must be a list of function tools", "See OpenAI's `tools`."),
     "tool_choice": (lambda v: isinstance(v, (str, dict)), "must be a string or a function choice",
                     'Pass auto, required, none or {"type": "function", "name": ...}.'),
-    "parallel_tool_calls": (lambda v: isinstance(v, bool), "must be true or false", "Pass a JSON boolean."),
     "text": (lambda v: isinstance(v, dict) and set(v) <= {"format", "verbosity"}, "must be an object with `format`",
              'Pass e.g. {"format": {"type": "json_object"}}.'),
-    "stream": (lambda v: isinstance(v, bool), "must be true or false", "Pass a JSON boolean."),
     "store": (lambda v: isinstance(v, bool), "must be true or false", "Pass false."),
-    "metadata": (lambda v: isinstance(v, dict) and all(isinstance(x, str) for x in v.values()),
-                 "must be an object of strings", 'Pass e.g. {"team": "search"}.'),
-    "user": (lambda v: isinstance(v, str), "must be a string", "Pass an end-user id."),
-    "service_tier": (lambda v: isinstance(v, str), "must be a string", "Pass e.g. auto."),
     "truncation": (lambda v: v in ("disabled", "auto"), "must be disabled or auto", "Pass disabled."),
     "include": (lambda v: v == [], "must be empty: Glimp adds no optional output", "Leave it out."),
     "reasoning": (lambda v: isinstance(v, dict) and v.get("effort") is None and set(v) <= {"effort", "summary"},
@@ -214,26 +196,11 @@ def _response_format(spec: Any) -> dict[str, Any] | None:
 
 async def responses(state: ServerState, request: Any) -> Any:
     """`POST /v1/responses`: a routed run, answered as a `response` or streamed as its events."""
-    from fastapi.responses import Response, StreamingResponse
-
-    try:
-        body = await json_body(request)
+    def parse(body: Any) -> tuple[list[dict[str, Any]], dict[str, Any], ResponseWriter]:
         messages, arguments, tool_names = responses_arguments(body, state)
-        events = ObservedRun(state, messages, arguments).__aiter__()
-        first = await first_event(events)
-    except RequestError as error:
-        return state.error_response(in_responses_terms(error))
-    writer = ResponseWriter(state.served_model, body, tool_names)
-    if body.get("stream"):
-        return StreamingResponse(stream_events(state, events, first, writer), media_type="text/event-stream")
-    outcome = await unless_disconnected(request, last_event(events, first))
-    if outcome is None:
-        state.metrics.requests.labels(status="499").inc()
-        return Response(status_code=499)
-    if isinstance(outcome, RequestError):
-        return state.error_response(outcome)
-    state.metrics.requests.labels(status="200").inc()
-    return writer.response(outcome)
+        return messages, arguments, ResponseWriter(state.served_model, body, tool_names)
+
+    return await answer(state, request, parse, in_responses_terms)
 
 
 class ResponseWriter:
@@ -249,6 +216,13 @@ class ResponseWriter:
         self.message: dict[str, Any] | None = None
         """The answer's message item while it streams (not when the request has tools: then the
         answer is parsed for calls once it is whole)."""
+
+    def whole(self, trace: RunTrace) -> dict[str, Any]:
+        return self.response(trace)
+
+    def failed(self, failure: RequestError) -> list[str]:
+        return [self.event("response.failed", response=self.response(
+            None, status="failed", error={"code": "server_error", "message": str(failure)}))]
 
     def response(self, trace: RunTrace | None, status: str = "completed", error: dict | None = None) -> dict[str, Any]:
         if trace is not None:
@@ -389,31 +363,3 @@ def _usage(trace: RunTrace) -> dict[str, Any]:
             "output_tokens": chat["completion_tokens"],
             "output_tokens_details": {"reasoning_tokens": trace.reasoning_tokens},
             "total_tokens": chat["total_tokens"], "by_model": chat["by_model"]}
-
-
-async def stream_events(state: ServerState, events: AsyncIterator[RouterEvent], first: RouterEvent,
-                        writer: ResponseWriter) -> AsyncIterator[str]:
-    """The response's events as server-sent events; a run that fails mid-stream ends with
-    `response.failed` carrying the error (502 when a model server failed, else 500)."""
-    status = "499"
-    try:
-        for line in writer.start():
-            yield line
-        event: RouterEvent | None = first
-        while event is not None:
-            for line in writer.on_event(event):
-                yield line
-            if isinstance(event, RunFinished):
-                for line in writer.finish(event.trace):
-                    yield line
-                break
-            event = await events.__anext__()
-        status = "200"
-    except GlimpRunError as error:
-        failure = run_failure(error)
-        status = str(failure.status)
-        yield writer.event("response.failed", response=writer.response(
-            None, status="failed", error={"code": "server_error", "message": str(failure)}))
-    finally:
-        await events.aclose()
-        state.metrics.requests.labels(status=status).inc()

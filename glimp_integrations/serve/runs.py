@@ -7,8 +7,8 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Callable
+from typing import Any, Protocol
 
 from glimp_integrations.backends.base import REQUEST_HEADERS
 from glimp_integrations.errors import GlimpConfigError, GlimpInputError, GlimpRunError
@@ -154,3 +154,73 @@ async def json_body(request: Any, limit: int = MAX_BODY_BYTES) -> Any:
         raise RequestError(400, "The request body nests JSON deeper than this server parses. Flatten it.") from error
     except ValueError as error:  # not JSON, or not UTF-8
         raise RequestError(400, f"The request body is not valid JSON ({error}).") from error
+
+
+class StreamWriter(Protocol):
+    """How an API streams a run: server-sent event lines for its start, each router event, its end
+    and a failure mid-stream; and the whole answer when not streamed."""
+
+    def start(self) -> list[str]: ...
+
+    def on_event(self, event: RouterEvent) -> list[str]: ...
+
+    def finish(self, trace: RunTrace) -> list[str]: ...
+
+    def failed(self, failure: RequestError) -> list[str]: ...
+
+    def whole(self, trace: RunTrace) -> dict[str, Any]: ...
+
+
+async def answer(state: ServerState, request: Any,
+                 parse: Callable[[Any], tuple[list[dict[str, Any]], dict[str, Any], StreamWriter]],
+                 in_api_terms: Callable[[RequestError], RequestError] = lambda error: error) -> Any:
+    """A request's routed run, answered whole or streamed: `parse` turns the JSON body into the
+    run's messages and arguments and the writer of the answer; errors before the answer starts go
+    through `in_api_terms` (to name the API's own fields)."""
+    from fastapi.responses import Response, StreamingResponse
+
+    try:
+        body = await json_body(request)
+        messages, arguments, writer = parse(body)
+        events = ObservedRun(state, messages, arguments).__aiter__()
+        first = await first_event(events)  # bad settings fail here, before any response starts
+    except RequestError as error:
+        return state.error_response(in_api_terms(error))
+    if body.get("stream"):
+        return StreamingResponse(stream(state, events, first, writer), media_type="text/event-stream")
+    outcome = await unless_disconnected(request, last_event(events, first))
+    if outcome is None:  # the client left: the run was cancelled
+        state.metrics.requests.labels(status="499").inc()
+        return Response(status_code=499)
+    if isinstance(outcome, RequestError):
+        return state.error_response(outcome)
+    state.metrics.requests.labels(status="200").inc()
+    return writer.whole(outcome)
+
+
+async def stream(state: ServerState, events: AsyncIterator[RouterEvent], first: RouterEvent,
+                 writer: StreamWriter) -> AsyncIterator[str]:
+    """A streamed run's server-sent events.  A disconnect cancels this generator (and the run); a
+    run that fails mid-stream ends with the writer's failure events."""
+    status = "499"
+    try:
+        for line in writer.start():
+            yield line
+        event: RouterEvent | None = first
+        while event is not None:
+            for line in writer.on_event(event):
+                yield line
+            if isinstance(event, RunFinished):
+                for line in writer.finish(event.trace):
+                    yield line
+                break
+            event = await events.__anext__()
+        status = "200"
+    except GlimpRunError as error:
+        failure = run_failure(error)
+        status = str(failure.status)
+        for line in writer.failed(failure):
+            yield line
+    finally:
+        await events.aclose()
+        state.metrics.requests.labels(status=status).inc()
