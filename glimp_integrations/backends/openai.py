@@ -559,6 +559,7 @@ class _OpenAIWriter(StepWriter):
     async def _stream_once(self, scanner: StopScanner | None) -> AsyncIterator[str]:
         """One request's part of the step; a `ServerError` when it fails before its end."""
         session = self._session
+        written_before = session._pending_tokens
         chunk, session._first_chunk = session._first_chunk, None
         if chunk is None:  # no gated request has started the step
             session._stream = await session._server.create(**self._resumed_request())
@@ -587,8 +588,9 @@ class _OpenAIWriter(StepWriter):
                 if stopped_across:
                     await session._close_stream()
                     break
-            if chunk.usage is not None:  # the last chunk: exact counts
+            if chunk.usage is not None:  # the last chunk: exact counts (a server without token ids only estimates)
                 session._count(chunk.usage)
+                session._pending_tokens = written_before + chunk.usage.completion_tokens
                 self.prefill_tokens += _uncached(chunk.usage)
                 # a vllm serve that drafts, started with --per-request-spec-decode-metrics, reports them
                 drafting = ((chunk.model_extra or {}).get("metrics") or {}).get("speculative_decoding")
