@@ -78,10 +78,6 @@ class Replica:
         self.process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, env=env,
                                         start_new_session=True)
 
-    @property
-    def running(self) -> bool:
-        return self.process is not None and self.process.poll() is None
-
     def kill(self) -> None:
         """SIGKILL the server and its engine: what an out-of-memory kill or a lost node does."""
         self._signal(signal.SIGKILL)

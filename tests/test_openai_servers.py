@@ -4,7 +4,6 @@ import contextlib
 import json
 import logging
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -22,6 +21,7 @@ from glimp_integrations import (
     Verdict,
 )
 from glimp_integrations.embedded import embedded_model_dir
+from glimp_integrations.local_fleet import free_port
 from glimp_integrations.serve import running_server
 from tests.conftest import ScriptedChoices
 from tests.constrained_cases import CASE_IDS, CASES, run_and_check
@@ -34,16 +34,10 @@ from tests.step_cases import (
 pytestmark = [pytest.mark.vllm, pytest.mark.embedded]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextlib.contextmanager
 def _vllm_server(max_logprobs: str, *extra: str):
     """`vllm serve` (python -m vllm.entrypoints.openai.api_server) on the embedded model; yields its URL."""
-    port = _free_port()
+    port = free_port()
     command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(embedded_model_dir()),
                "--served-model-name", "smollm2", "--host", "127.0.0.1", "--port", str(port),
                "--max-logprobs", max_logprobs, "--enable-prefix-caching", "--enable-prompt-tokens-details",
@@ -139,7 +133,7 @@ def test_a_long_shared_prefix_is_served_from_the_prefix_cache(router):
 
 
 def test_an_unreachable_server_is_named_at_construction(server_url):
-    dead = f"http://127.0.0.1:{_free_port()}/v1"
+    dead = f"http://127.0.0.1:{free_port()}/v1"
     with pytest.raises(GlimpConfigError, match=f"large model's server at {dead}.*Check that the server is running"):
         GlimpRouter(server_url, dead, backend="openai", backend_options={"max_retries": 0, "timeout": 2})
 
