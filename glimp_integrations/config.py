@@ -78,6 +78,10 @@ class RouterConfig:
     """Cut a step that has not ended after this many tokens (None: only the budget limits it)."""
     step_separator: str = "\n\n"
     """Text that ends a step (the paper: a blank line)."""
+    span_steps: bool = True
+    """Let one request of the small model write consecutive steps: where its engine runs the
+    entropy gate, the request goes on past a step's end while the gate delegates, and ends where
+    it intervenes.  The steps, their H_init and decisions are those of one request per step."""
     stop: tuple[str, ...] = ()
     """Stop sequences for the response: the run ends before the first one the answer contains."""
     timeout: float | None = None
@@ -108,6 +112,9 @@ class RouterConfig:
         if not isinstance(self.step_separator, str) or not self.step_separator:
             raise invalid("step_separator", self.step_separator, "must be a non-empty string",
                           'The paper uses "\\n\\n".')
+        if not isinstance(self.span_steps, bool):
+            raise invalid("span_steps", self.span_steps, "must be True or False",
+                          "Pass span_steps=False for one request per step.")
         if isinstance(self.stop, str) or any(not isinstance(s, str) or not s for s in self.stop):
             raise invalid("stop", self.stop, "must be a sequence of non-empty strings",
                           'Pass e.g. stop=["Observation:"].')

@@ -64,6 +64,11 @@ class RoutingPolicy:
         decide inside its engine: `ModelSession.gated_probe`); None otherwise."""
         return None
 
+    @property
+    def keeps_every_step(self) -> bool:
+        """True when `keep_small_step` keeps every step (then one gated request may write several)."""
+        return type(self).keep_small_step is RoutingPolicy.keep_small_step
+
     def choose(self, bounds: EntropyBounds | None, rng: random.Random) -> Verdict:
         return Verdict.DELEGATE
 

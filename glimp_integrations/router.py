@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from glimp_integrations import _sync
-from glimp_integrations.backends.base import Backend, Message, ModelSession, SessionSpec
+from glimp_integrations.backends.base import Backend, Message, ModelSession, SessionSpec, StepSpanning
 from glimp_integrations.config import BACKEND_NAMES, CONFIG_FIELDS, Role, RouterConfig, check_setting_names
 from glimp_integrations.constraints import AnswerConstraint, answer_constraint
 from glimp_integrations.entropy import EntropyBounds, Verdict
@@ -291,14 +291,18 @@ class _Run:
         phase = "reasoning" if think else "answer"
         # In plain mode the routed steps are the answer, so the user's stop sequences apply to them.
         stop = [config.step_separator, *([THINK_CLOSE] if think else config.stop)]
+        # One request may write consecutive small-model steps unless a stop string could match across them.
+        spans = config.span_steps and self.policy.keeps_every_step and not any(
+            config.step_separator in s or s in config.step_separator for s in stop[1:])
         routed_tokens = 0
         while True:
-            room = min(config.reasoning_budget - routed_tokens, _room(small), _room(large),
-                       config.max_step_tokens or config.reasoning_budget)
+            span_room = min(config.reasoning_budget - routed_tokens, _room(small), _room(large))
+            room = min(span_room, config.max_step_tokens or span_room)
             if room <= 0:
                 return
             index, step_started, retried_before = len(self.steps), time.perf_counter(), _retries(small, large)
-            probe, verdict = await self._route(small, room, stop)
+            span = StepSpanning(config.step_separator, config.max_step_tokens, span_room) if spans else None
+            probe, verdict = await self._route(small, room, stop, span)
             writer = small if verdict is Verdict.DELEGATE else large
             decision = "delegate" if writer is small else "intervene"
             basis = probe.basis if probe else "policy"
@@ -350,20 +354,21 @@ class _Run:
         if answer.end == "end_of_text" or answer.stopped:
             self.finish = "stop"
 
-    async def _route(self, small: ModelSession, max_tokens: int,
-                     stop: Sequence[str]) -> tuple[ProbeTrace | None, Verdict]:
+    async def _route(self, small: ModelSession, max_tokens: int, stop: Sequence[str],
+                     span: StepSpanning | None) -> tuple[ProbeTrace | None, Verdict]:
         """Ask the policy who writes the next step, probing the small model if it needs to.
 
         Top-k probes climb `probe_ladder` (then the whole vocabulary) only while the entropy
         bounds straddle the threshold.  A backend that caps its logprobs (`max_probe_top_k`) ends
         the climb at its cap; a decision the bounds still cannot settle there is taken from their
         midpoint (basis `capped`).  For a threshold policy a backend may instead measure the exact
-        entropy in the request that writes the step (`gated_probe`: no probe request at all)."""
+        entropy in the request that writes the step (`gated_probe`: no probe request at all), and
+        that request may go on to write the steps after it (`span`)."""
         if not self.policy.needs_probe:
             return None, self.policy.choose(None, self.rng)
         started = time.perf_counter()
         threshold, escalations = self.policy.gate_threshold, 0
-        distribution = await small.gated_probe(threshold, max_tokens, stop) if threshold is not None else None
+        distribution = await small.gated_probe(threshold, max_tokens, stop, span) if threshold is not None else None
         if distribution is not None:
             bounds = distribution.bounds()
             choice = self.policy.choose(bounds, self.rng)

@@ -73,6 +73,19 @@ class SessionSpec:
     """What the answer must be; applied by `write(..., constrained=True)`."""
 
 
+@dataclass(frozen=True)
+class StepSpanning:
+    """Asks a gated request to span steps (`step_spans`): it goes on past each step's end, where
+    the gate decides again, and ends only at another stop, the end of text, `max_tokens` or the
+    gate's intervention."""
+
+    separator: str
+    step_tokens: int | None
+    """Most tokens of a step (`RouterConfig.max_step_tokens`); a step that reaches it ends there."""
+    max_tokens: int
+    """Most tokens of the request, over all its steps."""
+
+
 class StepWriter(abc.ABC):
     """Tokens of one step as the model writes them: iterate for text deltas.
 
@@ -134,11 +147,15 @@ class ModelSession(abc.ABC):
         larger `top_k` (None: the whole vocabulary) returns more of the same distribution.
         """
 
-    async def gated_probe(self, threshold: float, max_tokens: int, stop: Sequence[str]) -> TokenDistribution | None:
+    async def gated_probe(self, threshold: float, max_tokens: int, stop: Sequence[str],
+                          span: StepSpanning | None = None) -> TokenDistribution | None:
         """H_init measured by the request that writes the step (its exact entropy, as a
-        distribution): above `threshold` the request ends at once (discard it); at or below it the
-        following `write` (with the same `max_tokens` and `stop`) goes on with it.  None where the
-        backend cannot (then the router probes)."""
+        distribution, or the bounds its outcome proves): above `threshold` the request ends at once
+        (discard it); at or below it the following `write` (with the same `max_tokens` and `stop`)
+        goes on with it.  With `span`, the request may go on past the step's end: after the step is
+        committed, the next `gated_probe` reads the gate's decision at the next step's start from
+        the same request, without a new one.  None where the backend cannot (then the router
+        probes)."""
         return None
 
     @abc.abstractmethod
@@ -250,12 +267,6 @@ def render_think_suffix(prompt: str, open_think: bool) -> str:
 def knows_think_tags(tokenizer: Any) -> bool:
     """Whether a HF tokenizer's chat template or vocabulary has `<think>`."""
     return "<think>" in (tokenizer.chat_template or "") or "<think>" in tokenizer.get_vocab()
-
-
-def token_texts(tokenizer: Any) -> list[str]:
-    """The text of every token of a HF tokenizer, by id (one pass over the vocabulary: call once
-    per model and keep the result)."""
-    return tokenizer.batch_decode([[index] for index in range(len(tokenizer))])
 
 
 def render_chat_prompt(tokenizer: Any, spec: SessionSpec) -> str:

@@ -40,6 +40,7 @@ from glimp_integrations.backends.base import (
     Backend,
     ModelSession,
     SessionSpec,
+    StepSpanning,
     StepWriter,
     StopScanner,
     TokenDistribution,
@@ -411,7 +412,8 @@ class OpenAISession(ModelSession):
             return TokenDistribution((0.0,), vocab_size=self._server.vocab_size)  # ended at once
         return _distribution(logprobs.top_logprobs[0], top_k, self._server.vocab_size)
 
-    async def gated_probe(self, threshold: float, max_tokens: int, stop: Sequence[str]) -> TokenDistribution | None:
+    async def gated_probe(self, threshold: float, max_tokens: int, stop: Sequence[str],
+                          span: StepSpanning | None = None) -> TokenDistribution | None:
         """The step's own request, gated: a first token other than the end of text proves H_init <=
         threshold (the request goes on as the small model's step).  The end of text first is the
         gate's intervention or, rarely, the model's own choice: it cannot tell which, so it says

@@ -31,8 +31,8 @@ from glimp_integrations.backends.base import (
     knows_think_tags,
     render_chat_prompt,
     resolve_model_name,
-    token_texts,
 )
+from glimp_integrations.backends.step_spans import token_texts
 from glimp_integrations.config import Role
 from glimp_integrations.errors import GlimpConfigError, invalid, require_module
 

@@ -42,6 +42,7 @@ from glimp_integrations.backends.base import (
     Backend,
     ModelSession,
     SessionSpec,
+    StepSpanning,
     StepWriter,
     TokenDistribution,
     check_prompt_fits,
@@ -49,8 +50,8 @@ from glimp_integrations.backends.base import (
     knows_think_tags,
     render_chat_prompt,
     resolve_model_name,
-    token_texts,
 )
+from glimp_integrations.backends.step_spans import SpanBuffer, StepScanner, token_texts
 from glimp_integrations.config import Role
 from glimp_integrations.errors import GlimpConfigError, invalid, require_module
 
@@ -252,10 +253,15 @@ class _Engine:
         each stop string's scan is kept for the 256 most recent (a server sees arbitrary ones)."""
         return sorted({index for string in stop for index in self._tokens_holding_one(string)})
 
-    def _scan_for(self, string: str) -> tuple[int, ...]:
+    @property
+    def texts_by_id(self) -> list[str]:
+        """Each token's text (decoded once, at first use)."""
         if self._token_texts is None:
             self._token_texts = token_texts(self.tokenizer)
-        return tuple(index for index, text in enumerate(self._token_texts) if string in text)
+        return self._token_texts
+
+    def _scan_for(self, string: str) -> tuple[int, ...]:
+        return tuple(index for index, text in enumerate(self.texts_by_id) if string in text)
 
     @classmethod
     async def start(cls, name: str, args: dict[str, Any]) -> _Engine:
@@ -332,12 +338,15 @@ class VLLMSession(ModelSession):
         self._seeds = itertools.count(seed) if seed is not None else None
         self._committed: list[int] = list(prompt_ids)
         self._pending: list[int] = []
-        self._probed_tokens = 0
-        """Context tokens the probes of the coming step prefilled (the step's `prefill_tokens` include them)."""
+        self._prefilled = 0
+        """Context tokens computed for the coming step so far: its probes', its request's (a step
+        after the first of a request that spans steps computes none)."""
         self._request: _Request | None = None
-        """The request writing the step."""
-        self._started: Any = None
-        """The first output of a gated step's request, for `write` to go on from."""
+        """The request writing the step (and, when it spans steps, the steps after it)."""
+        self._read: SpanBuffer | None = None
+        """What `_request` returned that no step has taken yet."""
+        self._gate_args: dict[str, Any] | None = None
+        """The gate's arguments of a request that spans steps."""
 
     @property
     def context_tokens(self) -> int:
@@ -365,21 +374,62 @@ class VLLMSession(ModelSession):
                                                                     detokenize=False), self)
         output = await request.next()
         await request.abort()
-        self._probed_tokens += request.prefill_tokens
+        self._prefilled += request.prefill_tokens
         return _distribution(output.outputs[0].logprobs[0], top_k, self._engine.vocab_size)
 
-    async def gated_probe(self, threshold: float, max_tokens: int, stop: Sequence[str]) -> TokenDistribution | None:
+    async def gated_probe(self, threshold: float, max_tokens: int, stop: Sequence[str],
+                          span: StepSpanning | None = None) -> TokenDistribution | None:
         if self._gate is None:
             return None
-        gate = self._gate.claim(threshold, self._engine.tokenizer.eos_token_id)
-        params = self._params(max_tokens, stop, None, extra_args=gate)
+        if self._gate_args is not None and self._read is not None:  # the request that wrote the last step goes on
+            return await self._next_step_entropy()
+        eos = self._engine.tokenizer.eos_token_id
+        if span is None:
+            gate = self._gate.claim(threshold, eos)
+            params = self._params(max_tokens, stop, None, extra_args=gate)
+        else:
+            gate = self._gate_args = self._gate.claim(threshold, eos, span.separator, span.step_tokens)
+            params = self._params(span.max_tokens, [s for s in stop if s != span.separator], None, extra_args=gate)
         request = self._request = self._engine.stream(self._committed, params, self)
-        self._started = await request.next()
+        self._read = SpanBuffer(StepScanner(span.separator, self._engine.texts_by_id, span.step_tokens)
+                                if span else None)
+        await self._read_more()
         entropy = self._gate.entropy(gate)
         if entropy is None:  # the engine finished without a first position (no room): probe instead
             await self.discard()
             return None
         return TokenDistribution((), vocab_size=self._engine.vocab_size, exact_entropy=entropy)
+
+    async def _next_step_entropy(self) -> TokenDistribution | None:
+        """H_init of the step that starts where the last one ended, in the same request: the gate
+        wrote it when the engine reached that position (an end of text forced there, above the
+        threshold, ends the request)."""
+        assert self._read is not None and self._read.scanner is not None and self._gate_args is not None
+        if self._read.empty and self._read.finish is None:
+            await self._read_more()
+        entropy = self._gate.entropy(self._gate_args, self._read.scanner.steps)  # type: ignore[union-attr]
+        if entropy is None:  # the request ended where the step did, or the gate's record was overwritten
+            await self.discard()
+            return None
+        return TokenDistribution((), vocab_size=self._engine.vocab_size, exact_entropy=entropy)
+
+    async def _read_more(self) -> Any:
+        """Read the request's next output into `_read` (its end, when it has finished); the output's
+        completion (None when the request had ended)."""
+        assert self._request is not None and self._read is not None
+        first = self._request.prefill_tokens is None
+        output = await self._request.next()
+        if first and self._request.prefill_tokens is not None:
+            self._prefilled += self._request.prefill_tokens
+        if output is None:
+            self._read.finish = self._read.finish or "aborted"
+            return None
+        completion = output.outputs[0]
+        self._read.add(completion.token_ids, completion.text)
+        if output.finished:
+            self._read.finish = completion
+            self._request.done = True
+        return completion
 
     def write(self, max_tokens: int, stop: Sequence[str], measure: bool = False,
               constrained: bool = False) -> StepWriter:
@@ -396,12 +446,13 @@ class VLLMSession(ModelSession):
     def commit(self) -> None:
         self._committed.extend(self._pending)
         self._pending.clear()
-        self._probed_tokens = 0
-        self._forget_request()
+        self._prefilled = 0
+        if self._gate_args is None or self._read is None or (self._read.empty and self._read.finish is not None):
+            self._forget_request()  # else the request goes on into the next step
 
     async def discard(self) -> None:
         self._pending.clear()
-        self._probed_tokens = 0
+        self._prefilled = 0
         if self._request is not None:
             await self._request.abort()
         self._forget_request()
@@ -416,7 +467,7 @@ class VLLMSession(ModelSession):
         self._forget_request()
 
     def _forget_request(self) -> None:
-        self._request = self._started = None
+        self._request = self._read = self._gate_args = None
 
 
 def _distribution(logprobs: dict[int, Any], top_k: int | None, vocab_size: int) -> TokenDistribution:
@@ -435,40 +486,52 @@ class _VLLMWriter(StepWriter):
 
     async def __aiter__(self) -> AsyncIterator[str]:
         session = self._session
-        request, output, session._started = session._request, session._started, None
-        if output is None:  # no gated request has started the step
-            request = session._request = session._engine.stream(session._committed, session._params(
+        if session._read is None:  # no gated request has started the step: one request for it
+            session._request = session._engine.stream(session._committed, session._params(
                 self.max_tokens, self.stop, MEASURE_TOP_K if self.measure else None,
                 constrained=self._constrained), session)
-            output = await request.next()
-        if output is not None:
-            self.prefill_tokens = session._probed_tokens + request.prefill_tokens
-        while output is not None:
-            text = self._take(output)
-            if text:
-                yield text
-            if output.finished:
-                completion = output.outputs[0]
-                self.end = _end_reason(completion)
-                if completion.spec_decode_metrics is not None:  # the large model's engine drafts
-                    metrics = completion.spec_decode_metrics.to_dict()
-                    self.drafted_tokens = metrics["num_draft_tokens"]
-                    self.accepted_tokens = metrics["num_accepted_draft_tokens"]
-                request.done = True
-                return
-            output = await request.next()
+            session._read = SpanBuffer(None)
+        read, text = session._read, ""
+        while True:
+            if read.empty and read.finish is None:
+                self._measure(await session._read_more())
+            ids, delta, ended = read.take(text, self.max_tokens - self.tokens)
+            session._pending.extend(ids)
+            self.tokens += len(ids)
+            text += delta
+            if delta:
+                yield delta
+            if ended is not None:  # the step ends here; the request may go on into the next one
+                self.end = "stop_string" if ended == "separator" else "max_tokens"
+                if ended == "room" and read.finish is None:
+                    await session._request.abort()  # type: ignore[union-attr]
+                    session._read = session._gate_args = None
+                break
+            if read.empty and read.finish is not None:
+                self._finish(read.finish)
+                break
+        self.prefill_tokens = session._prefilled
 
-    def _take(self, output: Any) -> str:
-        """Add an output's tokens to the step (and their entropies, when measuring); its text."""
-        session, completion = self._session, output.outputs[0]
-        session._pending.extend(completion.token_ids)
-        self.tokens += len(completion.token_ids)
-        if self.measure and completion.logprobs:
-            for token, logprobs in zip(completion.token_ids, completion.logprobs):
-                bounds = _distribution(logprobs, MEASURE_TOP_K, session._engine.vocab_size).bounds()
-                self.token_entropies.append((bounds.lower + bounds.upper) / 2)
-                self.token_logprobs.append(logprobs[token].logprob)
-        return completion.text
+    def _finish(self, completion: Any) -> None:
+        """The step ended with its request: why, and the drafting counts the request reports."""
+        if completion == "aborted":
+            self.end = "end_of_text"
+            return
+        self.end = _end_reason(completion)
+        if completion.spec_decode_metrics is not None:  # the large model's engine drafts
+            metrics = completion.spec_decode_metrics.to_dict()
+            self.drafted_tokens = metrics["num_draft_tokens"]
+            self.accepted_tokens = metrics["num_accepted_draft_tokens"]
+
+    def _measure(self, completion: Any) -> None:
+        """Record the entropy and logprob of each token just read, when measuring (a step of its
+        own request: measured steps never span)."""
+        if not self.measure or completion is None or not completion.logprobs:
+            return
+        for token, logprobs in zip(completion.token_ids, completion.logprobs):
+            bounds = _distribution(logprobs, MEASURE_TOP_K, self._session._engine.vocab_size).bounds()
+            self.token_entropies.append((bounds.lower + bounds.upper) / 2)
+            self.token_logprobs.append(logprobs[token].logprob)
 
 
 def _end_reason(completion: Any) -> str:

@@ -31,15 +31,31 @@ from typing import Any
 
 from vllm.v1.sample.logits_processor import AdapterLogitsProcessor
 
-from glimp_integrations.backends.gate_arguments import END_TOKEN, PATH, SLOT, TAG, THRESHOLD, gate_arguments
+from glimp_integrations.backends.gate_arguments import (
+    END_TOKEN,
+    PATH,
+    SEPARATOR,
+    SLOT,
+    SLOTS,
+    STEP_TOKENS,
+    TAG,
+    THRESHOLD,
+    gate_arguments,
+)
+from glimp_integrations.backends.step_spans import StepScanner, token_texts
 
-SLOTS = 4096
-"""Slots in the mapped file; a slot holds (tag, entropy) and is reused after SLOTS gated requests."""
-_SIZE = SLOTS * 2 * 8
+RING = 4096
+"""Slots in the mapped file; a slot holds (tag, entropy) and is reused once the ring comes round."""
+SPAN_SLOTS = 64
+"""Slots of a request that spans steps: step k writes slot k % SPAN_SLOTS, so a reader may fall up
+to that many steps behind the engine and still read every H_init."""
+TAG_STRIDE = 2.0**24
+"""Tags of one request are its own tag + k for step k (k < TAG_STRIDE)."""
+_SIZE = RING * 2 * 8
 
 
 class GateSlots:
-    """The memory-mapped file the gate writes each gated request's entropy into."""
+    """The memory-mapped file the gate writes each gated request's entropies into."""
 
     def __init__(self) -> None:
         folder = "/dev/shm" if os.path.isdir("/dev/shm") else None  # memory, not disk
@@ -48,19 +64,27 @@ class GateSlots:
         self._map = mmap.mmap(descriptor, _SIZE)
         os.close(descriptor)
         self._values = memoryview(self._map).cast("d")
-        self._tags = itertools.count(1)
+        self._requests = itertools.count(1)
+        self._next_slot = 0
 
-    def claim(self, threshold: float, end_token: int) -> dict[str, Any]:
-        """`SamplingParams.extra_args` for one gated request (a fresh slot and tag)."""
-        tag = next(self._tags)
-        slot = tag % SLOTS
-        self._values[2 * slot] = 0.0
-        return {**gate_arguments(threshold, end_token), PATH: self.path, SLOT: slot, TAG: float(tag)}
+    def claim(self, threshold: float, end_token: int, separator: str | None = None,
+              step_tokens: int | None = None) -> dict[str, Any]:
+        """`SamplingParams.extra_args` for one gated request (fresh slots and tag; a request that
+        spans steps, with a `separator`, gets `SPAN_SLOTS` of them)."""
+        count = SPAN_SLOTS if separator is not None else 1
+        if self._next_slot + count > RING:
+            self._next_slot = 0
+        slot, self._next_slot = self._next_slot, self._next_slot + count
+        for index in range(slot, slot + count):
+            self._values[2 * index] = 0.0
+        return {**gate_arguments(threshold, end_token, separator, step_tokens), PATH: self.path, SLOT: slot,
+                SLOTS: count, TAG: next(self._requests) * TAG_STRIDE}
 
-    def entropy(self, extra_args: dict[str, Any]) -> float | None:
-        """The entropy the gate wrote for the request `claim` gave `extra_args`; None if it has not run."""
-        slot = extra_args[SLOT]
-        return self._values[2 * slot + 1] if self._values[2 * slot] == extra_args[TAG] else None
+    def entropy(self, extra_args: dict[str, Any], step: int = 0) -> float | None:
+        """H_init the gate wrote at the start of the request's `step` (0: its first position);
+        None if the gate has not reached it (or, more than `SPAN_SLOTS` steps behind, wrote over it)."""
+        slot = 2 * (extra_args[SLOT] + step % extra_args[SLOTS])
+        return self._values[slot + 1] if self._values[slot] == extra_args[TAG] + step else None
 
     def close(self) -> None:
         self._values.release()
@@ -72,12 +96,15 @@ class GateSlots:
 
 
 class EntropyGate(AdapterLogitsProcessor):
-    """Per gated request: at its first position, the end of the request when the entropy is above
-    the threshold (and the entropy to the mapped file, when the request names one)."""
+    """Per gated request: at each step start (its first position; for a request that spans steps,
+    also after each step's end), the end of the request when the entropy is above the threshold,
+    and the entropy to the mapped file when the request names one."""
 
     def __init__(self, vllm_config: Any, device: Any, is_pin_memory: bool) -> None:
         super().__init__(vllm_config, device, is_pin_memory)
+        self._model_config = vllm_config.model_config
         self._maps: dict[str, memoryview] = {}
+        self._texts: list[str] | None = None
 
     @classmethod
     def validate_params(cls, sampling_params: Any) -> None:
@@ -88,6 +115,10 @@ class EntropyGate(AdapterLogitsProcessor):
         if not isinstance(extra[THRESHOLD], (int, float)) or not isinstance(extra.get(END_TOKEN), int):
             raise ValueError(f"vllm_xargs `{THRESHOLD}` must be a number and `{END_TOKEN}` an integer token id "
                              f"(got {extra[THRESHOLD]!r} and {extra.get(END_TOKEN)!r}).")
+        if SEPARATOR in extra and (not isinstance(extra[SEPARATOR], str) or not extra[SEPARATOR]
+                                   or not isinstance(extra.get(STEP_TOKENS, 0), int)):
+            raise ValueError(f"vllm_xargs `{SEPARATOR}` must be a non-empty string and `{STEP_TOKENS}` an integer "
+                             f"(got {extra[SEPARATOR]!r} and {extra.get(STEP_TOKENS)!r}).")
 
     def is_argmax_invariant(self) -> bool:
         return False  # it can force a token
@@ -98,24 +129,43 @@ class EntropyGate(AdapterLogitsProcessor):
             return None
         threshold, end_token = extra[THRESHOLD], extra[END_TOKEN]
         values = self._values(extra[PATH]) if PATH in extra else None
-        slot, tag = extra.get(SLOT, 0), extra.get(TAG, 0.0)
+        slot, slots, tag = extra.get(SLOT, 0), extra.get(SLOTS, 1), extra.get(TAG, 0.0)
+        scanner = StepScanner(extra[SEPARATOR], self._token_texts(), extra.get(STEP_TOKENS) or None) \
+            if SEPARATOR in extra else None
+        scanned = [0, 0]  # tokens scanned, and the position where the current step starts
 
-        def at_first_position(output_ids: list[int], logits: Any) -> Any:
-            if output_ids:
+        def at_step_starts(output_ids: list[int], logits: Any) -> Any:
+            position = len(output_ids)
+            if scanner is not None:  # (several tokens at once after a preemption: scan them all)
+                while scanned[0] < position:
+                    scanned[0] += 1
+                    if scanner.feed(output_ids[scanned[0] - 1]):
+                        scanned[1] = scanned[0]
+            if position != scanned[1]:
                 return logits
             import torch
 
             logprobs = torch.log_softmax(logits.float(), dim=-1)
             entropy = float(-(logprobs.exp() * logprobs).sum())
             if values is not None:
-                values[2 * slot + 1] = entropy
-                values[2 * slot] = tag  # written last: the reader trusts the entropy once the tag matches
+                step = scanner.steps if scanner is not None else 0
+                index = 2 * (slot + step % slots)
+                values[index + 1] = entropy
+                values[index] = tag + step  # written last: the reader trusts the entropy once the tag matches
             if entropy > threshold:
                 logits.fill_(float("-inf"))
                 logits[end_token] = 0.0
             return logits
 
-        return at_first_position
+        return at_step_starts
+
+    def _token_texts(self) -> list[str]:
+        """The model's token texts, for finding step ends (loaded at the first request that spans steps)."""
+        if self._texts is None:
+            from vllm.tokenizers import cached_tokenizer_from_config
+
+            self._texts = token_texts(cached_tokenizer_from_config(self._model_config))
+        return self._texts
 
     def _values(self, path: str) -> memoryview:
         if path not in self._maps:
