@@ -50,6 +50,7 @@ from glimp_integrations.backends.base import (
     render_chat_prompt,
 )
 from glimp_integrations.backends.gate_arguments import GATE_PROCESSOR, gate_arguments
+from glimp_integrations.backends.step_spans import SpanBuffer, StepScanner, token_texts
 from glimp_integrations.config import Role
 from glimp_integrations.entropy import EntropyBounds
 from glimp_integrations.errors import GlimpConfigError, require_module
@@ -140,6 +141,7 @@ class _Server:
                 f"with --logits-processors {GATE_PROCESSOR} (after pip install glimp in its image), or pass "
                 "entropy_gate=None to probe with requests where it is missing.")
         self._client: Any = None
+        self._texts_by_id: list[str] | None = None
         self.open_streams = 0
         """Streamed requests of this process running on the server now."""
 
@@ -180,6 +182,13 @@ class _Server:
 
     def count(self, text: str) -> int:
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    @property
+    def texts_by_id(self) -> list[str]:
+        """Each token's text (decoded once, at first use), to find step ends in a request that spans steps."""
+        if self._texts_by_id is None:
+            self._texts_by_id = token_texts(self.tokenizer)
+        return self._texts_by_id
 
     async def create(self, **request: Any) -> Any:
         """`completions.create` on the background loop, sent once; a failure is a `ServerError`
@@ -347,20 +356,32 @@ class OpenAISession(ModelSession):
         self._probed_tokens = 0
         """Context tokens the probes of the coming step prefilled (the step's `prefill_tokens` include them)."""
         self._stream: Any = None
-        """The streamed request writing the step."""
-        self._prompt_ids: list[int] | None = None
-        """Token ids of the prompt of the request writing the step (to go on from, should it fail)."""
-        self._first_chunk: Any = None
-        """The first chunk of a gated step's request, read by `gated_probe`, for `write` to go on from."""
+        """The streamed request writing the step (and, when it spans steps, the steps after it)."""
+        self._context_ids: list[int] | None = None
+        """The context as token ids, where known exactly: the server's tokens of the last prompt
+        sent as text, then the tokens this model wrote after it.  Requests send these rather than
+        the text, so the model goes on from its own tokens (as in one request, and as the
+        in-process backends do) rather than from the text tokenized again; text from the other
+        model makes them unknown until the next request's prompt ids."""
+        self._read: SpanBuffer | None = None
+        """What `_stream` sent that no step has taken yet; `finish` holds (finish_reason, stop_reason)."""
+        self._spanning = False
+        """True while `_stream` is a gated request that spans steps."""
 
     @property
     def context_tokens(self) -> int:
         return self._context_tokens
 
+    def _prompt(self) -> str | list[int]:
+        """The context and the pending step: token ids where all are known, else text."""
+        if self._context_ids is not None and len(self._pending_ids) == self._pending_tokens:
+            return self._context_ids + self._pending_ids
+        return self._context + self._pending
+
     def _request(self, max_tokens: int, stop: Sequence[str], logprobs: int | None, stream: bool = True,
                  constrained: bool = False) -> dict:
         request: dict[str, Any] = {
-            "prompt": self._context + self._pending, "max_tokens": max_tokens, "temperature": self._sampling.temperature,
+            "prompt": self._prompt(), "max_tokens": max_tokens, "temperature": self._sampling.temperature,
             "top_p": self._sampling.top_p, "stream": stream,
             "extra_body": {"include_stop_str_in_output": True, "return_tokens_as_token_ids": True},
             "extra_headers": _trace_headers({SESSION_HEADER: self._conversation}),
@@ -392,12 +413,6 @@ class OpenAISession(ModelSession):
         self._step_retries += 1
         self.retries += 1
 
-    async def _next(self) -> Any | None:
-        try:
-            return await _sync.on_background_loop(self._stream.__anext__())
-        except StopAsyncIteration:
-            return None
-
     def _count(self, usage: Any) -> None:
         """Add a server's usage report to this model's totals (prefix-cache hits excluded)."""
         self.input_tokens += _uncached(usage)
@@ -417,33 +432,72 @@ class OpenAISession(ModelSession):
         """The step's own request, gated: a first token other than the end of text proves H_init <=
         threshold (the request goes on as the small model's step).  The end of text first is the
         gate's intervention or, rarely, the model's own choice: it cannot tell which, so it says
-        None and the router probes, keeping every decision exact."""
+        None and the router probes, keeping every decision exact.  With `span`, the request goes on
+        past the step's end, and the next call reads the next step's first token from it."""
         if not self._server.gate:
             return None
+        if self._spanning and self._read is not None:
+            return await self._gate_verdict(threshold)
         eos = self._server.tokenizer.eos_token_id
-        request = self._request(max_tokens, stop, None)
-        request["extra_body"]["vllm_xargs"] = gate_arguments(threshold, eos)
+        if span is None:
+            request = self._request(max_tokens, stop, None)
+            request["extra_body"]["vllm_xargs"] = gate_arguments(threshold, eos)
+        else:
+            request = self._request(span.max_tokens, [s for s in stop if s != span.separator], None)
+            request["extra_body"]["vllm_xargs"] = gate_arguments(threshold, eos, span.separator, span.step_tokens)
         while True:
             try:
                 self._stream = await self._server.create(**request)
-                chunk = await self._next()
-                while chunk is not None and not (chunk.choices and _token_ids(chunk.choices[0])):
-                    chunk = await self._next()  # a chunk without tokens (usage alone) cannot start a step
-                break
+                self._read = SpanBuffer(StepScanner(span.separator, self._server.texts_by_id, span.step_tokens)
+                                        if span else None)
+                self._spanning = span is not None
+                return await self._gate_verdict(threshold)
             except ServerError as error:
                 await self._close_stream()
+                self._read, self._spanning = None, False
                 await self._retry_after(error)
-        first = _token_ids(chunk.choices[0]) if chunk is not None else []
-        if first[:1] == [eos] or not first:
-            if chunk is not None and chunk.usage is None:
-                chunk = await self._next()  # the usage chunk that follows the end
-            if chunk is not None and chunk.usage is not None:
-                self._count(chunk.usage)
-                self._probed_tokens += _uncached(chunk.usage)
-            await self._close_stream()
+
+    async def _gate_verdict(self, threshold: float) -> TokenDistribution | None:
+        """What the gated request's next token proves of H_init (None: ended there, so ambiguous)."""
+        read = self._read
+        assert read is not None
+        while not read.ids and read.finish is None:
+            await self._read_chunk()
+        if read.ids[:1] in ([], [self._server.tokenizer.eos_token_id]):
+            while self._stream is not None:  # to the usage report that follows the end
+                chunk = await self._read_chunk()
+                if chunk is not None and chunk.usage is not None:
+                    self._probed_tokens += _uncached(chunk.usage)
+            await self.discard()
             return None
-        self._first_chunk = chunk
         return TokenDistribution((), vocab_size=self._server.vocab_size, proven=EntropyBounds(0.0, threshold, exact=True))
+
+    async def _read_chunk(self) -> Any | None:
+        """Read the stream's next chunk into `_read`, the usage into this model's totals; the chunk
+        (None once the stream has ended).  A stream that ends before its finish is a `ServerError`."""
+        read = self._read
+        assert read is not None
+        try:
+            chunk = await _sync.on_background_loop(self._stream.__anext__())
+        except StopAsyncIteration:
+            self._stream = None
+            if read.finish is None:
+                raise ServerError(self._server.unreachable(ConnectionError("the stream ended before the step did")))
+            return None
+        if chunk.choices:
+            choice = chunk.choices[0]
+            extra = choice.model_extra or {}
+            if extra.get("prompt_token_ids") and self._context_ids is None:
+                self._context_ids = list(extra["prompt_token_ids"])
+            ids = _token_ids(choice)
+            read.add(ids, choice.text or "")
+            if not ids:  # a server that sends no token ids: estimated, corrected by the usage report
+                self._pending_tokens += max(1, len(choice.logprobs.tokens)) if choice.logprobs else 1
+            if choice.finish_reason:
+                read.finish = (choice.finish_reason, extra.get("stop_reason"))
+        if chunk.usage is not None:
+            self._count(chunk.usage)
+        return chunk
 
     def write(self, max_tokens: int, stop: Sequence[str], measure: bool = False,
               constrained: bool = False) -> StepWriter:
@@ -460,12 +514,18 @@ class OpenAISession(ModelSession):
 
     def commit(self) -> None:
         self._context += self._pending
+        exact = self._context_ids is not None and len(self._pending_ids) == self._pending_tokens
+        self._context_ids = self._context_ids + self._pending_ids if exact else None  # type: ignore[operator]
         self._context_tokens += self._pending_tokens
+        if self._spanning and self._stream is not None:  # the request goes on into the next step
+            self._pending, self._pending_ids, self._pending_tokens, self._probed_tokens = "", [], 0, 0
+            self._step_retries = 0
+            return
         self._forget_step()
 
     def _forget_step(self) -> None:
         self._pending, self._pending_ids, self._pending_tokens, self._probed_tokens = "", [], 0, 0
-        self._stream, self._prompt_ids, self._first_chunk, self._step_retries = None, None, None, 0
+        self._stream, self._read, self._step_retries, self._spanning = None, None, 0, False
 
     async def _close_stream(self) -> None:
         if self._stream is not None:
@@ -484,6 +544,7 @@ class OpenAISession(ModelSession):
     async def append_text(self, text: str) -> None:
         await self.discard()
         self._context += text
+        self._context_ids = None
         self._context_tokens += self._server.count(text)
 
     async def aclose(self) -> None:
@@ -531,78 +592,83 @@ class _OpenAIWriter(StepWriter):
 
     async def __aiter__(self) -> AsyncIterator[str]:
         session = self._session
-        scanner: StopScanner | None = None  # after a resumption the server cannot see a stop string across the cut
+        across: StopScanner | None = None  # after a resumption the server cannot see a stop string across the cut
         self.prefill_tokens = session._probed_tokens
         while True:
             try:
-                async for text in self._stream_once(scanner):
+                async for text in self._stream_once(across):
                     yield text
                 break
             except ServerError as error:
                 await session._close_stream()
+                session._read, session._spanning = None, False  # a resumed step is a request of its own
                 if self._constrained and session._pending_tokens:
                     raise  # a grammar cannot go on from the middle of its text in a new request
                 await session._retry_after(error)
-                scanner = StopScanner(self.stop)
+                across = StopScanner(self.stop)
         self.tokens = session._pending_tokens
-        session._stream = None
 
     def _resumed_request(self) -> dict[str, Any]:
-        """The request that writes the step, or goes on with it after a failure."""
+        """The request that writes the step, or goes on with it after a failure (from the step's
+        tokens so far, where the server sent their ids)."""
         session = self._session
-        written = session._pending_tokens
-        request = session._request(self.max_tokens - written, self.stop,
-                                   session._server.measure_top_k if self.measure else None,
-                                   constrained=self._constrained)
-        if written and session._prompt_ids is not None and len(session._pending_ids) == written:
-            request["prompt"] = session._prompt_ids + session._pending_ids
-        return request
+        return session._request(self.max_tokens - session._pending_tokens, self.stop,
+                                session._server.measure_top_k if self.measure else None, constrained=self._constrained)
 
-    async def _stream_once(self, scanner: StopScanner | None) -> AsyncIterator[str]:
+    async def _stream_once(self, across: StopScanner | None) -> AsyncIterator[str]:
         """One request's part of the step; a `ServerError` when it fails before its end."""
         session = self._session
         written_before = session._pending_tokens
-        chunk, session._first_chunk = session._first_chunk, None
-        if chunk is None:  # no gated request has started the step
+        if session._read is None:  # no gated request has started the step
             session._stream = await session._server.create(**self._resumed_request())
-            chunk = await session._next()
-        finish, stop_reason = None, None
-        while chunk is not None:
-            if chunk.choices:
-                choice = chunk.choices[0]
-                extra = choice.model_extra or {}
-                if extra.get("prompt_token_ids") and session._prompt_ids is None:
-                    session._prompt_ids = list(extra["prompt_token_ids"])
-                ids = _token_ids(choice)
-                session._pending_ids += ids
-                session._pending_tokens += len(ids) or (max(1, len(choice.logprobs.tokens)) if choice.logprobs else 1)
-                self._measure(choice.logprobs)
-                finish = choice.finish_reason or finish
-                stop_reason = extra.get("stop_reason", stop_reason)
-                text = choice.text or ""
-                stopped_across = scanner is not None and scanner.found(session._pending + text)
-                if stopped_across:
-                    text = _through_stop(session._pending, text, self.stop)
-                    finish, stop_reason = "stop", "a stop string across the resumption"
-                if text:
-                    session._pending += text
-                    yield text
-                if stopped_across:
-                    await session._close_stream()
-                    break
-            if chunk.usage is not None:  # the last chunk: exact counts (a server without token ids only estimates)
-                session._count(chunk.usage)
-                session._pending_tokens = written_before + chunk.usage.completion_tokens
-                self.prefill_tokens += _uncached(chunk.usage)
-                # a vllm serve that drafts, started with --per-request-spec-decode-metrics, reports them
-                drafting = ((chunk.model_extra or {}).get("metrics") or {}).get("speculative_decoding")
-                if drafting:
-                    self.drafted_tokens = (self.drafted_tokens or 0) + drafting["num_draft_tokens"]
-                    self.accepted_tokens = (self.accepted_tokens or 0) + drafting["num_accepted_draft_tokens"]
-            chunk = await session._next()
-        if finish is None:
-            raise ServerError(session._server.unreachable(ConnectionError("the stream ended before the step did")))
-        self.end = _end(finish, stop_reason)
+            session._read = SpanBuffer(None)
+        read = session._read
+        while True:
+            if read.empty and read.finish is None:
+                chunk = await session._read_chunk()
+                if chunk is not None:
+                    self._measure_chunk(chunk, written_before)
+            ids, delta, ended = read.take(session._pending, self.max_tokens - session._pending_tokens)
+            session._pending_ids += ids
+            session._pending_tokens += len(ids)
+            if across is not None and across.found(session._pending + delta):
+                delta = _through_stop(session._pending, delta, self.stop)
+                read.finish, ended = ("stop", "a stop string across the resumption"), None
+                await session._close_stream()
+                read.ids, read.text = [], ""
+            if delta:
+                session._pending += delta
+                yield delta
+            if ended is None and not (read.empty and read.finish is not None):
+                continue
+            if ended == "room" and read.finish is None:  # cut short: the request cannot go on
+                await session._close_stream()
+                session._read, session._spanning = None, False
+            elif read.empty and read.finish is not None:  # the request has ended: read its usage report
+                while session._stream is not None:
+                    chunk = await session._read_chunk()
+                    if chunk is not None:
+                        self._measure_chunk(chunk, written_before)
+            # the step ends here; a request that spans steps goes on unless it ended or was cut short
+            self.end = _end(*read.finish) if ended is None else "stop_string" if ended == "separator" else "max_tokens"
+            return
+
+    def _measure_chunk(self, chunk: Any, written_before: int) -> None:
+        """What a chunk says of the step besides its tokens: per-token entropies and logprobs when
+        measuring; in the usage report, the exact count of tokens (a request of one step) and
+        prefill, and the drafting counts of a `vllm serve` started with
+        --per-request-spec-decode-metrics."""
+        if chunk.choices:
+            self._measure(chunk.choices[0].logprobs)
+        if chunk.usage is None:
+            return
+        self.prefill_tokens += _uncached(chunk.usage)
+        if not self._session._spanning:
+            self._session._pending_tokens = written_before + chunk.usage.completion_tokens
+        drafting = ((chunk.model_extra or {}).get("metrics") or {}).get("speculative_decoding")
+        if drafting:
+            self.drafted_tokens = (self.drafted_tokens or 0) + drafting["num_draft_tokens"]
+            self.accepted_tokens = (self.accepted_tokens or 0) + drafting["num_accepted_draft_tokens"]
 
     def _measure(self, logprobs: Any) -> None:
         """Record each token's entropy (midpoint of its bounds) and logprob, when measuring."""

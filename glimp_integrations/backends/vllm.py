@@ -390,7 +390,7 @@ class VLLMSession(ModelSession):
         else:
             gate = self._gate_args = self._gate.claim(threshold, eos, span.separator, span.step_tokens)
             params = self._params(span.max_tokens, [s for s in stop if s != span.separator], None, extra_args=gate)
-        request = self._request = self._engine.stream(self._committed, params, self)
+        self._request = self._engine.stream(self._committed, params, self)
         self._read = SpanBuffer(StepScanner(span.separator, self._engine.texts_by_id, span.step_tokens)
                                 if span else None)
         await self._read_more()
