@@ -136,14 +136,26 @@ def throughput(router: GlimpRouter, url: str, levels: list[int]) -> dict:
 
     engine = router.backend.models["large"]
     tokens: dict[int, int] = {}
+    sent = [0]
+    """Requests the routers' sessions have sent to the engines (counted where they are made)."""
+    engine_type, stream = type(engine), type(engine).stream
+
+    def counted_stream(self, ids, params, session=None):
+        sent[0] += session is not None
+        return stream(self, ids, params, session)
+
+    engine_type.stream = counted_stream
     answers: dict[str, dict[int, str]] = {"library": {}, "serve": {}, "responses": {}}
     """Each way's answer to run i (greedy: they must agree)."""
 
-    async def library(i: int) -> None:
+    async def library(i: int, span_steps: bool = True) -> None:
         question = body(i, False)
-        trace = await router.arun(question["messages"], temperature=0, **SETTINGS)
+        trace = await router.arun(question["messages"], temperature=0, span_steps=span_steps, **SETTINGS)
         tokens[i] = trace.completion_tokens
         answers["library"][i] = trace.answer
+
+    async def library_step_by_step(i: int) -> None:
+        await library(i, span_steps=False)
 
     async def served_with(client: httpx.AsyncClient, i: int) -> None:
         response = await client.post(url + "/chat/completions", json=body(i, False, temperature=0))
@@ -178,23 +190,39 @@ def throughput(router: GlimpRouter, url: str, levels: list[int]) -> dict:
     async def plain_in_requests(i: int) -> None:
         await plain(i, PLAIN_REQUESTS)
 
-    results = {}
+    def requests_per_run(level: int, jobs: int, run_one) -> tuple[float, float]:
+        """Runs per second, and requests per run."""
+        before = sent[0]
+        rate = _sync.run_sync(runs_per_second(level, jobs, run_one))
+        return rate, (sent[0] - before) / jobs
+
+    results: dict = {}
+    requests: dict[str, list[float]] = {"spanning": [], "one_request_per_step": []}
     for level in levels:
         jobs = max(16, 4 * level)
-        row = {"library": _sync.run_sync(runs_per_second(level, jobs, library)),
+        library_rate, per_run = requests_per_run(level, jobs, library)
+        step_by_step_rate, per_run_step_by_step = requests_per_run(level, jobs, library_step_by_step)
+        requests["spanning"].append(per_run)
+        requests["one_request_per_step"].append(per_run_step_by_step)
+        row = {"library": library_rate, "library_one_request_per_step": step_by_step_rate,
                "serve": asyncio.run(served(level, jobs)),
                "responses": asyncio.run(served(level, jobs, responses_with)),
                "plain_vllm": _sync.run_sync(runs_per_second(level, jobs, plain)),
                f"plain_vllm_{PLAIN_REQUESTS}_requests": _sync.run_sync(runs_per_second(level, jobs, plain_in_requests))}
         results[level] = row
         print(f"   {level:2d} clients: serve {row['serve']:.3f} runs/s, responses {row['responses']:.3f}, library "
-              f"{row['library']:.3f} (responses/library {row['responses'] / row['library']:.3f}), plain vLLM "
+              f"{row['library']:.3f} (one request per step {row['library_one_request_per_step']:.3f}; "
+              f"library/plain {row['library'] / row['plain_vllm']:.3f}, "
+              f"responses/library {row['responses'] / row['library']:.3f}), plain vLLM "
               f"{row['plain_vllm']:.3f}, plain vLLM in {PLAIN_REQUESTS} requests "
               f"{row[f'plain_vllm_{PLAIN_REQUESTS}_requests']:.3f} (serve/library {row['serve'] / row['library']:.3f})",
               flush=True)
     same = {api: sum(answers[api].get(i) == answer for i, answer in answers["library"].items())
             for api in ("serve", "responses")}
     results["answers_equal_to_library"] = {api: f"{n}/{len(answers['library'])}" for api, n in same.items()}
+    engine_type.stream = stream
+    results["requests_per_run"] = {way: round(sum(values) / len(values), 2) for way, values in requests.items()}
+    print(f"   requests per routed run (library): {results['requests_per_run']}", flush=True)
     print(f"   answers equal to the library's (greedy): {results['answers_equal_to_library']}", flush=True)
     if 1 in results and 8 in results:
         scaling = {k: results[8][k] / results[1][k] for k in results[1]}

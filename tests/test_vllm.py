@@ -25,11 +25,17 @@ async def _settles_idle(engine, seconds: float = 2.5) -> bool:
     return engine.get_num_unfinished_requests() == 0
 
 
+FLOAT32 = {"dtype": "float32"}
+"""The engines compute in float32 here: greedy runs then repeat token for token whether a step's
+first token comes from a fresh request's prefill or from the request that wrote the step before
+(in bfloat16 the two kernels differ by about 0.01 nats, enough to flip a near tie)."""
+
+
 @pytest.fixture(scope="module")
 def vllm_router():
     """The embedded pair on vLLM with the paper's threshold, whose steps on QUESTION go to both models."""
     router = GlimpRouter(backend="vllm", seed=0, reasoning_mode="plain", threshold=0.9,
-                         backend_options={"max_model_len": 4096})
+                         backend_options={"max_model_len": 4096, "engine_args": FLOAT32})
     yield router
     router.close()
 
@@ -38,7 +44,7 @@ def vllm_router():
 def probing_router():
     """The same, probing with requests (`entropy_gate=False`): the top-k ladder."""
     router = GlimpRouter(backend="vllm", seed=0, reasoning_mode="plain", threshold=0.9,
-                         backend_options={"max_model_len": 4096, "entropy_gate": False})
+                         backend_options={"max_model_len": 4096, "entropy_gate": False, "engine_args": FLOAT32})
     yield router
     router.close()
 
@@ -54,12 +60,43 @@ def test_the_gate_measures_h_init_in_the_steps_own_request(vllm_router, probing_
         assert gate.h_lower == gate.h_init == gate.h_upper
         assert probe.h_lower - 0.1 < gate.h_init < probe.h_upper + 0.1  # bf16 kernels: cached or not
     for step in gated.steps:
-        assert step.tokens > 0 and 0 < step.prefill_tokens <= gated.prompt_tokens + gated.completion_tokens
+        assert step.tokens > 0 and 0 <= step.prefill_tokens <= gated.prompt_tokens + gated.completion_tokens
+    # a step begins a request unless it is a small step after another: the request that wrote that goes on
+    assert [s.prefill_tokens > 0 for s in gated.steps] == [
+        i == 0 or "large" in (s.model, gated.steps[i - 1].model) for i, s in enumerate(gated.steps)]
     # no probe requests: the small model generated its steps' tokens, and one token per intervened step
     small_tokens = sum(s.tokens for s in gated.steps if s.model == "small")
     intervened = sum(s.model == "large" for s in gated.steps)
     assert gated.usage_by_model["small"]["output_tokens"] == small_tokens + intervened
     assert probed.usage_by_model["small"]["output_tokens"] == small_tokens + len(probed.steps) + probed.escalations
+
+
+@pytest.mark.parametrize("settings", [  # thresholds at which both models write, and some small steps follow others
+    {"max_step_tokens": 30, "threshold": 2.1}, {"max_step_tokens": 7, "stop": ["apples."], "threshold": 1.0},
+    {"reasoning_mode": "think", "reasoning_budget": 60, "threshold": 3.6}])
+def test_consecutive_small_steps_are_one_request_and_the_same_steps(vllm_router, monkeypatch, settings):
+    requests = []
+    stream = type(vllm_router.backend.models["small"]).stream
+    monkeypatch.setattr(type(vllm_router.backend.models["small"]), "stream",
+                        lambda engine, ids, params, session=None: requests.append(session.role) or
+                        stream(engine, ids, params, session))
+    runs = {}
+    for span_steps in (False, True):
+        requests.clear()
+        trace = vllm_router.run(QUESTION, **{"reasoning_budget": 80, "temperature": 0, **settings},
+                                span_steps=span_steps)
+        runs[span_steps] = trace, requests.count("small")
+    (one_each, one_each_requests), (spanned, spanned_requests) = runs[False], runs[True]
+    assert [(s.model, s.text, s.finish_reason) for s in spanned.steps] == \
+        [(s.model, s.text, s.finish_reason) for s in one_each.steps]
+    assert spanned.answer == one_each.answer and {"small", "large"} <= {s.model for s in spanned.steps}
+    for step, alone in zip(spanned.steps, one_each.steps):
+        assert step.probe is None or abs(step.probe.h_init - alone.probe.h_init) < 1e-3
+    routed = [s for s in spanned.steps if s.decision != "forced"]
+    # one small request per run of steps after a large one (a large step's gated request ends at once)
+    assert one_each_requests == len(routed)
+    assert spanned_requests == sum(i == 0 or routed[i - 1].model == "large" for i in range(len(routed)))
+    assert spanned_requests < one_each_requests
 
 
 def test_routed_run_probes_top_k_and_decides_on_certified_bounds(probing_router):

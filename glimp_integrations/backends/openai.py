@@ -11,7 +11,9 @@ As with the in-process vLLM backend, a probe only measures: a one-token request 
 without logprobs (a whole step streamed with logprobs would carry k of them per token, each to be
 detokenized by the server and sent as JSON).  On a small model's server started with the entropy
 gate (`vllm_gate`) a delegated step is one request too: the step's own request ends at once when
-H_init is above the threshold.
+H_init is above the threshold, and it goes on to write the delegated steps after it (`step_spans`).
+Requests send the context as token ids where they are known (the server's own tokens of the last
+prompt sent as text, and the tokens this model wrote since), so the model goes on from its tokens.
 
 A fleet (replicas behind a router) loses no run to one replica: a request that fails (connection
 refused or reset, a timeout, a 5xx, a stream cut mid-step) is sent again with bounded backoff, and

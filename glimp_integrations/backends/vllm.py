@@ -4,7 +4,8 @@ Each engine has its own memory share and prefix caching on, so a switch recomput
 blocks of context that engine has not cached.  Many runs at once batch their probes and steps
 inside the engines.  For a threshold policy the entropy gate (`vllm_gate`) measures H_init
 exactly inside the small model's engine, in the request that writes the step, which ends at once
-when the large model is to write it: no probe request.  Otherwise a probe only measures: it is a
+when the large model is to write it: no probe request.  That request also goes on to write the
+steps after it while the gate delegates them (`step_spans`: one request for consecutive small steps).  Otherwise a probe only measures: it is a
 one-token request with top-k logprobs and no token texts, and its token is not kept.  The step,
 by whichever model, is one request from the committed context, without logprobs; the small model
 samples the step's first token again from the same distribution (the prefix cache holds all but
@@ -501,15 +502,16 @@ class _VLLMWriter(StepWriter):
             text += delta
             if delta:
                 yield delta
-            if ended is not None:  # the step ends here; the request may go on into the next one
-                self.end = "stop_string" if ended == "separator" else "max_tokens"
-                if ended == "room" and read.finish is None:
-                    await session._request.abort()  # type: ignore[union-attr]
-                    session._read = session._gate_args = None
-                break
-            if read.empty and read.finish is not None:
+            if ended is None and not (read.empty and read.finish is not None):
+                continue
+            if ended == "room" and read.finish is None:  # cut short: the request cannot go on
+                await session._request.abort()  # type: ignore[union-attr]
+                session._read = session._gate_args = None
+            elif read.empty and read.finish is not None:  # the request has ended with the step
                 self._finish(read.finish)
-                break
+            if ended is not None:  # a request that spans steps goes on unless it ended or was cut short
+                self.end = "stop_string" if ended == "separator" else "max_tokens"
+            break
         self.prefill_tokens = session._prefilled
 
     def _finish(self, completion: Any) -> None:
