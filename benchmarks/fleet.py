@@ -3,9 +3,9 @@ small replica with the entropy gate, two large replicas behind `vllm-router`), i
 
 1. overhead: a routed run with every step delegated (threshold = inf) / one plain streamed
    generation of the same number of tokens on the same small server (medians of 3 in turn), per
-   question, with
-   the gate (one request per step) and without it (`entropy_gate=False`: a probe request, then
-   the step's request) (target: 1.05);
+   question: probing with requests (`entropy_gate=False`: a probe request, then the step's
+   request), with the gate and one request per step (`span_steps=False`), and with the gate and
+   one request for consecutive delegated steps (the default) (target: 1.05);
 2. affinity: multi-turn conversations (each turn's prompt holds the turns before), every step by
    the large model, through a `consistent_hash` router (hashing Glimp's `X-Session-Id`) and a
    `round_robin` one over the same two replicas: the replicas' prefix-cache hit rate (vLLM's
@@ -56,13 +56,18 @@ async def plain_seconds(router: GlimpRouter, question: str, tokens: int) -> floa
     return time.perf_counter() - started
 
 
+OVERHEAD_WAYS = {"probes": ({"entropy_gate": False}, {}), "gate_one_request_per_step": ({}, {"span_steps": False}),
+                 "gate_spanning": ({}, {})}
+"""The ways a routed run is timed in the overhead section: backend options, run settings."""
+
+
 def overhead(fleet: LocalFleet, count: int, repeats: int) -> dict:
     """Per question, the median of `repeats` routed runs over the median of `repeats` plain
     generations, timed in turn (one request's decode rate varies a lot on a busy 2-core machine)."""
     results = {}
-    for gate in (False, True):
+    for name, (options, settings) in OVERHEAD_WAYS.items():
         router = GlimpRouter(fleet.url("small"), fleet.url("small"), backend="openai", threshold=float("inf"),
-                             backend_options={"entropy_gate": gate}, **SETTINGS)
+                             backend_options=options, **SETTINGS, **settings)
         router.run(QUESTIONS[0])  # warm up: the first request after start is slow
         ratios = []
         for question in QUESTIONS[:count]:
@@ -75,9 +80,8 @@ def overhead(fleet: LocalFleet, count: int, repeats: int) -> dict:
                 plain.append(_sync.run_sync(plain_seconds(router, question, tokens)))
             ratios.append(statistics.median(routed) / statistics.median(plain))
         router.close()
-        name = "gate" if gate else "probes"
         results[name] = {"median": round(statistics.median(ratios), 3), "ratios": [round(r, 3) for r in ratios]}
-        print(f"  overhead with {name}: median {results[name]['median']} {results[name]['ratios']}", flush=True)
+        print(f"  overhead, {name}: median {results[name]['median']} {results[name]['ratios']}", flush=True)
     return results
 
 
