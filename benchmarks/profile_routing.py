@@ -1,7 +1,7 @@
 """Where a routed run's time goes on the vLLM backend in this process, at a number of concurrent
 chains: run it under py-spy, then summarize the samples by where they were taken.
 
-    py-spy record --subprocesses --idle --format raw --rate 50 -o /tmp/routing-8.txt -- \
+    py-spy record --subprocesses --format raw --rate 50 -o /tmp/routing-8.txt -- \
         .venv/bin/python benchmarks/profile_routing.py --chains 8
     .venv/bin/python benchmarks/profile_routing.py --summarize /tmp/routing-8.txt
 
@@ -54,26 +54,24 @@ async def chains(router: GlimpRouter, count: int, jobs: int) -> float:
     return jobs / (time.perf_counter() - started)
 
 
+PROCESSES = {1: "glimp", 2: "engine core", 3: "engine worker"}
+"""py-spy nests a child process's stacks under its parent's: the depth names the process."""
+
+
 def summarize(path: str) -> dict[str, dict[str, float]]:
-    """Shares of non-idle samples per bucket, for glimp's process and the engine's processes."""
-    counts: dict[str, collections.Counter] = {"glimp": collections.Counter(), "engine": collections.Counter()}
+    """Each process's samples (py-spy records threads that are running, not waiting), and their
+    shares per bucket: the innermost frame of a sample that falls in a bucket names it."""
+    counts: dict[str, collections.Counter] = {name: collections.Counter() for name in PROCESSES.values()}
     for line in open(path):
         stack, _, number = line.rstrip().rpartition(" ")
         frames = stack.split(";")
-        process = "engine" if re.search(r"EngineCore|Worker|multiproc|spawn_main", stack) else "glimp"
-        if re.search(r"\(idle\)|select|epoll|_wait|Condition\.wait|recv_multipart|poll\b", frames[-1]):
-            counts[process]["idle"] += int(number)
-            continue
-        # the innermost frame that falls in a bucket names the sample
+        process = PROCESSES.get(sum(frame.startswith("process ") for frame in frames), "other processes")
         bucket = next((name for frame in reversed(frames) for name, pattern in BUCKETS if re.search(pattern, frame)),
                       "other")
-        counts[process][bucket] += int(number)
-    shares = {}
-    for process, counter in counts.items():
-        busy = sum(n for bucket, n in counter.items() if bucket != "idle") or 1
-        shares[process] = {"busy_samples": busy, **{bucket: round(n / busy, 3)
-                                                  for bucket, n in counter.most_common() if bucket != "idle"}}
-    return shares
+        counts.setdefault(process, collections.Counter())[bucket] += int(number)
+    return {process: {"samples": sum(counter.values()),
+                      **{bucket: round(n / (sum(counter.values()) or 1), 3) for bucket, n in counter.most_common()}}
+            for process, counter in counts.items()}
 
 
 def main() -> None:
