@@ -17,6 +17,7 @@ from glimp_integrations import GlimpConfigError, GlimpRouter
 from glimp_integrations.embedded import embedded_model_dir
 from glimp_integrations.local_fleet import LocalFleet, free_port, vllm_metric
 from glimp_integrations.serve import running_server, scrape
+from tests.cutting_proxy import cutting_proxy
 from tests.otlp import running_otlp_receiver
 from tests.step_cases import QUESTION
 
@@ -86,6 +87,30 @@ def test_consecutive_delegated_steps_are_one_request_on_the_gated_server(fleet):
     # the small server generated the steps' tokens and nothing else: no probe requests
     assert spanned.usage_by_model["small"]["output_tokens"] == written
     assert probed.usage_by_model["small"]["output_tokens"] == written + len(probed.steps)
+
+
+def test_a_request_cut_mid_span_goes_on_from_its_tokens(fleet):
+    """The small model's request is cut inside its third step (a replica dying): that step goes on
+    in a request from the tokens received, and the run's steps are those of an uncut run."""
+    proxy_handler, proxy = cutting_proxy(fleet.url("small"), cut_after=30)
+    cut_url = f"http://127.0.0.1:{proxy.server_address[1]}/v1"
+    try:
+        with GlimpRouter(cut_url, fleet.url("large"), backend="openai", threshold=float("inf"), **GREEDY) as router:
+            resumed_run = router.run(QUESTION)
+        with GlimpRouter(fleet.url("small"), fleet.url("large"), backend="openai", threshold=float("inf"),
+                         **GREEDY) as router:
+            whole_run = router.run(QUESTION)
+    finally:
+        proxy.shutdown()
+    assert [(s.text, s.tokens) for s in resumed_run.steps] == [(s.text, s.tokens) for s in whole_run.steps]
+    assert [s.retries for s in resumed_run.steps] == [int(i == 2) for i in range(len(resumed_run.steps))]
+    cut, resumed, *rest = proxy_handler.streamed
+    received = [id_ for event in cut["events"] for id_ in event["choices"][0]["token_ids"]]
+    assert 24 < len(received) < 36 and "glimp_gate_separator" in cut["request"]["vllm_xargs"]
+    # the cut step goes on in a request of its own (no gate, the separator as its stop), then a new span
+    assert resumed["request"]["prompt"] == cut["events"][0]["choices"][0]["prompt_token_ids"] + received
+    assert "vllm_xargs" not in resumed["request"] and "\n\n" in resumed["request"]["stop"]
+    assert rest and all("glimp_gate_separator" in record["request"]["vllm_xargs"] for record in rest)
 
 
 def test_gated_and_probed_runs_route_alike(fleet):

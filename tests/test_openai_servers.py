@@ -25,6 +25,7 @@ from glimp_integrations.local_fleet import free_port
 from glimp_integrations.serve import running_server
 from tests.conftest import ScriptedChoices
 from tests.constrained_cases import CASE_IDS, CASES, run_and_check
+from tests.cutting_proxy import cutting_proxy
 from tests.step_cases import (
     QUESTION,
     check_probes_leave_the_step_as_it_would_be,
@@ -229,57 +230,8 @@ def test_each_model_server_gets_its_own_api_key():
             server.shutdown()
 
 
-class _CuttingProxy(BaseHTTPRequestHandler):
-    """Forwards to the real server; cuts the first streamed completion after `CUT_AFTER` events
-    (a replica killed mid-step), and records each streamed request and the events it passed on."""
-
-    CUT_AFTER = 4
-    upstream = ""
-    streamed: list[dict] = []
-
-    def do_GET(self):
-        with urllib.request.urlopen(self.upstream + self.path) as response:
-            self._reply(response.status, response.read())
-
-    def do_POST(self):
-        body = self.rfile.read(int(self.headers["Content-Length"]))
-        request = json.loads(body)
-        upstream = urllib.request.Request(self.upstream + self.path, data=body,
-                                          headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(upstream) as response:
-            if not request.get("stream"):
-                return self._reply(response.status, response.read())
-            record = {"request": request, "events": []}
-            type(self).streamed.append(record)
-            self.send_response(200)
-            self.send_header("Content-Type", "text/event-stream")
-            self.send_header("Transfer-Encoding", "chunked")
-            self.end_headers()
-            for line in response:
-                if line.startswith(b"data: {"):
-                    if len(self.streamed) == 1 and len(record["events"]) == self.CUT_AFTER:
-                        self.close_connection = True  # no final chunk: the client reads an incomplete body
-                        return
-                    record["events"].append(json.loads(line[6:]))
-                self.wfile.write(b"%x\r\n%s\r\n" % (len(line), line))
-                self.wfile.flush()
-            self.wfile.write(b"0\r\n\r\n")
-
-    def _reply(self, status, body):
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args):
-        pass
-
-
 def test_a_step_cut_mid_stream_goes_on_from_its_tokens(server_url):
-    proxy_handler = type("Proxy", (_CuttingProxy,), {"upstream": server_url.removesuffix("/v1"), "streamed": []})
-    proxy = ThreadingHTTPServer(("127.0.0.1", 0), proxy_handler)
-    threading.Thread(target=proxy.serve_forever, daemon=True).start()
+    proxy_handler, proxy = cutting_proxy(server_url)
     try:
         router = GlimpRouter(server_url, f"http://127.0.0.1:{proxy.server_address[1]}/v1", backend="openai",
                              policy="always_large", temperature=0.0, reasoning_mode="plain", reasoning_budget=40)
