@@ -55,3 +55,37 @@ def test_a_buffer_without_a_scanner_gives_everything_to_one_step():
     read = SpanBuffer(None)
     read.add([IT, BLANK, IT], "It\n\nIt")
     assert read.take("", room=10) == ([IT, BLANK, IT], "It\n\nIt", None) and read.empty
+
+
+def test_the_gate_acts_at_every_step_start_of_a_spanning_request_and_records_each_h_init():
+    """`EntropyGate`'s per-request function as vLLM's workers call it, position by position."""
+    import math
+    from types import SimpleNamespace
+
+    import torch
+
+    from glimp_integrations.backends.vllm_gate import EntropyGate, GateSlots
+
+    gate = object.__new__(EntropyGate)  # (no engine: the per-request logic alone)
+    gate._maps, gate._texts = {}, TEXTS
+    slots = GateSlots()
+    try:
+        arguments = slots.claim(threshold=1.0, end_token=END, separator="\n\n")
+        at_step_starts = gate.new_req_logits_processor(SimpleNamespace(extra_args=arguments))
+        peaked, flat = torch.tensor([5.0] + [0.0] * 7), torch.zeros(8)  # entropies about 0.2 and ln 8
+        assert torch.equal(at_step_starts([], peaked.clone()), peaked)  # step 0 starts: delegated
+        assert torch.equal(at_step_starts([IT], flat.clone()), flat)  # not a step start: untouched
+        forced = at_step_starts([IT, BLANK], flat.clone())  # step 1 starts, above the threshold
+        assert forced.argmax() == END and torch.isinf(forced).sum() == 7
+        assert slots.entropy(arguments, 0) < 0.3 and math.isclose(slots.entropy(arguments, 1), math.log(8), rel_tol=1e-6)
+        assert slots.entropy(arguments, 2) is None
+        # after a preemption vLLM builds the function again over the tokens so far: it finds step 2
+        again = gate.new_req_logits_processor(SimpleNamespace(extra_args=arguments))
+        assert torch.equal(again([IT, BLANK, IT, DOT_NEWLINE, NEWLINE], peaked.clone()), peaked)
+        assert slots.entropy(arguments, 2) < 0.3
+        # a request that does not span steps is gated at its first position only
+        single = slots.claim(threshold=1.0, end_token=END)
+        first_only = gate.new_req_logits_processor(SimpleNamespace(extra_args=single))
+        assert torch.equal(first_only([IT, BLANK], flat.clone()), flat) and slots.entropy(single) is None
+    finally:
+        slots.close()

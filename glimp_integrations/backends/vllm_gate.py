@@ -44,8 +44,10 @@ from glimp_integrations.backends.gate_arguments import (
 )
 from glimp_integrations.backends.step_spans import StepScanner, token_texts
 
-RING = 4096
-"""Slots in the mapped file; a slot holds (tag, entropy) and is reused once the ring comes round."""
+RING = 65536
+"""Slots in the mapped file (1 MiB); a slot holds (tag, entropy) and is reused once the ring comes
+round: after 1,024 requests that span steps.  A request whose slots were reused meanwhile reads
+no entropy (the tags differ) and the router probes instead."""
 SPAN_SLOTS = 64
 """Slots of a request that spans steps: step k writes slot k % SPAN_SLOTS, so a reader may fall up
 to that many steps behind the engine and still read every H_init."""
