@@ -1,18 +1,21 @@
 # Two commands do all the set-up on a fresh machine (each creates .venv first if needed):
 #   make ask    run `glimp ask` on the embedded default model (CPU, offline)
-#   make test   run the whole test suite (what CI runs)
+#   make test   lint (ruff), then run the whole test suite (what CI runs)
 VENV ?= .venv
 PYTHON := $(VENV)/bin/python
 Q ?= Tom has 3 apples and buys 4 more. How many apples does he have? Think step by step.
 
-.PHONY: setup ask test bench
+.PHONY: setup ask lint test bench
 setup:
 	@bash scripts/setup.sh
 
 ask: setup
 	$(VENV)/bin/glimp ask "$(Q)" --seed 0
 
-test: setup
+lint: setup
+	$(VENV)/bin/ruff check .
+
+test: setup lint
 	$(PYTHON) -m pytest
 
 bench: setup

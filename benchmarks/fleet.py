@@ -112,10 +112,10 @@ def affinity(fleet: LocalFleet, count: int, turns: int) -> dict:
             work = conversations(count, turns)
             started = time.perf_counter()
 
-            async def all_conversations() -> None:
+            async def all_conversations(router: GlimpRouter, work: list[list[str]]) -> None:
                 await asyncio.gather(*(converse(router, questions) for questions in work))
 
-            _sync.run_sync(all_conversations())
+            _sync.run_sync(all_conversations(router, work))
             seconds = time.perf_counter() - started
             hits = sum(vllm_metric(r, "vllm:prefix_cache_hits_total") - b[0] for r, b in zip(replicas, before))
             queries = sum(vllm_metric(r, "vllm:prefix_cache_queries_total") - b[1] for r, b in zip(replicas, before))

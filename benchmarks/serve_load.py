@@ -200,6 +200,7 @@ def throughput(router: GlimpRouter, url: str, levels: list[int]) -> dict:
     requests: dict[str, list[float]] = {"spanning": [], "one_request_per_step": []}
     for level in levels:
         jobs = max(16, 4 * level)
+        _sync.run_sync(runs_per_second(level, level, library))  # warm up: the first column would run colder
         library_rate, per_run = requests_per_run(level, jobs, library)
         step_by_step_rate, per_run_step_by_step = requests_per_run(level, jobs, library_step_by_step)
         requests["spanning"].append(per_run)

@@ -39,13 +39,13 @@ from glimp_integrations.errors import (
     GlimpTimeoutError,
     invalid,
 )
-from glimp_integrations.tools import add_system_text
 from glimp_integrations.policies import (
     SCORE_DIGITS,
     RoutingPolicy,
     SmallStepDraft,
     make_policy,
 )
+from glimp_integrations.tools import add_system_text
 from glimp_integrations.trace import (
     ProbeTrace,
     RouterEvent,

@@ -43,8 +43,8 @@ from llama_index.core.instrumentation.events import BaseEvent
 from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
 from llama_index.core.llms.function_calling import FunctionCallingLLM
 from llama_index.core.llms.llm import ToolSelection
-from pydantic import StrictBool
 from llama_index.core.program.function_program import FunctionCallingProgram, get_function_tool
+from pydantic import StrictBool
 
 from glimp_integrations import (
     CALL_OVERRIDES,

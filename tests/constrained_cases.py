@@ -11,6 +11,7 @@ from pydantic import BaseModel, Field
 
 from glimp_integrations.tools import parse_tool_calls
 
+
 class Colour(str, Enum):
     red = "red"
     green = "green"

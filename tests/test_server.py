@@ -22,8 +22,8 @@ from pydantic import BaseModel
 from glimp_integrations import GlimpConfigError, GlimpRouter, Verdict
 from glimp_integrations.serve import running_server, scrape
 from tests.conftest import ScriptedChoices
-from tests.otlp import running_otlp_receiver
 from tests.constrained_cases import WeatherReport
+from tests.otlp import running_otlp_receiver
 from tests.scripted_pairs import PLAIN_ANSWER, scripted_pair
 
 QUESTION = [{"role": "user", "content": "What is 3 x 3?"}]

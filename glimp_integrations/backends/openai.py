@@ -484,7 +484,8 @@ class OpenAISession(ModelSession):
         except StopAsyncIteration:
             self._stream = None
             if read.finish is None:
-                raise ServerError(self._server.unreachable(ConnectionError("the stream ended before the step did")))
+                raise ServerError(
+                    self._server.unreachable(ConnectionError("the stream ended before the step did"))) from None
             return None
         if chunk.choices:
             choice = chunk.choices[0]

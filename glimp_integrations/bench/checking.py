@@ -9,6 +9,7 @@ import threading
 from glimp_integrations.bench.problems import LETTERS, Problem
 from glimp_integrations.errors import require_module
 
+
 def extract_choice(response: str, options: int) -> str | None:
     """The chosen letter: "answer is (B)", "Answer: B", "(B)", or a lone letter, last one wins."""
     letters = LETTERS[:options]

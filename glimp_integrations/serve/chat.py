@@ -18,12 +18,12 @@ import time
 import uuid
 from typing import Any
 
-from glimp_integrations.constraints import CALL_CLOSE, CALL_OPEN, AnswerConstraint
 from glimp_integrations.config import did_you_mean
+from glimp_integrations.constraints import CALL_CLOSE, CALL_OPEN, AnswerConstraint
 from glimp_integrations.serve.protocol import (
+    COMMON_RULES,
     ROUTING_FIELDS,
     RequestError,
-    COMMON_RULES,
     check_fields,
     is_int,
     is_text_list,
