@@ -200,7 +200,9 @@ def throughput(router: GlimpRouter, url: str, levels: list[int]) -> dict:
     requests: dict[str, list[float]] = {"spanning": [], "one_request_per_step": []}
     for level in levels:
         jobs = max(16, 4 * level)
-        _sync.run_sync(runs_per_second(level, level, library))  # warm up: the first column would run colder
+        # Warm up with the level's runs: every column then finds their prompts in the prefix cache
+        # (else the first column prefills what the later ones find cached: greedy runs repeat).
+        _sync.run_sync(runs_per_second(level, jobs, library))
         library_rate, per_run = requests_per_run(level, jobs, library)
         step_by_step_rate, per_run_step_by_step = requests_per_run(level, jobs, library_step_by_step)
         requests["spanning"].append(per_run)
