@@ -52,7 +52,7 @@ from glimp_integrations.backends.base import (
     render_chat_prompt,
 )
 from glimp_integrations.backends.gate_arguments import GATE_PROCESSOR, gate_arguments
-from glimp_integrations.backends.step_spans import SpanBuffer, StepScanner, token_texts
+from glimp_integrations.backends.step_spans import STEP_ENDS, SpanBuffer, StepScanner, token_texts
 from glimp_integrations.config import Role
 from glimp_integrations.entropy import EntropyBounds
 from glimp_integrations.errors import GlimpConfigError, require_module
@@ -642,9 +642,9 @@ class _OpenAIWriter(StepWriter):
             if delta:
                 session._pending += delta
                 yield delta
-            if ended is None and not (read.empty and read.finish is not None):
+            if not read.ends_step(ended):
                 continue
-            if ended == "room" and read.finish is None:  # cut short: the request cannot go on
+            if read.cut_short(ended):
                 await session._close_stream()
                 session._read, session._spanning = None, False
             elif read.empty and read.finish is not None:  # the request has ended: read its usage report
@@ -653,7 +653,7 @@ class _OpenAIWriter(StepWriter):
                     if chunk is not None:
                         self._measure_chunk(chunk, written_before)
             # the step ends here; a request that spans steps goes on unless it ended or was cut short
-            self.end = _end(*read.finish) if ended is None else "stop_string" if ended == "separator" else "max_tokens"
+            self.end = _end(*read.finish) if ended is None else STEP_ENDS[ended]  # type: ignore[misc,assignment]
             return
 
     def _measure_chunk(self, chunk: Any, written_before: int) -> None:

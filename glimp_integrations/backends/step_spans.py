@@ -80,6 +80,10 @@ def token_texts(tokenizer: object) -> list[str]:
                                   skip_special_tokens=True)
 
 
+STEP_ENDS = {"separator": "stop_string", "step_tokens": "max_tokens", "room": "max_tokens"}
+"""A step's end (`StepWriter.end`) for each reason `SpanBuffer.take` gives."""
+
+
 class SpanBuffer:
     """A request's tokens as its session reads them step by step: what has been read from the
     request but not yet given to a step, and how the request ended, once it has."""
@@ -95,6 +99,14 @@ class SpanBuffer:
     @property
     def empty(self) -> bool:
         return not self.ids and not self.text
+
+    def ends_step(self, ended: str | None) -> bool:
+        """Whether the step ends with what `take` just gave: it said so, or the request has ended."""
+        return ended is not None or (self.empty and self.finish is not None)
+
+    def cut_short(self, ended: str | None) -> bool:
+        """Whether the step ended at its `room` while the request still runs: it cannot go on."""
+        return ended == "room" and self.finish is None
 
     def add(self, ids: Sequence[int], text: str) -> None:
         self.ids += ids

@@ -52,7 +52,7 @@ from glimp_integrations.backends.base import (
     render_chat_prompt,
     resolve_model_name,
 )
-from glimp_integrations.backends.step_spans import SpanBuffer, StepScanner, token_texts
+from glimp_integrations.backends.step_spans import STEP_ENDS, SpanBuffer, StepScanner, token_texts
 from glimp_integrations.config import Role
 from glimp_integrations.errors import GlimpConfigError, invalid, require_module
 
@@ -502,15 +502,15 @@ class _VLLMWriter(StepWriter):
             text += delta
             if delta:
                 yield delta
-            if ended is None and not (read.empty and read.finish is not None):
+            if not read.ends_step(ended):
                 continue
-            if ended == "room" and read.finish is None:  # cut short: the request cannot go on
+            if read.cut_short(ended):
                 await session._request.abort()  # type: ignore[union-attr]
                 session._read = session._gate_args = None
             elif read.empty and read.finish is not None:  # the request has ended with the step
                 self._finish(read.finish)
             if ended is not None:  # a request that spans steps goes on unless it ended or was cut short
-                self.end = "stop_string" if ended == "separator" else "max_tokens"
+                self.end = STEP_ENDS[ended]  # type: ignore[assignment]
             break
         self.prefill_tokens = session._prefilled
 
