@@ -367,12 +367,15 @@ class OpenAISession(ModelSession):
         model makes them unknown until the next request's prompt ids."""
         self._read: SpanBuffer | None = None
         """What `_stream` sent that no step has taken yet; `finish` holds (finish_reason, stop_reason)."""
-        self._spanning = False
-        """True while `_stream` is a gated request that spans steps."""
 
     @property
     def context_tokens(self) -> int:
         return self._context_tokens
+
+    @property
+    def _spanning(self) -> bool:
+        """True while `_stream` is a gated request that spans steps."""
+        return self._read is not None and self._read.scanner is not None
 
     def _prompt(self) -> str | list[int]:
         """The context and the pending step: token ids where all are known, else text."""
@@ -438,7 +441,7 @@ class OpenAISession(ModelSession):
         past the step's end, and the next call reads the next step's first token from it."""
         if not self._server.gate:
             return None
-        if self._spanning and self._read is not None:
+        if self._spanning:
             return await self._gate_verdict(threshold)
         eos = self._server.tokenizer.eos_token_id
         if span is None:
@@ -452,11 +455,10 @@ class OpenAISession(ModelSession):
                 self._stream = await self._server.create(**request)
                 self._read = SpanBuffer(StepScanner(span.separator, self._server.texts_by_id, span.step_tokens)
                                         if span else None)
-                self._spanning = span is not None
                 return await self._gate_verdict(threshold)
             except ServerError as error:
                 await self._close_stream()
-                self._read, self._spanning = None, False
+                self._read = None
                 await self._retry_after(error)
 
     async def _gate_verdict(self, threshold: float) -> TokenDistribution | None:
@@ -528,7 +530,7 @@ class OpenAISession(ModelSession):
 
     def _forget_step(self) -> None:
         self._pending, self._pending_ids, self._pending_tokens, self._probed_tokens = "", [], 0, 0
-        self._stream, self._read, self._step_retries, self._spanning = None, None, 0, False
+        self._stream, self._read, self._step_retries = None, None, 0
 
     async def _close_stream(self) -> None:
         if self._stream is not None:
@@ -604,7 +606,7 @@ class _OpenAIWriter(StepWriter):
                 break
             except ServerError as error:
                 await session._close_stream()
-                session._read, session._spanning = None, False  # a resumed step is a request of its own
+                session._read = None  # a resumed step is a request of its own
                 if self._constrained and session._pending_tokens:
                     raise  # a grammar cannot go on from the middle of its text in a new request
                 await session._retry_after(error)
@@ -646,7 +648,7 @@ class _OpenAIWriter(StepWriter):
                 continue
             if read.cut_short(ended):
                 await session._close_stream()
-                session._read, session._spanning = None, False
+                session._read = None
             elif read.empty and read.finish is not None:  # the request has ended: read its usage report
                 while session._stream is not None:
                     chunk = await session._read_chunk()

@@ -347,7 +347,7 @@ class VLLMSession(ModelSession):
         self._read: SpanBuffer | None = None
         """What `_request` returned that no step has taken yet."""
         self._gate_args: dict[str, Any] | None = None
-        """The gate's arguments of a request that spans steps."""
+        """The gate's arguments of `_request`, when it is gated."""
 
     @property
     def context_tokens(self) -> int:
@@ -382,34 +382,26 @@ class VLLMSession(ModelSession):
                           span: StepSpanning | None = None) -> TokenDistribution | None:
         if self._gate is None:
             return None
-        if self._gate_args is not None and self._read is not None:  # the request that wrote the last step goes on
-            return await self._next_step_entropy()
-        eos = self._engine.tokenizer.eos_token_id
-        if span is None:
-            gate = self._gate.claim(threshold, eos)
-            params = self._params(max_tokens, stop, None, extra_args=gate)
+        read = self._read
+        if read is not None and read.scanner is not None:  # the request that wrote the last step goes on
+            if read.empty and read.finish is None:
+                await self._read_more()
         else:
-            gate = self._gate_args = self._gate.claim(threshold, eos, span.separator, span.step_tokens)
-            params = self._params(span.max_tokens, [s for s in stop if s != span.separator], None, extra_args=gate)
-        self._request = self._engine.stream(self._committed, params, self)
-        self._read = SpanBuffer(StepScanner(span.separator, self._engine.texts_by_id, span.step_tokens)
-                                if span else None)
-        await self._read_more()
-        entropy = self._gate.entropy(gate)
-        if entropy is None:  # the engine finished without a first position (no room): probe instead
-            await self.discard()
-            return None
-        return TokenDistribution((), vocab_size=self._engine.vocab_size, exact_entropy=entropy)
-
-    async def _next_step_entropy(self) -> TokenDistribution | None:
-        """H_init of the step that starts where the last one ended, in the same request: the gate
-        wrote it when the engine reached that position (an end of text forced there, above the
-        threshold, ends the request)."""
-        assert self._read is not None and self._read.scanner is not None and self._gate_args is not None
-        if self._read.empty and self._read.finish is None:
+            eos = self._engine.tokenizer.eos_token_id
+            if span is None:
+                self._gate_args = self._gate.claim(threshold, eos)
+                params = self._params(max_tokens, stop, None, extra_args=self._gate_args)
+            else:
+                self._gate_args = self._gate.claim(threshold, eos, span.separator, span.step_tokens)
+                params = self._params(span.max_tokens, [s for s in stop if s != span.separator], None,
+                                      extra_args=self._gate_args)
+            self._request = self._engine.stream(self._committed, params, self)
+            read = self._read = SpanBuffer(
+                StepScanner(span.separator, self._engine.texts_by_id, span.step_tokens) if span else None)
             await self._read_more()
-        entropy = self._gate.entropy(self._gate_args, self._read.scanner.steps)  # type: ignore[union-attr]
-        if entropy is None:  # the request ended where the step did, or the gate's record was overwritten
+        # the gate wrote H_init when the engine reached the step's start (above the threshold it ended the request)
+        entropy = self._gate.entropy(self._gate_args, read.scanner.steps if read.scanner else 0)  # type: ignore[arg-type]
+        if entropy is None:  # no position there (no room), or the record was written over: probe instead
             await self.discard()
             return None
         return TokenDistribution((), vocab_size=self._engine.vocab_size, exact_entropy=entropy)
@@ -448,7 +440,8 @@ class VLLMSession(ModelSession):
         self._committed.extend(self._pending)
         self._pending.clear()
         self._prefilled = 0
-        if self._gate_args is None or self._read is None or (self._read.empty and self._read.finish is not None):
+        read = self._read
+        if read is None or read.scanner is None or (read.empty and read.finish is not None):
             self._forget_request()  # else the request goes on into the next step
 
     async def discard(self) -> None:
@@ -506,7 +499,7 @@ class _VLLMWriter(StepWriter):
                 continue
             if read.cut_short(ended):
                 await session._request.abort()  # type: ignore[union-attr]
-                session._read = session._gate_args = None
+                session._read = None
             elif read.empty and read.finish is not None:  # the request has ended with the step
                 self._finish(read.finish)
             if ended is not None:  # a request that spans steps goes on unless it ended or was cut short

@@ -56,6 +56,11 @@ TAG_STRIDE = 2.0**24
 _SIZE = RING * 2 * 8
 
 
+def _entry(first_slot: int, slots: int, step: int) -> int:
+    """Where the (tag, entropy) pair of a request's `step` lies in the file (as doubles)."""
+    return 2 * (first_slot + step % slots)
+
+
 class GateSlots:
     """The memory-mapped file the gate writes each gated request's entropies into."""
 
@@ -85,8 +90,8 @@ class GateSlots:
     def entropy(self, extra_args: dict[str, Any], step: int = 0) -> float | None:
         """H_init the gate wrote at the start of the request's `step` (0: its first position);
         None if the gate has not reached it (or, more than `SPAN_SLOTS` steps behind, wrote over it)."""
-        slot = 2 * (extra_args[SLOT] + step % extra_args[SLOTS])
-        return self._values[slot + 1] if self._values[slot] == extra_args[TAG] + step else None
+        entry = _entry(extra_args[SLOT], extra_args[SLOTS], step)
+        return self._values[entry + 1] if self._values[entry] == extra_args[TAG] + step else None
 
     def close(self) -> None:
         self._values.release()
@@ -151,9 +156,9 @@ class EntropyGate(AdapterLogitsProcessor):
             entropy = float(-(logprobs.exp() * logprobs).sum())
             if values is not None:
                 step = scanner.steps if scanner is not None else 0
-                index = 2 * (slot + step % slots)
-                values[index + 1] = entropy
-                values[index] = tag + step  # written last: the reader trusts the entropy once the tag matches
+                entry = _entry(slot, slots, step)
+                values[entry + 1] = entropy
+                values[entry] = tag + step  # written last: the reader trusts the entropy once the tag matches
             if entropy > threshold:
                 logits.fill_(float("-inf"))
                 logits[end_token] = 0.0
