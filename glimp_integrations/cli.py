@@ -60,6 +60,11 @@ def _models(parser: argparse.ArgumentParser) -> None:
                         help="think: route <think> reasoning (default: auto; think for the embedded pair)")
     parser.add_argument("--reasoning-budget", type=int, help="most routed tokens (default: 8192; 256 embedded)")
     parser.add_argument("--answer-budget", type=int, default=2048, help="most tokens of the final answer")
+    parser.add_argument("--tool-call-parser", help="the large model's tool-call format, as vLLM names it "
+                                                   "(hermes, llama3_json, deepseek_v3, deepseek_v31; default: read "
+                                                   "from its chat template)")
+    parser.add_argument("--reasoning-parser", help="vLLM's reasoning parser giving the reasoning's markers "
+                                                   "(default: the tool-call format's own)")
 
 
 def _routing(parser: argparse.ArgumentParser) -> None:
@@ -130,7 +135,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         chosen = {name: getattr(args, option, None) for name, option in (
             ("reasoning_mode", "mode"), ("reasoning_budget", "reasoning_budget"), ("threshold", "threshold"),
-            ("seed", "seed"), ("policy", "policy"), ("random_rate", "random_rate"))}
+            ("seed", "seed"), ("policy", "policy"), ("random_rate", "random_rate"),
+            ("tool_call_parser", "tool_call_parser"), ("reasoning_parser", "reasoning_parser"))}
         router = GlimpRouter(
             args.small, args.large, backend=args.backend, device=args.device, speculative=args.speculative,
             backend_options=_backend_options(args),

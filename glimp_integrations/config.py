@@ -9,6 +9,7 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any, Literal, get_args
 
 from glimp_integrations.errors import invalid
+from glimp_integrations.tool_formats import check_tool_call_parser
 
 PolicyName = Literal["glimpse", "always_small", "always_large", "random", "step_entropy", "step_perplexity",
                      "specreason"]
@@ -86,6 +87,13 @@ class RouterConfig:
     """Stop sequences for the response: the run ends before the first one the answer contains."""
     timeout: float | None = None
     """Wall-clock limit of a run in seconds; past it the run raises `GlimpTimeoutError`."""
+    tool_call_parser: str | None = None
+    """The large model's tool-call format, named as vLLM's `--tool-call-parser` names it (`hermes`,
+    `llama3_json`, `deepseek_v3`, `deepseek_v31`); None reads it from the large model's chat
+    template (`tool_formats.detect_tool_call_parser`: Hermes where the template shows no other)."""
+    reasoning_parser: str | None = None
+    """vLLM's `--reasoning-parser` whose markers open and close the reasoning (e.g. `deepseek_r1`);
+    None takes the tool-call family's own (`<think>`/`</think>` where it has none)."""
     probe_ladder: tuple[int | None, ...] = DEFAULT_PROBE_LADDER
     """Logprob counts asked for in turn while the entropy bounds straddle the threshold
     (None: the whole vocabulary).  Backends that return the whole vocabulary skip the ladder."""
@@ -121,6 +129,10 @@ class RouterConfig:
         if self.timeout is not None and not (isinstance(self.timeout, (int, float)) and self.timeout > 0):
             raise invalid("timeout", self.timeout, "must be a positive number of seconds or None",
                           "Pass e.g. timeout=120, or None for no limit.")
+        check_tool_call_parser(self.tool_call_parser)
+        if self.reasoning_parser is not None and (not isinstance(self.reasoning_parser, str) or not self.reasoning_parser):
+            raise invalid("reasoning_parser", self.reasoning_parser, "must be the name of a vLLM reasoning parser or None",
+                          'Pass e.g. reasoning_parser="deepseek_r1", or None for the tool-call family\'s own.')
         ladder = self.probe_ladder
         if not ladder or any(k is not None and (not isinstance(k, int) or k < 1) for k in ladder):
             raise invalid("probe_ladder", ladder, "must be a non-empty sequence of positive ints or None",

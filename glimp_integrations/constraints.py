@@ -6,10 +6,11 @@ An `AnswerConstraint` restricts the answer (not the routed reasoning) to one of:
 - `regex`: text matching a regular expression, whole;
 - `choice`: exactly one of some strings;
 - `grammar`: text in a grammar of your own, in llguidance's Lark dialect (vLLM's `grammar`);
-- `tools`: tool calls in the Hermes/Qwen format `<tool_call>{"name": ..., "arguments": {...}}</tool_call>`
-  (see `glimp_integrations.tools`), under `tool_choice`: `auto` (free text, or text followed by
-  well-formed calls), `required` (at least one call), a tool's name (calls to that tool),
-  `none` (text with no call); several calls in a row unless `parallel_tool_calls` is False.
+- `tools`: tool calls in the large model's own format (`tool_call_parser`, named as vLLM names it:
+  `hermes`'s `<tool_call>{"name": ..., "arguments": {...}}</tool_call>`, DeepSeek-R1's, Llama 3's; see
+  `glimp_integrations.tool_formats`), under `tool_choice`: `auto` (free text with calls among it),
+  `required` (at least one call), a tool's name (calls to that tool), `none` (text with no call);
+  several calls in a row unless `parallel_tool_calls` is False.
   With an `answer_format` (one of the forms above; OpenAI's tools plus `response_format`), an
   answer that makes no call follows that format instead of being free text: an agent either
   calls a tool or gives its final, structured answer.
@@ -37,6 +38,14 @@ from functools import cached_property
 from typing import Any, Literal
 
 from glimp_integrations.errors import invalid, require_module
+from glimp_integrations.tool_formats import (
+    HERMES,
+    call_openings,
+    check_tool_call_parser,
+    structural_tag_lark,
+    text_lexeme,
+    tool_call_structure,
+)
 
 ConstraintKind = Literal["json_schema", "json_object", "regex", "choice", "grammar", "tools"]
 TOOL_CHOICE_MODES: tuple[str, ...] = ("auto", "required", "none")
@@ -44,14 +53,6 @@ TOOL_CHOICE_MODES: tuple[str, ...] = ("auto", "required", "none")
 #: JSON written compactly with one space after `:` and `,`, as models are trained to; free
 #: whitespace lets a small model pad an object with blank lines until its budget runs out.
 JSON_LAYOUT = {"whitespace_flexible": False, "key_separator": ": ", "item_separator": ", "}
-
-CALL_OPEN, CALL_CLOSE = "<tool_call>", "</tool_call>"
-
-# Lark lexemes for free text around tool calls.  `&` and `~` (intersection, complement) are
-# llguidance regex operators: text with no call in it, and text that ends at its first `<tool_call>`.
-_TEXT_WITHOUT_CALL = r"/(.|\n)*/ & ~/(.|\n)*<tool_call>(.|\n)*/"
-_TEXT_THEN_CALL = r"/(.|\n)*<tool_call>/ & ~/(.|\n)*<tool_call>(.|\n)+/"
-
 
 @dataclass(frozen=True)
 class AnswerConstraint:
@@ -77,6 +78,10 @@ class AnswerConstraint:
     """Allow several calls in one answer (`tools`)."""
     answer_format: AnswerConstraint | None = None
     """`tools`: what an answer without a call must be (None: free text)."""
+    tool_call_parser: str = HERMES
+    """`tools`: the calls' format, named as vLLM's `--tool-call-parser` names it."""
+    added_tokens: tuple[str, ...] = ()
+    """`tools`: the model's added tokens; those in the format's fixed strings are matched as tokens."""
     name: str | None = field(default=None, compare=False)
     """A name for the schema in messages (e.g. OpenAI's `json_schema.name`)."""
 
@@ -210,22 +215,24 @@ class AnswerConstraint:
         return " | ".join(json.dumps(c, ensure_ascii=False) for c in self.choices)
 
     def _tools_grammar(self) -> str:
-        calls = [t for t in self.tools if self.tool_choice in TOOL_CHOICE_MODES or
-                 t["function"]["name"] == self.tool_choice]
-        body = f"body: %json {_call_schema(calls)} {json.dumps(CALL_CLOSE)}"
-        more = f' ("{CALL_OPEN}" body)*' if self.parallel_tool_calls else ""
-        call_list = f'"{CALL_OPEN}" body{more}'
-        if self.tool_choice not in ("auto", "none"):
-            return f"start: {call_list}\n{body}"
-        if self.answer_format is not None:  # no text around calls: the answer is the format or calls
-            answer = f"answer: {self.answer_format._answer_rule()}"
-            return f"start: answer\n{answer}" if self.tool_choice == "none" else \
-                f"start: answer | {call_list}\n{answer}\n{body}"
-        text = f"TEXT: {_TEXT_WITHOUT_CALL}"
+        tools = [{"type": "function", "function": {**t["function"], "parameters": _closed_objects(
+            t["function"].get("parameters") or {"type": "object", "properties": {}},
+            require_all=bool(t["function"].get("strict")))}}
+            for t in self.tools if self.tool_choice in TOOL_CHOICE_MODES or t["function"]["name"] == self.tool_choice]
+        answer = f"answer: {self.answer_format._answer_rule()}" if self.answer_format is not None else None
+
+        def calls(choice: str) -> str:
+            structure = tool_call_structure(self.tool_call_parser, tools, choice, parallel=self.parallel_tool_calls)
+            return structural_tag_lark(structure, JSON_LAYOUT, self.added_tokens)
+
         if self.tool_choice == "none":
-            return f"start: TEXT\n{text}"
-        return (f"start: TEXT | TEXT_THEN_CALL body{more}\n{body}\n{text}\n"
-                f"TEXT_THEN_CALL: {_TEXT_THEN_CALL}")
+            openings = call_openings(tool_call_structure(self.tool_call_parser, tools, "auto", parallel=True))
+            return f"start: answer\n{answer}" if answer else f"start: TEXT\nTEXT: {text_lexeme(openings, None)}"
+        if self.tool_choice == "auto" and answer is None:
+            return "start: calls\n" + calls("auto")
+        if self.tool_choice == "auto":  # no text around calls: the answer is the format or calls
+            return f"start: answer | calls\n{answer}\n{calls('required')}"
+        return "start: calls\n" + calls("required")
 
     def _check_fields(self) -> None:
         if self.kind == "json_schema" and not isinstance(self.schema, Mapping):
@@ -241,6 +248,7 @@ class AnswerConstraint:
                           'Pass e.g. ["yes", "no"].')
         if self.kind == "tools":
             _check_tools(self.tools, self.tool_choice)
+            check_tool_call_parser(self.tool_call_parser)
             if self.answer_format is not None and (not isinstance(self.answer_format, AnswerConstraint) or
                                                    self.answer_format.kind in ("tools", "grammar")):
                 raise invalid("response_format", self.answer_format, "must be a JSON schema, JSON object, regex "
@@ -269,26 +277,6 @@ def _check_tools(tools: Sequence[Mapping[str, Any]], tool_choice: str) -> None:
     if not isinstance(tool_choice, str) or (tool_choice not in TOOL_CHOICE_MODES and tool_choice not in names):
         raise invalid("tool_choice", tool_choice, f"must be auto, required, any, none or a tool name ({', '.join(names)})",
                       "Pass one of those.")
-
-
-def _call_schema(tools: Sequence[Mapping[str, Any]]) -> str:
-    """JSON schema of one call's object: {"name": <a tool>, "arguments": <its parameters>}.  The
-    parameters' definitions (`$defs`, `definitions`) move to the root, where their `#/...` refs point."""
-    options, definitions = [], {"$defs": {}, "definitions": {}}
-    for tool in tools:
-        function = tool["function"]
-        parameters = function.get("parameters") or {"type": "object", "properties": {}}
-        arguments = _closed_objects(parameters, require_all=bool(function.get("strict")))
-        for key, found in definitions.items():
-            for name, definition in arguments.pop(key, {}).items():
-                if found.setdefault(name, definition) != definition:
-                    raise invalid("tools", [t["function"]["name"] for t in tools],
-                                  f"define `{key}/{name}` differently in two tools' parameters",
-                                  "Rename one of the two definitions.")
-        options.append({"type": "object", "properties": {"name": {"const": function["name"]}, "arguments": arguments},
-                        "required": ["name", "arguments"], "additionalProperties": False})
-    schema = options[0] if len(options) == 1 else {"anyOf": options}
-    return _with_layout({**schema, **{key: found for key, found in definitions.items() if found}})
 
 
 def _with_layout(schema: Mapping[str, Any]) -> str:

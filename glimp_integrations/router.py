@@ -23,7 +23,7 @@ import logging
 import random
 import time
 from collections.abc import AsyncIterator, Collection, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from glimp_integrations import _sync
@@ -45,6 +45,12 @@ from glimp_integrations.policies import (
     SmallStepDraft,
     make_policy,
 )
+from glimp_integrations.tool_formats import (
+    TOOL_FAMILIES,
+    ToolCallReader,
+    detect_tool_call_parser,
+    reasoning_markers,
+)
 from glimp_integrations.tools import add_system_text
 from glimp_integrations.trace import (
     ProbeTrace,
@@ -60,14 +66,13 @@ from glimp_integrations.trace import (
 
 logger = logging.getLogger(__name__)
 
-THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 Prompt = str | Sequence[Mapping[str, Any]]
 """A question, or chat messages in the OpenAI shape ({"role": ..., "content": ...})."""
 
 
 ROUTER_SETTINGS: tuple[str, ...] = (
     "backend", "device", "speculative", "backend_options", "policy", "threshold", "random_rate", "temperature",
-    "top_p", "seed", "reasoning_mode", "reasoning_budget")
+    "top_p", "seed", "reasoning_mode", "reasoning_budget", "tool_call_parser", "reasoning_parser")
 """The `GlimpRouter` arguments that framework adapters expose as fields of the same names."""
 
 def router_settings(source: Any) -> dict[str, Any]:
@@ -124,6 +129,8 @@ class GlimpRouter:
         check_backend_settings(backend, speculative, backend_options)
         self.backend = backend if isinstance(backend, Backend) else load_backend(
             backend, small, large, device=device, speculative=speculative, options=backend_options)
+        self._markers: dict[tuple[str | None, bool], tuple[str, str]] = {}
+        """Reasoning markers by (reasoning parser, whether the caller chose it), read from vLLM once."""
 
     # --- public API -----------------------------------------------------------------------
 
@@ -177,14 +184,26 @@ class GlimpRouter:
             answers_apart = mode == "think" or constraint is not None
             overrides["answer_budget" if answers_apart else "reasoning_budget"] = max_tokens
         config = self._config_for(overrides)
+        tool_call_parser = self._tool_call_parser(config)
+        if constraint is not None and constraint.kind == "tools":
+            added = getattr(self.backend.tokenizer("large"), "get_added_vocab", dict)()
+            constraint = replace(constraint, tool_call_parser=tool_call_parser, added_tokens=tuple(added))
+        markers = self._reasoning_markers(config.reasoning_parser, tool_call_parser)
         custom = self._custom_policy if "policy" not in overrides else None
         policy = custom or make_policy(config)
-        events = _Run(self.backend, config, policy, messages, tools, constraint, max_tokens).events()
+        events = _Run(self.backend, config, policy, messages, tools, constraint, max_tokens, markers,
+                      tool_call_parser if tools else None).events()
         try:
             async for event in events:
                 yield event
         finally:  # close the run now (its sessions, their requests), not whenever it is collected
             await events.aclose()
+
+    def tool_call_reader(self, tools: Sequence[dict[str, Any]], tool_call_parser: str | None = None) -> ToolCallReader:
+        """Reads the calls to `tools` out of an answer, in the large model's format (the
+        `tool_call_parser` given, else this router's; see `tool_formats.ToolCallReader`)."""
+        config = self.config if tool_call_parser is None else self.config.with_overrides(tool_call_parser=tool_call_parser)
+        return ToolCallReader(self._tool_call_parser(config), tools, self.backend.tokenizer("large"))
 
     def close(self) -> None:
         self.backend.close()
@@ -194,6 +213,18 @@ class GlimpRouter:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def _tool_call_parser(self, config: RouterConfig) -> str:
+        """The large model's tool-call format: the setting, else read from its chat template."""
+        template = getattr(self.backend.tokenizer("large"), "chat_template", None)
+        return config.tool_call_parser or detect_tool_call_parser(template)
+
+    def _reasoning_markers(self, reasoning_parser: str | None, tool_call_parser: str) -> tuple[str, str]:
+        """The reasoning's markers: from the named reasoning parser, else from the family's own."""
+        key = (reasoning_parser or TOOL_FAMILIES[tool_call_parser].reasoning_parser, reasoning_parser is not None)
+        if key not in self._markers:
+            self._markers[key] = reasoning_markers(key[0], self.backend.tokenizer("large"), chosen=key[1])
+        return self._markers[key]
 
     def _config_for(self, overrides: dict[str, Any]) -> RouterConfig:
         if not overrides:
@@ -231,8 +262,11 @@ class _Run:
 
     def __init__(self, backend: Backend, config: RouterConfig, policy: RoutingPolicy, messages: list[Message],
                  tools: Sequence[dict[str, Any]] | None, constraint: AnswerConstraint | None,
-                 max_tokens: int | None = None) -> None:
+                 max_tokens: int | None, reasoning_markers: tuple[str, str], tool_call_parser: str | None) -> None:
         self.backend = backend
+        self.reasoning_markers = reasoning_markers
+        self.think_close = reasoning_markers[1]
+        self.tool_call_parser = tool_call_parser
         self.config = config
         self.max_tokens = max_tokens
         """The caller's `max_tokens`, when given: it must fit in what the prompt leaves of the context."""
@@ -256,7 +290,7 @@ class _Run:
             for offset, role in enumerate(("small", "large")):
                 seed = None if self.config.sampling.seed is None else self.config.sampling.seed * 2 + offset
                 spec = SessionSpec(self.messages, self.config.sampling, seed, think, self.tools, tool_choice,
-                                   self.constraint)
+                                   self.constraint, self.reasoning_markers)
                 sessions[role] = await self.backend.open_session(role, spec)
             small, large = sessions["small"], sessions["large"]
             self.prompt_tokens = large.prompt_tokens
@@ -268,7 +302,7 @@ class _Run:
                 reasoning_closed = think and bool(self.steps) and self.steps[-1].finish_reason == "end_of_reasoning"
             if think or self.constraint is not None:
                 if think and not reasoning_closed:  # the budget ran out or the writer ended its text
-                    await large.append_text(f"\n{THINK_CLOSE}\n\n")
+                    await large.append_text(f"\n{self.think_close}\n\n")
                 async for event in self._answer(large):
                     yield event
         except GlimpError:
@@ -290,7 +324,7 @@ class _Run:
         config, think = self.config, self.mode == "think"
         phase = "reasoning" if think else "answer"
         # In plain mode the routed steps are the answer, so the user's stop sequences apply to them.
-        stop = [config.step_separator, *([THINK_CLOSE] if think else config.stop)]
+        stop = [config.step_separator, *([self.think_close] if think else config.stop)]
         # One request may write consecutive small-model steps unless a stop string could match across them.
         spans = config.span_steps and self.policy.keeps_every_step and not any(
             config.step_separator in s or s in config.step_separator for s in stop[1:])
@@ -317,7 +351,7 @@ class _Run:
                 writer, decision, basis, written = large, "intervene", "policy", _Written()
                 async for event in self._write(large, index, phase, decision, probe, room, stop, written):
                     yield event
-            reasoning_closed = think and THINK_CLOSE in written.text
+            reasoning_closed = think and self.think_close in written.text
             step = StepTrace(
                 index=index, model=writer.role, phase=phase, text=written.visible,
                 tokens=written.tokens, prefill_tokens=written.prefill_tokens, decision=decision, basis=basis,
@@ -402,7 +436,7 @@ class _Run:
         yield StepStarted(index, writer.role, phase, decision, probe)
         # Text after a marker is never shown: the user's stop sequences end the answer, and
         # `</think>` ends the reasoning (the raw text, tag included, still goes to the other model).
-        markers = self.config.stop if phase == "answer" else (THINK_CLOSE,) if self.mode == "think" else ()
+        markers = self.config.stop if phase == "answer" else (self.think_close,) if self.mode == "think" else ()
         holdback = max((len(m) for m in markers), default=1) - 1  # chars that may start a marker
         shown = 0
         step = writer.write(max_tokens, stop, measure=self.policy.measures_steps and writer.role == "small",
@@ -464,7 +498,7 @@ class _Run:
             threshold=self.config.threshold, small_model=self.backend.model_name("small"),
             large_model=self.backend.model_name("large"), prompt_tokens=self.prompt_tokens,
             wall_seconds=time.perf_counter() - self.started, finish_reason=finish,
-            tokens_by_model=tokens_by_model,
+            tokens_by_model=tokens_by_model, tool_call_parser=self.tool_call_parser,
             usage_by_model={role: {"input_tokens": session.input_tokens, "output_tokens": session.output_tokens}
                             for role, session in self.sessions.items()})
 

@@ -2,9 +2,10 @@
 
 Tools are OpenAI function schemas ({"type": "function", "function": {"name", "description",
 "parameters"}}).  A model whose chat template renders `tools` gets them through its template;
-for one whose template does not, the schemas and the expected call format are put in a system
-message.  Either way calls are read back from the answer in the Hermes/Qwen format,
-`<tool_call>{"name": ..., "arguments": {...}}</tool_call>`, or as a bare JSON object of that shape.
+for one whose template does not, the schemas and the expected call format (the family's, see
+`tool_formats`) are put in a system message, and earlier calls are written inline in that format.
+`parse_tool_calls` is Glimp's own reader of the Hermes format, for where vLLM's parsers are not
+installed (`tool_formats.ToolCallReader` reads every family with them).
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+from glimp_integrations.tool_formats import HERMES, render_call
 
 Message = dict[str, Any]
 """A chat message in the OpenAI shape: {"role": ..., "content": ...}."""
@@ -29,8 +32,10 @@ class ToolCall:
     id: str = field(default_factory=lambda: f"call_{uuid.uuid4().hex[:12]}")
 
 
-def tool_instructions(tools: Sequence[dict[str, Any]], tool_choice: str | None = None) -> str:
-    """A system prompt describing `tools` and how to call them (for templates without tools)."""
+def tool_instructions(tools: Sequence[dict[str, Any]], tool_choice: str | None = None,
+                      tool_call_parser: str = HERMES) -> str:
+    """A system prompt describing `tools` and how to call them in the family's format (for
+    templates without tools)."""
     schemas = "\n".join(json.dumps(t.get("function", t)) for t in tools)
     rule = {
         None: "Call a tool only when it helps; otherwise answer directly.",
@@ -39,16 +44,17 @@ def tool_instructions(tools: Sequence[dict[str, Any]], tool_choice: str | None =
         "required": "You must call one of the tools.",
         "none": "Do not call a tool now; answer directly.",
     }.get(tool_choice, f"You must call the tool `{tool_choice}`.")
-    return ("You can call these tools:\n" + schemas + "\n\nTo call a tool, reply with exactly "
-            '<tool_call>{"name": "TOOL_NAME", "arguments": {...}}</tool_call>. ' + rule)
+    example = render_call(tool_call_parser, "TOOL_NAME", "{...}")
+    return f"You can call these tools:\n{schemas}\n\nTo call a tool, reply with exactly {example} {rule}"
 
 
 def prepare_messages(messages: Sequence[Message], tools: Sequence[dict[str, Any]] | None,
-                     template_renders_tools: bool, tool_choice: str | None = None) -> list[Message]:
+                     template_renders_tools: bool, tool_choice: str | None = None,
+                     tool_call_parser: str = HERMES) -> list[Message]:
     """Messages ready for a chat template: earlier calls' arguments as objects (OpenAI sends them as
     JSON text; templates and the inline format expect objects, as vLLM's server also converts them),
     and when the template cannot render tools, the tools described in a system message and earlier
-    calls written inline as `<tool_call>` text."""
+    calls written inline in the family's format."""
     prepared: list[Message] = []
     for message in messages:
         message = dict(message)
@@ -56,13 +62,16 @@ def prepare_messages(messages: Sequence[Message], tools: Sequence[dict[str, Any]
         if calls and template_renders_tools:
             message["tool_calls"] = calls
         elif calls:
-            inline = "".join(
-                "<tool_call>" + json.dumps({"name": c["function"]["name"], "arguments": c["function"]["arguments"]})
-                + "</tool_call>" for c in calls)
+            inline = "".join(render_call(tool_call_parser, c["function"]["name"], _json_text(c["function"]["arguments"]))
+                             for c in calls)
             message["content"] = (message.get("content") or "") + inline
         prepared.append(message)
-    return add_system_text(prepared, tool_instructions(tools, tool_choice)) if tools and not template_renders_tools \
-        else prepared
+    return add_system_text(prepared, tool_instructions(tools, tool_choice, tool_call_parser)) \
+        if tools and not template_renders_tools else prepared
+
+
+def _json_text(arguments: Any) -> str:
+    return arguments if isinstance(arguments, str) else json.dumps(arguments)
 
 
 def _with_object_arguments(call: dict[str, Any]) -> dict[str, Any]:
@@ -103,24 +112,6 @@ def parse_tool_calls(text: str, tool_names: Sequence[str]) -> tuple[str, list[To
     for start, end in reversed(spans):
         remaining = remaining[:start] + remaining[end:]
     return remaining.strip(), calls
-
-
-def partial_tool_calls(text: str, tool_names: Sequence[str]) -> list[tuple[str, dict[str, Any]]]:
-    """(name, arguments so far) of each `<tool_call>` in an answer still being written: the
-    complete calls, then the one being written once its name is complete (its arguments parsed as
-    far as they go, unfinished strings left out)."""
-    from pydantic_core import from_json  # installed with either framework adapter
-
-    calls = []
-    for chunk in text.split("<tool_call>")[1:]:
-        try:
-            data = from_json(chunk.split("</tool_call>")[0], allow_partial=True)
-        except ValueError:
-            continue
-        if isinstance(data, dict) and data.get("name") in tool_names:
-            arguments = data.get("arguments")
-            calls.append((data["name"], arguments if isinstance(arguments, dict) else {}))
-    return calls
 
 
 def _as_call(payload: str, tool_names: Sequence[str]) -> ToolCall | None:

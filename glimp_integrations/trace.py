@@ -118,6 +118,8 @@ class RunTrace:
     finish_reason: Literal["stop", "budget"]
     tokens_by_model: dict[str, int] = field(default_factory=dict)
     """Tokens of the response each model wrote."""
+    tool_call_parser: str | None = None
+    """The format of the answer's tool calls (vLLM's `--tool-call-parser` name); None: no tools."""
     usage_by_model: dict[str, dict[str, int]] = field(default_factory=dict)
     """What each model computed: {"small": {"input_tokens", "output_tokens"}, "large": {...}}, input
     being the prompt and the text it had not seen (prefix-cache hits excluded), output every token
@@ -203,6 +205,7 @@ class RunTrace:
             "threshold": self.threshold,
             "small_model": self.small_model,
             "large_model": self.large_model,
+            "tool_call_parser": self.tool_call_parser,
         }
 
     def to_dict(self) -> dict[str, Any]:

@@ -57,7 +57,7 @@ from glimp_integrations import (
 )
 from glimp_integrations.backends.base import Backend
 from glimp_integrations.config import PolicyName, ReasoningMode
-from glimp_integrations.tools import parse_tool_calls
+from glimp_integrations.tool_formats import ToolCallReader
 from glimp_integrations.trace import json_safe
 
 STEP_EVENT = "glimp_step"
@@ -113,6 +113,11 @@ class ChatGlimpRouter(BaseChatModel):
     """`think`, `plain` or `auto` (None: `auto`, or `think` for the embedded pair)."""
     reasoning_budget: int | None = None
     """Most tokens routed step by step (the reasoning; the whole response for models without think tags)."""
+    tool_call_parser: str | None = None
+    """The large model's tool-call format, as vLLM's `--tool-call-parser` names it (`hermes`,
+    `llama3_json`, `deepseek_v3`, `deepseek_v31`); None: read from its chat template."""
+    reasoning_parser: str | None = None
+    """vLLM's `--reasoning-parser` giving the reasoning's markers (None: the tool-call family's)."""
     max_tokens: int | None = Field(default=None, gt=0)
     """Most tokens of the answer: after `</think>` for reasoning models, else of the whole
     (routed) response.  None: the engine's budgets."""
@@ -241,10 +246,14 @@ class ChatGlimpRouter(BaseChatModel):
 
     # --- generation ---------------------------------------------------------------------------
 
+    def _chunk_builder(self, request: dict[str, Any]) -> _ChunkBuilder:
+        tools = _callable_tools(request)
+        return _ChunkBuilder(self.router().tool_call_reader(tools) if tools else None, self.model_name)
+
     def _stream(self, messages: list[BaseMessage], stop: list[str] | None = None,
                 run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> Iterator[ChatGenerationChunk]:
         request = self._request(messages, stop, kwargs)
-        chunks = _ChunkBuilder(_callable_tools(request), self.model_name)
+        chunks = self._chunk_builder(request)
         emit = _sync_step_emitter(run_manager)
         with closing(self.router().stream(**request)) as stream:  # closing the chunks stops the run
             for event in stream:
@@ -257,7 +266,7 @@ class ChatGlimpRouter(BaseChatModel):
                        run_manager: AsyncCallbackManagerForLLMRun | None = None,
                        **kwargs: Any) -> AsyncIterator[ChatGenerationChunk]:
         request = self._request(messages, stop, kwargs)
-        chunks = _ChunkBuilder(_callable_tools(request), self.model_name)
+        chunks = self._chunk_builder(request)
         emit = _async_step_emitter(run_manager)
         stream = self.router().astream(**request)
         try:
@@ -395,8 +404,8 @@ class _ChunkBuilder:
     sent at the end with its parsed tool calls.  Usage and the summary go in the last chunk only.
     """
 
-    def __init__(self, tools: list[dict[str, Any]] | None, model_name: str) -> None:
-        self.tool_names = [t["function"]["name"] for t in tools or []]
+    def __init__(self, reader: ToolCallReader | None, model_name: str) -> None:
+        self.reader = reader
         self.model_name = model_name
         self.held_answer = ""
         self.has_reasoning = False
@@ -410,7 +419,7 @@ class _ChunkBuilder:
                 self.has_reasoning = True
                 return _chunk(content=[{"type": "reasoning", "reasoning": event.text, "index": _block_index(event.index)}],
                               additional_kwargs={"reasoning_content": event.text})
-            if self.tool_names:
+            if self.reader:
                 self.held_answer += event.text
                 return None
             return _chunk(content=self._answer_content(event.text))
@@ -428,8 +437,8 @@ class _ChunkBuilder:
         trace = event.trace
         content: str | list[dict[str, Any]] = [] if self.has_reasoning else ""
         tool_call_chunks = []
-        if self.tool_names:
-            text, calls = parse_tool_calls(self.held_answer, self.tool_names)
+        if self.reader:
+            text, calls = self.reader.read(self.held_answer)
             if text:
                 content = self._answer_content(text)
             tool_call_chunks = [{"type": "tool_call_chunk", "name": c.name, "args": json.dumps(c.arguments),

@@ -61,7 +61,7 @@ from glimp_integrations import (
 from glimp_integrations.backends.base import Backend
 from glimp_integrations.config import PolicyName, ReasoningMode, RouterConfig
 from glimp_integrations.embedded import EMBEDDED_CONTEXT_WINDOW, EMBEDDED_MODEL_NAME
-from glimp_integrations.tools import parse_tool_calls, partial_tool_calls
+from glimp_integrations.tool_formats import ToolCallReader
 from glimp_integrations.trace import json_safe
 
 dispatcher = get_dispatcher(__name__)
@@ -110,6 +110,11 @@ class GlimpRouterLLM(FunctionCallingLLM):
         default=None, description="think, plain or auto (None: auto, or think for the embedded pair).")
     reasoning_budget: int | None = Field(default=None, description="Most tokens routed step by step (None: 8192, or "
                                                                     "the embedded pair's budget).")
+    tool_call_parser: str | None = Field(
+        default=None, description="The large model's tool-call format as vLLM's --tool-call-parser names it (hermes, "
+                                  "llama3_json, deepseek_v3, deepseek_v31); None: read from its chat template.")
+    reasoning_parser: str | None = Field(
+        default=None, description="vLLM's --reasoning-parser giving the reasoning's markers (None: the family's).")
     max_tokens: int | None = Field(
         default=None, gt=0, description="Most tokens of the answer (the whole response for models without think tags).")
     timeout: float | None = Field(
@@ -206,9 +211,13 @@ class GlimpRouterLLM(FunctionCallingLLM):
             dispatcher.event(GlimpStepEvent(routing=event.step.routing(), text=event.step.text))
         return builder.convert(event)
 
+    def _response_builder(self, request: dict[str, Any]) -> _ResponseBuilder:
+        tools = _callable_tools(request)
+        return _ResponseBuilder(self.router().tool_call_reader(tools) if tools else None)
+
     def _chat_stream(self, messages: Sequence[ChatMessage], **kwargs: Any) -> Iterator[ChatResponse]:
         request = self._request(messages, kwargs)
-        builder = _ResponseBuilder(_callable_tools(request))
+        builder = self._response_builder(request)
         with closing(self.router().stream(**request)) as stream:  # closing the responses stops the run
             for event in stream:
                 if (response := self._on_event(event, builder)) is not None:
@@ -216,7 +225,7 @@ class GlimpRouterLLM(FunctionCallingLLM):
 
     async def _achat_stream(self, messages: Sequence[ChatMessage], **kwargs: Any) -> AsyncIterator[ChatResponse]:
         request = self._request(messages, kwargs)
-        builder = _ResponseBuilder(_callable_tools(request))
+        builder = self._response_builder(request)
         stream = self.router().astream(**request)
         try:
             async for event in stream:
@@ -352,8 +361,8 @@ class _ResponseBuilder:
     around them comes at the end.  The last response carries usage and the summary in `raw`.
     """
 
-    def __init__(self, tools: list[dict[str, Any]] | None) -> None:
-        self.tool_names = [t["function"]["name"] for t in tools or []]
+    def __init__(self, reader: ToolCallReader | None) -> None:
+        self.reader = reader
         self.thinking: list[ThinkingBlock] = []
         self.answer = ""
         self.call_ids: list[str] = []
@@ -361,7 +370,7 @@ class _ResponseBuilder:
 
     def _response(self, delta: str = "", thinking_delta: str | None = None, calls: Sequence[tuple[str, dict]] = (),
                   raw: Any = None) -> ChatResponse:
-        text = [] if self.tool_names and raw is None else [TextBlock(text=self.answer)] if self.answer else []
+        text = [] if self.reader and raw is None else [TextBlock(text=self.answer)] if self.answer else []
         while len(self.call_ids) < len(calls):
             self.call_ids.append(f"call_{uuid.uuid4().hex[:12]}")
         blocks = [ToolCallBlock(tool_call_id=i, tool_name=name, tool_kwargs=arguments)
@@ -379,9 +388,10 @@ class _ResponseBuilder:
             if event.phase == "reasoning":
                 return self._response(thinking_delta=event.text)
             self.answer += event.text
-            if not self.tool_names:
+            if not self.reader:
                 return self._response(delta=event.text)
-            calls = partial_tool_calls(self.answer, self.tool_names)
+            self.reader.feed(event.text)
+            calls = self.reader.calls_so_far()
             return self._response(calls=calls) if calls else None
         if isinstance(event, StepFinished) and event.step.phase == "reasoning":
             step = event.step
@@ -391,8 +401,8 @@ class _ResponseBuilder:
         if isinstance(event, RunFinished):
             trace = event.trace
             calls: list[tuple[str, dict]] = []
-            if self.tool_names:
-                self.answer, parsed = parse_tool_calls(self.answer, self.tool_names)
+            if self.reader:
+                self.answer, parsed = self.reader.read(self.answer)
                 calls = [(c.name, c.arguments) for c in parsed]
             self.answer = self.answer.strip()
             usage = {"prompt_tokens": trace.input_tokens, "completion_tokens": trace.output_tokens,

@@ -51,14 +51,22 @@ def test_a_backend_that_cannot_constrain_is_refused_by_name():
         GlimpRouter(backend=NoGrammar()).run("Hi?", response_format={"type": "json_object"})
 
 
-def test_grammars_follow_tool_choice_and_parallel_calls():
+ADD_CALL = '<tool_call>{"name": "add", "arguments": {"a": 1}}</tool_call>'
+SUB_CALL = '<tool_call>\n{"name": "sub", "arguments": {}}\n</tool_call>'
+
+
+def test_grammars_follow_tool_choice_and_parallel_calls(accepts):
     auto = AnswerConstraint.for_tools([TOOL, OTHER]).grammar
-    assert auto.startswith("start: TEXT | TEXT_THEN_CALL body")
-    assert '"const": "add"' in auto and '"const": "sub"' in auto
+    assert [accepts(auto, text) for text in ("Just text.", "Let me add. " + ADD_CALL, ADD_CALL + SUB_CALL,
+                                             '<tool_call>{"name": "mul", "arguments": {}}</tool_call>',
+                                             '<tool_call>{"name": "add", "arguments": {"c": 1}}</tool_call>')] == \
+        [True, True, True, False, False]
     named = AnswerConstraint.for_tools([TOOL, OTHER], "sub", parallel_tool_calls=False).grammar
-    assert named.startswith('start: "<tool_call>" body\n') and '"const": "add"' not in named
+    assert [accepts(named, text) for text in (SUB_CALL, ADD_CALL, SUB_CALL + SUB_CALL, "Text.")] == \
+        [True, False, False, False]
     assert AnswerConstraint.for_tools([TOOL], "any").tool_choice == "required"
-    assert AnswerConstraint.for_tools([TOOL], "none").grammar.startswith("start: TEXT\n")
+    none = AnswerConstraint.for_tools([TOOL], "none").grammar
+    assert [accepts(none, text) for text in ("Just text.", ADD_CALL)] == [True, False]
 
 
 @pytest.mark.parametrize("tool_choice, rule", [
@@ -118,8 +126,8 @@ def test_objects_are_closed_and_strict_requires_every_property():
     assert '"required": ["a", "b"]' in strict
     refs = {"type": "object", "properties": {"x": {"$ref": "#/$defs/X"}}, "$defs": {"X": {"type": "integer"}}}
     grammar = AnswerConstraint.for_tools([{"type": "function", "function": {"name": "f", "parameters": refs}}]).grammar
-    call = json.loads(grammar.split("%json ", 1)[1].rsplit(' "</tool_call>"', 1)[0])
-    assert call["$defs"] == {"X": {"type": "integer"}} and "$defs" not in call["properties"]["arguments"]
+    arguments = json.loads(grammar.split("%json ", 1)[1].split(' ("}', 1)[0])
+    assert arguments["$defs"] == {"X": {"type": "integer"}}  # at the root of the arguments, where `#/$defs` points
 
 
 def test_think_mode_constrains_only_the_large_models_answer():

@@ -1,14 +1,8 @@
 """The OpenAI-compatible servers backend against a real vLLM server started on 127.0.0.1."""
 
-import contextlib
 import json
 import logging
-import os
-import subprocess
-import sys
 import threading
-import time
-import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
@@ -31,46 +25,15 @@ from tests.step_cases import (
     check_probes_leave_the_step_as_it_would_be,
     check_steps_count_what_their_probes_prefilled,
 )
+from tests.vllm_servers import vllm_server
 
 pytestmark = [pytest.mark.vllm, pytest.mark.embedded]
-
-
-@contextlib.contextmanager
-def _vllm_server(max_logprobs: str, *extra: str):
-    """`vllm serve` (python -m vllm.entrypoints.openai.api_server) on the embedded model; yields its URL."""
-    port = free_port()
-    command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(embedded_model_dir()),
-               "--served-model-name", "smollm2", "--host", "127.0.0.1", "--port", str(port),
-               "--max-logprobs", max_logprobs, "--enable-prefix-caching", "--enable-prompt-tokens-details",
-               "--enforce-eager", "--max-model-len", "4096", "--no-enable-chunked-prefill", *extra]
-    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"}
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
-    url = f"http://127.0.0.1:{port}/v1"
-    try:
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
-            if process.poll() is not None:
-                pytest.fail(f"vllm server exited: {process.stderr.read()[-3000:]}")
-            try:
-                urllib.request.urlopen(f"{url}/models", timeout=2)
-                break
-            except OSError:
-                time.sleep(1)
-        else:
-            pytest.fail("vllm server did not start within 300 s")
-        yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
 
 
 @pytest.fixture(scope="module")
 def server_url():
     """A server that gives the whole vocabulary's logprobs, as the README recommends."""
-    with _vllm_server("-1") as url:
+    with vllm_server("-1") as url:
         yield url
 
 
@@ -110,7 +73,7 @@ def test_a_steps_prefill_counts_its_probes_on_the_server(router):
 
 
 def test_a_server_capping_logprobs_is_probed_within_its_cap(server_url, caplog):
-    with _vllm_server("20") as capped_url:  # vLLM's default cap
+    with vllm_server("20") as capped_url:  # vLLM's default cap
         with caplog.at_level(logging.WARNING, logger="glimp_integrations.backends.openai"):
             capped = GlimpRouter(capped_url, server_url, backend="openai", seed=0)
         try:
@@ -261,7 +224,7 @@ def test_a_drafting_large_server_reports_acceptance_in_the_trace(server_url):
     """The README's command: the large model's server drafts with the small model and reports
     per-request drafting metrics; the trace carries them for the large model's steps."""
     draft = json.dumps({"method": "draft_model", "model": str(embedded_model_dir()), "num_speculative_tokens": 3})
-    with _vllm_server("-1", "--speculative-config", draft, "--per-request-spec-decode-metrics", "summary") as large:
+    with vllm_server("-1", "--speculative-config", draft, "--per-request-spec-decode-metrics", "summary") as large:
         router = GlimpRouter(server_url, large, backend="openai", seed=0)
         try:
             trace = router.run(QUESTION, reasoning_budget=40, threshold=0.0, temperature=0)

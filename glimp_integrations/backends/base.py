@@ -17,6 +17,7 @@ from typing import Any, Literal, Protocol
 from glimp_integrations.config import Role, SamplingConfig
 from glimp_integrations.constraints import AnswerConstraint
 from glimp_integrations.entropy import EntropyBounds, entropy_bounds
+from glimp_integrations.tool_formats import HERMES, THINK_MARKERS
 from glimp_integrations.tools import Message, prepare_messages
 
 StepEnd = Literal["stop_string", "end_of_text", "max_tokens"]
@@ -65,12 +66,20 @@ class SessionSpec:
     seed: int | None
     """Seed of this session's sampling (each role gets its own)."""
     open_think: bool
-    """Open the reasoning with `<think>\\n` if the chat template does not."""
+    """Open the reasoning (`reasoning_markers[0]` and a newline) if the chat template does not."""
     tools: Sequence[dict[str, Any]] | None = None
     """OpenAI function schemas, rendered into the prompt (see `glimp_integrations.tools`)."""
     tool_choice: str | None = None
     constraint: AnswerConstraint | None = None
     """What the answer must be; applied by `write(..., constrained=True)`."""
+    reasoning_markers: tuple[str, str] = THINK_MARKERS
+    """The texts that open and close the reasoning (the family's reasoning parser's)."""
+
+    @property
+    def tool_call_parser(self) -> str:
+        """The format tool calls are written in (the tools constraint's)."""
+        tools_constraint = self.constraint is not None and self.constraint.kind == "tools"
+        return self.constraint.tool_call_parser if tools_constraint else HERMES  # type: ignore[union-attr]
 
 
 @dataclass(frozen=True)
@@ -215,6 +224,10 @@ class Backend(abc.ABC):
     def context_window(self, role: Role) -> int:
         return self.models[role].context_window
 
+    def tokenizer(self, role: Role) -> Any:
+        """The model's HF tokenizer (its chat template, its added tokens); None where the backend has none."""
+        return getattr(self.models[role], "tokenizer", None)
+
     @abc.abstractmethod
     async def open_session(self, role: Role, spec: SessionSpec) -> ModelSession:
         """Render the run's messages with the model's chat template (see `render_chat_prompt`);
@@ -257,10 +270,10 @@ class StopScanner:
         return any(s in text[start:] for s in self._stop)
 
 
-def render_think_suffix(prompt: str, open_think: bool) -> str:
-    """The prompt, followed by `<think>\\n` when reasoning must be opened and is not yet."""
-    if open_think and not prompt.rstrip().endswith("<think>"):
-        return prompt + "<think>\n"
+def render_think_suffix(prompt: str, open_think: bool, opening: str = THINK_MARKERS[0]) -> str:
+    """The prompt, followed by `opening` and a newline when reasoning must be opened and is not yet."""
+    if open_think and not prompt.rstrip().endswith(opening):
+        return prompt + opening + "\n"
     return prompt
 
 
@@ -273,10 +286,10 @@ def render_chat_prompt(tokenizer: Any, spec: SessionSpec) -> str:
     """The prompt text from a HF tokenizer's chat template: tools through the template when it
     renders them (else described in a system message), then `<think>\\n` when asked for."""
     renders_tools = "tools" in (tokenizer.chat_template or "")
-    prepared = prepare_messages(spec.messages, spec.tools, renders_tools, spec.tool_choice)
+    prepared = prepare_messages(spec.messages, spec.tools, renders_tools, spec.tool_choice, spec.tool_call_parser)
     prompt = tokenizer.apply_chat_template(prepared, tools=list(spec.tools) if spec.tools and renders_tools else None,
                                            tokenize=False, add_generation_prompt=True)
-    return render_think_suffix(prompt, spec.open_think)
+    return render_think_suffix(prompt, spec.open_think, spec.reasoning_markers[0])
 
 
 def resolve_model_name(parameter: str, name: str) -> str:

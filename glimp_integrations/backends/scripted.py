@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from glimp_integrations.backends.base import (
     Backend,
@@ -23,6 +24,7 @@ from glimp_integrations.backends.base import (
     render_think_suffix,
 )
 from glimp_integrations.config import Role
+from glimp_integrations.constraints import AnswerConstraint
 from glimp_integrations.tools import prepare_messages
 
 
@@ -60,6 +62,8 @@ class ScriptedModel:
     """Answer probes with only the `top_k` asked for, to exercise the escalation ladder."""
     max_top_k: int | None = None
     """Give probes at most this many logprobs, as a server with `--max-logprobs` does."""
+    tokenizer: Any = None
+    """An HF tokenizer whose chat template and added tokens stand for the model's (tool-call formats)."""
 
 
 class ScriptedBackend(Backend):
@@ -81,15 +85,15 @@ class ScriptedBackend(Backend):
         """Sessions opened and not yet closed (a cancelled run must leave none)."""
         self.judge_requests: list[tuple[Role, str]] = []
         """Every `candidate_logprobs` call, in order: (role, suffix)."""
-        self.constrained_writes: list[tuple[Role, str]] = []
-        """Every write asked to apply the answer constraint, in order: (role, its grammar)."""
+        self.constrained_writes: list[tuple[Role, AnswerConstraint]] = []
+        """Every write asked to apply the answer constraint, in order: (role, the constraint)."""
 
 
     async def open_session(self, role: Role, spec: SessionSpec) -> ScriptedSession:
         messages = prepare_messages(spec.messages, spec.tools, template_renders_tools=False,
-                                    tool_choice=spec.tool_choice)
+                                    tool_choice=spec.tool_choice, tool_call_parser=spec.tool_call_parser)
         prompt = "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant:"
-        prompt = render_think_suffix(prompt, spec.open_think)
+        prompt = render_think_suffix(prompt, spec.open_think, spec.reasoning_markers[0])
         model = self.models[role]
         self.prompts.append(prompt)
         prompt_tokens = len(prompt.split())
@@ -143,7 +147,8 @@ class ScriptedSession(ModelSession):
     def write(self, max_tokens: int, stop: Sequence[str], measure: bool = False,
               constrained: bool = False) -> StepWriter:
         if constrained:
-            self._backend.constrained_writes.append((self.role, self._constraint.grammar if self._constraint else ""))
+            assert self._constraint is not None, "a constrained write needs the session's constraint"
+            self._backend.constrained_writes.append((self.role, self._constraint))
         return _ScriptedWriter(self, max_tokens, stop, measure)
 
     async def candidate_logprobs(self, suffix: str, candidates: Sequence[str]) -> dict[str, float]:

@@ -11,6 +11,7 @@ from glimp_integrations.router import GlimpRouter
 from glimp_integrations.serve import chat, responses
 from glimp_integrations.serve.protocol import RequestError
 from glimp_integrations.serve.runs import ServerState
+from glimp_integrations.tool_formats import load_vllm_parsers
 
 
 def create_app(router: GlimpRouter, served_model_name: str | None = None, *, tracer_provider: Any | None = None,
@@ -28,6 +29,8 @@ def create_app(router: GlimpRouter, served_model_name: str | None = None, *, tra
     if api_key is not None and (not isinstance(api_key, str) or not api_key.strip()):
         raise invalid("api_key", "<hidden>", "must be a non-empty string", "Pass the key clients will send, or None.")
     state = ServerState(router, served_model_name or "glimp", tracer_provider)
+    if router.backend.tokenizer("large") is not None:
+        load_vllm_parsers()  # now, not in the first request with tools
     app = fastapi.FastAPI(title="glimp serve", description=serve.__doc__)
     app.state.glimp = state
 

@@ -19,7 +19,7 @@ import uuid
 from typing import Any
 
 from glimp_integrations.config import did_you_mean
-from glimp_integrations.constraints import CALL_CLOSE, CALL_OPEN, AnswerConstraint
+from glimp_integrations.constraints import AnswerConstraint
 from glimp_integrations.serve.protocol import (
     COMMON_RULES,
     ROUTING_FIELDS,
@@ -32,7 +32,7 @@ from glimp_integrations.serve.protocol import (
     usage,
 )
 from glimp_integrations.serve.runs import ServerState, answer
-from glimp_integrations.tools import parse_tool_calls, partial_tool_calls
+from glimp_integrations.tool_formats import ToolCallReader
 from glimp_integrations.trace import RouterEvent, RunTrace, StepFinished, StepStarted, TokenDelta
 
 OPENAI_FIELDS: tuple[str, ...] = (
@@ -55,9 +55,8 @@ async def chat_completions(state: ServerState, request: Any) -> Any:
     """`POST /v1/chat/completions`: a routed run, streamed as chunks or answered whole."""
     def parse(body: Any) -> tuple[list[dict[str, Any]], dict[str, Any], ChunkWriter]:
         messages, arguments = run_arguments(body, state.served_model, state.max_model_len)
-        tool_names = [t.get("function", t).get("name") for t in arguments.get("tools") or []]
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-        return messages, arguments, ChunkWriter(state.served_model, tool_names, include_usage)
+        return messages, arguments, ChunkWriter(state.served_model, tool_call_reader(state, arguments), include_usage)
 
     return await answer(state, request, parse)
 
@@ -214,19 +213,17 @@ def _tool_choice(choice: Any) -> str:
 class ChunkWriter:
     """Turns a run's events into `chat.completion.chunk` payloads.  Reasoning deltas go out as
     `reasoning` (vLLM's name since 0.30) and `reasoning_content` (the DeepSeek API's, which many
-    clients still read), the same text; the answer as `content`, or, when the request has tools, as `tool_calls`
-    once a `<tool_call>` starts (a call's name when it is complete, its arguments when the call is)."""
+    clients still read), the same text; the answer as `content`, or, when the request has tools, as
+    `tool_calls` as the family's parser reads them from the stream (a call's name, then its arguments
+    piece by piece), as vLLM's server streams them."""
 
-    def __init__(self, model: str, tool_names: list[str], include_usage: bool = False) -> None:
+    def __init__(self, model: str, reader: ToolCallReader | None, include_usage: bool = False) -> None:
         self.id, self.model = f"chatcmpl-{uuid.uuid4().hex}", model
         self.base = {"id": self.id, "object": "chat.completion.chunk", "created": int(time.time()), "model": model}
-        self.tool_names = tool_names
+        self.reader = reader
         self.include_usage = include_usage
-        self.answer = ""
-        self.content_sent = 0
         self.announced: list[str] = []
         """Ids of the tool calls whose name has been sent, in order."""
-        self.arguments_sent = 0
 
     def chunk(self, delta: dict[str, Any] | None = None, finish_reason: str | None = None,
               **extra: Any) -> dict[str, Any]:
@@ -241,7 +238,7 @@ class ChunkWriter:
         return [sse_data(chunk) for chunk in self._chunks(event)]
 
     def finish(self, trace: RunTrace) -> list[str]:
-        chunks = self._answer_chunks(final=True)
+        chunks = self._answer_chunks(None)
         chunks.append(self.chunk({}, finish_reason=_finish_reason(trace, bool(self.announced))))
         chunks.append(self.chunk(glimp={"summary": trace.summary()}))
         if self.include_usage:
@@ -253,7 +250,7 @@ class ChunkWriter:
         return [sse_data(failure.body()), "data: [DONE]\n\n"]
 
     def whole(self, trace: RunTrace) -> dict[str, Any]:
-        return completion(trace, self.id, self.model, self.tool_names)
+        return completion(trace, self.id, self.model, self.reader)
 
     def _chunks(self, event: RouterEvent) -> list[dict[str, Any]]:
         if isinstance(event, StepStarted):
@@ -266,54 +263,38 @@ class ChunkWriter:
         if isinstance(event, TokenDelta) and event.text:
             if event.phase == "reasoning":
                 return [self.chunk({"reasoning": event.text, "reasoning_content": event.text})]
-            self.answer += event.text
-            return self._answer_chunks(final=False)
+            return self._answer_chunks(event.text)
         return []
 
-    def _answer_chunks(self, final: bool) -> list[dict[str, Any]]:
-        if not self.tool_names:
-            text, self.content_sent = self.answer[self.content_sent:], len(self.answer)
-            return [self.chunk({"content": text})] if text else []
-        chunks = []
-        call_start = self.answer.find(CALL_OPEN)
-        free_text_end = len(self.answer) if call_start < 0 else call_start
-        if call_start < 0 and not final:  # hold back what may be the start of `<tool_call>`
-            free_text_end -= _partial_suffix(self.answer, CALL_OPEN)
-        if free_text_end > self.content_sent:
-            chunks.append(self.chunk({"content": self.answer[self.content_sent:free_text_end]}))
-            self.content_sent = free_text_end
-        if call_start < 0:
-            return chunks
-        if final:
-            calls = [(c.name, c.arguments) for c in parse_tool_calls(self.answer, self.tool_names)[1]]
-            complete = len(calls)
-        else:
-            calls = partial_tool_calls(self.answer, self.tool_names)
-            complete = min(len(calls), self.answer.count(CALL_CLOSE))
-        for index, (name, _) in enumerate(calls[len(self.announced):], start=len(self.announced)):
-            call_id = f"call_{uuid.uuid4().hex[:12]}"
-            self.announced.append(call_id)
-            chunks.append(self.chunk({"tool_calls": [{"index": index, "id": call_id, "type": "function",
-                                                      "function": {"name": name, "arguments": ""}}]}))
-        for index in range(self.arguments_sent, complete):
-            chunks.append(self.chunk({"tool_calls": [{"index": index, "function": {
-                "arguments": json.dumps(calls[index][1])}}]}))
-        self.arguments_sent = max(self.arguments_sent, complete)
+    def _answer_chunks(self, delta: str | None) -> list[dict[str, Any]]:
+        """Chunks for the next piece of the answer (None: the answer is complete)."""
+        if self.reader is None:
+            return [self.chunk({"content": delta})] if delta else []
+        text, parts = self.reader.feed(delta) if delta is not None else self.reader.finish()[:2]
+        chunks = [self.chunk({"content": text})] if text else []
+        for part in parts:
+            call: dict[str, Any] = {"index": part.index, "function": {"arguments": part.arguments}}
+            if part.name:
+                self.announced.append(f"call_{uuid.uuid4().hex[:12]}")
+                call.update(id=self.announced[-1], type="function", function={"name": part.name,
+                                                                              "arguments": part.arguments})
+            chunks.append(self.chunk({"tool_calls": [call]}))
         return chunks
 
 
-def _partial_suffix(text: str, tag: str) -> int:
-    """Length of the longest end of `text` that begins `tag` (0 if none)."""
-    return next((n for n in range(min(len(tag) - 1, len(text)), 0, -1) if tag.startswith(text[-n:])), 0)
+def tool_call_reader(state: ServerState, arguments: dict[str, Any]) -> ToolCallReader | None:
+    """The reader of the calls in a run's answer, in the large model's format; None without tools."""
+    tools = arguments.get("tools")
+    return state.router.tool_call_reader(tools, arguments.get("tool_call_parser")) if tools else None
 
 
 def _finish_reason(trace: RunTrace, called: bool) -> str:
     return "tool_calls" if called else "length" if trace.finish_reason == "budget" else "stop"
 
 
-def completion(trace: RunTrace, completion_id: str, model: str, tool_names: list[str]) -> dict[str, Any]:
+def completion(trace: RunTrace, completion_id: str, model: str, reader: ToolCallReader | None) -> dict[str, Any]:
     """The `chat.completion` response for a finished run."""
-    text, calls = parse_tool_calls(trace.answer, tool_names) if tool_names else (trace.answer, [])
+    text, calls = reader.read(trace.answer) if reader else (trace.answer, [])
     message: dict[str, Any] = {"role": "assistant", "content": text or (None if calls else ""),
                                "reasoning": trace.reasoning or None, "reasoning_content": trace.reasoning or None}
     if calls:

@@ -26,7 +26,7 @@ import time
 import uuid
 from typing import Any
 
-from glimp_integrations.serve.chat import run_arguments
+from glimp_integrations.serve.chat import run_arguments, tool_call_reader
 from glimp_integrations.serve.protocol import (
     COMMON_RULES,
     ROUTING_FIELDS,
@@ -37,7 +37,7 @@ from glimp_integrations.serve.protocol import (
     usage,
 )
 from glimp_integrations.serve.runs import ServerState, answer
-from glimp_integrations.tools import parse_tool_calls
+from glimp_integrations.tool_formats import ToolCallReader
 from glimp_integrations.trace import RouterEvent, RunTrace, StepFinished, StepStarted, TokenDelta
 
 RESPONSES_FIELDS = ("model", "input", "instructions", "max_output_tokens", "temperature", "top_p", "seed", "stop",
@@ -73,8 +73,8 @@ CHAT_NAMES = {"max_tokens": "max_output_tokens", "response_format": "text", "mes
 """A chat field's name in a Responses request, for errors found once the request is a chat one."""
 
 
-def responses_arguments(body: Any, state: ServerState) -> tuple[list[dict[str, Any]], dict[str, Any], list[str]]:
-    """The messages, run arguments and tool names of a Responses request; RequestError naming the
+def responses_arguments(body: Any, state: ServerState) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The messages and run arguments of a Responses request; RequestError naming the
     Responses field for anything unknown, of the wrong type, stateful, or that the run refuses."""
     if not isinstance(body, dict):
         raise RequestError(400, "The request body must be a JSON object.")
@@ -106,7 +106,7 @@ def responses_arguments(body: Any, state: ServerState) -> tuple[list[dict[str, A
     if response_format is not None:
         chat["response_format"] = response_format
     messages, arguments = run_arguments(chat, state.served_model, state.max_model_len)
-    return messages, arguments, [tool["function"]["name"] for tool in chat.get("tools", [])]
+    return messages, arguments
 
 
 def in_responses_terms(error: RequestError) -> RequestError:
@@ -197,8 +197,8 @@ def _response_format(spec: Any) -> dict[str, Any] | None:
 async def responses(state: ServerState, request: Any) -> Any:
     """`POST /v1/responses`: a routed run, answered as a `response` or streamed as its events."""
     def parse(body: Any) -> tuple[list[dict[str, Any]], dict[str, Any], ResponseWriter]:
-        messages, arguments, tool_names = responses_arguments(body, state)
-        return messages, arguments, ResponseWriter(state.served_model, body, tool_names)
+        messages, arguments = responses_arguments(body, state)
+        return messages, arguments, ResponseWriter(state.served_model, body, tool_call_reader(state, arguments))
 
     return await answer(state, request, parse, in_responses_terms)
 
@@ -206,10 +206,10 @@ async def responses(state: ServerState, request: Any) -> Any:
 class ResponseWriter:
     """A run's `response` object, and the stream of events that builds it item by item."""
 
-    def __init__(self, model: str, body: dict[str, Any], tool_names: list[str]) -> None:
+    def __init__(self, model: str, body: dict[str, Any], reader: ToolCallReader | None) -> None:
         self.id = f"resp_{uuid.uuid4().hex}"
         self.created = int(time.time())
-        self.model, self.body, self.tool_names = model, body, tool_names
+        self.model, self.body, self.reader = model, body, reader
         self.output: list[dict[str, Any]] = []
         self.sequence = 0
         self.answer = ""
@@ -250,7 +250,7 @@ class ResponseWriter:
                 for step in trace.steps if step.phase == "reasoning"]
 
     def _answer_items(self, trace: RunTrace) -> list[dict[str, Any]]:
-        text, calls = parse_tool_calls(trace.answer, self.tool_names) if self.tool_names else (trace.answer, [])
+        text, calls = self.reader.read(trace.answer) if self.reader else (trace.answer, [])
         items = [_message_item(f"msg_{self.id}", text)] if text or not calls else []
         return items + [_call_item(f"fc_{self.id}_{n}", call.id, call.name, json.dumps(call.arguments))
                         for n, call in enumerate(calls)]
@@ -290,7 +290,7 @@ class ResponseWriter:
                     self.event("response.output_item.done", output_index=index, item=item)]
         if isinstance(event, TokenDelta) and event.text and event.phase == "answer":
             self.answer += event.text
-            if self.tool_names:
+            if self.reader:
                 return []  # parsed for calls once whole
             events = [] if self.message is not None else self._open_message()
             index = len(self.output) - 1
@@ -310,7 +310,7 @@ class ResponseWriter:
     def finish(self, trace: RunTrace) -> list[str]:
         """The answer's closing events (a streamed message, or the parsed calls), then the response."""
         events: list[str] = []
-        text, calls = parse_tool_calls(trace.answer, self.tool_names) if self.tool_names else (trace.answer, [])
+        text, calls = self.reader.read(trace.answer) if self.reader else (trace.answer, [])
         if self.message is None and (text or not calls):
             events += self._open_message()
             if text:

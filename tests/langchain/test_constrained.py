@@ -40,16 +40,12 @@ def test_every_tool_choice_form_becomes_the_engines_constraint():
     for given, expected in forms:
         before = len(backend.constrained_writes)
         message = llm.bind_tools([get_weather, multiply], tool_choice=given).invoke("What is 3 times 3?")
-        role, grammar = backend.constrained_writes[before]
+        role, constraint = backend.constrained_writes[before]
         assert role == "large" and len(backend.constrained_writes) == before + 1
+        assert (constraint.kind, constraint.tool_choice, constraint.tool_names) == \
+            ("tools", expected, ["get_weather", "multiply"])
         if expected == "none":
-            assert "%json" not in grammar and message.tool_calls == []
-        elif expected == "multiply":
-            assert '"const": "multiply"' in grammar and '"const": "get_weather"' not in grammar
-        elif expected == "required":
-            assert grammar.startswith('start: "<tool_call>"')
-        else:
-            assert grammar.startswith("start: TEXT | TEXT_THEN_CALL")
+            assert "%json" not in constraint.grammar and message.tool_calls == []
 
 
 def test_strict_and_parallel_tool_calls_shape_the_grammar():
@@ -59,8 +55,8 @@ def test_strict_and_parallel_tool_calls_shape_the_grammar():
     single = backend.constrained_writes[-1][1]
     llm.bind_tools([multiply], tool_choice="any").invoke("3 times 3?")
     parallel = backend.constrained_writes[-1][1]
-    assert '("<tool_call>" body)*' in parallel and '("<tool_call>" body)*' not in single
-    assert '"required": ["a", "b"]' in single
+    assert (parallel.parallel_tool_calls, single.parallel_tool_calls) == (True, False)
+    assert '"required": ["a", "b"]' in single.grammar
 
 
 def test_a_bad_tool_choice_names_the_tools_and_the_model_stays_usable():
@@ -141,8 +137,9 @@ def test_create_agent_with_a_response_format_calls_tools_then_answers_in_that_fo
     assert [m.type for m in result["messages"]] == ["human", "ai", "tool", "ai"]
     assert result["messages"][1].tool_calls[0]["args"] == {"location": "Paris"}
     assert result["structured_response"] == WeatherReport(location="Paris", conditions="Paris")
-    grammars = [grammar for _, grammar in backend.constrained_writes]
-    assert len(grammars) == 2 and all(g.startswith('start: answer | "<tool_call>" body') for g in grammars)
+    constraints = [constraint for _, constraint in backend.constrained_writes]
+    assert len(constraints) == 2 and all(c.answer_format.kind == "json_schema" and c.tool_choice == "auto"
+                                         and c.grammar.startswith("start: answer | calls") for c in constraints)
     assert "Unless you call a tool, reply with a single JSON value" in backend.prompts[-1]
 
 

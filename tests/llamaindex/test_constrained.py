@@ -40,8 +40,8 @@ def test_tool_required_and_parallel_calls_reach_the_grammar():
     backend = scripted_pair()
     llm = GlimpRouterLLM(backend=backend)
     llm.chat_with_tools(TOOLS, user_msg="What is 3 x 3?", tool_required=True, allow_parallel_tool_calls=False)
-    grammar = backend.constrained_writes[-1][1]
-    assert grammar.startswith('start: "<tool_call>"') and '("<tool_call>" body)*' not in grammar
+    constraint = backend.constrained_writes[-1][1]
+    assert (constraint.tool_choice, constraint.parallel_tool_calls) == ("required", False)
 
 
 @pytest.fixture(scope="module")
