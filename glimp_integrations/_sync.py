@@ -11,7 +11,7 @@ import asyncio
 import atexit
 import concurrent.futures
 import threading
-from collections.abc import AsyncIterator, Awaitable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Generator
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -61,7 +61,7 @@ async def _wrap(awaitable: Awaitable[T]) -> T:
     return await awaitable
 
 
-def iterate_sync(stream: AsyncIterator[T]) -> Iterator[T]:
+def iterate_sync(stream: AsyncIterator[T]) -> Generator[T, None, None]:
     """Iterate an async iterator from sync code; closing the iterator early closes the stream."""
     try:
         while True:

@@ -15,11 +15,12 @@ import json
 import math
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
-from glimp_integrations.config import BACKEND_NAMES, POLICY_NAMES, REASONING_MODES
+from glimp_integrations.config import POLICY_NAMES
 from glimp_integrations.errors import GlimpError
 from glimp_integrations.router import GlimpRouter
+from glimp_integrations.settings import SETTING_NAMES, add_cli_options, cli_settings
 from glimp_integrations.trace import RunFinished, RunTrace, StepFinished, StepStarted, TokenDelta
 
 
@@ -30,51 +31,12 @@ def _threshold(text: str) -> float:
     return value
 
 
-def _json_object(text: str) -> dict:
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise argparse.ArgumentTypeError(f"must be a JSON object; got {text!r} ({error})") from error
-    if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError(f"must be a JSON object; got {text!r}")
-    return value
-
-
-def _models(parser: argparse.ArgumentParser) -> None:
-    """Options shared by every command: the model pair and how it runs."""
+def _models(parser: argparse.ArgumentParser, swept: Collection[str] = ()) -> None:
+    """Options shared by every command: the model pair, and an option per setting
+    (`glimp_integrations.settings`) but those the command sweeps itself."""
     parser.add_argument("--small", help="small model: HF id or local folder (default: embedded SmolLM2)")
     parser.add_argument("--large", help="large model: HF id or local folder (default: embedded SmolLM2)")
-    parser.add_argument("--backend", default="transformers", choices=BACKEND_NAMES,
-                        help="transformers, vllm (in this process) or openai (--small/--large are server URLs)")
-    parser.add_argument("--speculative", nargs="?", const=True, default=False, type=_json_object, metavar="JSON",
-                        help="draft the large model's tokens with the small one (vLLM); or a JSON dict of vLLM's "
-                             'speculative_config, e.g. \'{"method": "ngram", "num_speculative_tokens": 3}\'')
-    parser.add_argument("--backend-options", type=_json_object, default=None, metavar="JSON",
-                        help="the backend's own options as a JSON object, e.g. for --backend openai "
-                             '\'{"max_retries": 5, "entropy_gate": true}\' (API keys: GLIMP_SMALL_API_KEY, '
-                             "GLIMP_LARGE_API_KEY)")
-    parser.add_argument("--device", default="auto", help="torch device for the transformers backend")
-    parser.add_argument("--temperature", type=float, default=0.6)
-    parser.add_argument("--top-p", type=float, default=0.95)
-    parser.add_argument("--mode", choices=REASONING_MODES,
-                        help="think: route <think> reasoning (default: auto; think for the embedded pair)")
-    parser.add_argument("--reasoning-budget", type=int, help="most routed tokens (default: 8192; 256 embedded)")
-    parser.add_argument("--answer-budget", type=int, default=2048, help="most tokens of the final answer")
-    parser.add_argument("--tool-call-parser", help="the large model's tool-call format, as vLLM names it "
-                                                   "(hermes, llama3_json, deepseek_v3, deepseek_v31; default: read "
-                                                   "from its chat template)")
-    parser.add_argument("--reasoning-parser", help="vLLM's reasoning parser giving the reasoning's markers "
-                                                   "(default: the tool-call format's own)")
-
-
-def _routing(parser: argparse.ArgumentParser) -> None:
-    """Routing options of `ask` and `serve` (a served request may override them per call)."""
-    parser.add_argument("--policy", default="glimpse", choices=POLICY_NAMES)
-    parser.add_argument("--threshold", type=_threshold,
-                        help="tau in nats (default: 3.93, calibrated, for the embedded pair; the paper's 0.9 for "
-                             "named models; inf delegates all)")
-    parser.add_argument("--random-rate", type=float, default=0.25, help="intervention rate of --policy random")
-    parser.add_argument("--seed", type=int, default=None)
+    add_cli_options(parser, [name for name in SETTING_NAMES if name not in swept], aliases={"reasoning_mode": "--mode"})
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -83,12 +45,10 @@ def build_parser() -> argparse.ArgumentParser:
     ask = commands.add_parser("ask", help="answer one question, showing each step and who wrote it")
     ask.add_argument("question")
     _models(ask)
-    _routing(ask)
     ask.add_argument("--json", action="store_true", help="print only the trace as JSON on stdout")
     serve = commands.add_parser("serve", help="serve the router as an OpenAI-compatible API (/v1/chat/completions, "
                                               "/v1/models, /health, /metrics)")
     _models(serve)
-    _routing(serve)
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--served-model-name", default="glimp", help="the model id clients pass as `model`")
@@ -102,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
                           ("calibrate", "pick the threshold for a target intervention rate")):
         command = commands.add_parser(name, help=summary)
         command.add_argument("data", nargs="?", help="JSONL problems (default: the shipped arithmetic set)")
-        _models(command)
+        _models(command, swept=("policy", "threshold", "random_rate"))
         command.add_argument("--limit", type=int, default=None, help="use the first N problems")
         command.add_argument("--seeds", type=int, default=3, help="seeded runs per problem and setting")
         command.add_argument("--out", default=f"glimp-{name}", help="output folder")
@@ -112,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--policies", default="glimpse,always_small,always_large",
                        help=f"comma-separated, from: {', '.join(POLICY_NAMES)}")
     bench.add_argument("--thresholds", default="0.6,0.9,1.8", help="comma-separated tau values for threshold policies")
-    bench.add_argument("--random-rate", type=float, default=0.25)
+    bench.add_argument("--random-rate", type=float, default=0.25, help="intervention rate of the random policy")
     calibrate = commands.choices["calibrate"]
     calibrate.add_argument("--target-rate", type=float, required=True, help="share of steps for the large model")
     calibrate.add_argument("--calibration-share", type=float, default=0.5, help="share of problems to calibrate on")
@@ -133,15 +93,7 @@ def _backend_options(args: argparse.Namespace) -> dict | None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        chosen = {name: getattr(args, option, None) for name, option in (
-            ("reasoning_mode", "mode"), ("reasoning_budget", "reasoning_budget"), ("threshold", "threshold"),
-            ("seed", "seed"), ("policy", "policy"), ("random_rate", "random_rate"),
-            ("tool_call_parser", "tool_call_parser"), ("reasoning_parser", "reasoning_parser"))}
-        router = GlimpRouter(
-            args.small, args.large, backend=args.backend, device=args.device, speculative=args.speculative,
-            backend_options=_backend_options(args),
-            temperature=args.temperature, top_p=args.top_p, answer_budget=args.answer_budget,
-            **{name: value for name, value in chosen.items() if value is not None})
+        router = GlimpRouter(args.small, args.large, **{**cli_settings(args), "backend_options": _backend_options(args)})
         with router:  # shuts the engines down cleanly, whatever happens
             if args.command == "ask":
                 trace = _ask(router, args.question, show=not args.json)

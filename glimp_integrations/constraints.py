@@ -126,14 +126,14 @@ class AnswerConstraint:
 
     @classmethod
     def for_tools(cls, tools: Sequence[Mapping[str, Any]], tool_choice: str | None = None,
-                  parallel_tool_calls: bool | None = None,
-                  answer_format: AnswerConstraint | None = None) -> AnswerConstraint:
-        """Tool calls under `tool_choice` (None: `auto`; `any` is read as `required`); an answer
-        without a call follows `answer_format` (None: free text)."""
-        choice = "auto" if tool_choice is None else "required" if tool_choice == "any" else tool_choice
+                  parallel_tool_calls: bool | None = None, answer_format: AnswerConstraint | None = None, *,
+                  tool_call_parser: str = HERMES, added_tokens: tuple[str, ...] = ()) -> AnswerConstraint:
+        """Tool calls under `tool_choice` (any form `read_tool_choice` takes; None: `auto`) in the
+        `tool_call_parser` format; an answer without a call follows `answer_format` (None: free text)."""
+        choice = read_tool_choice(tool_choice) or "auto"
         return cls("tools", tools=tuple(tools), tool_choice=choice,
                    parallel_tool_calls=True if parallel_tool_calls is None else parallel_tool_calls,
-                   answer_format=answer_format)
+                   answer_format=answer_format, tool_call_parser=tool_call_parser, added_tokens=added_tokens)
 
     @classmethod
     def from_response_format(cls, response_format: Mapping[str, Any] | AnswerConstraint) -> AnswerConstraint:
@@ -172,10 +172,6 @@ class AnswerConstraint:
     @property
     def tool_names(self) -> list[str]:
         return [t["function"]["name"] for t in self.tools]
-
-    @property
-    def allows_tool_calls(self) -> bool:
-        return self.kind == "tools" and self.tool_choice != "none"
 
     @cached_property
     def grammar(self) -> str:
@@ -312,15 +308,41 @@ def _grammar_error(grammar: str) -> str | None:
     return " ".join(line for line in lines if line and line != "^" and not re.match(r"\d+ \|", line))
 
 
+def read_tool_choice(tool_choice: Any) -> str | None:
+    """Any accepted form of `tool_choice` as the engine's: None (`auto`), `auto`, `required`, `none`
+    or a tool's name.  Takes OpenAI's strings and `{"type": "function", "function": {"name": ...}}`,
+    the Responses API's `{"type": "function", "name": ...}`, LangChain's `any`, True and False, and
+    LlamaIndex's `{"name": ...}`."""
+    if tool_choice is None or isinstance(tool_choice, str):
+        return "required" if tool_choice == "any" else tool_choice
+    if isinstance(tool_choice, bool):
+        return "required" if tool_choice else "none"
+    if isinstance(tool_choice, Mapping):
+        name = (tool_choice.get("function") or {}).get("name") or tool_choice.get("name")
+        if isinstance(name, str) and name:
+            return name
+    raise invalid("tool_choice", tool_choice, "must be auto, required, any, none, a tool name, or "
+                  '{"type": "function", "function": {"name": ...}}', 'Pass e.g. "required" or the tool\'s name.')
+
+
+def callable_tools(tools: Sequence[Mapping[str, Any]] | None, tool_choice: Any) -> list[dict[str, Any]] | None:
+    """The tools an answer may call: `tools`, unless `tool_choice` is `none`."""
+    return list(tools) if tools and read_tool_choice(tool_choice) != "none" else None  # type: ignore[arg-type]
+
+
 def answer_constraint(tools: Sequence[Mapping[str, Any]] | None, tool_choice: str | None,
                       parallel_tool_calls: bool | None,
-                      response_format: Mapping[str, Any] | AnswerConstraint | None) -> AnswerConstraint | None:
-    """The constraint a run's arguments ask for: tools (always constrained to well-formed calls,
-    `tool_choice` None meaning `auto`; with a response format, an answer without a call follows
-    it, as with OpenAI's tools plus `response_format`), a response format, or None."""
+                      response_format: Mapping[str, Any] | AnswerConstraint | None,
+                      tool_call_parser: str = HERMES, added_tokens: tuple[str, ...] = ()) -> AnswerConstraint | None:
+    """The constraint a run's arguments ask for: tools (always constrained to well-formed calls in
+    the `tool_call_parser` format, `tool_choice` None meaning `auto`; with a response format, an
+    answer without a call follows it, as with OpenAI's tools plus `response_format`), a response
+    format, or None."""
     answer_format = None if response_format is None else AnswerConstraint.from_response_format(response_format)
+    tool_choice = read_tool_choice(tool_choice)
     if tools:
-        return AnswerConstraint.for_tools(tools, tool_choice, parallel_tool_calls, answer_format)
+        return AnswerConstraint.for_tools(tools, tool_choice, parallel_tool_calls, answer_format,
+                                          tool_call_parser=tool_call_parser, added_tokens=added_tokens)
     if answer_format is not None:
         return answer_format
     if tool_choice not in (None, "auto", "none"):

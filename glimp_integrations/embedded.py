@@ -12,7 +12,6 @@ import importlib.util
 import logging
 import os
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 
@@ -63,8 +62,8 @@ def embedded_model_dir() -> Path:
     source = gguf_path()
     torch = require_module("torch", "hf", "The embedded default model")
     transformers = require_module("transformers", "hf", "The embedded default model")
-    print(f"glimp: converting the embedded model {source.name} into {target} (first use only, ~30 s)",
-          file=sys.stderr, flush=True)
+    # a warning, so that Python's default logging shows it: the first call waits for this
+    logger.warning("converting the embedded model %s into %s (first use only, ~30 s)", source.name, target)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{EMBEDDED_MODEL_NAME}-", dir=target.parent))
     try:
@@ -81,5 +80,5 @@ def embedded_model_dir() -> Path:
                 raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    print("glimp: embedded model ready", file=sys.stderr, flush=True)
+    logger.warning("the embedded model is ready in %s", target)
     return target

@@ -22,13 +22,20 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Collection, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, replace
-from typing import Any
+from collections.abc import AsyncGenerator, AsyncIterator, Collection, Generator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 from glimp_integrations import _sync
 from glimp_integrations.backends.base import Backend, Message, ModelSession, SessionSpec, StepSpanning
-from glimp_integrations.config import BACKEND_NAMES, CONFIG_FIELDS, Role, RouterConfig, check_setting_names
+from glimp_integrations.config import (
+    BACKEND_NAMES,
+    CONFIG_FIELDS,
+    ReasoningMode,
+    Role,
+    RouterConfig,
+    check_setting_names,
+)
 from glimp_integrations.constraints import AnswerConstraint, answer_constraint
 from glimp_integrations.entropy import EntropyBounds, Verdict
 from glimp_integrations.errors import (
@@ -45,19 +52,26 @@ from glimp_integrations.policies import (
     SmallStepDraft,
     make_policy,
 )
+from glimp_integrations.settings import SETTINGS, adapter_settings
 from glimp_integrations.tool_formats import (
     TOOL_FAMILIES,
     ToolCallReader,
+    check_tool_call_parser,
     detect_tool_call_parser,
     reasoning_markers,
 )
 from glimp_integrations.tools import add_system_text
 from glimp_integrations.trace import (
+    Decision,
+    DecisionBasis,
+    Phase,
+    ProbeBasis,
     ProbeTrace,
     RouterEvent,
     RunFinished,
     RunTrace,
     StepDiscarded,
+    StepFinish,
     StepFinished,
     StepStarted,
     StepTrace,
@@ -70,10 +84,9 @@ Prompt = str | Sequence[Mapping[str, Any]]
 """A question, or chat messages in the OpenAI shape ({"role": ..., "content": ...})."""
 
 
-ROUTER_SETTINGS: tuple[str, ...] = (
-    "backend", "device", "speculative", "backend_options", "policy", "threshold", "random_rate", "temperature",
-    "top_p", "seed", "reasoning_mode", "reasoning_budget", "tool_call_parser", "reasoning_parser")
+ROUTER_SETTINGS: tuple[str, ...] = tuple(setting.name for setting in adapter_settings())
 """The `GlimpRouter` arguments that framework adapters expose as fields of the same names."""
+
 
 def router_settings(source: Any) -> dict[str, Any]:
     """The `ROUTER_SETTINGS` attributes of a framework adapter, as `GlimpRouter` arguments; None
@@ -81,7 +94,7 @@ def router_settings(source: Any) -> dict[str, Any]:
     return {name: value for name in ROUTER_SETTINGS if (value := getattr(source, name)) is not None}
 
 
-CALL_OVERRIDES: tuple[str, ...] = ("temperature", "top_p", "seed", "threshold", "reasoning_budget")
+CALL_OVERRIDES: tuple[str, ...] = tuple(setting.name for setting in SETTINGS if setting.per_call)
 """`RouterConfig` fields that framework adapters accept per call, under the same names."""
 
 
@@ -129,6 +142,7 @@ class GlimpRouter:
         check_backend_settings(backend, speculative, backend_options)
         self.backend = backend if isinstance(backend, Backend) else load_backend(
             backend, small, large, device=device, speculative=speculative, options=backend_options)
+        self._large_added_tokens: tuple[str, ...] | None = None
         self._markers: dict[tuple[str | None, bool], tuple[str, str]] = {}
         """Reasoning markers by (reasoning parser, whether the caller chose it), read from vLLM once."""
 
@@ -145,7 +159,7 @@ class GlimpRouter:
                 return event.trace
         raise AssertionError("the run ended without a RunFinished event")
 
-    def stream(self, prompt: Prompt, **overrides: Any) -> Iterator[RouterEvent]:
+    def stream(self, prompt: Prompt, **overrides: Any) -> Generator[RouterEvent, None, None]:
         """Events as they happen: StepStarted, TokenDelta, StepFinished, ..., RunFinished."""
         return _sync.iterate_sync(self.astream(prompt, **overrides))
 
@@ -159,7 +173,7 @@ class GlimpRouter:
         response_format: Mapping[str, Any] | AnswerConstraint | None = None,
         max_tokens: int | None = None,
         **overrides: Any,
-    ) -> AsyncIterator[RouterEvent]:
+    ) -> AsyncGenerator[RouterEvent, None]:
         """Async form of `stream`.  Closing the iterator early cancels the run.
 
         `tools` (OpenAI function schemas) are rendered into each model's chat prompt, and the
@@ -172,7 +186,9 @@ class GlimpRouter:
         `max_tokens` caps the answer as chat APIs do: the final answer in `think` mode or when
         constrained, else the whole (routed) response."""
         messages = normalize_messages(prompt)
-        constraint = answer_constraint(tools, tool_choice, parallel_tool_calls, response_format)
+        tool_call_parser = self._tool_call_parser(overrides.get("tool_call_parser", self.config.tool_call_parser))
+        constraint = answer_constraint(tools, tool_choice, parallel_tool_calls, response_format, tool_call_parser,
+                                       self._added_tokens())
         if constraint is not None and not self.backend.supports_constraints:
             raise invalid("tools/response_format", constraint.kind, f"needs a backend that constrains decoding; "
                           f"{type(self.backend).__name__} does not",
@@ -184,15 +200,10 @@ class GlimpRouter:
             answers_apart = mode == "think" or constraint is not None
             overrides["answer_budget" if answers_apart else "reasoning_budget"] = max_tokens
         config = self._config_for(overrides)
-        tool_call_parser = self._tool_call_parser(config)
-        if constraint is not None and constraint.kind == "tools":
-            added = getattr(self.backend.tokenizer("large"), "get_added_vocab", dict)()
-            constraint = replace(constraint, tool_call_parser=tool_call_parser, added_tokens=tuple(added))
         markers = self._reasoning_markers(config.reasoning_parser, tool_call_parser)
         custom = self._custom_policy if "policy" not in overrides else None
         policy = custom or make_policy(config)
-        events = _Run(self.backend, config, policy, messages, tools, constraint, max_tokens, markers,
-                      tool_call_parser if tools else None).events()
+        events = _Run(self.backend, config, policy, messages, constraint, max_tokens, markers).events()
         try:
             async for event in events:
                 yield event
@@ -202,8 +213,8 @@ class GlimpRouter:
     def tool_call_reader(self, tools: Sequence[dict[str, Any]], tool_call_parser: str | None = None) -> ToolCallReader:
         """Reads the calls to `tools` out of an answer, in the large model's format (the
         `tool_call_parser` given, else this router's; see `tool_formats.ToolCallReader`)."""
-        config = self.config if tool_call_parser is None else self.config.with_overrides(tool_call_parser=tool_call_parser)
-        return ToolCallReader(self._tool_call_parser(config), tools, self.backend.tokenizer("large"))
+        parser = self._tool_call_parser(tool_call_parser or self.config.tool_call_parser)
+        return ToolCallReader(parser, tools, self.backend.tokenizer("large"))
 
     def close(self) -> None:
         self.backend.close()
@@ -214,10 +225,17 @@ class GlimpRouter:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _tool_call_parser(self, config: RouterConfig) -> str:
+    def _tool_call_parser(self, setting: str | None) -> str:
         """The large model's tool-call format: the setting, else read from its chat template."""
-        template = getattr(self.backend.tokenizer("large"), "chat_template", None)
-        return config.tool_call_parser or detect_tool_call_parser(template)
+        check_tool_call_parser(setting)
+        return setting or detect_tool_call_parser(getattr(self.backend.tokenizer("large"), "chat_template", None))
+
+    def _added_tokens(self) -> tuple[str, ...]:
+        """The large model's added tokens (a tool-call format's fixed strings match them as tokens)."""
+        if self._large_added_tokens is None:
+            tokenizer = self.backend.tokenizer("large")
+            self._large_added_tokens = tuple(tokenizer.get_added_vocab()) if tokenizer is not None else ()
+        return self._large_added_tokens
 
     def _reasoning_markers(self, reasoning_parser: str | None, tool_call_parser: str) -> tuple[str, str]:
         """The reasoning's markers: from the named reasoning parser, else from the family's own."""
@@ -261,36 +279,34 @@ class _Run:
     """The state of one run; `events` is the algorithm: the routed steps, then the answer."""
 
     def __init__(self, backend: Backend, config: RouterConfig, policy: RoutingPolicy, messages: list[Message],
-                 tools: Sequence[dict[str, Any]] | None, constraint: AnswerConstraint | None,
-                 max_tokens: int | None, reasoning_markers: tuple[str, str], tool_call_parser: str | None) -> None:
+                 constraint: AnswerConstraint | None, max_tokens: int | None,
+                 reasoning_markers: tuple[str, str]) -> None:
         self.backend = backend
         self.reasoning_markers = reasoning_markers
         self.think_close = reasoning_markers[1]
-        self.tool_call_parser = tool_call_parser
         self.config = config
         self.max_tokens = max_tokens
         """The caller's `max_tokens`, when given: it must fit in what the prompt leaves of the context."""
         self.policy = policy
         self.messages = messages
-        self.tools = tools
         self.constraint = constraint
         self.rng = random.Random(config.sampling.seed)
         self.mode = resolve_mode(config.reasoning_mode, backend)
         self.steps: list[StepTrace] = []
         self.started = time.perf_counter()
         self.prompt_tokens = 0
-        self.finish = "budget"
+        self.finish: Literal["stop", "budget"] = "budget"
         self.sessions: dict[Role, ModelSession] = {}
 
-    async def events(self) -> AsyncIterator[RouterEvent]:
+    async def events(self) -> AsyncGenerator[RouterEvent, None]:
         think = self.mode == "think"
         sessions = self.sessions
         try:
-            tool_choice = self.constraint.tool_choice if self.constraint and self.constraint.kind == "tools" else None
-            for offset, role in enumerate(("small", "large")):
+            roles: tuple[Role, Role] = ("small", "large")
+            for offset, role in enumerate(roles):
                 seed = None if self.config.sampling.seed is None else self.config.sampling.seed * 2 + offset
-                spec = SessionSpec(self.messages, self.config.sampling, seed, think, self.tools, tool_choice,
-                                   self.constraint, self.reasoning_markers)
+                spec = SessionSpec(self.messages, self.config.sampling, seed, think, self.constraint,
+                                   self.reasoning_markers)
                 sessions[role] = await self.backend.open_session(role, spec)
             small, large = sessions["small"], sessions["large"]
             self.prompt_tokens = large.prompt_tokens
@@ -322,7 +338,7 @@ class _Run:
         """The paper's loop: probe, route, write and commit each step until the reasoning (in
         `think` mode) or the response (in `plain` mode) ends or its budget runs out."""
         config, think = self.config, self.mode == "think"
-        phase = "reasoning" if think else "answer"
+        phase: Phase = "reasoning" if think else "answer"
         # In plain mode the routed steps are the answer, so the user's stop sequences apply to them.
         stop = [config.step_separator, *([self.think_close] if think else config.stop)]
         # One request may write consecutive small-model steps unless a stop string could match across them.
@@ -338,8 +354,8 @@ class _Run:
             span = StepSpanning(config.step_separator, config.max_step_tokens, span_room) if spans else None
             probe, verdict = await self._route(small, room, stop, span)
             writer = small if verdict is Verdict.DELEGATE else large
-            decision = "delegate" if writer is small else "intervene"
-            basis = probe.basis if probe else "policy"
+            decision: Decision = "delegate" if writer is small else "intervene"
+            basis: DecisionBasis = probe.basis if probe else "policy"
             written = _Written()
             async for event in self._write(writer, index, phase, decision, probe, room, stop, written):
                 yield event
@@ -413,8 +429,9 @@ class _Run:
                 choice = self.policy.choose(bounds, self.rng)
                 if choice is not Verdict.UNDECIDED:
                     break
+        assert distribution is not None, "the probe ladder has at least one rung"
         exact, middle = distribution.is_full, (bounds.lower + bounds.upper) / 2
-        basis = "gate" if distribution.proven else "full" if exact else "bounds"
+        basis: ProbeBasis = "gate" if distribution.proven else "full" if exact else "bounds"
         if choice is Verdict.UNDECIDED:
             assert not exact, "the whole vocabulary gives the exact entropy"
             choice = self.policy.choose(EntropyBounds(middle, middle, exact=True), self.rng)  # a point: no margin
@@ -428,7 +445,7 @@ class _Run:
             await small.discard()  # a probe token or a gated request the small model holds is not the large model's
         return probe, choice
 
-    async def _write(self, writer: ModelSession, index: int, phase: str, decision: str,
+    async def _write(self, writer: ModelSession, index: int, phase: Phase, decision: Decision,
                      probe: ProbeTrace | None, max_tokens: int, stop: Sequence[str],
                      written: _Written, constrained: bool = False) -> AsyncIterator[RouterEvent]:
         """Announce a step, stream its text as TokenDeltas, and fill `written`."""
@@ -486,7 +503,7 @@ class _Run:
                 "lower `reasoning_budget`. `partial_trace` on this error holds the steps written so far.",
                 partial_trace=self._trace("budget"))
 
-    def _trace(self, finish: str) -> RunTrace:
+    def _trace(self, finish: Literal["stop", "budget"]) -> RunTrace:
         answer_steps = [s for s in self.steps if s.phase == "answer"]
         tokens_by_model = {"small": 0, "large": 0}
         for step in self.steps:
@@ -498,12 +515,14 @@ class _Run:
             threshold=self.config.threshold, small_model=self.backend.model_name("small"),
             large_model=self.backend.model_name("large"), prompt_tokens=self.prompt_tokens,
             wall_seconds=time.perf_counter() - self.started, finish_reason=finish,
-            tokens_by_model=tokens_by_model, tool_call_parser=self.tool_call_parser,
+            tokens_by_model=tokens_by_model,
+            tool_call_parser=self.constraint.tool_call_parser if self.constraint and self.constraint.kind == "tools"
+            else None,
             usage_by_model={role: {"input_tokens": session.input_tokens, "output_tokens": session.output_tokens}
                             for role, session in self.sessions.items()})
 
 
-def resolve_mode(mode: str, backend: Backend) -> str:
+def resolve_mode(mode: ReasoningMode, backend: Backend) -> Literal["think", "plain"]:
     """`think` or `plain`; `auto` is `think` when the large model knows `<think>`."""
     if mode != "auto":
         return mode
@@ -524,7 +543,7 @@ def _room(session: ModelSession) -> int:
     return session.context_window - session.context_tokens - 1
 
 
-def _step_finish(written: _Written, reasoning_closed: bool) -> str:
+def _step_finish(written: _Written, reasoning_closed: bool) -> StepFinish:
     if reasoning_closed:
         return "end_of_reasoning"
     if written.end == "stop_string":
@@ -546,8 +565,8 @@ def normalize_messages(prompt: Prompt) -> list[Message]:
             'Pass e.g. [{"role": "user", "content": "..."}].', parameter="prompt")
     messages: list[Message] = []
     for position, message in enumerate(prompt):
-        role = message.get("role") if isinstance(message, Mapping) else None
-        if role not in ("system", "user", "assistant", "tool"):
+        if not isinstance(message, Mapping) or message.get("role") not in ("system", "user", "assistant", "tool"):
+            role = message.get("role") if isinstance(message, Mapping) else None
             raise GlimpInputError(
                 f"`prompt[{position}]['role']` must be system, user, assistant or tool; got {role!r}. "
                 "Fix the message's role.", parameter=f"prompt[{position}]['role']")
@@ -652,8 +671,8 @@ def load_backend(name: str, small: str | None, large: str | None, *, device: str
                           "reports its acceptance when the server runs with --per-request-spec-decode-metrics.")
         from glimp_integrations.backends.openai import OpenAIServersBackend
 
-        return OpenAIServersBackend(small, large, **_options_of(OpenAIServersBackend, options))
-    if small is None:
+        return OpenAIServersBackend(small, large, **_options_of(OpenAIServersBackend, options))  # type: ignore[arg-type]
+    if small is None or large is None:
         from glimp_integrations.embedded import embedded_model_dir
 
         small = large = str(embedded_model_dir())

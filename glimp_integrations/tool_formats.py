@@ -2,9 +2,9 @@
 
 A *tool-call parser* is a family's format, named as vLLM names it (`--tool-call-parser`):
 `hermes` (`<tool_call>{...}</tool_call>`: Qwen, SmolLM2, Hermes), `llama3_json` (Llama 3.x's bare
-JSON), `deepseek_v3` (DeepSeek-R1 and its distills), `deepseek_v31`, `glm45`/`glm47`.  Where the
-caller names none, `detect_tool_call_parser` reads it from the large model's chat template, and
-Hermes stays the format of templates that render none.
+JSON), `deepseek_v3` (DeepSeek-R1 and its distills) and `deepseek_v31`.  Where the caller names
+none, `detect_tool_call_parser` reads it from the large model's chat template; Hermes stays the
+format of templates that show no other.
 
 - **Constrained** in that format: vLLM's structural-tag registry (xgrammar's family templates, the
   one source of each family's syntax, as `vllm serve` uses them) gives the family's structure,
@@ -182,13 +182,14 @@ def _single_call(structure: dict[str, Any]) -> dict[str, Any]:
 
 
 def render_call(tool_call_parser: str, name: str, arguments: str) -> str:
-    """One call to `name` with `arguments` (JSON text) in the family's format, in the first form its
-    structure allows: how earlier calls are shown to the model, and the example in instructions."""
+    """One call to `name` with `arguments` (JSON text) in the family's format, in the shortest form its
+    structure allows (Hermes: on one line): how earlier calls are shown to the model, and the
+    example in instructions."""
     tool = {"type": "function", "function": {"name": name, "parameters": {"type": "object"}}}
-    return _first_form(tool_call_structure(tool_call_parser, [tool], "required", parallel=False), arguments)
+    return _shortest_form(tool_call_structure(tool_call_parser, [tool], "required", parallel=False), arguments)
 
 
-def _first_form(node: Mapping[str, Any], arguments: str) -> str:
+def _shortest_form(node: Mapping[str, Any], arguments: str) -> str:
     kind = node["type"]
     if kind == "const_string":
         return node["value"]
@@ -196,13 +197,14 @@ def _first_form(node: Mapping[str, Any], arguments: str) -> str:
         return arguments
     if kind == "tag":
         end = node["end"][0] if isinstance(node["end"], list) else node["end"]
-        return node["begin"] + _first_form(node["content"], arguments) + end
+        return node["begin"] + _shortest_form(node["content"], arguments) + end
     if kind == "sequence":
-        return "".join(_first_form(element, arguments) for element in node["elements"])
-    if kind in ("tags_with_separator", "triggered_tags"):
-        return _first_form(node["tags"][0], arguments)
-    if kind in ("or", "plus"):
-        return _first_form(node["elements"][0] if kind == "or" else node["content"], arguments)
+        return "".join(_shortest_form(element, arguments) for element in node["elements"])
+    if kind in ("tags_with_separator", "triggered_tags", "or"):
+        options = node["elements"] if kind == "or" else node["tags"]
+        return min((_shortest_form(option, arguments) for option in options), key=len)
+    if kind == "plus":
+        return _shortest_form(node["content"], arguments)
     return ""  # optional, repeated or free parts: nothing
 
 

@@ -40,7 +40,6 @@ def tool_instructions(tools: Sequence[dict[str, Any]], tool_choice: str | None =
     rule = {
         None: "Call a tool only when it helps; otherwise answer directly.",
         "auto": "Call a tool only when it helps; otherwise answer directly.",
-        "any": "You must call one of the tools.",
         "required": "You must call one of the tools.",
         "none": "Do not call a tool now; answer directly.",
     }.get(tool_choice, f"You must call the tool `{tool_choice}`.")

@@ -24,6 +24,10 @@ ProbeBasis = Literal["full", "bounds", "capped", "gate"]
 the threshold at the most logprobs the backend gives, e.g. a server's `--max-logprobs`), `gate`
 (proven by the entropy gate on a model server, which measures H_init but cannot return it: the
 bounds are [0, threshold] and `h_init` is None)."""
+Decision = Literal["delegate", "intervene", "forced"]
+"""Who a step went to: the small model (`delegate`), the large one (`intervene`), or the large one
+without routing (`forced`: the final answer)."""
+StepFinish = Literal["separator", "end_of_reasoning", "stop", "budget", "step_limit"]
 DecisionBasis = Literal["full", "bounds", "capped", "gate", "policy", "forced"]
 """How a step's writer was chosen: a `ProbeBasis`, `policy` (a policy that needs no probe), or
 `forced` (not routed: the large model's final answer)."""
@@ -57,12 +61,12 @@ class StepTrace:
     """Tokens in the step."""
     prefill_tokens: int
     """Context tokens the writer had to process before writing (what it had not seen yet)."""
-    decision: Literal["delegate", "intervene", "forced"]
+    decision: Decision
     basis: DecisionBasis
     probe: ProbeTrace | None
     seconds: float
     """Wall time of the step, its probe included."""
-    finish_reason: Literal["separator", "end_of_reasoning", "stop", "budget", "step_limit"]
+    finish_reason: StepFinish
     discarded_tokens: int = 0
     """Tokens the small model wrote for this step that a policy threw away (wasted work)."""
     drafted_tokens: int | None = None
@@ -160,8 +164,8 @@ class RunTrace:
     @property
     def acceptance_rate(self) -> float | None:
         """Share of draft tokens the writers accepted (None: nothing was drafted)."""
-        drafted = self.drafted_tokens
-        return self.accepted_tokens / drafted if drafted else None
+        drafted, accepted = self.drafted_tokens, self.accepted_tokens
+        return accepted / drafted if drafted and accepted is not None else None
 
     @property
     def input_tokens(self) -> int:
@@ -241,7 +245,7 @@ class StepStarted:
     index: int
     model: Role
     phase: Phase
-    decision: Literal["delegate", "intervene", "forced"]
+    decision: Decision
     probe: ProbeTrace | None
 
 

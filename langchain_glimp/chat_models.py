@@ -41,7 +41,7 @@ from langchain_core.tools import BaseTool
 from langchain_core.utils.function_calling import convert_to_json_schema, convert_to_openai_tool
 from langchain_core.utils.pydantic import is_basemodel_subclass
 from langchain_core.utils.utils import secret_from_env
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, StrictBool, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, model_validator
 
 from glimp_integrations import (
     CALL_OVERRIDES,
@@ -56,7 +56,8 @@ from glimp_integrations import (
     router_settings,
 )
 from glimp_integrations.backends.base import Backend
-from glimp_integrations.config import PolicyName, ReasoningMode
+from glimp_integrations.constraints import callable_tools
+from glimp_integrations.settings import adapter_settings_model
 from glimp_integrations.tool_formats import ToolCallReader
 from glimp_integrations.trace import json_safe
 
@@ -71,11 +72,12 @@ _NOT_IN_OUTPUT = frozenset({"cache", "verbose", "callbacks", "tags", "metadata",
 """Fields that do not change what the model answers (left out of the cache key; `backend` goes in by name)."""
 
 
-class ChatGlimpRouter(BaseChatModel):
+class ChatGlimpRouter(BaseChatModel, adapter_settings_model()):  # type: ignore[misc]
     """A chat model whose response is written step by step by a small and a large model.
 
     With no arguments both roles run the embedded SmolLM2-135M-Instruct on the CPU (mechanics,
-    not quality).  Name real models with `small` and `large` (HF ids or local folders).
+    not quality).  Name real models with `small` and `large` (HF ids or local folders).  Every
+    setting of the engine is a field of the same name (`glimp_integrations.settings`).
 
     Reasoning steps appear as standard reasoning content blocks, each with its routing (model,
     H_init, tokens, time) in `extras`, and as `glimp_step` custom events; the answer is the
@@ -92,32 +94,6 @@ class ChatGlimpRouter(BaseChatModel):
     """Small model (HF id or local folder); None with `large` None: the embedded default."""
     large: str | None = None
     """Large model (HF id or local folder); it also writes the final answer."""
-    backend: str | Backend = "transformers"
-    """Engine backend name, or a `glimp_integrations.Backend` instance (e.g. `ScriptedBackend`)."""
-    device: str = "auto"
-    """Torch device of the transformers backend."""
-    speculative: StrictBool | dict[str, Any] = False
-    """Draft the large model's tokens with the small model (backend="vllm"), or a dict of vLLM's
-    `speculative_config` for another drafting method."""
-    backend_options: dict[str, Any] = Field(default_factory=dict)
-    """Passed to the backend's constructor (e.g. vLLM memory shares, server model ids)."""
-    threshold: float | None = None
-    """tau in nats: a step whose first-token entropy exceeds it is written by the large model (None:
-    0.9, the paper's, or the embedded pair's calibrated value)."""
-    policy: PolicyName = "glimpse"
-    random_rate: float = 0.25
-    temperature: float = 0.6
-    top_p: float = 0.95
-    seed: int | None = None
-    reasoning_mode: ReasoningMode | None = None
-    """`think`, `plain` or `auto` (None: `auto`, or `think` for the embedded pair)."""
-    reasoning_budget: int | None = None
-    """Most tokens routed step by step (the reasoning; the whole response for models without think tags)."""
-    tool_call_parser: str | None = None
-    """The large model's tool-call format, as vLLM's `--tool-call-parser` names it (`hermes`,
-    `llama3_json`, `deepseek_v3`, `deepseek_v31`); None: read from its chat template."""
-    reasoning_parser: str | None = None
-    """vLLM's `--reasoning-parser` giving the reasoning's markers (None: the tool-call family's)."""
     max_tokens: int | None = Field(default=None, gt=0)
     """Most tokens of the answer: after `</think>` for reasoning models, else of the whole
     (routed) response.  None: the engine's budgets."""
@@ -190,7 +166,7 @@ class ChatGlimpRouter(BaseChatModel):
     def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
         params = LangSmithParams(
             ls_provider="glimp", ls_model_name=kwargs.get("model", self.model_name), ls_model_type="chat",
-            ls_temperature=kwargs.get("temperature", self.temperature))
+            ls_temperature=kwargs.get("temperature", getattr(self, "temperature")))  # noqa: B009 (a generated field)
         if (max_tokens := kwargs.get("max_tokens", self.max_tokens)) is not None:
             params["ls_max_tokens"] = max_tokens
         if stop or self.stop:
@@ -234,7 +210,7 @@ class ChatGlimpRouter(BaseChatModel):
                 f"`model` names {model!r}, but this ChatGlimpRouter runs the pair {self.model_name!r}; a call "
                 "cannot swap the pair. Create another ChatGlimpRouter(small=..., large=...) instead.")
         kwargs.pop("stream", None)
-        constraint = {"tools": kwargs.pop("tools", None), "tool_choice": _tool_choice_name(kwargs.pop("tool_choice", None)),
+        constraint = {"tools": kwargs.pop("tools", None), "tool_choice": kwargs.pop("tool_choice", None),
                       "parallel_tool_calls": kwargs.pop("parallel_tool_calls", None),
                       "response_format": kwargs.pop("response_format", None)}
         if kwargs:
@@ -247,7 +223,7 @@ class ChatGlimpRouter(BaseChatModel):
     # --- generation ---------------------------------------------------------------------------
 
     def _chunk_builder(self, request: dict[str, Any]) -> _ChunkBuilder:
-        tools = _callable_tools(request)
+        tools = callable_tools(request["tools"], request["tool_choice"])
         return _ChunkBuilder(self.router().tool_call_reader(tools) if tools else None, self.model_name)
 
     def _stream(self, messages: list[BaseMessage], stop: list[str] | None = None,
@@ -347,24 +323,6 @@ class ChatGlimpRouter(BaseChatModel):
         parsed = RunnablePassthrough.assign(parsed=itemgetter("raw") | parser, parsing_error=lambda _: None)
         unparsed = RunnablePassthrough.assign(parsed=lambda _: None)
         return RunnableMap(raw=llm) | parsed.with_fallbacks([unparsed], exception_key="parsing_error")
-
-
-def _callable_tools(request: dict[str, Any]) -> list[dict[str, Any]] | None:
-    """The tools the answer may call (none when `tool_choice` is "none")."""
-    return request["tools"] if request["tool_choice"] != "none" else None
-
-
-def _tool_choice_name(tool_choice: Any) -> str | None:
-    """LangChain's tool_choice forms as the engine's: None, "auto", "required", "none" or a tool name."""
-    if tool_choice is None or tool_choice == "auto":
-        return tool_choice
-    if tool_choice is True or tool_choice in ("any", "required"):
-        return "required"
-    if tool_choice is False or tool_choice == "none":
-        return "none"
-    if isinstance(tool_choice, dict):
-        return tool_choice.get("function", {}).get("name") or tool_choice.get("name")
-    return str(tool_choice)
 
 
 def _to_engine_message(message: BaseMessage, position: int) -> dict[str, Any]:

@@ -44,7 +44,6 @@ from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_ca
 from llama_index.core.llms.function_calling import FunctionCallingLLM
 from llama_index.core.llms.llm import ToolSelection
 from llama_index.core.program.function_program import FunctionCallingProgram, get_function_tool
-from pydantic import StrictBool
 
 from glimp_integrations import (
     CALL_OVERRIDES,
@@ -59,8 +58,10 @@ from glimp_integrations import (
     router_settings,
 )
 from glimp_integrations.backends.base import Backend
-from glimp_integrations.config import PolicyName, ReasoningMode, RouterConfig
+from glimp_integrations.config import RouterConfig
+from glimp_integrations.constraints import callable_tools
 from glimp_integrations.embedded import EMBEDDED_CONTEXT_WINDOW, EMBEDDED_MODEL_NAME
+from glimp_integrations.settings import adapter_settings_model
 from glimp_integrations.tool_formats import ToolCallReader
 from glimp_integrations.trace import json_safe
 
@@ -78,7 +79,7 @@ class GlimpStepEvent(BaseEvent):
         return "GlimpStepEvent"
 
 
-class GlimpRouterLLM(FunctionCallingLLM):
+class GlimpRouterLLM(FunctionCallingLLM, adapter_settings_model()):  # type: ignore[misc]
     """A LlamaIndex LLM whose response is written step by step by a small and a large model.
 
     With no arguments both roles run the embedded SmolLM2-135M-Instruct on the CPU (mechanics,
@@ -93,28 +94,6 @@ class GlimpRouterLLM(FunctionCallingLLM):
 
     small: str | None = Field(default=None, description="Small model (HF id or local folder); None: embedded.")
     large: str | None = Field(default=None, description="Large model (HF id or local folder); writes the answer.")
-    backend: str | Backend = Field(default="transformers", description="Backend name or a Backend instance.")
-    device: str = Field(default="auto", description="Torch device of the transformers backend.")
-    speculative: StrictBool | dict[str, Any] = Field(
-        default=False, description="Draft the large model's tokens with the small one (vLLM), or vLLM's speculative_config.")
-    backend_options: dict[str, Any] = Field(default_factory=dict, description="Passed to the backend's constructor.")
-    threshold: float | None = Field(
-        default=None, description="tau in nats: steps with H_init above it go to the large model (None: 0.9, or "
-                                  "the embedded pair's calibrated value).")
-    policy: PolicyName = Field(default="glimpse")
-    random_rate: float = Field(default=0.25)
-    temperature: float = Field(default=0.6)
-    top_p: float = Field(default=0.95)
-    seed: int | None = Field(default=None)
-    reasoning_mode: ReasoningMode | None = Field(
-        default=None, description="think, plain or auto (None: auto, or think for the embedded pair).")
-    reasoning_budget: int | None = Field(default=None, description="Most tokens routed step by step (None: 8192, or "
-                                                                    "the embedded pair's budget).")
-    tool_call_parser: str | None = Field(
-        default=None, description="The large model's tool-call format as vLLM's --tool-call-parser names it (hermes, "
-                                  "llama3_json, deepseek_v3, deepseek_v31); None: read from its chat template.")
-    reasoning_parser: str | None = Field(
-        default=None, description="vLLM's --reasoning-parser giving the reasoning's markers (None: the family's).")
     max_tokens: int | None = Field(
         default=None, gt=0, description="Most tokens of the answer (the whole response for models without think tags).")
     timeout: float | None = Field(
@@ -188,9 +167,7 @@ class GlimpRouterLLM(FunctionCallingLLM):
         max_tokens = kwargs.pop("max_tokens", self.max_tokens)
         if max_tokens is not None:
             overrides["max_tokens"] = max_tokens
-        tool_choice = kwargs.pop("tool_choice", None)
-        if isinstance(tool_choice, dict):
-            tool_choice = tool_choice.get("function", {}).get("name") or tool_choice.get("name")
+        tool_choice = kwargs.pop("tool_choice", None)  # any form; the engine reads it (`read_tool_choice`)
         if kwargs.pop("tool_required", False):
             tool_choice = tool_choice or "required"
         kwargs.pop("formatted", None)
@@ -212,7 +189,7 @@ class GlimpRouterLLM(FunctionCallingLLM):
         return builder.convert(event)
 
     def _response_builder(self, request: dict[str, Any]) -> _ResponseBuilder:
-        tools = _callable_tools(request)
+        tools = callable_tools(request["tools"], request["tool_choice"])
         return _ResponseBuilder(self.router().tool_call_reader(tools) if tools else None)
 
     def _chat_stream(self, messages: Sequence[ChatMessage], **kwargs: Any) -> Iterator[ChatResponse]:
@@ -323,11 +300,6 @@ class GlimpRouterLLM(FunctionCallingLLM):
         if not selections and error_on_no_tool_call:
             raise ValueError(f"Expected at least one tool call, but the answer has none: {response.message.content!r}")
         return selections
-
-
-def _callable_tools(request: dict[str, Any]) -> list[dict[str, Any]] | None:
-    """The tools the answer may call (none when `tool_choice` is "none")."""
-    return request["tools"] if request["tool_choice"] != "none" else None
 
 
 def _to_engine_message(message: ChatMessage, position: int) -> dict[str, Any]:

@@ -80,7 +80,7 @@ def test_openai_message_shapes_are_read_as_text():
     router.run([{"role": "user", "content": [{"type": "text", "text": "Part one."}, {"type": "text", "text": "Two."}]},
                 {"role": "assistant", "content": None, "tool_calls": [call]},
                 {"role": "tool", "tool_call_id": "c1", "content": "done"}])
-    assert 'user: Part one.\nTwo.\nassistant: <tool_call>\n{"name": "f", "arguments": {}}\n</tool_call>\ntool: done' \
+    assert 'user: Part one.\nTwo.\nassistant: <tool_call>{"name": "f", "arguments": {}}</tool_call>\ntool: done' \
         in backend.prompts[0]
 
 

@@ -52,7 +52,7 @@ def test_prepare_messages_inlines_earlier_tool_calls():
                 {"role": "tool", "content": "rain"}]
     prepared = prepare_messages(messages, [WEATHER], template_renders_tools=False)
     assert prepared[0]["role"] == "system"
-    assert prepared[2]["content"] == '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Oslo"}}\n</tool_call>'
+    assert prepared[2]["content"] == '<tool_call>{"name": "get_weather", "arguments": {"city": "Oslo"}}</tool_call>'
     assert "tool_calls" not in prepared[2]
     assert prepare_messages(messages, [WEATHER], template_renders_tools=True) == messages
 

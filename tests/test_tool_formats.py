@@ -2,6 +2,7 @@
 on the embedded model (its tokens added), and read back by vLLM's parser of the family, whole and
 streamed, in the library, through `glimp serve` and through LangChain's `bind_tools`."""
 
+import copy
 import json
 
 import httpx
@@ -244,3 +245,48 @@ def test_vllm_in_process_and_vllm_serve_decode_under_the_familys_grammar(family_
     with vllm_server("-1", model=folder) as url, \
             GlimpRouter(url, url, backend="openai", reasoning_mode="plain", temperature=0, seed=0) as router:
         assert _forced_call(router) == [("get_weather", FORCED)]
+
+
+# --- the reasoning's markers -----------------------------------------------------------------------
+
+
+def _scripted_with_tokenizer(small_steps, large_steps, tokenizer, **settings):
+    from glimp_integrations.backends.scripted import ScriptedBackend, ScriptedModel
+
+    backend = ScriptedBackend(ScriptedModel("tiny", small_steps, knows_think_tags=True, tokenizer=tokenizer),
+                              ScriptedModel("huge", large_steps, knows_think_tags=True, tokenizer=tokenizer))
+    return GlimpRouter(backend=backend, **settings), backend
+
+
+def test_the_reasoning_parser_gives_the_markers_that_open_and_close_the_reasoning(tokenizer):
+    """seed_oss's reasoning is `<seed:think>...</seed:think>`: the prompt opens it, the small
+    model's `</seed:think>` ends the routed steps, and `<think>` is only text there."""
+    from tests.conftest import step
+
+    tokenizer = copy.deepcopy(tokenizer)
+    tokenizer.add_tokens(["<seed:think>", "</seed:think>"])
+    router, backend = _scripted_with_tokenizer(
+        [step("I think <think> is text.\n\n"), step("Done.</seed:think>")], [step("42")], tokenizer,
+        reasoning_parser="seed_oss")
+    trace = router.run("q")
+    assert backend.prompts[0].endswith("<seed:think>\n")
+    assert (trace.reasoning, trace.answer, [s.phase for s in trace.steps]) == \
+        ("I think <think> is text.\n\nDone.", "42", ["reasoning", "reasoning", "answer"])
+
+
+def test_a_family_reasoning_parser_that_refuses_the_tokenizer_falls_back_unless_it_was_chosen():
+    """DeepSeek-R1's parser looks `<think>` up in the vocabulary: a model of the family without it
+    keeps `<think>`/`</think>`; naming the parser for that model is an error that says why."""
+    from transformers import AutoTokenizer
+
+    from glimp_integrations.embedded import embedded_model_dir
+    from tests.conftest import step
+
+    plain = AutoTokenizer.from_pretrained(embedded_model_dir())  # no <think> token
+    plain.chat_template = TEMPLATES["deepseek_v3"]
+    router, backend = _scripted_with_tokenizer([step("Done.</think>")], [step("42")], plain)
+    assert router.run("q").answer == "42" and backend.prompts[0].endswith("<think>\n")
+    with pytest.raises(GlimpConfigError, match="`reasoning_parser` does not fit the large model's tokenizer"):
+        router.run("q", reasoning_parser="deepseek_r1")
+    with pytest.raises(GlimpConfigError, match="`reasoning_parser` is not one of vLLM's reasoning parsers"):
+        router.run("q", reasoning_parser="deepseek_r2")

@@ -67,19 +67,29 @@ class SessionSpec:
     """Seed of this session's sampling (each role gets its own)."""
     open_think: bool
     """Open the reasoning (`reasoning_markers[0]` and a newline) if the chat template does not."""
-    tools: Sequence[dict[str, Any]] | None = None
-    """OpenAI function schemas, rendered into the prompt (see `glimp_integrations.tools`)."""
-    tool_choice: str | None = None
     constraint: AnswerConstraint | None = None
-    """What the answer must be; applied by `write(..., constrained=True)`."""
+    """What the answer must be; applied by `write(..., constrained=True)`.  A run with tools
+    always has one (`kind == "tools"`), which also says how to show the tools in the prompt."""
     reasoning_markers: tuple[str, str] = THINK_MARKERS
     """The texts that open and close the reasoning (the family's reasoning parser's)."""
 
     @property
+    def _tools_constraint(self) -> AnswerConstraint | None:
+        return self.constraint if self.constraint is not None and self.constraint.kind == "tools" else None
+
+    @property
+    def tools(self) -> list[dict[str, Any]] | None:
+        """OpenAI function schemas, rendered into the prompt (see `glimp_integrations.tools`)."""
+        return [dict(t) for t in self._tools_constraint.tools] if self._tools_constraint else None
+
+    @property
+    def tool_choice(self) -> str | None:
+        return self._tools_constraint.tool_choice if self._tools_constraint else None
+
+    @property
     def tool_call_parser(self) -> str:
-        """The format tool calls are written in (the tools constraint's)."""
-        tools_constraint = self.constraint is not None and self.constraint.kind == "tools"
-        return self.constraint.tool_call_parser if tools_constraint else HERMES  # type: ignore[union-attr]
+        """The format tool calls are written in."""
+        return self._tools_constraint.tool_call_parser if self._tools_constraint else HERMES
 
 
 @dataclass(frozen=True)
@@ -211,7 +221,7 @@ class Backend(abc.ABC):
     """Holds both models (`models`, by role) and opens sessions on them."""
 
     name: str
-    models: dict[Role, ModelInfo]
+    models: Mapping[Role, ModelInfo]
     supports_constraints: bool = False
     """True when `write(..., constrained=True)` applies `SessionSpec.constraint`."""
 
@@ -226,7 +236,7 @@ class Backend(abc.ABC):
 
     def tokenizer(self, role: Role) -> Any:
         """The model's HF tokenizer (its chat template, its added tokens); None where the backend has none."""
-        return getattr(self.models[role], "tokenizer", None)
+        return getattr(self.models.get(role), "tokenizer", None)
 
     @abc.abstractmethod
     async def open_session(self, role: Role, spec: SessionSpec) -> ModelSession:

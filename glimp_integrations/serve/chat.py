@@ -126,7 +126,7 @@ def run_arguments(body: Any, served_model: str, max_model_len: int | None = None
     if max_tokens is not None:
         arguments["max_tokens"] = max_tokens
     if body.get("tool_choice") is not None:
-        arguments["tool_choice"] = _tool_choice(body["tool_choice"])
+        arguments["tool_choice"] = body["tool_choice"]  # any form; the engine reads it (`read_tool_choice`)
     return messages, arguments
 
 
@@ -197,17 +197,6 @@ def _structured_outputs(spec: Any) -> AnswerConstraint:
     except ValueError as error:  # the engine's GlimpConfigError, or a `json` string that is not JSON
         raise RequestError(400, f"`structured_outputs` {spec!r} cannot be applied: {error}",
                            "structured_outputs") from error
-
-
-def _tool_choice(choice: Any) -> str:
-    """OpenAI's tool_choice (a mode, or {"type": "function", "function": {"name": ...}}) as the engine's string."""
-    if isinstance(choice, str):
-        return choice
-    name = choice.get("function", {}).get("name") if isinstance(choice, dict) else None
-    if not isinstance(name, str):
-        raise RequestError(400, f"`tool_choice` must be auto, required, none or "
-                                f'{{"type": "function", "function": {{"name": ...}}}}; got {choice!r}.', "tool_choice")
-    return name
 
 
 class ChunkWriter:

@@ -98,10 +98,8 @@ def responses_arguments(body: Any, state: ServerState) -> tuple[list[dict[str, A
         chat["max_tokens"] = body["max_output_tokens"]
     if body.get("tools") is not None:
         chat["tools"] = [_chat_tool(tool, index) for index, tool in enumerate(body["tools"])]
-    if isinstance(body.get("tool_choice"), dict):
-        chat["tool_choice"] = {"type": "function", "function": {"name": body["tool_choice"].get("name")}}
-    elif body.get("tool_choice") is not None:
-        chat["tool_choice"] = body["tool_choice"]
+    if body.get("tool_choice") is not None:
+        chat["tool_choice"] = body["tool_choice"]  # {"type": "function", "name": ...} too: the engine reads it
     response_format = _response_format((body.get("text") or {}).get("format"))
     if response_format is not None:
         chat["response_format"] = response_format

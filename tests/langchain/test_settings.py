@@ -28,7 +28,11 @@ def test_bad_settings_fail_at_construction_without_loading_a_model(settings, fra
 CHANGED = {"small": "a", "large": "b", "device": "cpu", "speculative": True, "backend_options": {"max_model_len": 99},
            "threshold": 1.5, "policy": "random", "random_rate": 0.5, "temperature": 0.1, "top_p": 0.5, "seed": 7,
            "reasoning_mode": "think", "reasoning_budget": 99, "max_tokens": 9, "stop": ["X"],
-           "output_version": "v1"}
+           "output_version": "v1", "tool_call_parser": "llama3_json", "reasoning_parser": "deepseek_r1",
+           "answer_budget": 99, "max_step_tokens": 9, "step_separator": "\n", "span_steps": False,
+           "probe_ladder": (20, None)}
+"""A value other than the default for every field that changes the answer (each engine setting
+among them: `tests/test_settings.py` checks the adapter has them all)."""
 
 
 def test_every_setting_that_changes_the_output_is_in_the_cache_key():
