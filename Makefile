@@ -1,6 +1,6 @@
 # Two commands do all the set-up on a fresh machine (each creates .venv first if needed):
 #   make ask    run `glimp ask` on the embedded default model (CPU, offline)
-#   make test   lint (ruff), then run the whole test suite (what CI runs)
+#   make test   lint (ruff check, ruff format --check, mypy), then the whole test suite (what CI runs)
 VENV ?= .venv
 PYTHON := $(VENV)/bin/python
 Q ?= Tom has 3 apples and buys 4 more. How many apples does he have? Think step by step.
@@ -14,6 +14,8 @@ ask: setup
 
 lint: setup
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 
 test: setup lint
 	$(PYTHON) -m pytest

@@ -160,7 +160,7 @@ class AnswerConstraint:
         if kind == "choice" and isinstance(response_format.get("choice"), Sequence):
             return cls.choice(response_format["choice"])
         if kind == "grammar":
-            return cls.from_grammar(response_format.get("grammar"))
+            return cls.from_grammar(response_format.get("grammar"))  # type: ignore[arg-type]  # checked there
         if kind == "text":
             raise invalid("response_format", dict(response_format), "asks for free text, which is no constraint",
                           "Pass response_format=None for free text.")
@@ -177,6 +177,7 @@ class AnswerConstraint:
     def grammar(self) -> str:
         """The constraint in llguidance's Lark dialect (`start` is the whole answer)."""
         if self.kind == "grammar":
+            assert self.lark is not None, "checked at construction"
             return self.lark
         return self._tools_grammar() if self.kind == "tools" else f"start: {self._answer_rule()}"
 
@@ -202,6 +203,7 @@ class AnswerConstraint:
     def _answer_rule(self) -> str:
         """The right-hand side of a Lark rule for a non-tool answer."""
         if self.kind == "json_schema":
+            assert self.schema is not None, "checked at construction"
             return f"%json {_with_layout(_closed_objects(self.schema, require_all=self.strict))}"
         if self.kind == "json_object":
             return f"%json {_with_layout({'type': 'object'})}"
@@ -217,7 +219,7 @@ class AnswerConstraint:
             for t in self.tools if self.tool_choice in TOOL_CHOICE_MODES or t["function"]["name"] == self.tool_choice]
         answer = f"answer: {self.answer_format._answer_rule()}" if self.answer_format is not None else None
 
-        def calls(choice: str) -> str:
+        def calls(choice: Literal["auto", "required"]) -> str:
             structure = tool_call_structure(self.tool_call_parser, tools, choice, parallel=self.parallel_tool_calls)
             return structural_tag_lark(structure, JSON_LAYOUT, self.added_tokens)
 

@@ -79,7 +79,8 @@ def _run_settings() -> tuple[Setting, ...]:
         for field in fields(owner):
             if field.name == "sampling":
                 continue
-            default = field.default if field.default is not MISSING else field.default_factory()  # type: ignore[misc]
+            factory = typing.cast(Callable[[], Any], field.default_factory)
+            default = field.default if field.default is not MISSING else factory()
             found.append(Setting(field.name, hints[field.name], default, docs[field.name],
                                  per_call=field.name in PER_CALL))
     return tuple(found)

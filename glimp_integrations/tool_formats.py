@@ -27,7 +27,7 @@ import json
 import re
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from glimp_integrations.errors import GlimpConfigError, invalid, require_module
 
@@ -127,7 +127,8 @@ THINK_MARKERS = ("<think>", "</think>")
 # --- the family's structure ----------------------------------------------------------------------
 
 
-def tool_call_structure(tool_call_parser: str, tools: Sequence[Mapping[str, Any]], tool_choice: str, *,
+def tool_call_structure(tool_call_parser: str, tools: Sequence[Mapping[str, Any]],
+                        tool_choice: Literal["auto", "required"], *,
                         parallel: bool) -> dict[str, Any]:
     """The structural tag (xgrammar's JSON form of its `format`) of the family's calls to `tools`
     under `tool_choice` (`auto`: text with calls among it; `required`: calls only), as vLLM's
@@ -140,7 +141,7 @@ def tool_call_structure(tool_call_parser: str, tools: Sequence[Mapping[str, Any]
     return structure if parallel else _single_call(structure)
 
 
-def hermes_structure(tools: Sequence[Mapping[str, Any]], tool_choice: str) -> dict[str, Any]:
+def hermes_structure(tools: Sequence[Mapping[str, Any]], tool_choice: Literal["auto", "required"]) -> dict[str, Any]:
     """`<tool_call>{"name": ..., "arguments": {...}}</tool_call>`, on one line or with the
     tags on lines of their own (vLLM's `get_hermes_structural_tag`)."""
     tags = [{"type": "tag", "begin": begin + json.dumps(tool["function"]["name"]) + ', "arguments": ',
@@ -155,7 +156,8 @@ def hermes_structure(tools: Sequence[Mapping[str, Any]], tool_choice: str) -> di
             "stop_after_first": False}
 
 
-def _vllm_structure(tool_call_parser: str, tools: Sequence[Mapping[str, Any]], tool_choice: str) -> dict[str, Any]:
+def _vllm_structure(tool_call_parser: str, tools: Sequence[Mapping[str, Any]],
+                    tool_choice: Literal["auto", "required"]) -> dict[str, Any]:
     require_module("vllm", "vllm", f"The `{tool_call_parser}` tool-call format")
     from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionToolsParam
     from vllm.tool_parsers import ToolParserManager
@@ -163,9 +165,11 @@ def _vllm_structure(tool_call_parser: str, tools: Sequence[Mapping[str, Any]], t
     from vllm.tool_parsers.tool_strict_level import ToolStrictLevel
 
     model = ToolParserManager.get_tool_parser(tool_call_parser).structural_tag_model
-    strict = [ChatCompletionToolsParam(type="function", function={**tool["function"], "strict": True})
+    assert model is not None, "every supported family has a structural tag"
+    strict = [ChatCompletionToolsParam.model_validate({"type": "function", "function": {**tool["function"], "strict": True}})
               for tool in tools]
     tag = get_model_structural_tag(model, strict, tool_choice, reasoning=False, strict_level=ToolStrictLevel.PARAMETER)
+    assert tag is not None, "tools are given and the choice is not `none`"
     return tag.model_dump(mode="json")["format"]
 
 
@@ -177,7 +181,7 @@ def _single_call(structure: dict[str, Any]) -> dict[str, Any]:
         if structure.get("type") in ("triggered_tags", "tags_with_separator", "token_triggered_tags"):
             structure["stop_after_first"] = True
     elif isinstance(structure, list):
-        return [_single_call(item) for item in structure]  # type: ignore[return-value]
+        return [_single_call(item) for item in structure]
     return structure
 
 
@@ -410,7 +414,7 @@ class ToolCallReader:
             if extracted.tools_called else []
         if not found or any(name not in self.tool_names or arguments is None for name, arguments in found):
             return answer, []
-        return (extracted.content or "").strip(), [ToolCall(name, arguments) for name, arguments in found]
+        return (extracted.content or "").strip(), [ToolCall(name, arguments) for name, arguments in found if arguments]
 
     def feed(self, delta: str) -> tuple[str, list[CallDelta]]:
         """(text to show now, parts of calls) for the next piece of the answer."""
@@ -491,7 +495,8 @@ class ToolCallReader:
     def _request(self) -> Any:
         from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
 
-        return ChatCompletionRequest(model="glimp", messages=[], tools=self._tools, tool_choice="auto")
+        return ChatCompletionRequest.model_validate({"model": "glimp", "messages": [], "tools": self._tools,
+                                                     "tool_choice": "auto"})
 
 
 def load_vllm_parsers() -> bool:

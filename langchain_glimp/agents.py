@@ -12,7 +12,7 @@ from glimp_integrations.errors import require_module
 _middleware = require_module("langchain.agents.middleware", "langchain", "langchain_glimp.agents")
 
 
-class CallToolThenAnswer(_middleware.AgentMiddleware):
+class CallToolThenAnswer(_middleware.AgentMiddleware):  # type: ignore[name-defined]  # imported when used
     """For a model too small to decide when to call a tool (such as the embedded default): until a
     tool result is in the conversation the model must call one of the agent's tools, and after
     that it answers: text with no call, or the agent's response format (whichever strategy

@@ -198,7 +198,7 @@ class ChatGlimpRouter(BaseChatModel, adapter_settings_model()):  # type: ignore[
             if name in kwargs:
                 overrides[name] = kwargs.pop(name)
         if stop or self.stop:
-            overrides["stop"] = tuple(stop or self.stop)
+            overrides["stop"] = tuple(stop or self.stop or ())
         if self.timeout is not None and self.backend != "openai":
             overrides["timeout"] = self.timeout
         max_tokens = kwargs.pop("max_tokens", self.max_tokens)
@@ -306,15 +306,15 @@ class ChatGlimpRouter(BaseChatModel, adapter_settings_model()):  # type: ignore[
             tool_name = convert_to_openai_tool(schema)["function"]["name"]
             llm = self.bind_tools([schema], tool_choice=tool_name, strict=strict, parallel_tool_calls=False,
                                   ls_structured_output_format=traced)
-            parser = PydanticToolsParser(tools=[schema], first_tool_only=True) if is_pydantic else \
-                JsonOutputKeyToolsParser(key_name=tool_name, first_tool_only=True)
+            tools_parser = PydanticToolsParser(tools=[schema], first_tool_only=True)  # type: ignore[list-item]
+            parser = tools_parser if is_pydantic else JsonOutputKeyToolsParser(key_name=tool_name, first_tool_only=True)
         elif method in ("json_schema", "json_mode"):
             response_format = {"type": "json_object"} if method == "json_mode" else {
                 "type": "json_schema",
                 "json_schema": {"name": convert_to_openai_tool(schema)["function"]["name"],
                                 "schema": traced["schema"], "strict": bool(strict)}}
             llm = self.bind(response_format=response_format, ls_structured_output_format=traced)
-            parser = PydanticOutputParser(pydantic_object=schema) if is_pydantic else JsonOutputParser()
+            parser = PydanticOutputParser(pydantic_object=schema) if is_pydantic else JsonOutputParser()  # type: ignore[arg-type]
         else:
             raise GlimpInputError(f"`method` must be json_schema, function_calling or json_mode; got {method!r}. "
                                   "Use json_schema (the default).")

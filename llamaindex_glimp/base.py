@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncGenerator, Generator, Sequence
 from contextlib import closing
 from typing import Any
 
@@ -192,7 +192,7 @@ class GlimpRouterLLM(FunctionCallingLLM, adapter_settings_model()):  # type: ign
         tools = callable_tools(request["tools"], request["tool_choice"])
         return _ResponseBuilder(self.router().tool_call_reader(tools) if tools else None)
 
-    def _chat_stream(self, messages: Sequence[ChatMessage], **kwargs: Any) -> Iterator[ChatResponse]:
+    def _chat_stream(self, messages: Sequence[ChatMessage], **kwargs: Any) -> Generator[ChatResponse, None, None]:
         request = self._request(messages, kwargs)
         builder = self._response_builder(request)
         with closing(self.router().stream(**request)) as stream:  # closing the responses stops the run
@@ -200,7 +200,8 @@ class GlimpRouterLLM(FunctionCallingLLM, adapter_settings_model()):  # type: ign
                 if (response := self._on_event(event, builder)) is not None:
                     yield response
 
-    async def _achat_stream(self, messages: Sequence[ChatMessage], **kwargs: Any) -> AsyncIterator[ChatResponse]:
+    async def _achat_stream(self, messages: Sequence[ChatMessage],
+                            **kwargs: Any) -> AsyncGenerator[ChatResponse, None]:
         request = self._request(messages, kwargs)
         builder = self._response_builder(request)
         stream = self.router().astream(**request)
@@ -363,8 +364,8 @@ class _ResponseBuilder:
             if not self.reader:
                 return self._response(delta=event.text)
             self.reader.feed(event.text)
-            calls = self.reader.calls_so_far()
-            return self._response(calls=calls) if calls else None
+            so_far = self.reader.calls_so_far()
+            return self._response(calls=so_far) if so_far else None
         if isinstance(event, StepFinished) and event.step.phase == "reasoning":
             step = event.step
             self.thinking.append(ThinkingBlock(content=step.text, num_tokens=step.tokens,

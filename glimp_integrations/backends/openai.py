@@ -119,7 +119,8 @@ class _Server:
                 f"Pass `{role}_tokenizer` (a local folder or HF id of the same model).") from error
         self.vocab_size = max(len(self.tokenizer), config_vocab)
         """Logits per position (the model's vocabulary may be padded past the tokenizer's)."""
-        self.context_window = int(extra.get("max_model_len") or getattr(self.tokenizer, "model_max_length", 4096))
+        context_window: Any = extra.get("max_model_len") or getattr(self.tokenizer, "model_max_length", 4096)
+        self.context_window = int(context_window)
         self.knows_think_tags = knows_think_tags(self.tokenizer)
         self.max_logprobs = _logprobs_cap(openai, client, self.name, self.vocab_size)
         """The server's cap on logprobs per token (vLLM's `--max-logprobs`); None: no cap below the vocabulary."""

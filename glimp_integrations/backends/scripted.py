@@ -74,7 +74,7 @@ class ScriptedBackend(Backend):
     """Recorded, not applied: a script's text is what it is (see `constrained_writes`)."""
 
     def __init__(self, small: ScriptedModel, large: ScriptedModel) -> None:
-        self.models = {"small": small, "large": large}
+        self.models: dict[Role, ScriptedModel] = {"small": small, "large": large}
         self.steps_taken = {"small": 0, "large": 0}
         """Script entries consumed so far, per role, over all runs."""
         self.probe_requests: list[tuple[Role, int | None]] = []
@@ -198,7 +198,7 @@ class _ScriptedWriter(StepWriter):
             session._pending.append(token)
             session.output_tokens += 1
             self.tokens += 1
-            if self.measure:
+            if self.measure and step is not None:
                 self.token_entropies.append(step.token_entropies[position] if step.token_entropies else 0.1)
                 self.token_logprobs.append(step.token_logprobs[position] if step.token_logprobs else -0.1)
             text += token

@@ -12,6 +12,7 @@ token's text after the step's text so far), or after `step_tokens` tokens.  Stan
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 
 class StepScanner:
@@ -73,11 +74,10 @@ def through_separator(step_text: str, head: str, separator: str) -> str:
     return joined[len(step_text):found + len(separator)]
 
 
-def token_texts(tokenizer: object) -> list[str]:
+def token_texts(tokenizer: Any) -> list[str]:
     """Each token's text by id, special tokens as empty text (as vLLM's output text leaves them
     out).  One pass over a HF tokenizer's vocabulary: call once per model and keep the result."""
-    return tokenizer.batch_decode([[index] for index in range(len(tokenizer))],  # type: ignore[attr-defined]
-                                  skip_special_tokens=True)
+    return tokenizer.batch_decode([[index] for index in range(len(tokenizer))], skip_special_tokens=True)
 
 
 STEP_ENDS = {"separator": "stop_string", "step_tokens": "max_tokens", "room": "max_tokens"}

@@ -143,7 +143,7 @@ class TransformersBackend(Backend):
     supports_constraints = True
 
     def __init__(self, small: str, large: str, *, device: str = "auto") -> None:
-        names = {"small": resolve_model_name("small", small), "large": resolve_model_name("large", large)}
+        names: dict[Role, str] = {"small": resolve_model_name("small", small), "large": resolve_model_name("large", large)}
         device = _resolve_device(device)
         self.models: dict[Role, LoadedModel] = {role: load_model(name, device) for role, name in names.items()}
 

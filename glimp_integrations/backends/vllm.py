@@ -43,6 +43,7 @@ from glimp_integrations.backends.base import (
     Backend,
     ModelSession,
     SessionSpec,
+    StepEnd,
     StepSpanning,
     StepWriter,
     TokenDistribution,
@@ -375,7 +376,8 @@ class VLLMSession(ModelSession):
                                                                     detokenize=False), self)
         output = await request.next()
         await request.abort()
-        self._prefilled += request.prefill_tokens
+        assert output is not None, "a one-token request has an output"
+        self._prefilled += request.prefill_tokens or 0
         return _distribution(output.outputs[0].logprobs[0], top_k, self._engine.vocab_size)
 
     async def gated_probe(self, threshold: float, max_tokens: int, stop: Sequence[str],
@@ -433,6 +435,7 @@ class VLLMSession(ModelSession):
                                       self._params(1, (), MEASURE_TOP_K, final_only=True), self)
         output = await request.next()
         await request.abort()
+        assert output is not None, "a one-token request has an output"
         seen = {lp.decoded_token.strip(): lp.logprob for lp in output.outputs[0].logprobs[0].values()}
         return {c: seen[c] for c in candidates if c in seen}
 
@@ -529,7 +532,7 @@ class _VLLMWriter(StepWriter):
             self.token_logprobs.append(logprobs[token].logprob)
 
 
-def _end_reason(completion: Any) -> str:
+def _end_reason(completion: Any) -> StepEnd:
     if completion.finish_reason == "length":
         return "max_tokens"
     return "stop_string" if isinstance(completion.stop_reason, str) else "end_of_text"

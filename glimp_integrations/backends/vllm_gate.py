@@ -110,7 +110,7 @@ class EntropyGate(AdapterLogitsProcessor):
     def __init__(self, vllm_config: Any, device: Any, is_pin_memory: bool) -> None:
         super().__init__(vllm_config, device, is_pin_memory)
         self._model_config = vllm_config.model_config
-        self._maps: dict[str, memoryview] = {}
+        self._maps: dict[str, memoryview[float]] = {}
         self._texts: list[str] | None = None
 
     @classmethod
@@ -174,7 +174,7 @@ class EntropyGate(AdapterLogitsProcessor):
             self._texts = token_texts(cached_tokenizer_from_config(self._model_config))
         return self._texts
 
-    def _values(self, path: str) -> memoryview:
+    def _values(self, path: str) -> memoryview[float]:
         if path not in self._maps:
             with open(path, "r+b") as file:
                 self._maps[path] = memoryview(mmap.mmap(file.fileno(), _SIZE)).cast("d")

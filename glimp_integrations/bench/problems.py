@@ -16,7 +16,7 @@ import random
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from glimp_integrations.errors import GlimpInputError
 
@@ -107,7 +107,7 @@ def shipped_arithmetic_path() -> Path:
 def write_problems(problems: list[Problem], path: str | Path) -> None:
     with open(path, "w", encoding="utf-8") as out:
         for p in problems:
-            row = {"id": p.id, "question": p.question, "answer": p.answer}
+            row: dict[str, Any] = {"id": p.id, "question": p.question, "answer": p.answer}
             if p.choices:
                 row["choices"] = list(p.choices)
             out.write(json.dumps(row) + "\n")

@@ -170,7 +170,8 @@ def _check_messages(messages: Any) -> None:
 def _check_tools(tools: Any) -> None:
     for index, tool in enumerate(tools or []):
         function = tool.get("function") if isinstance(tool, dict) else None
-        name = function.get("name") if isinstance(function, dict) else None
+        function = function if isinstance(function, dict) else {}
+        name = function.get("name")
         if not (isinstance(tool, dict) and tool.get("type", "function") == "function" and isinstance(name, str)
                 and TOOL_NAME.match(name) and isinstance(function.get("description", ""), str)
                 and isinstance(function.get("parameters", {}), dict)):

@@ -112,7 +112,7 @@ def in_responses_terms(error: RequestError) -> RequestError:
     the Responses field (`input` for any message: items do not map one to one onto messages)."""
     root = (error.param or "").split("[")[0]
     if root in CHAT_NAMES:
-        error.param = CHAT_NAMES[root] if root == "messages" else CHAT_NAMES[root] + error.param[len(root):]
+        error.param = CHAT_NAMES[root] if root == "messages" else CHAT_NAMES[root] + (error.param or "")[len(root):]
         error.args = (str(error).replace(f"`{root}", f"`{CHAT_NAMES[root]}").replace("`prompt", "`input"),)
     return error
 
@@ -292,7 +292,7 @@ class ResponseWriter:
                 return []  # parsed for calls once whole
             events = [] if self.message is not None else self._open_message()
             index = len(self.output) - 1
-            return events + [self.event("response.output_text.delta", item_id=self.message["id"],
+            return events + [self.event("response.output_text.delta", item_id=f"msg_{self.id}",
                                         output_index=index, content_index=0, delta=event.text, logprobs=[])]
         return []
 
@@ -312,7 +312,7 @@ class ResponseWriter:
         if self.message is None and (text or not calls):
             events += self._open_message()
             if text:
-                events.append(self.event("response.output_text.delta", item_id=self.message["id"],
+                events.append(self.event("response.output_text.delta", item_id=f"msg_{self.id}",
                                          output_index=len(self.output) - 1, content_index=0, delta=text, logprobs=[]))
         if self.message is not None:
             index = self.output.index(self.message)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import Any, Protocol
 
 from glimp_integrations.backends.base import REQUEST_HEADERS
@@ -62,7 +62,7 @@ class ObservedRun:
             self.step_span = self.state.tracing.step_span(self.span, self.step_began)
         return self.step_span
 
-    async def __aiter__(self) -> AsyncIterator[RouterEvent]:
+    async def __aiter__(self) -> AsyncGenerator[RouterEvent, None]:
         state, tracing = self.state, self.state.tracing
         state.metrics.running.inc()
         try:
@@ -92,7 +92,7 @@ class ObservedRun:
             state.metrics.running.dec()
 
 
-async def first_event(events: AsyncIterator[RouterEvent]) -> RouterEvent:
+async def first_event(events: AsyncGenerator[RouterEvent, None]) -> RouterEvent:
     try:
         return await events.__anext__()
     except (GlimpConfigError, GlimpInputError) as error:
@@ -103,7 +103,7 @@ async def first_event(events: AsyncIterator[RouterEvent]) -> RouterEvent:
         raise run_failure(error) from error
 
 
-async def last_event(events: AsyncIterator[RouterEvent], first: RouterEvent) -> RunTrace | RequestError:
+async def last_event(events: AsyncGenerator[RouterEvent, None], first: RouterEvent) -> RunTrace | RequestError:
     """The run's trace, or the error that ended it."""
     event = first
     try:
@@ -198,7 +198,7 @@ async def answer(state: ServerState, request: Any,
     return writer.whole(outcome)
 
 
-async def stream(state: ServerState, events: AsyncIterator[RouterEvent], first: RouterEvent,
+async def stream(state: ServerState, events: AsyncGenerator[RouterEvent, None], first: RouterEvent,
                  writer: StreamWriter) -> AsyncIterator[str]:
     """A streamed run's server-sent events.  A disconnect cancels this generator (and the run); a
     run that fails mid-stream ends with the writer's failure events."""
