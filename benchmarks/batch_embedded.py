@@ -24,7 +24,7 @@ def main() -> None:
     parser.add_argument("--budget", type=int, default=48, help="reasoning and answer tokens per call")
     args = parser.parse_args()
     llm = ChatGlimpRouter(seed=0, reasoning_budget=args.budget, max_tokens=args.budget)
-    prompts = QUESTIONS[:args.prompts]
+    prompts = QUESTIONS[: args.prompts]
     llm.invoke("Warm up.", max_tokens=4)
     started = time.perf_counter()
     in_turn = [llm.invoke(p) for p in prompts]
@@ -33,9 +33,14 @@ def main() -> None:
     batched = llm.batch(prompts)
     batch_seconds = time.perf_counter() - started
     tokens = [sum(m.usage_metadata["output_token_details"]["by_model"].values()) for m in (*in_turn, *batched)]
-    summary = {"prompts": len(prompts), "in_turn_seconds": in_turn_seconds, "batch_seconds": batch_seconds,
-               "batch_over_in_turn": batch_seconds / in_turn_seconds,
-               "tokens_in_turn": sum(tokens[:len(prompts)]), "tokens_batched": sum(tokens[len(prompts):])}
+    summary = {
+        "prompts": len(prompts),
+        "in_turn_seconds": in_turn_seconds,
+        "batch_seconds": batch_seconds,
+        "batch_over_in_turn": batch_seconds / in_turn_seconds,
+        "tokens_in_turn": sum(tokens[: len(prompts)]),
+        "tokens_batched": sum(tokens[len(prompts) :]),
+    }
     print(json.dumps(summary, indent=2))
 
 

@@ -34,26 +34,41 @@ ORDER_SCHEMA = {
     "properties": {
         "customer": {"type": "string"},
         "priority": {"enum": ["low", "normal", "urgent"]},
-        "items": {"type": "array", "minItems": 1, "items": {"type": "object", "properties": {
-            "product": {"type": "string"}, "quantity": {"type": "integer", "minimum": 1},
-            "unit_price": {"type": "number", "minimum": 0}}, "required": ["product", "quantity", "unit_price"]}},
+        "items": {
+            "type": "array",
+            "minItems": 1,
+            "items": {
+                "type": "object",
+                "properties": {
+                    "product": {"type": "string"},
+                    "quantity": {"type": "integer", "minimum": 1},
+                    "unit_price": {"type": "number", "minimum": 0},
+                },
+                "required": ["product", "quantity", "unit_price"],
+            },
+        },
     },
     "required": ["customer", "priority", "items"],
 }
 """Unbounded lists and strings on purpose: a grammar keeps every token valid but cannot make a model
 stop, and a 135M model keeps adding list items; the transformers backend steers a constrained answer
 to close as its budget runs out (`CLOSING_RESERVE`), which this measures too."""
-TOOL = {"type": "function", "function": {"name": "place_order", "description": "Place a customer's order.",
-                                         "parameters": ORDER_SCHEMA}}
+TOOL = {
+    "type": "function",
+    "function": {"name": "place_order", "description": "Place a customer's order.", "parameters": ORDER_SCHEMA},
+}
 NAMES = ["Alice", "Bob", "Chen", "Dana", "Emeka", "Farah", "Goran", "Hana", "Ivan", "Jun"]
 PRODUCTS = ["apples", "pears", "notebooks", "pens", "cables", "lamps", "chairs", "mugs"]
 
 
 def questions(count: int, seed: int = 0) -> list[str]:
     rng = random.Random(seed)
-    return [f"{rng.choice(NAMES)} urgently needs {rng.randint(1, 9)} {rng.choice(PRODUCTS)} at "
-            f"{rng.randint(1, 40)}.{rng.randint(0, 99):02d} each and {rng.randint(1, 9)} {rng.choice(PRODUCTS)}. "
-            "Write the order." for _ in range(count)]
+    return [
+        f"{rng.choice(NAMES)} urgently needs {rng.randint(1, 9)} {rng.choice(PRODUCTS)} at "
+        f"{rng.randint(1, 40)}.{rng.randint(0, 99):02d} each and {rng.randint(1, 9)} {rng.choice(PRODUCTS)}. "
+        "Write the order."
+        for _ in range(count)
+    ]
 
 
 def valid_structured(answer: str) -> bool:
@@ -90,15 +105,26 @@ def main() -> None:
     order_format = {"type": "json_schema", "json_schema": {"name": "order", "schema": ORDER_SCHEMA}}
     structured_prompt = AnswerConstraint.json_schema(ORDER_SCHEMA).instructions()
     tool_prompt = tool_instructions([TOOL], "place_order")
-    agent_prompt = AnswerConstraint.for_tools([TOOL], answer_format=AnswerConstraint.from_response_format(
-        order_format)).instructions() + "\n\n" + tool_instructions([TOOL], "auto")
+    agent_prompt = (
+        AnswerConstraint.for_tools(
+            [TOOL], answer_format=AnswerConstraint.from_response_format(order_format)
+        ).instructions()
+        + "\n\n"
+        + tool_instructions([TOOL], "auto")
+    )
     tasks = {
         "structured": (valid_structured, {"response_format": order_format}, structured_prompt),
-        "forced_tool_call": (valid_call, {"tools": [TOOL], "tool_choice": "place_order",
-                                          "parallel_tool_calls": False}, tool_prompt),
+        "forced_tool_call": (
+            valid_call,
+            {"tools": [TOOL], "tool_choice": "place_order", "parallel_tool_calls": False},
+            tool_prompt,
+        ),
         # not in the default run: what create_agent sends for a structured final answer
-        "call_or_structured": (valid_call_or_structured, {"tools": [TOOL], "parallel_tool_calls": False,
-                                                          "response_format": order_format}, agent_prompt),
+        "call_or_structured": (
+            valid_call_or_structured,
+            {"tools": [TOOL], "parallel_tool_calls": False, "response_format": order_format},
+            agent_prompt,
+        ),
     }
     tasks = {name: tasks[name] for name in args.tasks.split(",")}
     results: dict[str, dict] = {}
@@ -115,8 +141,9 @@ def main() -> None:
                 if side == "constrained":
                     trace = router.run(question, **common, **constraint)
                 else:  # the same system text the constrained run gets, and no grammar
-                    trace = router.run([{"role": "system", "content": system}, {"role": "user", "content": question}],
-                                       **common)
+                    trace = router.run(
+                        [{"role": "system", "content": system}, {"role": "user", "content": question}], **common
+                    )
                 counts[side] += is_valid(trace.answer)
                 cut_by_budget += side == "constrained" and trace.steps[-1].finish_reason == "budget"
                 calls += side == "constrained" and bool(parse_tool_calls(trace.answer, ["place_order"])[1])
@@ -125,14 +152,21 @@ def main() -> None:
         results[task] = {side: counts[side] / args.runs for side in counts}
         results[task]["constrained_cut_by_budget"] = cut_by_budget / args.runs
         results[task]["constrained_calls"] = calls / args.runs
-        print(f"{task}: valid constrained {counts['constrained']}/{args.runs} ({cut_by_budget} cut by the token "
-              f"budget), unconstrained {counts['unconstrained']}/{args.runs}", flush=True)
+        print(
+            f"{task}: valid constrained {counts['constrained']}/{args.runs} ({cut_by_budget} cut by the token "
+            f"budget), unconstrained {counts['unconstrained']}/{args.runs}",
+            flush=True,
+        )
     speed = {side: answer_tokens[side] / answer_seconds[side] for side in answer_tokens}
     summary = {
-        "backend": args.backend, "model": router.backend.model_name("large"), "runs_per_task": args.runs,
-        "valid_share": results, "answer_tokens_per_second": speed,
+        "backend": args.backend,
+        "model": router.backend.model_name("large"),
+        "runs_per_task": args.runs,
+        "valid_share": results,
+        "answer_tokens_per_second": speed,
         "constrained_speed_ratio": speed["constrained"] / speed["unconstrained"],
-        "answer_tokens": answer_tokens, "wall_seconds": time.perf_counter() - started,
+        "answer_tokens": answer_tokens,
+        "wall_seconds": time.perf_counter() - started,
     }
     print(json.dumps(summary, indent=2))
     args.out.parent.mkdir(parents=True, exist_ok=True)

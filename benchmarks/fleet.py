@@ -46,18 +46,23 @@ SETTINGS = {"temperature": 0.0, "reasoning_mode": "plain", "reasoning_budget": 1
 async def plain_seconds(router: GlimpRouter, question: str, tokens: int) -> float:
     """One streamed request on the small server for exactly `tokens` tokens after the chat prompt."""
     server = router.backend.models["small"]
-    prompt = server.tokenizer.apply_chat_template([{"role": "user", "content": question}], tokenize=False,
-                                                  add_generation_prompt=True)
+    prompt = server.tokenizer.apply_chat_template(
+        [{"role": "user", "content": question}], tokenize=False, add_generation_prompt=True
+    )
     started = time.perf_counter()
-    stream = await server.create(prompt=prompt, max_tokens=tokens, temperature=0.0, stream=True,
-                                 extra_body={"min_tokens": tokens})
+    stream = await server.create(
+        prompt=prompt, max_tokens=tokens, temperature=0.0, stream=True, extra_body={"min_tokens": tokens}
+    )
     async for _ in stream:
         pass
     return time.perf_counter() - started
 
 
-OVERHEAD_WAYS = {"probes": ({"entropy_gate": False}, {}), "gate_one_request_per_step": ({}, {"span_steps": False}),
-                 "gate_spanning": ({}, {})}
+OVERHEAD_WAYS = {
+    "probes": ({"entropy_gate": False}, {}),
+    "gate_one_request_per_step": ({}, {"span_steps": False}),
+    "gate_spanning": ({}, {}),
+}
 """The ways a routed run is timed in the overhead section: backend options, run settings."""
 
 
@@ -66,8 +71,15 @@ def overhead(fleet: LocalFleet, count: int, repeats: int) -> dict:
     generations, timed in turn (one request's decode rate varies a lot on a busy 2-core machine)."""
     results = {}
     for name, (options, settings) in OVERHEAD_WAYS.items():
-        router = GlimpRouter(fleet.url("small"), fleet.url("small"), backend="openai", threshold=float("inf"),
-                             backend_options=options, **SETTINGS, **settings)
+        router = GlimpRouter(
+            fleet.url("small"),
+            fleet.url("small"),
+            backend="openai",
+            threshold=float("inf"),
+            backend_options=options,
+            **SETTINGS,
+            **settings,
+        )
         router.run(QUESTIONS[0])  # warm up: the first request after start is slow
         ratios = []
         for question in QUESTIONS[:count]:
@@ -104,11 +116,16 @@ def affinity(fleet: LocalFleet, count: int, turns: int) -> dict:
     wait_until_serving(round_robin.url, 120, round_robin)
     results = {}
     try:
-        for policy, url in (("consistent_hash", fleet.url("large")), ("round_robin", round_robin.url + "/v1"),
-                            ("consistent_hash again", fleet.url("large"))):
+        for policy, url in (
+            ("consistent_hash", fleet.url("large")),
+            ("round_robin", round_robin.url + "/v1"),
+            ("consistent_hash again", fleet.url("large")),
+        ):
             router = GlimpRouter(fleet.url("small"), url, backend="openai", **SETTINGS)
-            before = [(vllm_metric(r, "vllm:prefix_cache_hits_total"),
-                       vllm_metric(r, "vllm:prefix_cache_queries_total")) for r in replicas]
+            before = [
+                (vllm_metric(r, "vllm:prefix_cache_hits_total"), vllm_metric(r, "vllm:prefix_cache_queries_total"))
+                for r in replicas
+            ]
             work = conversations(count, turns)
             started = time.perf_counter()
 
@@ -120,7 +137,10 @@ def affinity(fleet: LocalFleet, count: int, turns: int) -> dict:
             hits = sum(vllm_metric(r, "vllm:prefix_cache_hits_total") - b[0] for r, b in zip(replicas, before))
             queries = sum(vllm_metric(r, "vllm:prefix_cache_queries_total") - b[1] for r, b in zip(replicas, before))
             router.close()
-            results[policy] = {"hit_rate": round(hits / queries, 3), "runs_per_second": round(count * turns / seconds, 3)}
+            results[policy] = {
+                "hit_rate": round(hits / queries, 3),
+                "runs_per_second": round(count * turns / seconds, 3),
+            }
             print(f"  {policy}: {results[policy]}", flush=True)
     finally:
         round_robin.stop()
@@ -128,8 +148,14 @@ def affinity(fleet: LocalFleet, count: int, turns: int) -> dict:
 
 
 def failover(fleet: LocalFleet, runs: int, kill_after: float) -> dict:
-    router = GlimpRouter(fleet.url("small"), fleet.url("large"), backend="openai", threshold=0.0,
-                         backend_options={"retry_backoff": 0.25, "max_retries": 4}, **SETTINGS)
+    router = GlimpRouter(
+        fleet.url("small"),
+        fleet.url("large"),
+        backend="openai",
+        threshold=0.0,
+        backend_options={"retry_backoff": 0.25, "max_retries": 4},
+        **SETTINGS,
+    )
 
     async def batch(kill: bool) -> tuple[list, float, str | None]:
         killed = None
@@ -163,8 +189,10 @@ def failover(fleet: LocalFleet, runs: int, kill_after: float) -> dict:
         "completed": f"{len(done)}/{runs}",
         "answers_equal": f"{sum(o[0].answer == r[0].answer for o, r in done)}/{len(done)}",
         "retries": sum(s.retries for o, _ in done for s in o[0].steps),
-        "mean_run_seconds": {"no_kill": round(statistics.mean(r[1] for r in reference), 2),
-                             "kill": round(statistics.mean(o[1] for o in outcomes), 2)},
+        "mean_run_seconds": {
+            "no_kill": round(statistics.mean(r[1] for r in reference), 2),
+            "kill": round(statistics.mean(o[1] for o in outcomes), 2),
+        },
         "wall_seconds": {"no_kill": round(reference_wall, 2), "kill": round(wall, 2)},
         "errors": [repr(o[0])[:200] for o in outcomes if isinstance(o[0], Exception)],
         "unequal": [first_difference(o[0], r[0]) for o, r in done if o[0].answer != r[0].answer],
@@ -178,8 +206,11 @@ def first_difference(run, reference) -> dict:
     was resumed (else the replica it moved to computed differently, not the resumption)."""
     for index, (step, expected) in enumerate(zip(run.steps, reference.steps)):
         if step.text != expected.text:
-            return {"step": index, "resumed_up_to_it": any(s.retries for s in run.steps[:index + 1]),
-                    "common_prefix_chars": len(os.path.commonprefix([step.text, expected.text]))}
+            return {
+                "step": index,
+                "resumed_up_to_it": any(s.retries for s in run.steps[: index + 1]),
+                "common_prefix_chars": len(os.path.commonprefix([step.text, expected.text])),
+            }
     return {"step": min(len(run.steps), len(reference.steps)), "resumed_up_to_it": None}
 
 

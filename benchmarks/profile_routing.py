@@ -66,12 +66,17 @@ def summarize(path: str) -> dict[str, dict[str, float]]:
         stack, _, number = line.rstrip().rpartition(" ")
         frames = stack.split(";")
         process = PROCESSES.get(sum(frame.startswith("process ") for frame in frames), "other processes")
-        bucket = next((name for frame in reversed(frames) for name, pattern in BUCKETS if re.search(pattern, frame)),
-                      "other")
+        bucket = next(
+            (name for frame in reversed(frames) for name, pattern in BUCKETS if re.search(pattern, frame)), "other"
+        )
         counts.setdefault(process, collections.Counter())[bucket] += int(number)
-    return {process: {"samples": sum(counter.values()),
-                      **{bucket: round(n / (sum(counter.values()) or 1), 3) for bucket, n in counter.most_common()}}
-            for process, counter in counts.items()}
+    return {
+        process: {
+            "samples": sum(counter.values()),
+            **{bucket: round(n / (sum(counter.values()) or 1), 3) for bucket, n in counter.most_common()},
+        }
+        for process, counter in counts.items()
+    }
 
 
 def main() -> None:

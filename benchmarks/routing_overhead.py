@@ -28,13 +28,21 @@ from glimp_integrations.backends.transformers import TransformersBackend
 def plain_generation_seconds(backend: TransformersBackend, question: str, tokens: int, seed: int) -> float:
     loaded = backend.models["small"]
     prompt = loaded.tokenizer.apply_chat_template(
-        [{"role": "user", "content": question}], tokenize=False, add_generation_prompt=True)
+        [{"role": "user", "content": question}], tokenize=False, add_generation_prompt=True
+    )
     input_ids = loaded.tokenizer(prompt, return_tensors="pt", add_special_tokens=False).input_ids
     torch.manual_seed(seed)
     started = time.perf_counter()
     with torch.inference_mode():
-        output = loaded.model.generate(input_ids, do_sample=True, temperature=0.6, top_p=0.95,
-                                       min_new_tokens=tokens, max_new_tokens=tokens, pad_token_id=loaded.tokenizer.eos_token_id)
+        output = loaded.model.generate(
+            input_ids,
+            do_sample=True,
+            temperature=0.6,
+            top_p=0.95,
+            min_new_tokens=tokens,
+            max_new_tokens=tokens,
+            pad_token_id=loaded.tokenizer.eos_token_id,
+        )
     seconds = time.perf_counter() - started
     assert output.shape[1] - input_ids.shape[1] == tokens
     return seconds
@@ -61,17 +69,30 @@ def main() -> None:
             plain.append(plain_generation_seconds(backend, question, trace.completion_tokens, repeat))
             tokens, steps = trace.completion_tokens, len(trace.steps)
         ratio = statistics.median(routed) / statistics.median(plain)
-        rows.append({"question": question, "tokens": tokens, "steps": steps, "routed_s": statistics.median(routed),
-                     "plain_s": statistics.median(plain), "ratio": ratio})
-        print(f"{ratio:5.3f}  routed {statistics.median(routed):6.2f} s  plain {statistics.median(plain):6.2f} s  "
-              f"{tokens} tokens, {steps} steps  | {question[:50]}")
+        rows.append(
+            {
+                "question": question,
+                "tokens": tokens,
+                "steps": steps,
+                "routed_s": statistics.median(routed),
+                "plain_s": statistics.median(plain),
+                "ratio": ratio,
+            }
+        )
+        print(
+            f"{ratio:5.3f}  routed {statistics.median(routed):6.2f} s  plain {statistics.median(plain):6.2f} s  "
+            f"{tokens} tokens, {steps} steps  | {question[:50]}"
+        )
     total_ratio = sum(r["routed_s"] for r in rows) / sum(r["plain_s"] for r in rows)
     median_ratio = statistics.median(r["ratio"] for r in rows)
-    print(f"routing overhead (routed / plain, same tokens): median {median_ratio:.3f}, "
-          f"total {total_ratio:.3f}  (target <= 1.15)")
+    print(
+        f"routing overhead (routed / plain, same tokens): median {median_ratio:.3f}, "
+        f"total {total_ratio:.3f}  (target <= 1.15)"
+    )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"median_ratio": median_ratio, "total_ratio": total_ratio,
-                                          "rows": rows}, indent=2))
+    Path(args.out).write_text(
+        json.dumps({"median_ratio": median_ratio, "total_ratio": total_ratio, "rows": rows}, indent=2)
+    )
 
 
 if __name__ == "__main__":

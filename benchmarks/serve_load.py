@@ -44,8 +44,13 @@ every column times the same runs."""
 
 
 def body(index: int, stream: bool, **extra: object) -> dict:
-    return {"model": "glimp", "messages": [{"role": "user", "content": QUESTIONS[index % len(QUESTIONS)]}],
-            "stream": stream, **SETTINGS, **extra}
+    return {
+        "model": "glimp",
+        "messages": [{"role": "user", "content": QUESTIONS[index % len(QUESTIONS)]}],
+        "stream": stream,
+        **SETTINGS,
+        **extra,
+    }
 
 
 def check_stream(lines: list[str]) -> str | None:
@@ -81,9 +86,11 @@ async def stream_one(client: httpx.AsyncClient, url: str, index: int, leave_afte
 
 
 def running(url: str) -> dict[str, float]:
-    return {"runs": scrape(url, "glimp_runs_running"),
-            "engine_requests_small": scrape(url, "glimp_engine_requests_running", model="small"),
-            "engine_requests_large": scrape(url, "glimp_engine_requests_running", model="large")}
+    return {
+        "runs": scrape(url, "glimp_runs_running"),
+        "engine_requests_small": scrape(url, "glimp_engine_requests_running", model="small"),
+        "engine_requests_large": scrape(url, "glimp_engine_requests_running", model="large"),
+    }
 
 
 async def load(url: str, clients: int) -> dict:
@@ -91,8 +98,13 @@ async def load(url: str, clients: int) -> dict:
         started = time.perf_counter()
         problems = await asyncio.gather(*(stream_one(client, url, i) for i in range(clients)))
     errors = [p for p in problems if p]
-    return {"clients": clients, "errors": len(errors), "complete": clients - len(errors), "first_errors": errors[:3],
-            "seconds": time.perf_counter() - started}
+    return {
+        "clients": clients,
+        "errors": len(errors),
+        "complete": clients - len(errors),
+        "first_errors": errors[:3],
+        "seconds": time.perf_counter() - started,
+    }
 
 
 async def disconnects(url: str, clients: int) -> dict:
@@ -101,18 +113,24 @@ async def disconnects(url: str, clients: int) -> dict:
     left = time.perf_counter()
     while any(running(url).values()) and time.perf_counter() - left < 60:
         await asyncio.sleep(0.2)
-    return {"clients": clients, "errors_before_leaving": sum(bool(p) for p in problems),
-            "after": running(url), "settled_seconds": time.perf_counter() - left,
-            "cancelled_499": scrape(url, "glimp_requests_total", status="499")}
+    return {
+        "clients": clients,
+        "errors_before_leaving": sum(bool(p) for p in problems),
+        "after": running(url),
+        "settled_seconds": time.perf_counter() - left,
+        "cancelled_499": scrape(url, "glimp_requests_total", status="499"),
+    }
 
 
 async def requests_done(url: str, count: int, concurrency: int = 16, offset: int = 0) -> None:
     slots = asyncio.Semaphore(concurrency)
     async with httpx.AsyncClient(timeout=600) as client:
+
         async def one(i: int) -> None:
             async with slots:
                 response = await client.post(url + "/chat/completions", json=body(offset + i, False))
                 response.raise_for_status()
+
         await asyncio.gather(*(one(i) for i in range(count)))
 
 
@@ -164,11 +182,14 @@ def throughput(router: GlimpRouter, url: str, levels: list[int]) -> dict:
 
     async def responses_with(client: httpx.AsyncClient, i: int) -> None:
         """The same run through the Responses API."""
-        response = await client.post(url + "/responses", json={
-            "model": "glimp", "input": QUESTIONS[i % len(QUESTIONS)], "temperature": 0, **SETTINGS})
+        response = await client.post(
+            url + "/responses",
+            json={"model": "glimp", "input": QUESTIONS[i % len(QUESTIONS)], "temperature": 0, **SETTINGS},
+        )
         response.raise_for_status()
-        answers["responses"][i] = "".join(part["text"] for item in response.json()["output"]
-                                          if item["type"] == "message" for part in item["content"])
+        answers["responses"][i] = "".join(
+            part["text"] for item in response.json()["output"] if item["type"] == "message" for part in item["content"]
+        )
 
     async def served(level: int, jobs: int, api=served_with) -> float:
         """Clients that keep their connections open, as an application's HTTP client does."""
@@ -177,12 +198,18 @@ def throughput(router: GlimpRouter, url: str, levels: list[int]) -> dict:
 
     async def plain(i: int, requests: int = 1) -> None:
         """Generate run i's token count greedily in `requests` requests, each going on from the last."""
-        text = engine.tokenizer.apply_chat_template(body(i, False)["messages"], tokenize=False,
-                                                    add_generation_prompt=True)
+        text = engine.tokenizer.apply_chat_template(
+            body(i, False)["messages"], tokenize=False, add_generation_prompt=True
+        )
         ids = engine.encode(text)
         for share in (tokens[i] // requests + (j < tokens[i] % requests) for j in range(requests)):
-            params = SamplingParams(temperature=0, max_tokens=share, min_tokens=share, ignore_eos=True,
-                                    output_kind=RequestOutputKind.FINAL_ONLY)
+            params = SamplingParams(
+                temperature=0,
+                max_tokens=share,
+                min_tokens=share,
+                ignore_eos=True,
+                output_kind=RequestOutputKind.FINAL_ONLY,
+            )
             request = engine.stream(ids, params)
             while (output := await request.next()) is not None:
                 ids = ids + list(output.outputs[0].token_ids)
@@ -207,21 +234,28 @@ def throughput(router: GlimpRouter, url: str, levels: list[int]) -> dict:
         step_by_step_rate, per_run_step_by_step = requests_per_run(level, jobs, library_step_by_step)
         requests["spanning"].append(per_run)
         requests["one_request_per_step"].append(per_run_step_by_step)
-        row = {"library": library_rate, "library_one_request_per_step": step_by_step_rate,
-               "serve": asyncio.run(served(level, jobs)),
-               "responses": asyncio.run(served(level, jobs, responses_with)),
-               "plain_vllm": _sync.run_sync(runs_per_second(level, jobs, plain)),
-               f"plain_vllm_{PLAIN_REQUESTS}_requests": _sync.run_sync(runs_per_second(level, jobs, plain_in_requests))}
+        row = {
+            "library": library_rate,
+            "library_one_request_per_step": step_by_step_rate,
+            "serve": asyncio.run(served(level, jobs)),
+            "responses": asyncio.run(served(level, jobs, responses_with)),
+            "plain_vllm": _sync.run_sync(runs_per_second(level, jobs, plain)),
+            f"plain_vllm_{PLAIN_REQUESTS}_requests": _sync.run_sync(runs_per_second(level, jobs, plain_in_requests)),
+        }
         results[level] = row
-        print(f"   {level:2d} clients: serve {row['serve']:.3f} runs/s, responses {row['responses']:.3f}, library "
-              f"{row['library']:.3f} (one request per step {row['library_one_request_per_step']:.3f}; "
-              f"library/plain {row['library'] / row['plain_vllm']:.3f}, "
-              f"responses/library {row['responses'] / row['library']:.3f}), plain vLLM "
-              f"{row['plain_vllm']:.3f}, plain vLLM in {PLAIN_REQUESTS} requests "
-              f"{row[f'plain_vllm_{PLAIN_REQUESTS}_requests']:.3f} (serve/library {row['serve'] / row['library']:.3f})",
-              flush=True)
-    same = {api: sum(answers[api].get(i) == answer for i, answer in answers["library"].items())
-            for api in ("serve", "responses")}
+        print(
+            f"   {level:2d} clients: serve {row['serve']:.3f} runs/s, responses {row['responses']:.3f}, library "
+            f"{row['library']:.3f} (one request per step {row['library_one_request_per_step']:.3f}; "
+            f"library/plain {row['library'] / row['plain_vllm']:.3f}, "
+            f"responses/library {row['responses'] / row['library']:.3f}), plain vLLM "
+            f"{row['plain_vllm']:.3f}, plain vLLM in {PLAIN_REQUESTS} requests "
+            f"{row[f'plain_vllm_{PLAIN_REQUESTS}_requests']:.3f} (serve/library {row['serve'] / row['library']:.3f})",
+            flush=True,
+        )
+    same = {
+        api: sum(answers[api].get(i) == answer for i, answer in answers["library"].items())
+        for api in ("serve", "responses")
+    }
     results["answers_equal_to_library"] = {api: f"{n}/{len(answers['library'])}" for api, n in same.items()}
     engine_type.stream = stream
     results["requests_per_run"] = {way: round(sum(values) / len(values), 2) for way, values in requests.items()}
@@ -230,9 +264,12 @@ def throughput(router: GlimpRouter, url: str, levels: list[int]) -> dict:
     if 1 in results and 8 in results:
         scaling = {k: results[8][k] / results[1][k] for k in results[1]}
         results["scaling_8_over_1"] = scaling
-        print(f"   8-client scaling: serve {scaling['serve']:.2f}x, library {scaling['library']:.2f}x, plain vLLM "
-              f"{scaling['plain_vllm']:.2f}x -> serve/plain {scaling['serve'] / scaling['plain_vllm']:.2f} "
-              f"(target >= 0.9)", flush=True)
+        print(
+            f"   8-client scaling: serve {scaling['serve']:.2f}x, library {scaling['library']:.2f}x, plain vLLM "
+            f"{scaling['plain_vllm']:.2f}x -> serve/plain {scaling['serve'] / scaling['plain_vllm']:.2f} "
+            f"(target >= 0.9)",
+            flush=True,
+        )
     return results
 
 
@@ -254,9 +291,11 @@ def main_load(args: argparse.Namespace) -> dict:
             after_early = process.memory_info().rss
             asyncio.run(requests_done(url, late - early, offset=early))
             after_late = process.memory_info().rss
-            results["memory"] = {f"rss_mib_after_{early}": after_early / 2**20,
-                                 f"rss_mib_after_{late}": after_late / 2**20,
-                                 "growth_mib": (after_late - after_early) / 2**20}
+            results["memory"] = {
+                f"rss_mib_after_{early}": after_early / 2**20,
+                f"rss_mib_after_{late}": after_late / 2**20,
+                "growth_mib": (after_late - after_early) / 2**20,
+            }
             print(f"3. memory: {results['memory']}", flush=True)
         if "throughput" in args.sections:
             print("4. throughput (runs/s, greedy: the same runs in every column):", flush=True)
@@ -269,16 +308,20 @@ def main_faults() -> dict:
     large = fleet.replicas["large"][0]
     results: dict = {}
     with fleet:
-        router = GlimpRouter(fleet.url("small"), fleet.url("large"), backend="openai",
-                             backend_options={"max_retries": 1, "timeout": 30})
+        router = GlimpRouter(
+            fleet.url("small"), fleet.url("large"), backend="openai", backend_options={"max_retries": 1, "timeout": 30}
+        )
         with router, running_server(router) as url:
             health = url.removesuffix("/v1") + "/health"
 
             async def during_kill() -> list:
                 async with httpx.AsyncClient(timeout=600) as client:
+
                     async def one(i: int) -> dict:
-                        response = await client.post(url + "/chat/completions", json=body(
-                            i, False, reasoning_budget=200, answer_budget=100, threshold=0.0))  # the large model writes
+                        response = await client.post(
+                            url + "/chat/completions",
+                            json=body(i, False, reasoning_budget=200, answer_budget=100, threshold=0.0),
+                        )  # the large model writes
                         return {"status": response.status_code, "body": response.json()}
 
                     async def kill() -> None:
@@ -289,19 +332,25 @@ def main_faults() -> dict:
                     return outcomes[:4]
 
             outcomes = asyncio.run(during_kill())
-            results["affected"] = [{"status": o["status"], "message": (o["body"].get("error") or {}).get("message", "")[:200]}
-                                   for o in outcomes]
+            results["affected"] = [
+                {"status": o["status"], "message": (o["body"].get("error") or {}).get("message", "")[:200]}
+                for o in outcomes
+            ]
             down = httpx.get(health, timeout=30)
             results["health_down"] = {"status": down.status_code, "body": down.json()}
-            small_only = httpx.post(url + "/chat/completions", timeout=300, json=body(
-                0, False, reasoning_mode="plain", threshold=1e9))  # every step to the small model
+            small_only = httpx.post(
+                url + "/chat/completions", timeout=300, json=body(0, False, reasoning_mode="plain", threshold=1e9)
+            )  # every step to the small model
             results["small_only_while_down"] = small_only.status_code
             large.start()
             wait_until_serving(large.url, 300, large)
             up = httpx.get(health, timeout=30)
             again = httpx.post(url + "/chat/completions", timeout=300, json=body(1, False, threshold=0.0))
-            results["after_restart"] = {"health": up.status_code, "request": again.status_code,
-                                        "large_steps": sum(s["model"] == "large" for s in again.json()["glimp"]["steps"])}
+            results["after_restart"] = {
+                "health": up.status_code,
+                "request": again.status_code,
+                "large_steps": sum(s["model"] == "large" for s in again.json()["glimp"]["steps"]),
+            }
         for key, value in results.items():
             print(f"{key}: {value}", flush=True)
     return results
@@ -311,8 +360,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", type=int, default=64)
     parser.add_argument("--disconnects", type=int, default=100)
-    parser.add_argument("--memory", type=lambda text: [int(v) for v in text.split(",")], default=[50, 500],
-                        help="resident size after this many requests, then after this many")
+    parser.add_argument(
+        "--memory",
+        type=lambda text: [int(v) for v in text.split(",")],
+        default=[50, 500],
+        help="resident size after this many requests, then after this many",
+    )
     parser.add_argument("--levels", type=lambda text: [int(v) for v in text.split(",")], default=[1, 8, 32])
     parser.add_argument("--sections", default="load,disconnects,memory,throughput", help="which of 1-4 to run")
     parser.add_argument("--faults", action="store_true", help="run the server-kill check instead")

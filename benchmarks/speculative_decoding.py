@@ -35,16 +35,22 @@ def large_speed(router: GlimpRouter, questions: list[str], budget: int, temperat
     """Large-model tokens per second over the runs, and the drafting counts."""
     tokens, seconds, drafted, accepted = 0, 0.0, 0, 0
     for seed, question in enumerate(questions):
-        trace = router.run(question, threshold=0.0, reasoning_budget=budget, answer_budget=budget, seed=seed,
-                           temperature=temperature)
+        trace = router.run(
+            question, threshold=0.0, reasoning_budget=budget, answer_budget=budget, seed=seed, temperature=temperature
+        )
         for step in trace.steps:
             tokens += step.tokens
             seconds += step.seconds
             drafted += step.drafted_tokens or 0
             accepted += step.accepted_tokens or 0
-    return {"tokens": tokens, "seconds": seconds, "tokens_per_second": tokens / seconds,
-            "drafted_tokens": drafted, "accepted_tokens": accepted,
-            "acceptance_rate": accepted / drafted if drafted else None}
+    return {
+        "tokens": tokens,
+        "seconds": seconds,
+        "tokens_per_second": tokens / seconds,
+        "drafted_tokens": drafted,
+        "accepted_tokens": accepted,
+        "acceptance_rate": accepted / drafted if drafted else None,
+    }
 
 
 def main() -> None:
@@ -55,7 +61,7 @@ def main() -> None:
     parser.add_argument("--budget", type=int, default=120, help="most tokens per run")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/speculative_decoding.json"))
     args = parser.parse_args()
-    questions = (QUESTIONS * 4)[:args.questions]
+    questions = (QUESTIONS * 4)[: args.questions]
     options = {"max_model_len": 4096}
     results: dict[str, dict] = {}
     started = time.perf_counter()
@@ -68,15 +74,24 @@ def main() -> None:
             router.run("Warm up.", reasoning_budget=8)
             for temperature in (0.0, 0.6):
                 measured = large_speed(router, questions, args.budget, temperature)
-                measured["speed_ratio"] = measured["tokens_per_second"] / \
-                    results[f"none_t{temperature}"]["tokens_per_second"]
+                measured["speed_ratio"] = (
+                    measured["tokens_per_second"] / results[f"none_t{temperature}"]["tokens_per_second"]
+                )
                 results[f"{name}_t{temperature}"] = measured
-                print(f"{name} at temperature {temperature}: {measured['speed_ratio']:.2f}x the tokens/s without "
-                      f"drafting, acceptance {measured['acceptance_rate']:.1%}", flush=True)
+                print(
+                    f"{name} at temperature {temperature}: {measured['speed_ratio']:.2f}x the tokens/s without "
+                    f"drafting, acceptance {measured['acceptance_rate']:.1%}",
+                    flush=True,
+                )
     import vllm
 
-    summary = {"vllm": vllm.__version__, "questions": len(questions), "budget": args.budget, "results": results,
-               "wall_seconds": time.perf_counter() - started}
+    summary = {
+        "vllm": vllm.__version__,
+        "questions": len(questions),
+        "budget": args.budget,
+        "results": results,
+        "wall_seconds": time.perf_counter() - started,
+    }
     print(json.dumps(summary, indent=2))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(summary, indent=2))

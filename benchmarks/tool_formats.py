@@ -48,8 +48,7 @@ def measure(router: GlimpRouter, runs: int, max_tokens: int) -> dict:
     for index, question in enumerate(questions(runs)):
         messages = [{"role": "user", "content": question}]
         common = {"max_tokens": max_tokens, "seed": index}
-        constrained = router.run(messages, tools=[TOOL], tool_choice="place_order", parallel_tool_calls=False,
-                                 **common)
+        constrained = router.run(messages, tools=[TOOL], tool_choice="place_order", parallel_tool_calls=False, **common)
         # a run with tools is always constrained: the unconstrained side is told of the tool in a
         # system message, in the family's format, as templates without tools are
         instructions = tool_instructions([TOOL], "place_order", router.tool_call_reader([TOOL]).tool_call_parser)
@@ -60,8 +59,12 @@ def measure(router: GlimpRouter, runs: int, max_tokens: int) -> dict:
             tokens[side] += written
             seconds[side] += spent
     speed = {side: tokens[side] / seconds[side] for side in tokens}
-    return {"answer_tokens": tokens, "answer_tokens_per_second": speed,
-            "constrained_speed_ratio": speed["constrained"] / speed["unconstrained"], "valid_calls": valid / runs}
+    return {
+        "answer_tokens": tokens,
+        "answer_tokens_per_second": speed,
+        "constrained_speed_ratio": speed["constrained"] / speed["unconstrained"],
+        "valid_calls": valid / runs,
+    }
 
 
 def main() -> None:
@@ -79,13 +82,27 @@ def main() -> None:
     for backend in args.backends.split(","):
         for family in args.families.split(","):
             options = {"backend_options": {"max_model_len": 4096}} if backend == "vllm" else {}
-            with GlimpRouter(folders[family], folders[family], backend=backend, policy="always_large",
-                             reasoning_mode="plain", tool_call_parser=family, **options) as router:
+            with GlimpRouter(
+                folders[family],
+                folders[family],
+                backend=backend,
+                policy="always_large",
+                reasoning_mode="plain",
+                tool_call_parser=family,
+                **options,
+            ) as router:
                 results[f"{backend}/{family}"] = result = measure(router, args.runs, args.max_tokens)
-            print(f"{backend}/{family}: constrained/unconstrained tokens per second "
-                  f"{result['constrained_speed_ratio']:.3f}, valid calls {result['valid_calls']:.0%}", flush=True)
-    summary = {"runs": args.runs, "max_tokens": args.max_tokens, "results": results,
-               "wall_seconds": time.perf_counter() - started}
+            print(
+                f"{backend}/{family}: constrained/unconstrained tokens per second "
+                f"{result['constrained_speed_ratio']:.3f}, valid calls {result['valid_calls']:.0%}",
+                flush=True,
+            )
+    summary = {
+        "runs": args.runs,
+        "max_tokens": args.max_tokens,
+        "results": results,
+        "wall_seconds": time.perf_counter() - started,
+    }
     print(json.dumps(summary, indent=2))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(summary, indent=2))

@@ -44,8 +44,11 @@ transformers.AutoModelForCausalLM.from_config(config).save_pretrained(model_dir)
 for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "generation_config.json"):
     shutil.copy(args.config_from / name, model_dir / name)
 
-results: dict = {"device": torch.cuda.get_device_name(0) if device == "cuda" else "cpu",
-                 "torch": torch.__version__, "transformers": transformers.__version__}
+results: dict = {
+    "device": torch.cuda.get_device_name(0) if device == "cuda" else "cpu",
+    "torch": torch.__version__,
+    "transformers": transformers.__version__,
+}
 router = GlimpRouter(str(model_dir), str(model_dir), device=device, seed=0, reasoning_mode="plain")
 results["dtype"] = str(router.backend.models["large"].model.dtype)
 QUESTION = "Tom has 3 apples and buys 4 more. How many apples does he have?"
@@ -54,22 +57,44 @@ first = router.run(QUESTION, reasoning_budget=8).steps[0].probe
 middle = first.h_init  # random weights: every entropy is near ln(vocab); route around the first one
 started = time.perf_counter()
 plain = router.run(QUESTION, reasoning_budget=96, threshold=middle, max_step_tokens=12)
-results["plain"] = {"steps": len(plain.steps), "models": [s.model for s in plain.steps],
-                    "tokens": plain.completion_tokens, "tokens_per_s": plain.completion_tokens /
-                    (time.perf_counter() - started), "h_init": [s.h_init for s in plain.steps]}
-think = router.run(QUESTION, reasoning_mode="think", reasoning_budget=24, answer_budget=12, threshold=middle,
-                   max_step_tokens=8)
+results["plain"] = {
+    "steps": len(plain.steps),
+    "models": [s.model for s in plain.steps],
+    "tokens": plain.completion_tokens,
+    "tokens_per_s": plain.completion_tokens / (time.perf_counter() - started),
+    "h_init": [s.h_init for s in plain.steps],
+}
+think = router.run(
+    QUESTION, reasoning_mode="think", reasoning_budget=24, answer_budget=12, threshold=middle, max_step_tokens=8
+)
 results["think"] = {"phases": [s.phase for s in think.steps], "answer_model": think.steps[-1].model}
 
-schema = {"type": "object", "properties": {"name": {"type": "string", "maxLength": 20},
-                                           "count": {"type": "integer"}}, "required": ["name", "count"]}
-structured = router.run(QUESTION, max_tokens=60, response_format={"type": "json_schema", "json_schema": {
-    "name": "answer", "schema": schema}})
+schema = {
+    "type": "object",
+    "properties": {"name": {"type": "string", "maxLength": 20}, "count": {"type": "integer"}},
+    "required": ["name", "count"],
+}
+structured = router.run(
+    QUESTION,
+    max_tokens=60,
+    response_format={"type": "json_schema", "json_schema": {"name": "answer", "schema": schema}},
+)
 value = json.loads(structured.answer)
-results["json_schema"] = {"answer": structured.answer, "valid": set(value) == {"name", "count"}
-                          and isinstance(value["count"], int)}
-tool = {"type": "function", "function": {"name": "add", "parameters": {
-    "type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}}, "required": ["a", "b"]}}}
+results["json_schema"] = {
+    "answer": structured.answer,
+    "valid": set(value) == {"name", "count"} and isinstance(value["count"], int),
+}
+tool = {
+    "type": "function",
+    "function": {
+        "name": "add",
+        "parameters": {
+            "type": "object",
+            "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}},
+            "required": ["a", "b"],
+        },
+    },
+}
 called = router.run(QUESTION, max_tokens=60, tools=[tool], tool_choice="add", parallel_tool_calls=False)
 calls = parse_tool_calls(called.answer, ["add"])[1]
 results["tool_call"] = {"answer": called.answer, "valid": len(calls) == 1 and set(calls[0].arguments) == {"a", "b"}}

@@ -30,15 +30,24 @@ from glimp_integrations import GlimpRouter, _sync
 from glimp_integrations.backends.vllm import VLLMBackend
 
 
-async def timed_generate(backend: VLLMBackend, ids: list[int], max_tokens: int, logprobs: int | None,
-                         exact: bool, seed: int) -> float:
+async def timed_generate(
+    backend: VLLMBackend, ids: list[int], max_tokens: int, logprobs: int | None, exact: bool, seed: int
+) -> float:
     """Seconds for one request on the large engine (the engines are driven on Glimp's loop)."""
     from vllm import SamplingParams
     from vllm.sampling_params import RequestOutputKind
 
     engine = backend.models["large"]
-    params = SamplingParams(temperature=0.6, top_p=0.95, max_tokens=max_tokens, min_tokens=max_tokens if exact else 0,
-                            ignore_eos=exact, logprobs=logprobs, seed=seed, output_kind=RequestOutputKind.FINAL_ONLY)
+    params = SamplingParams(
+        temperature=0.6,
+        top_p=0.95,
+        max_tokens=max_tokens,
+        min_tokens=max_tokens if exact else 0,
+        ignore_eos=exact,
+        logprobs=logprobs,
+        seed=seed,
+        output_kind=RequestOutputKind.FINAL_ONLY,
+    )
     started = time.perf_counter()
     request = engine.stream(ids, params)
     while await request.next() is not None:
@@ -62,8 +71,9 @@ async def questions_per_second(router: GlimpRouter, concurrency: int, budget: in
 
 def prompt_ids(backend: VLLMBackend, question: str) -> list[int]:
     engine = backend.models["small"]
-    text = engine.tokenizer.apply_chat_template([{"role": "user", "content": question}], tokenize=False,
-                                                add_generation_prompt=True)
+    text = engine.tokenizer.apply_chat_template(
+        [{"role": "user", "content": question}], tokenize=False, add_generation_prompt=True
+    )
     return engine.encode(text)
 
 
@@ -82,7 +92,9 @@ def main() -> None:
     router.run("Warm up.", reasoning_budget=16)
     one, eight = run(questions_per_second(router, 1, args.budget)), run(questions_per_second(router, 8, args.budget))
     results["concurrency"] = {"qps_1": one, "qps_8": eight, "ratio": eight / one}
-    print(f"1. concurrency: {one:.3f} q/s alone, {eight:.3f} q/s with 8 at once -> ratio {eight / one:.2f} (target >= 3)")
+    print(
+        f"1. concurrency: {one:.3f} q/s alone, {eight:.3f} q/s with 8 at once -> ratio {eight / one:.2f} (target >= 3)"
+    )
 
     ratios, probe_times, escalated, probes, rows = [], [], 0, 0, []
     for seed, question in enumerate(QUESTIONS):
@@ -95,8 +107,10 @@ def main() -> None:
             probe_times.append(step.probe.seconds)
             rows.append({"tokens": step.tokens, "prefill": step.prefill_tokens, "model": step.model})
     results["overhead"] = {"median": statistics.median(ratios), "per_question": ratios}
-    print(f"2. routing overhead (threshold=inf / plain generate, same tokens): median {statistics.median(ratios):.3f} "
-          f"(range {min(ratios):.3f}-{max(ratios):.3f}; target <= 1.15)")
+    print(
+        f"2. routing overhead (threshold=inf / plain generate, same tokens): median {statistics.median(ratios):.3f} "
+        f"(range {min(ratios):.3f}-{max(ratios):.3f}; target <= 1.15)"
+    )
 
     one_token = [run(timed_generate(backend, prompt_ids(backend, q), 1, 20, False, i)) for i, q in enumerate(QUESTIONS)]
     routed = router.run(QUESTIONS[0], reasoning_budget=args.budget, seed=1)  # glimpse at tau=0.9: some switches
@@ -106,25 +120,44 @@ def main() -> None:
             escalated += step.probe.escalations > 0
             probe_times.append(step.probe.seconds)
     probe_ratio = statistics.mean(probe_times) / statistics.mean(one_token)
-    results["probe"] = {"mean_probe_s": statistics.mean(probe_times), "mean_top20_request_s": statistics.mean(one_token),
-                        "ratio": probe_ratio, "escalated_share": escalated / probes, "probes": probes}
-    print(f"3. probe cost: mean probe {statistics.mean(probe_times) * 1000:.1f} ms / one-token top-20 request "
-          f"{statistics.mean(one_token) * 1000:.1f} ms = {probe_ratio:.2f}; {escalated}/{probes} probes escalated")
+    results["probe"] = {
+        "mean_probe_s": statistics.mean(probe_times),
+        "mean_top20_request_s": statistics.mean(one_token),
+        "ratio": probe_ratio,
+        "escalated_share": escalated / probes,
+        "probes": probes,
+    }
+    print(
+        f"3. probe cost: mean probe {statistics.mean(probe_times) * 1000:.1f} ms / one-token top-20 request "
+        f"{statistics.mean(one_token) * 1000:.1f} ms = {probe_ratio:.2f}; {escalated}/{probes} probes escalated"
+    )
 
     document = " ".join(f"Fact {i}: the number {i} is {'even' if i % 2 == 0 else 'odd'}." for i in range(80))
-    routed = router.run(f"{document}\n\nWhich of the facts above mention the number 12? Explain step by step.",
-                        reasoning_budget=2 * args.budget, seed=3)
+    routed = router.run(
+        f"{document}\n\nWhich of the facts above mention the number 12? Explain step by step.",
+        reasoning_budget=2 * args.budget,
+        seed=3,
+    )
     context, reuse = routed.prompt_tokens, []
     for step in routed.steps:
-        reuse.append({"model": step.model, "decision": step.decision, "computed": step.prefill_tokens,
-                      "step_tokens": step.tokens, "context_tokens": context})
+        reuse.append(
+            {
+                "model": step.model,
+                "decision": step.decision,
+                "computed": step.prefill_tokens,
+                "step_tokens": step.tokens,
+                "context_tokens": context,
+            }
+        )
         context += step.tokens
     switches = [r for prev, r in itertools.pairwise(reuse) if r["model"] != prev["model"]]
     results["prefix_reuse"] = {"steps": reuse}
     print("4. prefix reuse (tau=0.9, long prompt): context tokens computed per step / whole context:")
     for r in reuse:
-        print(f"   {r['model']:5} {r['decision']:9} computed {r['computed']:4d} of {r['context_tokens']:4d} "
-              f"context tokens (step writes {r['step_tokens']})")
+        print(
+            f"   {r['model']:5} {r['decision']:9} computed {r['computed']:4d} of {r['context_tokens']:4d} "
+            f"context tokens (step writes {r['step_tokens']})"
+        )
     if switches:
         share = statistics.mean(r["computed"] / r["context_tokens"] for r in switches)
         print(f"   after a switch: {share:.0%} of the context recomputed on average ({len(switches)} switches)")

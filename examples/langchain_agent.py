@@ -42,17 +42,29 @@ def main() -> None:
 
     embedded = args.small is None and args.large is None
     # plain mode on the embedded model: its answer follows the tool result directly
-    llm = ChatGlimpRouter(small=args.small, large=args.large, seed=0, max_tokens=args.max_tokens,
-                          reasoning_mode="plain" if embedded else None)
-    agent = create_agent(llm, [get_weather], response_format=WeatherReport,
-                         middleware=[CallToolThenAnswer()] if embedded else [])
+    llm = ChatGlimpRouter(
+        small=args.small,
+        large=args.large,
+        seed=0,
+        max_tokens=args.max_tokens,
+        reasoning_mode="plain" if embedded else None,
+    )
+    agent = create_agent(
+        llm, [get_weather], response_format=WeatherReport, middleware=[CallToolThenAnswer()] if embedded else []
+    )
     result = agent.invoke({"messages": [("user", "What is the weather in Paris?")]})
     for message in result["messages"]:
         routing = message.response_metadata.get("glimp") if message.type == "ai" else None
-        summary = (f"  [{len(routing['steps'])} steps, "
-                   f"intervention rate {routing['intervention_rate']:.0%}]") if routing else ""
-        calls = f" tool_calls={[(c['name'], c['args']) for c in message.tool_calls]}" if getattr(
-            message, "tool_calls", None) else ""
+        summary = (
+            (f"  [{len(routing['steps'])} steps, intervention rate {routing['intervention_rate']:.0%}]")
+            if routing
+            else ""
+        )
+        calls = (
+            f" tool_calls={[(c['name'], c['args']) for c in message.tool_calls]}"
+            if getattr(message, "tool_calls", None)
+            else ""
+        )
         print(f"{message.type}: {message.text.strip()[:200]!r}{calls}{summary}")
     print("structured_response:", repr(result["structured_response"]))
 

@@ -46,31 +46,47 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("question")
     _models(ask)
     ask.add_argument("--json", action="store_true", help="print only the trace as JSON on stdout")
-    serve = commands.add_parser("serve", help="serve the router as an OpenAI-compatible API (/v1/chat/completions, "
-                                              "/v1/models, /health, /metrics)")
+    serve = commands.add_parser(
+        "serve",
+        help="serve the router as an OpenAI-compatible API (/v1/chat/completions, /v1/models, /health, /metrics)",
+    )
     _models(serve)
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--served-model-name", default="glimp", help="the model id clients pass as `model`")
-    serve.add_argument("--otlp-traces-endpoint", help="export OpenTelemetry spans (a run, its steps) over OTLP/gRPC "
-                                                      "to this URL, e.g. http://localhost:4317")
+    serve.add_argument(
+        "--otlp-traces-endpoint",
+        help="export OpenTelemetry spans (a run, its steps) over OTLP/gRPC to this URL, e.g. http://localhost:4317",
+    )
     serve.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
-    serve.add_argument("--api-key", default=os.environ.get("GLIMP_API_KEY"),
-                       help="require `Authorization: Bearer KEY` on every /v1 route (default: $GLIMP_API_KEY; "
-                            "the environment keeps it out of `ps`)")
-    for name, summary in (("bench", "compare policies and thresholds over a problem set"),
-                          ("calibrate", "pick the threshold for a target intervention rate")):
+    serve.add_argument(
+        "--api-key",
+        default=os.environ.get("GLIMP_API_KEY"),
+        help="require `Authorization: Bearer KEY` on every /v1 route (default: $GLIMP_API_KEY; "
+        "the environment keeps it out of `ps`)",
+    )
+    for name, summary in (
+        ("bench", "compare policies and thresholds over a problem set"),
+        ("calibrate", "pick the threshold for a target intervention rate"),
+    ):
         command = commands.add_parser(name, help=summary)
         command.add_argument("data", nargs="?", help="JSONL problems (default: the shipped arithmetic set)")
         _models(command, swept=("policy", "threshold", "random_rate"))
         command.add_argument("--limit", type=int, default=None, help="use the first N problems")
         command.add_argument("--seeds", type=int, default=3, help="seeded runs per problem and setting")
         command.add_argument("--out", default=f"glimp-{name}", help="output folder")
-        command.add_argument("--concurrency", type=int, default=1,
-                             help="runs at a time (batch them on vLLM or servers; latency is then measured under load)")
+        command.add_argument(
+            "--concurrency",
+            type=int,
+            default=1,
+            help="runs at a time (batch them on vLLM or servers; latency is then measured under load)",
+        )
     bench = commands.choices["bench"]
-    bench.add_argument("--policies", default="glimpse,always_small,always_large",
-                       help=f"comma-separated, from: {', '.join(POLICY_NAMES)}")
+    bench.add_argument(
+        "--policies",
+        default="glimpse,always_small,always_large",
+        help=f"comma-separated, from: {', '.join(POLICY_NAMES)}",
+    )
     bench.add_argument("--thresholds", default="0.6,0.9,1.8", help="comma-separated tau values for threshold policies")
     bench.add_argument("--random-rate", type=float, default=0.25, help="intervention rate of the random policy")
     calibrate = commands.choices["calibrate"]
@@ -93,7 +109,9 @@ def _backend_options(args: argparse.Namespace) -> dict | None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        router = GlimpRouter(args.small, args.large, **{**cli_settings(args), "backend_options": _backend_options(args)})
+        router = GlimpRouter(
+            args.small, args.large, **{**cli_settings(args), "backend_options": _backend_options(args)}
+        )
         with router:  # shuts the engines down cleanly, whatever happens
             if args.command == "ask":
                 trace = _ask(router, args.question, show=not args.json)
@@ -101,8 +119,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             elif args.command == "serve":
                 from glimp_integrations.serve import serve
 
-                serve(router, args.host, args.port, args.served_model_name, args.otlp_traces_endpoint,
-                      args.log_level, args.api_key)
+                serve(
+                    router,
+                    args.host,
+                    args.port,
+                    args.served_model_name,
+                    args.otlp_traces_endpoint,
+                    args.log_level,
+                    args.api_key,
+                )
             elif args.command == "bench":
                 _bench(router, args)
             else:
@@ -142,10 +167,15 @@ def _bench(router: GlimpRouter, args: argparse.Namespace) -> None:
     problems = _problems(args)
     records = run_grid(router, problems, grid(policies, thresholds), range(args.seeds), concurrency=args.concurrency)
     rows = summarize(records)
-    meta = {"data": args.data or "arithmetic (shipped)", "problems": len(problems), "seeds": args.seeds,
-            "concurrency": args.concurrency,
-            "small": router.backend.model_name("small"), "large": router.backend.model_name("large"),
-            "backend": router.backend.name}
+    meta = {
+        "data": args.data or "arithmetic (shipped)",
+        "problems": len(problems),
+        "seeds": args.seeds,
+        "concurrency": args.concurrency,
+        "small": router.backend.model_name("small"),
+        "large": router.backend.model_name("large"),
+        "backend": router.backend.name,
+    }
     paths = write_report(records, rows, Path(args.out), meta)
     print(markdown_table(rows))
     print("wrote " + ", ".join(str(p) for p in paths.values()), file=sys.stderr)
@@ -158,16 +188,24 @@ def _calibrate(router: GlimpRouter, args: argparse.Namespace) -> None:
 
     if not 0 <= args.target_rate <= 1:
         raise ValueError(f"`--target-rate` must be in [0, 1]; got {args.target_rate}. Pass e.g. 0.25.")
-    result = calibrate(router, _problems(args), args.target_rate, calibration_share=args.calibration_share,
-                       seeds=range(args.seeds), concurrency=args.concurrency)
+    result = calibrate(
+        router,
+        _problems(args),
+        args.target_rate,
+        calibration_share=args.calibration_share,
+        seeds=range(args.seeds),
+        concurrency=args.concurrency,
+    )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "calibration.json").write_text(json.dumps(result, indent=2, default=str))
     evaluation = result["evaluation"]
-    print(f"threshold {result['threshold']:.4f} nats gives intervention rate {result['calibration_rate']:.2f} on "
-          f"{len(result['calibration_problems'])} calibration problems; on {len(result['evaluation_problems'])} "
-          f"others: rate {evaluation['intervention_rate']:.2f}, pass@1 {evaluation['pass_at_1']['mean']:.3f} "
-          f"[{evaluation['pass_at_1']['low']:.3f}, {evaluation['pass_at_1']['high']:.3f}]")
+    print(
+        f"threshold {result['threshold']:.4f} nats gives intervention rate {result['calibration_rate']:.2f} on "
+        f"{len(result['calibration_problems'])} calibration problems; on {len(result['evaluation_problems'])} "
+        f"others: rate {evaluation['intervention_rate']:.2f}, pass@1 {evaluation['pass_at_1']['mean']:.3f} "
+        f"[{evaluation['pass_at_1']['low']:.3f}, {evaluation['pass_at_1']['high']:.3f}]"
+    )
 
 
 def _ask(router: GlimpRouter, question: str, show: bool) -> RunTrace:
@@ -181,8 +219,13 @@ def _ask(router: GlimpRouter, question: str, show: bool) -> RunTrace:
             continue
         if isinstance(event, StepStarted):
             probe = event.probe
-            h = "" if probe is None else f" H_init={probe.h_init:.3f}" if probe.h_init is not None else \
-                f" H_init<={probe.h_upper:.3f}"
+            h = (
+                ""
+                if probe is None
+                else f" H_init={probe.h_init:.3f}"
+                if probe.h_init is not None
+                else f" H_init<={probe.h_upper:.3f}"
+            )
             label = "answer" if event.decision == "forced" else event.decision
             separator = "" if at_line_start else "\n"
             out.write(f"{separator}[step {event.index} | {event.model}{h} | {label}]\n")
@@ -192,8 +235,9 @@ def _ask(router: GlimpRouter, question: str, show: bool) -> RunTrace:
             at_line_start = event.text.endswith("\n")
         elif isinstance(event, StepFinished) and event.step.drafted_tokens is not None:
             step = event.step
-            out.write(f"{'' if at_line_start else chr(10)}[drafted {step.drafted_tokens}, accepted "
-                      f"{step.accepted_tokens}]\n")
+            out.write(
+                f"{'' if at_line_start else chr(10)}[drafted {step.drafted_tokens}, accepted {step.accepted_tokens}]\n"
+            )
             at_line_start = True
         out.flush()
     raise AssertionError("the run ended without a RunFinished event")
@@ -201,11 +245,16 @@ def _ask(router: GlimpRouter, question: str, show: bool) -> RunTrace:
 
 def summary_line(trace: RunTrace) -> str:
     tokens = trace.tokens_by_model
-    return (f"\n-- {len(trace.steps)} steps, intervention rate {trace.intervention_rate:.0%}, "
-            f"tokens small={tokens.get('small', 0)} large={tokens.get('large', 0)}, "
-            f"{trace.probe_count} probes, {trace.wall_seconds:.1f} s, finish={trace.finish_reason}"
-            + (f", drafts accepted {trace.accepted_tokens}/{trace.drafted_tokens} ({trace.acceptance_rate:.0%})"
-               if trace.drafted_tokens else ""))
+    return (
+        f"\n-- {len(trace.steps)} steps, intervention rate {trace.intervention_rate:.0%}, "
+        f"tokens small={tokens.get('small', 0)} large={tokens.get('large', 0)}, "
+        f"{trace.probe_count} probes, {trace.wall_seconds:.1f} s, finish={trace.finish_reason}"
+        + (
+            f", drafts accepted {trace.accepted_tokens}/{trace.drafted_tokens} ({trace.acceptance_rate:.0%})"
+            if trace.drafted_tokens
+            else ""
+        )
+    )
 
 
 if __name__ == "__main__":

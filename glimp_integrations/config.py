@@ -11,8 +11,9 @@ from typing import Any, Literal, get_args
 from glimp_integrations.errors import invalid
 from glimp_integrations.tool_formats import check_tool_call_parser
 
-PolicyName = Literal["glimpse", "always_small", "always_large", "random", "step_entropy", "step_perplexity",
-                     "specreason"]
+PolicyName = Literal[
+    "glimpse", "always_small", "always_large", "random", "step_entropy", "step_perplexity", "specreason"
+]
 BackendName = Literal["transformers", "vllm", "openai"]
 ReasoningMode = Literal["auto", "think", "plain"]
 Role = Literal["small", "large"]
@@ -44,8 +45,12 @@ class SamplingConfig:
 
     def __post_init__(self) -> None:
         if not (isinstance(self.temperature, (int, float)) and 0 <= self.temperature < math.inf):
-            raise invalid("temperature", self.temperature, "must be a finite number >= 0",
-                          "Use 0 for greedy decoding or e.g. 0.6 (the paper's setting).")
+            raise invalid(
+                "temperature",
+                self.temperature,
+                "must be a finite number >= 0",
+                "Use 0 for greedy decoding or e.g. 0.6 (the paper's setting).",
+            )
         if not (isinstance(self.top_p, (int, float)) and 0 < self.top_p <= 1):
             raise invalid("top_p", self.top_p, "must be in (0, 1]", "Use 1.0 to disable nucleus sampling.")
         if self.seed is not None and not isinstance(self.seed, int):
@@ -100,43 +105,76 @@ class RouterConfig:
 
     def __post_init__(self) -> None:
         if self.policy not in POLICY_NAMES:
-            raise invalid("policy", self.policy, f"must be one of {', '.join(POLICY_NAMES)}",
-                          "Pick one of those names.")
+            raise invalid(
+                "policy", self.policy, f"must be one of {', '.join(POLICY_NAMES)}", "Pick one of those names."
+            )
         if not isinstance(self.threshold, (int, float)) or math.isnan(self.threshold) or self.threshold < 0:
-            raise invalid("threshold", self.threshold, "must be a number >= 0 (nats; math.inf allowed)",
-                          "The paper's default is 0.9; use math.inf to delegate every step.")
+            raise invalid(
+                "threshold",
+                self.threshold,
+                "must be a number >= 0 (nats; math.inf allowed)",
+                "The paper's default is 0.9; use math.inf to delegate every step.",
+            )
         if not (isinstance(self.random_rate, (int, float)) and 0 <= self.random_rate <= 1):
             raise invalid("random_rate", self.random_rate, "must be in [0, 1]", "Pass e.g. random_rate=0.25.")
         if self.reasoning_mode not in REASONING_MODES:
-            raise invalid("reasoning_mode", self.reasoning_mode, f"must be one of {', '.join(REASONING_MODES)}",
-                          "Use `auto` to pick it from the chat template.")
+            raise invalid(
+                "reasoning_mode",
+                self.reasoning_mode,
+                f"must be one of {', '.join(REASONING_MODES)}",
+                "Use `auto` to pick it from the chat template.",
+            )
         for name in ("reasoning_budget", "answer_budget"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise invalid(name, value, "must be a positive int (tokens)", f"Pass e.g. {name}=8192.")
         if self.max_step_tokens is not None and (not isinstance(self.max_step_tokens, int) or self.max_step_tokens < 1):
-            raise invalid("max_step_tokens", self.max_step_tokens, "must be a positive int or None",
-                          "Pass None to let only the budget limit a step.")
+            raise invalid(
+                "max_step_tokens",
+                self.max_step_tokens,
+                "must be a positive int or None",
+                "Pass None to let only the budget limit a step.",
+            )
         if not isinstance(self.step_separator, str) or not self.step_separator:
-            raise invalid("step_separator", self.step_separator, "must be a non-empty string",
-                          'The paper uses "\\n\\n".')
+            raise invalid(
+                "step_separator", self.step_separator, "must be a non-empty string", 'The paper uses "\\n\\n".'
+            )
         if not isinstance(self.span_steps, bool):
-            raise invalid("span_steps", self.span_steps, "must be True or False",
-                          "Pass span_steps=False for one request per step.")
+            raise invalid(
+                "span_steps",
+                self.span_steps,
+                "must be True or False",
+                "Pass span_steps=False for one request per step.",
+            )
         if isinstance(self.stop, str) or any(not isinstance(s, str) or not s for s in self.stop):
-            raise invalid("stop", self.stop, "must be a sequence of non-empty strings",
-                          'Pass e.g. stop=["Observation:"].')
+            raise invalid(
+                "stop", self.stop, "must be a sequence of non-empty strings", 'Pass e.g. stop=["Observation:"].'
+            )
         if self.timeout is not None and not (isinstance(self.timeout, (int, float)) and self.timeout > 0):
-            raise invalid("timeout", self.timeout, "must be a positive number of seconds or None",
-                          "Pass e.g. timeout=120, or None for no limit.")
+            raise invalid(
+                "timeout",
+                self.timeout,
+                "must be a positive number of seconds or None",
+                "Pass e.g. timeout=120, or None for no limit.",
+            )
         check_tool_call_parser(self.tool_call_parser)
-        if self.reasoning_parser is not None and (not isinstance(self.reasoning_parser, str) or not self.reasoning_parser):
-            raise invalid("reasoning_parser", self.reasoning_parser, "must be the name of a vLLM reasoning parser or None",
-                          'Pass e.g. reasoning_parser="deepseek_r1", or None for the tool-call family\'s own.')
+        if self.reasoning_parser is not None and (
+            not isinstance(self.reasoning_parser, str) or not self.reasoning_parser
+        ):
+            raise invalid(
+                "reasoning_parser",
+                self.reasoning_parser,
+                "must be the name of a vLLM reasoning parser or None",
+                'Pass e.g. reasoning_parser="deepseek_r1", or None for the tool-call family\'s own.',
+            )
         ladder = self.probe_ladder
         if not ladder or any(k is not None and (not isinstance(k, int) or k < 1) for k in ladder):
-            raise invalid("probe_ladder", ladder, "must be a non-empty sequence of positive ints or None",
-                          "Use e.g. (1000, None).")
+            raise invalid(
+                "probe_ladder",
+                ladder,
+                "must be a non-empty sequence of positive ints or None",
+                "Use e.g. (1000, None).",
+            )
 
     def with_overrides(self, **overrides: Any) -> RouterConfig:
         """A copy with some fields changed (sampling fields may be given flat); unknown names raise."""
@@ -158,12 +196,15 @@ def check_setting_names(owner: str, given: Iterable[str], accepted: Collection[s
     (a misspelt setting is never silently ignored)."""
     for name in given:
         if name not in accepted:
-            raise invalid(f"{owner}({name}=...)", name, "is not a setting",
-                          f"{did_you_mean(name, accepted)}The accepted names are: "
-                          f"{', '.join(sorted(accepted)) or 'none'}.")
+            raise invalid(
+                f"{owner}({name}=...)",
+                name,
+                "is not a setting",
+                f"{did_you_mean(name, accepted)}The accepted names are: {', '.join(sorted(accepted)) or 'none'}.",
+            )
 
 
 def did_you_mean(name: str, accepted: Iterable[str]) -> str:
-    """"Did you mean `x`? " for the accepted name closest to a misspelt `name`, or ""."""
+    """ "Did you mean `x`? " for the accepted name closest to a misspelt `name`, or ""."""
     close = difflib.get_close_matches(name, list(accepted), n=1, cutoff=0.6)
     return f"Did you mean `{close[0]}`? " if close else ""

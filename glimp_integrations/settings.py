@@ -50,26 +50,45 @@ PER_CALL = frozenset({"temperature", "top_p", "seed", "threshold", "reasoning_bu
 """Run settings the framework adapters take per call, under the same names."""
 
 ENGINE_SETTINGS: tuple[Setting, ...] = (
-    Setting("backend", BackendName, "transformers",
-            "Where the models run: `transformers` (this process, torch), `vllm` (vLLM engines in this process) "
-            "or `openai` (two OpenAI-compatible servers; `small` and `large` are their URLs).", engine=True),
+    Setting(
+        "backend",
+        BackendName,
+        "transformers",
+        "Where the models run: `transformers` (this process, torch), `vllm` (vLLM engines in this process) "
+        "or `openai` (two OpenAI-compatible servers; `small` and `large` are their URLs).",
+        engine=True,
+    ),
     Setting("device", str, "auto", "Torch device of the transformers backend.", engine=True),
-    Setting("speculative", bool | dict, False,
-            "Draft the large model's tokens with the small model (vLLM), or a dict of vLLM's `speculative_config` "
-            "for another drafting method.", engine=True),
-    Setting("backend_options", dict, None,
-            "The backend's own options (e.g. vLLM engine arguments, the servers' API keys and retries).", engine=True),
+    Setting(
+        "speculative",
+        bool | dict,
+        False,
+        "Draft the large model's tokens with the small model (vLLM), or a dict of vLLM's `speculative_config` "
+        "for another drafting method.",
+        engine=True,
+    ),
+    Setting(
+        "backend_options",
+        dict,
+        None,
+        "The backend's own options (e.g. vLLM engine arguments, the servers' API keys and retries).",
+        engine=True,
+    ),
 )
 
 
 def _attribute_docs(cls: type) -> dict[str, str]:
     """The docstrings written under a class's fields, each on one line."""
     body = ast.parse(textwrap.dedent(inspect.getsource(cls))).body[0].body  # type: ignore[attr-defined]
-    return {field.target.id: " ".join(after.value.value.split())
-            for field, after in zip(body, body[1:])
-            if isinstance(field, ast.AnnAssign) and isinstance(field.target, ast.Name)
-            and isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant)
-            and isinstance(after.value.value, str)}
+    return {
+        field.target.id: " ".join(after.value.value.split())
+        for field, after in zip(body, body[1:])
+        if isinstance(field, ast.AnnAssign)
+        and isinstance(field.target, ast.Name)
+        and isinstance(after, ast.Expr)
+        and isinstance(after.value, ast.Constant)
+        and isinstance(after.value.value, str)
+    }
 
 
 def _run_settings() -> tuple[Setting, ...]:
@@ -81,8 +100,9 @@ def _run_settings() -> tuple[Setting, ...]:
                 continue
             factory = typing.cast(Callable[[], Any], field.default_factory)
             default = field.default if field.default is not MISSING else factory()
-            found.append(Setting(field.name, hints[field.name], default, docs[field.name],
-                                 per_call=field.name in PER_CALL))
+            found.append(
+                Setting(field.name, hints[field.name], default, docs[field.name], per_call=field.name in PER_CALL)
+            )
     return tuple(found)
 
 
@@ -112,11 +132,17 @@ def adapter_fields() -> dict[str, tuple[Any, Any]]:
     for setting in adapter_settings():
         if setting.engine:
             default = {"default_factory": dict} if setting.name == "backend_options" else {"default": setting.default}
-            definitions[setting.name] = (annotations.get(setting.name, setting.annotation),
-                                         Field(**default, description=setting.description))
+            definitions[setting.name] = (
+                annotations.get(setting.name, setting.annotation),
+                Field(**default, description=setting.description),
+            )
         else:
-            definitions[setting.name] = (setting.annotation | None, Field(
-                default=None, description=f"{setting.description} (None: the engine's default, {_shown(setting)}.)"))
+            definitions[setting.name] = (
+                setting.annotation | None,
+                Field(
+                    default=None, description=f"{setting.description} (None: the engine's default, {_shown(setting)}.)"
+                ),
+            )
     return definitions
 
 
@@ -125,8 +151,7 @@ def adapter_settings_model() -> type:
     """A pydantic model with the adapters' settings as fields; both adapters inherit it."""
     from pydantic import ConfigDict, create_model
 
-    return create_model("GlimpSettings", __config__=ConfigDict(arbitrary_types_allowed=True),
-                        **adapter_fields())  # type: ignore[call-overload]
+    return create_model("GlimpSettings", __config__=ConfigDict(arbitrary_types_allowed=True), **adapter_fields())  # type: ignore[call-overload]
 
 
 def _shown(setting: Setting) -> str:
@@ -136,8 +161,9 @@ def _shown(setting: Setting) -> str:
 # --- the command line ---------------------------------------------------------------------------
 
 
-def add_cli_options(parser: argparse.ArgumentParser, names: Collection[str],
-                    aliases: Mapping[str, str] | None = None) -> None:
+def add_cli_options(
+    parser: argparse.ArgumentParser, names: Collection[str], aliases: Mapping[str, str] | None = None
+) -> None:
     """An option per setting in `names` (`--top-p`, ...; `aliases` adds other flags by setting
     name), each defaulting to None: the engine's default."""
     for setting in SETTINGS:
@@ -216,4 +242,3 @@ def settings_table() -> str:
         kind = "engine" if setting.engine else "per call" if setting.per_call else "run"
         rows.append(f"| `{setting.name}` ({kind}) | `{_shown(setting)}` | {setting.description.replace('|', '/')} |")
     return "\n".join(rows)
-

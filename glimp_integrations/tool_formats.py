@@ -59,8 +59,10 @@ TOOL_FAMILIES: dict[str, ToolFamily] = {
 REFUSED_FAMILIES: dict[str, str] = {
     "openai": "gpt-oss writes its reasoning in harmony channels, which do not split into steps at blank lines",
     "kimi_k2": "its call markers are special tokens, which answers lose when decoded to text",
-    **{name: "its calls are XML-styled parameters, a structure Glimp's grammar does not compile"
-       for name in ("qwen3_coder", "qwen3_xml", "glm45", "glm47", "mimo", "minimax_m2", "deepseek_v32")},
+    **{
+        name: "its calls are XML-styled parameters, a structure Glimp's grammar does not compile"
+        for name in ("qwen3_coder", "qwen3_xml", "glm45", "glm47", "mimo", "minimax_m2", "deepseek_v32")
+    },
 }
 """Families vLLM reads that Glimp refuses, with the reason; any other vLLM parser is refused as not
 supported."""
@@ -76,8 +78,12 @@ def check_tool_call_parser(name: str | None) -> None:
     known = ", ".join(TOOL_FAMILIES)
     reason = REFUSED_FAMILIES.get(name, "is not a tool-call format Glimp supports")
     reason = f"is not supported: {reason}" if name in REFUSED_FAMILIES else reason
-    raise invalid("tool_call_parser", name, f"{reason} (supported: {known})",
-                  "Name one of those as vLLM's --tool-call-parser does, or None to read it from the chat template.")
+    raise invalid(
+        "tool_call_parser",
+        name,
+        f"{reason} (supported: {known})",
+        "Name one of those as vLLM's --tool-call-parser does, or None to read it from the chat template.",
+    )
 
 
 def detect_tool_call_parser(chat_template: str | None) -> str:
@@ -86,8 +92,14 @@ def detect_tool_call_parser(chat_template: str | None) -> str:
     template = chat_template or ""
     if _HARMONY_MARKER in template:
         check_tool_call_parser("openai")
-    return next((name for name, family in TOOL_FAMILIES.items()
-                 if all(marker in template for marker in family.template_markers)), HERMES)
+    return next(
+        (
+            name
+            for name, family in TOOL_FAMILIES.items()
+            if all(marker in template for marker in family.template_markers)
+        ),
+        HERMES,
+    )
 
 
 def reasoning_markers(reasoning_parser: str | None, tokenizer: Any, *, chosen: bool) -> tuple[str, str]:
@@ -102,20 +114,32 @@ def reasoning_markers(reasoning_parser: str | None, tokenizer: Any, *, chosen: b
 
     known = ReasoningParserManager.list_registered()
     if reasoning_parser not in known:
-        raise invalid("reasoning_parser", reasoning_parser, f"is not one of vLLM's reasoning parsers ({', '.join(known)})",
-                      "Name one of those, or None for the tool-call family's own.")
+        raise invalid(
+            "reasoning_parser",
+            reasoning_parser,
+            f"is not one of vLLM's reasoning parsers ({', '.join(known)})",
+            "Name one of those, or None for the tool-call family's own.",
+        )
     try:
         parser = ReasoningParserManager.get_reasoning_parser(reasoning_parser)(tokenizer)
     except RuntimeError as error:
         if not chosen:
             return THINK_MARKERS
-        raise invalid("reasoning_parser", reasoning_parser, f"does not fit the large model's tokenizer ({error})",
-                      "Name the reasoning parser of the model's family, or set reasoning_parser to None.") from error
+        raise invalid(
+            "reasoning_parser",
+            reasoning_parser,
+            f"does not fit the large model's tokenizer ({error})",
+            "Name the reasoning parser of the model's family, or set reasoning_parser to None.",
+        ) from error
     start, end = parser.reasoning_start_str, parser.reasoning_end_str
     if not start or not end:
         if chosen:
-            raise invalid("reasoning_parser", reasoning_parser, "marks no reasoning for this model",
-                          "Name a parser whose reasoning has start and end markers, or None.")
+            raise invalid(
+                "reasoning_parser",
+                reasoning_parser,
+                "marks no reasoning for this model",
+                "Name a parser whose reasoning has start and end markers, or None.",
+            )
         return THINK_MARKERS
     return start, end
 
@@ -127,9 +151,13 @@ THINK_MARKERS = ("<think>", "</think>")
 # --- the family's structure ----------------------------------------------------------------------
 
 
-def tool_call_structure(tool_call_parser: str, tools: Sequence[Mapping[str, Any]],
-                        tool_choice: Literal["auto", "required"], *,
-                        parallel: bool) -> dict[str, Any]:
+def tool_call_structure(
+    tool_call_parser: str,
+    tools: Sequence[Mapping[str, Any]],
+    tool_choice: Literal["auto", "required"],
+    *,
+    parallel: bool,
+) -> dict[str, Any]:
     """The structural tag (xgrammar's JSON form of its `format`) of the family's calls to `tools`
     under `tool_choice` (`auto`: text with calls among it; `required`: calls only), as vLLM's
     server builds it; `tools`' parameters are used as given.  Hermes is built here, the same
@@ -144,20 +172,41 @@ def tool_call_structure(tool_call_parser: str, tools: Sequence[Mapping[str, Any]
 def hermes_structure(tools: Sequence[Mapping[str, Any]], tool_choice: Literal["auto", "required"]) -> dict[str, Any]:
     """`<tool_call>{"name": ..., "arguments": {...}}</tool_call>`, on one line or with the
     tags on lines of their own (vLLM's `get_hermes_structural_tag`)."""
-    tags = [{"type": "tag", "begin": begin + json.dumps(tool["function"]["name"]) + ', "arguments": ',
-             "content": {"type": "json_schema", "json_schema": tool["function"].get("parameters") or True,
-                         "style": "json"}, "end": end}
-            for tool in tools
-            for begin, end in (('<tool_call>\n{"name": ', "}\n</tool_call>"), ('<tool_call>{"name": ', "}</tool_call>"))]
+    tags = [
+        {
+            "type": "tag",
+            "begin": begin + json.dumps(tool["function"]["name"]) + ', "arguments": ',
+            "content": {
+                "type": "json_schema",
+                "json_schema": tool["function"].get("parameters") or True,
+                "style": "json",
+            },
+            "end": end,
+        }
+        for tool in tools
+        for begin, end in (('<tool_call>\n{"name": ', "}\n</tool_call>"), ('<tool_call>{"name": ', "}</tool_call>"))
+    ]
     if tool_choice == "auto":
-        return {"type": "triggered_tags", "triggers": ["<tool_call>"], "tags": tags, "at_least_one": False,
-                "stop_after_first": False, "excludes": []}
-    return {"type": "tags_with_separator", "tags": tags, "separator": "", "at_least_one": True,
-            "stop_after_first": False}
+        return {
+            "type": "triggered_tags",
+            "triggers": ["<tool_call>"],
+            "tags": tags,
+            "at_least_one": False,
+            "stop_after_first": False,
+            "excludes": [],
+        }
+    return {
+        "type": "tags_with_separator",
+        "tags": tags,
+        "separator": "",
+        "at_least_one": True,
+        "stop_after_first": False,
+    }
 
 
-def _vllm_structure(tool_call_parser: str, tools: Sequence[Mapping[str, Any]],
-                    tool_choice: Literal["auto", "required"]) -> dict[str, Any]:
+def _vllm_structure(
+    tool_call_parser: str, tools: Sequence[Mapping[str, Any]], tool_choice: Literal["auto", "required"]
+) -> dict[str, Any]:
     require_module("vllm", "vllm", f"The `{tool_call_parser}` tool-call format")
     from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionToolsParam
     from vllm.tool_parsers import ToolParserManager
@@ -166,8 +215,10 @@ def _vllm_structure(tool_call_parser: str, tools: Sequence[Mapping[str, Any]],
 
     model = ToolParserManager.get_tool_parser(tool_call_parser).structural_tag_model
     assert model is not None, "every supported family has a structural tag"
-    strict = [ChatCompletionToolsParam.model_validate({"type": "function", "function": {**tool["function"], "strict": True}})
-              for tool in tools]
+    strict = [
+        ChatCompletionToolsParam.model_validate({"type": "function", "function": {**tool["function"], "strict": True}})
+        for tool in tools
+    ]
     tag = get_model_structural_tag(model, strict, tool_choice, reasoning=False, strict_level=ToolStrictLevel.PARAMETER)
     assert tag is not None, "tools are given and the choice is not `none`"
     return tag.model_dump(mode="json")["format"]
@@ -228,8 +279,9 @@ def call_openings(structure: Mapping[str, Any]) -> list[str]:
 # --- structural tag -> Lark ----------------------------------------------------------------------
 
 
-def structural_tag_lark(structure: Mapping[str, Any], json_layout: Mapping[str, Any],
-                        tokens: Collection[str] = (), rule: str = "calls") -> str:
+def structural_tag_lark(
+    structure: Mapping[str, Any], json_layout: Mapping[str, Any], tokens: Collection[str] = (), rule: str = "calls"
+) -> str:
     """Lark rules (llguidance's dialect) for a structural tag's format, the top one named `rule`.
 
     - JSON is written in `json_layout` (llguidance's `x-guidance` options).
@@ -284,15 +336,16 @@ class _LarkWriter:
             return self.tags_with_separator(node), False
         if kind == "triggered_tags":
             return self.triggered_tags(node), False
-        raise GlimpConfigError(f"The tool-call format uses a `{kind}` element (style {node.get('style')!r}) that "
-                               "Glimp does not compile; name a supported tool_call_parser instead.")
+        raise GlimpConfigError(
+            f"The tool-call format uses a `{kind}` element (style {node.get('style')!r}) that "
+            "Glimp does not compile; name a supported tool_call_parser instead."
+        )
 
     def sequence(self, elements: Sequence[Mapping[str, Any]], follow: str | None) -> tuple[str, bool]:
         parts, index, consumed = [], 0, False
         while index < len(elements):
             following = elements[index + 1] if index + 1 < len(elements) else None
-            text_after = (following["value"] if following["type"] == "const_string" else None) if following \
-                else follow
+            text_after = (following["value"] if following["type"] == "const_string" else None) if following else follow
             expression, took = self.element(elements[index], text_after)
             parts.append(expression)
             consumed = took and following is None
@@ -323,14 +376,23 @@ class _LarkWriter:
         segments = []
         for trigger in triggers:
             others = [t for t in triggers if t != trigger] + excludes
-            lead = f"{text} {self.literal(trigger)}" if self.has_token(trigger) else \
-                self.lexeme(text_lexeme(others, trigger))
-            segments += [self.tag(tag, " ".join(p for p in (lead, self.literal(tag["begin"][len(trigger):])) if p))
-                         for tag in node["tags"] if tag["begin"].startswith(trigger)]
+            lead = (
+                f"{text} {self.literal(trigger)}"
+                if self.has_token(trigger)
+                else self.lexeme(text_lexeme(others, trigger))
+            )
+            segments += [
+                self.tag(tag, " ".join(p for p in (lead, self.literal(tag["begin"][len(trigger) :])) if p))
+                for tag in node["tags"]
+                if tag["begin"].startswith(trigger)
+            ]
         segment = self.rule(" | ".join(segments))
         # at_least_one (xgrammar): the output starts with a tag, no text before it
-        first = self.rule(" | ".join(self.tag(tag, self.literal(tag["begin"])) for tag in node["tags"])) \
-            if node["at_least_one"] else None
+        first = (
+            self.rule(" | ".join(self.tag(tag, self.literal(tag["begin"])) for tag in node["tags"]))
+            if node["at_least_one"]
+            else None
+        )
         if node["stop_after_first"]:
             return first or f"({text} | {segment})"
         return f"{first} {segment}* {text}" if first else f"{segment}* {text}"
@@ -410,8 +472,11 @@ class ToolCallReader:
         if parser is None:
             return parse_tool_calls(answer, self.tool_names)
         extracted = parser.extract_tool_calls(answer, self._request())
-        found = [(call.function.name, _json_object(call.function.arguments)) for call in extracted.tool_calls] \
-            if extracted.tools_called else []
+        found = (
+            [(call.function.name, _json_object(call.function.arguments)) for call in extracted.tool_calls]
+            if extracted.tools_called
+            else []
+        )
         if not found or any(name not in self.tool_names or arguments is None for name, arguments in found):
             return answer, []
         return (extracted.content or "").strip(), [ToolCall(name, arguments) for name, arguments in found if arguments]
@@ -427,11 +492,16 @@ class ToolCallReader:
         delta_ids = self._tokenizer.encode(delta, add_special_tokens=False) if delta else []
         self._token_ids += delta_ids
         message = self._stream_parser.extract_tool_calls_streaming(
-            previous_answer, self._answer, delta, previous_ids, self._token_ids, delta_ids, self._request())
+            previous_answer, self._answer, delta, previous_ids, self._token_ids, delta_ids, self._request()
+        )
         if message is None:
             return "", []
-        parts = [CallDelta(c.index, c.function.name if c.function else None,
-                           (c.function.arguments or "") if c.function else "") for c in message.tool_calls or []]
+        parts = [
+            CallDelta(
+                c.index, c.function.name if c.function else None, (c.function.arguments or "") if c.function else ""
+            )
+            for c in message.tool_calls or []
+        ]
         for part in parts:
             sent = self._streamed.setdefault(part.index, [None, ""])
             sent[0] = sent[0] or part.name
@@ -458,8 +528,10 @@ class ToolCallReader:
         each call's name and arguments."""
         text, calls = self.read(self._answer)
         if self._stream_parser is False or not self._streamed:
-            parts = [CallDelta(index, call.name, json.dumps(call.arguments, ensure_ascii=False))
-                     for index, call in enumerate(calls)]
+            parts = [
+                CallDelta(index, call.name, json.dumps(call.arguments, ensure_ascii=False))
+                for index, call in enumerate(calls)
+            ]
             return (text if self._stream_parser is False else ""), parts, calls
         parts = []
         for index, call in enumerate(calls):
@@ -468,10 +540,12 @@ class ToolCallReader:
             if _json_object(sent_arguments or "") == call.arguments:
                 rest = ""
             elif whole.startswith(sent_arguments or ""):
-                rest = whole[len(sent_arguments or ""):]
+                rest = whole[len(sent_arguments or "") :]
             else:
-                raise GlimpConfigError(f"vLLM's `{self.tool_call_parser}` parser streamed arguments "
-                                       f"{sent_arguments!r} that are not the start of the call's {whole!r}.")
+                raise GlimpConfigError(
+                    f"vLLM's `{self.tool_call_parser}` parser streamed arguments "
+                    f"{sent_arguments!r} that are not the start of the call's {whole!r}."
+                )
             if rest or not sent_name:
                 parts.append(CallDelta(index, None if sent_name else call.name, rest))
         return "", parts, calls
@@ -481,13 +555,17 @@ class ToolCallReader:
         Hermes read by Glimp (no vLLM, or no tokenizer to give its parser)."""
         hermes = self.tool_call_parser == HERMES
         if self._tokenizer is None and not hermes:
-            raise GlimpConfigError(f"Reading `{self.tool_call_parser}` tool calls needs the model's tokenizer "
-                                   "(vLLM's parser looks up the family's tokens in it); this backend has none.")
+            raise GlimpConfigError(
+                f"Reading `{self.tool_call_parser}` tool calls needs the model's tokenizer "
+                "(vLLM's parser looks up the family's tokens in it); this backend has none."
+            )
         if self._tokenizer is None or not load_vllm_parsers():
             if hermes:
                 return None
-            raise GlimpConfigError(f"Reading `{self.tool_call_parser}` tool calls needs vLLM's parsers. Install "
-                                   "vLLM, or use tool_call_parser='hermes'.")
+            raise GlimpConfigError(
+                f"Reading `{self.tool_call_parser}` tool calls needs vLLM's parsers. Install "
+                "vLLM, or use tool_call_parser='hermes'."
+            )
         from vllm.tool_parsers import ToolParserManager
 
         return ToolParserManager.get_tool_parser(self.tool_call_parser)(self._tokenizer)
@@ -495,8 +573,9 @@ class ToolCallReader:
     def _request(self) -> Any:
         from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
 
-        return ChatCompletionRequest.model_validate({"model": "glimp", "messages": [], "tools": self._tools,
-                                                     "tool_choice": "auto"})
+        return ChatCompletionRequest.model_validate(
+            {"model": "glimp", "messages": [], "tools": self._tools, "tool_choice": "auto"}
+        )
 
 
 def load_vllm_parsers() -> bool:

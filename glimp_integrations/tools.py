@@ -32,8 +32,9 @@ class ToolCall:
     id: str = field(default_factory=lambda: f"call_{uuid.uuid4().hex[:12]}")
 
 
-def tool_instructions(tools: Sequence[dict[str, Any]], tool_choice: str | None = None,
-                      tool_call_parser: str = HERMES) -> str:
+def tool_instructions(
+    tools: Sequence[dict[str, Any]], tool_choice: str | None = None, tool_call_parser: str = HERMES
+) -> str:
     """A system prompt describing `tools` and how to call them in the family's format (for
     templates without tools)."""
     schemas = "\n".join(json.dumps(t.get("function", t)) for t in tools)
@@ -47,9 +48,13 @@ def tool_instructions(tools: Sequence[dict[str, Any]], tool_choice: str | None =
     return f"You can call these tools:\n{schemas}\n\nTo call a tool, reply with exactly {example} {rule}"
 
 
-def prepare_messages(messages: Sequence[Message], tools: Sequence[dict[str, Any]] | None,
-                     template_renders_tools: bool, tool_choice: str | None = None,
-                     tool_call_parser: str = HERMES) -> list[Message]:
+def prepare_messages(
+    messages: Sequence[Message],
+    tools: Sequence[dict[str, Any]] | None,
+    template_renders_tools: bool,
+    tool_choice: str | None = None,
+    tool_call_parser: str = HERMES,
+) -> list[Message]:
     """Messages ready for a chat template: earlier calls' arguments as objects (OpenAI sends them as
     JSON text; templates and the inline format expect objects, as vLLM's server also converts them),
     and when the template cannot render tools, the tools described in a system message and earlier
@@ -61,12 +66,17 @@ def prepare_messages(messages: Sequence[Message], tools: Sequence[dict[str, Any]
         if calls and template_renders_tools:
             message["tool_calls"] = calls
         elif calls:
-            inline = "".join(render_call(tool_call_parser, c["function"]["name"], _json_text(c["function"]["arguments"]))
-                             for c in calls)
+            inline = "".join(
+                render_call(tool_call_parser, c["function"]["name"], _json_text(c["function"]["arguments"]))
+                for c in calls
+            )
             message["content"] = (message.get("content") or "") + inline
         prepared.append(message)
-    return add_system_text(prepared, tool_instructions(tools, tool_choice, tool_call_parser)) \
-        if tools and not template_renders_tools else prepared
+    return (
+        add_system_text(prepared, tool_instructions(tools, tool_choice, tool_call_parser))
+        if tools and not template_renders_tools
+        else prepared
+    )
 
 
 def _json_text(arguments: Any) -> str:

@@ -66,9 +66,25 @@ STEP_EVENT = "glimp_step"
 
 StructuredOutputMethod = Literal["json_schema", "function_calling", "json_mode"]
 
-_NOT_IN_OUTPUT = frozenset({"cache", "verbose", "callbacks", "tags", "metadata", "custom_get_token_ids",
-                            "rate_limiter", "disable_streaming", "profile", "streaming", "timeout", "max_retries",
-                            "api_key", "backend", "name"})
+_NOT_IN_OUTPUT = frozenset(
+    {
+        "cache",
+        "verbose",
+        "callbacks",
+        "tags",
+        "metadata",
+        "custom_get_token_ids",
+        "rate_limiter",
+        "disable_streaming",
+        "profile",
+        "streaming",
+        "timeout",
+        "max_retries",
+        "api_key",
+        "backend",
+        "name",
+    }
+)
 """Fields that do not change what the model answers (left out of the cache key; `backend` goes in by name)."""
 
 
@@ -145,9 +161,20 @@ class ChatGlimpRouter(BaseChatModel, adapter_settings_model()):  # type: ignore[
         return {"api_key": "GLIMP_API_KEY"}
 
     def _resolve_model_profile(self) -> ModelProfile:
-        return ModelProfile(text_inputs=True, text_outputs=True, reasoning_output=True, tool_calling=True,
-                            tool_choice=True, tool_call_streaming=False, structured_output=True, temperature=True,
-                            image_inputs=False, audio_inputs=False, pdf_inputs=False, video_inputs=False)
+        return ModelProfile(
+            text_inputs=True,
+            text_outputs=True,
+            reasoning_output=True,
+            tool_calling=True,
+            tool_choice=True,
+            tool_call_streaming=False,
+            structured_output=True,
+            temperature=True,
+            image_inputs=False,
+            audio_inputs=False,
+            pdf_inputs=False,
+            video_inputs=False,
+        )
 
     @model_validator(mode="before")
     @classmethod
@@ -155,7 +182,9 @@ class ChatGlimpRouter(BaseChatModel, adapter_settings_model()):  # type: ignore[
         """A misspelt or unsupported setting fails here instead of being ignored."""
         if isinstance(values, dict):
             fields = cls.model_fields
-            check_adapter_settings("ChatGlimpRouter", values, set(fields) | {f.alias for f in fields.values() if f.alias})
+            check_adapter_settings(
+                "ChatGlimpRouter", values, set(fields) | {f.alias for f in fields.values() if f.alias}
+            )
         return values
 
     @model_validator(mode="after")
@@ -165,8 +194,11 @@ class ChatGlimpRouter(BaseChatModel, adapter_settings_model()):  # type: ignore[
 
     def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
         params = LangSmithParams(
-            ls_provider="glimp", ls_model_name=kwargs.get("model", self.model_name), ls_model_type="chat",
-            ls_temperature=kwargs.get("temperature", getattr(self, "temperature")))  # noqa: B009 (a generated field)
+            ls_provider="glimp",
+            ls_model_name=kwargs.get("model", self.model_name),
+            ls_model_type="chat",
+            ls_temperature=kwargs.get("temperature", self.temperature),
+        )  # noqa: B009 (a generated field)
         if (max_tokens := kwargs.get("max_tokens", self.max_tokens)) is not None:
             params["ls_max_tokens"] = max_tokens
         if stop or self.stop:
@@ -208,16 +240,21 @@ class ChatGlimpRouter(BaseChatModel, adapter_settings_model()):  # type: ignore[
         if model is not None and model != self.model_name:
             raise GlimpInputError(
                 f"`model` names {model!r}, but this ChatGlimpRouter runs the pair {self.model_name!r}; a call "
-                "cannot swap the pair. Create another ChatGlimpRouter(small=..., large=...) instead.")
+                "cannot swap the pair. Create another ChatGlimpRouter(small=..., large=...) instead."
+            )
         kwargs.pop("stream", None)
-        constraint = {"tools": kwargs.pop("tools", None), "tool_choice": kwargs.pop("tool_choice", None),
-                      "parallel_tool_calls": kwargs.pop("parallel_tool_calls", None),
-                      "response_format": kwargs.pop("response_format", None)}
+        constraint = {
+            "tools": kwargs.pop("tools", None),
+            "tool_choice": kwargs.pop("tool_choice", None),
+            "parallel_tool_calls": kwargs.pop("parallel_tool_calls", None),
+            "response_format": kwargs.pop("response_format", None),
+        }
         if kwargs:
             raise GlimpInputError(
                 f"`ChatGlimpRouter` got unsupported call arguments {sorted(kwargs)}. Pass only tools, tool_choice, "
                 "parallel_tool_calls, response_format, stop, max_tokens, temperature, top_p, seed, threshold or "
-                "reasoning_budget.")
+                "reasoning_budget."
+            )
         return {"prompt": engine_messages, **constraint, **overrides}
 
     # --- generation ---------------------------------------------------------------------------
@@ -226,8 +263,13 @@ class ChatGlimpRouter(BaseChatModel, adapter_settings_model()):  # type: ignore[
         tools = callable_tools(request["tools"], request["tool_choice"])
         return _ChunkBuilder(self.router().tool_call_reader(tools) if tools else None, self.model_name)
 
-    def _stream(self, messages: list[BaseMessage], stop: list[str] | None = None,
-                run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> Iterator[ChatGenerationChunk]:
+    def _stream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> Iterator[ChatGenerationChunk]:
         request = self._request(messages, stop, kwargs)
         chunks = self._chunk_builder(request)
         emit = _sync_step_emitter(run_manager)
@@ -238,9 +280,13 @@ class ChatGlimpRouter(BaseChatModel, adapter_settings_model()):  # type: ignore[
                 if (chunk := chunks.convert(event)) is not None:
                     yield chunk
 
-    async def _astream(self, messages: list[BaseMessage], stop: list[str] | None = None,
-                       run_manager: AsyncCallbackManagerForLLMRun | None = None,
-                       **kwargs: Any) -> AsyncIterator[ChatGenerationChunk]:
+    async def _astream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> AsyncIterator[ChatGenerationChunk]:
         request = self._request(messages, stop, kwargs)
         chunks = self._chunk_builder(request)
         emit = _async_step_emitter(run_manager)
@@ -254,12 +300,22 @@ class ChatGlimpRouter(BaseChatModel, adapter_settings_model()):  # type: ignore[
         finally:
             await stream.aclose()  # a closed or cancelled consumer stops the run
 
-    def _generate(self, messages: list[BaseMessage], stop: list[str] | None = None,
-                  run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> ChatResult:
+    def _generate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
         return generate_from_stream(self._stream(messages, stop=stop, run_manager=run_manager, **kwargs))
 
-    async def _agenerate(self, messages: list[BaseMessage], stop: list[str] | None = None,
-                         run_manager: AsyncCallbackManagerForLLMRun | None = None, **kwargs: Any) -> ChatResult:
+    async def _agenerate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
         return await agenerate_from_stream(self._astream(messages, stop=stop, run_manager=run_manager, **kwargs))
 
     # --- tools ----------------------------------------------------------------------------------
@@ -279,8 +335,7 @@ class ChatGlimpRouter(BaseChatModel, adapter_settings_model()):  # type: ignore[
         "none" (text only).  `strict=True` makes every argument required; `parallel_tool_calls=False`
         allows one call.  Calls are parsed into `AIMessage.tool_calls`."""
         formatted = [convert_to_openai_tool(tool, strict=strict) for tool in tools]
-        return super().bind(tools=formatted, tool_choice=tool_choice, parallel_tool_calls=parallel_tool_calls,
-                            **kwargs)
+        return super().bind(tools=formatted, tool_choice=tool_choice, parallel_tool_calls=parallel_tool_calls, **kwargs)
 
     def with_structured_output(
         self,
@@ -297,27 +352,44 @@ class ChatGlimpRouter(BaseChatModel, adapter_settings_model()):  # type: ignore[
         JSON object (say in the prompt what it should hold).  `include_raw=True` returns
         {"raw": AIMessage (reasoning blocks and routing included), "parsed": ..., "parsing_error": ...}."""
         if kwargs:
-            raise GlimpInputError(f"`with_structured_output` got unsupported arguments {sorted(kwargs)}. "
-                                  "Pass only method, include_raw and strict.")
+            raise GlimpInputError(
+                f"`with_structured_output` got unsupported arguments {sorted(kwargs)}. "
+                "Pass only method, include_raw and strict."
+            )
         is_pydantic = isinstance(schema, type) and is_basemodel_subclass(schema)
         traced = {"kwargs": {"method": method, "strict": strict}, "schema": convert_to_json_schema(schema)}
         parser: Runnable
         if method == "function_calling":
             tool_name = convert_to_openai_tool(schema)["function"]["name"]
-            llm = self.bind_tools([schema], tool_choice=tool_name, strict=strict, parallel_tool_calls=False,
-                                  ls_structured_output_format=traced)
+            llm = self.bind_tools(
+                [schema],
+                tool_choice=tool_name,
+                strict=strict,
+                parallel_tool_calls=False,
+                ls_structured_output_format=traced,
+            )
             tools_parser = PydanticToolsParser(tools=[schema], first_tool_only=True)  # type: ignore[list-item]
             parser = tools_parser if is_pydantic else JsonOutputKeyToolsParser(key_name=tool_name, first_tool_only=True)
         elif method in ("json_schema", "json_mode"):
-            response_format = {"type": "json_object"} if method == "json_mode" else {
-                "type": "json_schema",
-                "json_schema": {"name": convert_to_openai_tool(schema)["function"]["name"],
-                                "schema": traced["schema"], "strict": bool(strict)}}
+            response_format = (
+                {"type": "json_object"}
+                if method == "json_mode"
+                else {
+                    "type": "json_schema",
+                    "json_schema": {
+                        "name": convert_to_openai_tool(schema)["function"]["name"],
+                        "schema": traced["schema"],
+                        "strict": bool(strict),
+                    },
+                }
+            )
             llm = self.bind(response_format=response_format, ls_structured_output_format=traced)
             parser = PydanticOutputParser(pydantic_object=schema) if is_pydantic else JsonOutputParser()  # type: ignore[arg-type]
         else:
-            raise GlimpInputError(f"`method` must be json_schema, function_calling or json_mode; got {method!r}. "
-                                  "Use json_schema (the default).")
+            raise GlimpInputError(
+                f"`method` must be json_schema, function_calling or json_mode; got {method!r}. "
+                "Use json_schema (the default)."
+            )
         if not include_raw:
             return llm | parser
         parsed = RunnablePassthrough.assign(parsed=itemgetter("raw") | parser, parsing_error=lambda _: None)
@@ -331,23 +403,34 @@ def _to_engine_message(message: BaseMessage, position: int) -> dict[str, Any]:
     if role is None:
         raise GlimpInputError(
             f"`messages[{position}]` is a {type(message).__name__} (type {message.type!r}); ChatGlimpRouter "
-            "takes system, human, AI and tool messages.")
+            "takes system, human, AI and tool messages."
+        )
     content = message.content
     if isinstance(content, list):
-        unsupported = [b.get("type") for b in content if isinstance(b, dict) and b.get("type") not in
-                       ("text", "reasoning", "tool_call", "tool_use", "function_call")]
+        unsupported = [
+            b.get("type")
+            for b in content
+            if isinstance(b, dict)
+            and b.get("type") not in ("text", "reasoning", "tool_call", "tool_use", "function_call")
+        ]
         if unsupported:
             raise GlimpInputError(
                 f"`messages[{position}]` has content of type {unsupported}; Glimp routes text only. "
-                "Remove images, audio and files, or describe them in text.")
+                "Remove images, audio and files, or describe them in text."
+            )
     engine: dict[str, Any] = {"role": role, "content": message.text}
-    reasoning = "".join(b.get("reasoning", "") for b in message.content_blocks if b["type"] == "reasoning") \
-        if isinstance(message, AIMessage) else ""
+    reasoning = (
+        "".join(b.get("reasoning", "") for b in message.content_blocks if b["type"] == "reasoning")
+        if isinstance(message, AIMessage)
+        else ""
+    )
     if reasoning:  # chat templates that render earlier reasoning (e.g. in a tool loop) read this key
         engine["reasoning_content"] = reasoning
     if isinstance(message, AIMessage) and message.tool_calls:
-        engine["tool_calls"] = [{"id": c.get("id"), "type": "function",
-                                 "function": {"name": c["name"], "arguments": c["args"]}} for c in message.tool_calls]
+        engine["tool_calls"] = [
+            {"id": c.get("id"), "type": "function", "function": {"name": c["name"], "arguments": c["args"]}}
+            for c in message.tool_calls
+        ]
     if isinstance(message, ToolMessage):
         engine["tool_call_id"] = message.tool_call_id
     return engine
@@ -375,15 +458,25 @@ class _ChunkBuilder:
         if isinstance(event, TokenDelta):
             if event.phase == "reasoning":
                 self.has_reasoning = True
-                return _chunk(content=[{"type": "reasoning", "reasoning": event.text, "index": _block_index(event.index)}],
-                              additional_kwargs={"reasoning_content": event.text})
+                return _chunk(
+                    content=[{"type": "reasoning", "reasoning": event.text, "index": _block_index(event.index)}],
+                    additional_kwargs={"reasoning_content": event.text},
+                )
             if self.reader:
                 self.held_answer += event.text
                 return None
             return _chunk(content=self._answer_content(event.text))
         if isinstance(event, StepFinished) and event.step.phase == "reasoning":
-            return _chunk(content=[{"type": "reasoning", "reasoning": "", "index": _block_index(event.step.index),
-                                    "extras": {"glimp": json_safe(event.step.routing())}}])
+            return _chunk(
+                content=[
+                    {
+                        "type": "reasoning",
+                        "reasoning": "",
+                        "index": _block_index(event.step.index),
+                        "extras": {"glimp": json_safe(event.step.routing())},
+                    }
+                ]
+            )
         if isinstance(event, RunFinished):
             return self._last(event)
         return None
@@ -399,20 +492,31 @@ class _ChunkBuilder:
             text, calls = self.reader.read(self.held_answer)
             if text:
                 content = self._answer_content(text)
-            tool_call_chunks = [{"type": "tool_call_chunk", "name": c.name, "args": json.dumps(c.arguments),
-                                 "id": c.id, "index": i} for i, c in enumerate(calls)]
+            tool_call_chunks = [
+                {"type": "tool_call_chunk", "name": c.name, "args": json.dumps(c.arguments), "id": c.id, "index": i}
+                for i, c in enumerate(calls)
+            ]
         summary = json_safe({**trace.summary(), "steps": [s.routing() for s in trace.steps]})
         # per model under "by_model": LangChain reads the other detail keys as disjoint parts of the total
         by_model = trace.usage_by_model
-        usage = {"input_tokens": trace.input_tokens, "output_tokens": trace.output_tokens,
-                 "total_tokens": trace.input_tokens + trace.output_tokens,
-                 "input_token_details": {"by_model": {role: u["input_tokens"] for role, u in by_model.items()}},
-                 "output_token_details": {"reasoning": trace.reasoning_tokens,
-                                          "by_model": {role: u["output_tokens"] for role, u in by_model.items()}}}
+        usage = {
+            "input_tokens": trace.input_tokens,
+            "output_tokens": trace.output_tokens,
+            "total_tokens": trace.input_tokens + trace.output_tokens,
+            "input_token_details": {"by_model": {role: u["input_tokens"] for role, u in by_model.items()}},
+            "output_token_details": {
+                "reasoning": trace.reasoning_tokens,
+                "by_model": {role: u["output_tokens"] for role, u in by_model.items()},
+            },
+        }
         finish = "tool_calls" if tool_call_chunks else ("stop" if trace.finish_reason == "stop" else "length")
-        return _chunk(content=content, tool_call_chunks=tool_call_chunks, usage_metadata=usage,
-                      chunk_position="last",
-                      response_metadata={"model_name": self.model_name, "finish_reason": finish, "glimp": summary})
+        return _chunk(
+            content=content,
+            tool_call_chunks=tool_call_chunks,
+            usage_metadata=usage,
+            chunk_position="last",
+            response_metadata={"model_name": self.model_name, "finish_reason": finish, "glimp": summary},
+        )
 
 
 ANSWER_BLOCK_INDEX = "lc_answer"
@@ -432,9 +536,19 @@ def _sync_step_emitter(run_manager: CallbackManagerForLLMRun | None) -> Callable
     """Send `glimp_step` to the model's own run (invoke), else to a parent run if there is one
     (`stream()` gives `_stream` no run manager; inside a chain the chain's run receives it)."""
     if run_manager is not None:
+
         def emit(data: dict[str, Any]) -> None:
-            handle_event(run_manager.handlers, "on_custom_event", "ignore_custom_event", STEP_EVENT, data,
-                         run_id=run_manager.run_id, tags=run_manager.tags, metadata=run_manager.metadata)
+            handle_event(
+                run_manager.handlers,
+                "on_custom_event",
+                "ignore_custom_event",
+                STEP_EVENT,
+                data,
+                run_id=run_manager.run_id,
+                tags=run_manager.tags,
+                metadata=run_manager.metadata,
+            )
+
         return emit
     manager = get_callback_manager_for_config(ensure_config())
     if manager.parent_run_id is None:
@@ -445,9 +559,19 @@ def _sync_step_emitter(run_manager: CallbackManagerForLLMRun | None) -> Callable
 def _async_step_emitter(run_manager: AsyncCallbackManagerForLLMRun | None) -> Callable[[dict[str, Any]], Any]:
     """Async form of `_sync_step_emitter`."""
     if run_manager is not None:
+
         async def emit(data: dict[str, Any]) -> None:
-            await ahandle_event(run_manager.handlers, "on_custom_event", "ignore_custom_event", STEP_EVENT, data,
-                                run_id=run_manager.run_id, tags=run_manager.tags, metadata=run_manager.metadata)
+            await ahandle_event(
+                run_manager.handlers,
+                "on_custom_event",
+                "ignore_custom_event",
+                STEP_EVENT,
+                data,
+                run_id=run_manager.run_id,
+                tags=run_manager.tags,
+                metadata=run_manager.metadata,
+            )
+
         return emit
     manager = get_async_callback_manager_for_config(ensure_config())
     parent = manager.parent_run_id
@@ -455,4 +579,5 @@ def _async_step_emitter(run_manager: AsyncCallbackManagerForLLMRun | None) -> Ca
     async def emit_to_parent(data: dict[str, Any]) -> None:
         if parent is not None:
             await manager.on_custom_event(STEP_EVENT, data, run_id=parent)
+
     return emit_to_parent

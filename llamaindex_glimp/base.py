@@ -95,10 +95,14 @@ class GlimpRouterLLM(FunctionCallingLLM, adapter_settings_model()):  # type: ign
     small: str | None = Field(default=None, description="Small model (HF id or local folder); None: embedded.")
     large: str | None = Field(default=None, description="Large model (HF id or local folder); writes the answer.")
     max_tokens: int | None = Field(
-        default=None, gt=0, description="Most tokens of the answer (the whole response for models without think tags).")
+        default=None, gt=0, description="Most tokens of the answer (the whole response for models without think tags)."
+    )
     timeout: float | None = Field(
-        default=None, gt=0, description="Seconds: with backend='openai' the limit of each request to a server (as in "
-                                        "LlamaIndex's OpenAI LLM); with a local backend the limit of one whole call.")
+        default=None,
+        gt=0,
+        description="Seconds: with backend='openai' the limit of each request to a server (as in "
+        "LlamaIndex's OpenAI LLM); with a local backend the limit of one whole call.",
+    )
     max_retries: int = Field(default=3, ge=0, description="Retries of a failed request with backend='openai'.")
 
     _engine: GlimpRouter | None = PrivateAttr(default=None)
@@ -147,8 +151,13 @@ class GlimpRouterLLM(FunctionCallingLLM, adapter_settings_model()):  # type: ign
             context_window, model_name = EMBEDDED_CONTEXT_WINDOW, f"{EMBEDDED_MODEL_NAME}+{EMBEDDED_MODEL_NAME}"
         else:
             context_window, model_name = DEFAULT_CONTEXT_WINDOW, f"{self.small}+{self.large}"
-        return LLMMetadata(context_window=context_window, num_output=self.max_tokens or RouterConfig().answer_budget,
-                           is_chat_model=True, is_function_calling_model=True, model_name=model_name)
+        return LLMMetadata(
+            context_window=context_window,
+            num_output=self.max_tokens or RouterConfig().answer_budget,
+            is_chat_model=True,
+            is_function_calling_model=True,
+            model_name=model_name,
+        )
 
     # --- the one request builder and converter ------------------------------------------------
 
@@ -172,14 +181,20 @@ class GlimpRouterLLM(FunctionCallingLLM, adapter_settings_model()):  # type: ign
             tool_choice = tool_choice or "required"
         kwargs.pop("formatted", None)
         kwargs.pop("stop", None)
-        request = {"prompt": engine_messages, "tools": kwargs.pop("tools", None), "tool_choice": tool_choice,
-                   "parallel_tool_calls": kwargs.pop("allow_parallel_tool_calls", None),
-                   "response_format": kwargs.pop("response_format", None), **overrides}
+        request = {
+            "prompt": engine_messages,
+            "tools": kwargs.pop("tools", None),
+            "tool_choice": tool_choice,
+            "parallel_tool_calls": kwargs.pop("allow_parallel_tool_calls", None),
+            "response_format": kwargs.pop("response_format", None),
+            **overrides,
+        }
         if kwargs:
             raise GlimpInputError(
                 f"`GlimpRouterLLM` got unsupported call arguments {sorted(kwargs)}. Pass only tools, tool_choice, "
                 "tool_required, allow_parallel_tool_calls, response_format, stop, max_tokens, temperature, top_p, "
-                "seed, threshold or reasoning_budget.")
+                "seed, threshold or reasoning_budget."
+            )
         return request
 
     def _on_event(self, event: RouterEvent, builder: _ResponseBuilder) -> ChatResponse | None:
@@ -200,8 +215,7 @@ class GlimpRouterLLM(FunctionCallingLLM, adapter_settings_model()):  # type: ign
                 if (response := self._on_event(event, builder)) is not None:
                     yield response
 
-    async def _achat_stream(self, messages: Sequence[ChatMessage],
-                            **kwargs: Any) -> AsyncGenerator[ChatResponse, None]:
+    async def _achat_stream(self, messages: Sequence[ChatMessage], **kwargs: Any) -> AsyncGenerator[ChatResponse, None]:
         request = self._request(messages, kwargs)
         builder = self._response_builder(request)
         stream = self.router().astream(**request)
@@ -253,8 +267,7 @@ class GlimpRouterLLM(FunctionCallingLLM, adapter_settings_model()):  # type: ign
         return await achat_to_completion_decorator(self.achat)(prompt, **kwargs)
 
     @llm_completion_callback()
-    async def astream_complete(self, prompt: str, formatted: bool = False,
-                               **kwargs: Any) -> CompletionResponseAsyncGen:
+    async def astream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponseAsyncGen:
         return await astream_chat_to_completion_decorator(self.astream_chat)(prompt, **kwargs)
 
     # --- tools ----------------------------------------------------------------------------------
@@ -271,11 +284,17 @@ class GlimpRouterLLM(FunctionCallingLLM, adapter_settings_model()):  # type: ign
     ) -> dict[str, Any]:
         messages = list(chat_history or [])
         if user_msg is not None:
-            messages.append(ChatMessage(role=MessageRole.USER, content=user_msg) if isinstance(user_msg, str)
-                            else user_msg)
+            messages.append(
+                ChatMessage(role=MessageRole.USER, content=user_msg) if isinstance(user_msg, str) else user_msg
+            )
         specs = [tool.metadata.to_openai_tool() for tool in tools]
-        return {"messages": messages, "tools": specs or None, "tool_required": tool_required,
-                "allow_parallel_tool_calls": allow_parallel_tool_calls, **kwargs}
+        return {
+            "messages": messages,
+            "tools": specs or None,
+            "tool_required": tool_required,
+            "allow_parallel_tool_calls": allow_parallel_tool_calls,
+            **kwargs,
+        }
 
     # --- structured prediction: the answer is a call of the output class's tool --------------
 
@@ -285,19 +304,28 @@ class GlimpRouterLLM(FunctionCallingLLM, adapter_settings_model()):  # type: ign
         name = get_function_tool(output_cls).metadata.name
         return FunctionCallingProgram.from_defaults(output_cls=output_cls, prompt=prompt, llm=self, tool_choice=name)
 
-    def _structured_stream_call(self, output_cls: type, prompt: Any, llm_kwargs: dict[str, Any] | None = None,
-                                **prompt_args: Any) -> Any:
+    def _structured_stream_call(
+        self, output_cls: type, prompt: Any, llm_kwargs: dict[str, Any] | None = None, **prompt_args: Any
+    ) -> Any:
         return self._structured_program(output_cls, prompt).stream_call(llm_kwargs=llm_kwargs, **prompt_args)
 
-    async def _structured_astream_call(self, output_cls: type, prompt: Any, llm_kwargs: dict[str, Any] | None = None,
-                                       **prompt_args: Any) -> Any:
+    async def _structured_astream_call(
+        self, output_cls: type, prompt: Any, llm_kwargs: dict[str, Any] | None = None, **prompt_args: Any
+    ) -> Any:
         return await self._structured_program(output_cls, prompt).astream_call(llm_kwargs=llm_kwargs, **prompt_args)
 
-    def get_tool_calls_from_response(self, response: ChatResponse, error_on_no_tool_call: bool = True,
-                                     **kwargs: Any) -> list[ToolSelection]:
-        selections = [ToolSelection(tool_id=b.tool_call_id or f"call_{i}", tool_name=b.tool_name,
-                                    tool_kwargs=b.tool_kwargs if isinstance(b.tool_kwargs, dict) else {})
-                      for i, b in enumerate(response.message.blocks) if isinstance(b, ToolCallBlock)]
+    def get_tool_calls_from_response(
+        self, response: ChatResponse, error_on_no_tool_call: bool = True, **kwargs: Any
+    ) -> list[ToolSelection]:
+        selections = [
+            ToolSelection(
+                tool_id=b.tool_call_id or f"call_{i}",
+                tool_name=b.tool_name,
+                tool_kwargs=b.tool_kwargs if isinstance(b.tool_kwargs, dict) else {},
+            )
+            for i, b in enumerate(response.message.blocks)
+            if isinstance(b, ToolCallBlock)
+        ]
         if not selections and error_on_no_tool_call:
             raise ValueError(f"Expected at least one tool call, but the answer has none: {response.message.content!r}")
         return selections
@@ -306,18 +334,23 @@ class GlimpRouterLLM(FunctionCallingLLM, adapter_settings_model()):  # type: ign
 def _to_engine_message(message: ChatMessage, position: int) -> dict[str, Any]:
     """A LlamaIndex message as an engine (OpenAI-shaped) message; text and tool calls only."""
     role = {"chatbot": "assistant", "model": "assistant", "developer": "system", "function": "tool"}.get(
-        message.role.value, message.role.value)
-    unsupported = [type(b).__name__ for b in message.blocks
-                   if not isinstance(b, (TextBlock, ThinkingBlock, ToolCallBlock))]
+        message.role.value, message.role.value
+    )
+    unsupported = [
+        type(b).__name__ for b in message.blocks if not isinstance(b, (TextBlock, ThinkingBlock, ToolCallBlock))
+    ]
     if unsupported:
         raise GlimpInputError(
             f"`messages[{position}]` holds {unsupported}; Glimp routes text only. Remove images, audio and "
-            "documents, or describe them in text.")
+            "documents, or describe them in text."
+        )
     engine: dict[str, Any] = {"role": role, "content": message.content or ""}
     calls = [b for b in message.blocks if isinstance(b, ToolCallBlock)]
     if calls:
-        engine["tool_calls"] = [{"id": b.tool_call_id, "type": "function",
-                                 "function": {"name": b.tool_name, "arguments": b.tool_kwargs}} for b in calls]
+        engine["tool_calls"] = [
+            {"id": b.tool_call_id, "type": "function", "function": {"name": b.tool_name, "arguments": b.tool_kwargs}}
+            for b in calls
+        ]
     if "tool_call_id" in message.additional_kwargs:
         engine["tool_call_id"] = message.additional_kwargs["tool_call_id"]
     return engine
@@ -341,18 +374,30 @@ class _ResponseBuilder:
         self.call_ids: list[str] = []
         """One id per call, the same in every response of the stream."""
 
-    def _response(self, delta: str = "", thinking_delta: str | None = None, calls: Sequence[tuple[str, dict]] = (),
-                  raw: Any = None) -> ChatResponse:
+    def _response(
+        self,
+        delta: str = "",
+        thinking_delta: str | None = None,
+        calls: Sequence[tuple[str, dict]] = (),
+        raw: Any = None,
+    ) -> ChatResponse:
         text = [] if self.reader and raw is None else [TextBlock(text=self.answer)] if self.answer else []
         while len(self.call_ids) < len(calls):
             self.call_ids.append(f"call_{uuid.uuid4().hex[:12]}")
-        blocks = [ToolCallBlock(tool_call_id=i, tool_name=name, tool_kwargs=arguments)
-                  for i, (name, arguments) in zip(self.call_ids, calls)]
+        blocks = [
+            ToolCallBlock(tool_call_id=i, tool_name=name, tool_kwargs=arguments)
+            for i, (name, arguments) in zip(self.call_ids, calls)
+        ]
         message = ChatMessage(role=MessageRole.ASSISTANT, blocks=[*self.thinking, *text, *blocks])
         if blocks:
             message.additional_kwargs["tool_calls"] = [
-                {"id": b.tool_call_id, "type": "function",
-                 "function": {"name": b.tool_name, "arguments": json.dumps(b.tool_kwargs)}} for b in blocks]
+                {
+                    "id": b.tool_call_id,
+                    "type": "function",
+                    "function": {"name": b.tool_name, "arguments": json.dumps(b.tool_kwargs)},
+                }
+                for b in blocks
+            ]
         extra = {"thinking_delta": thinking_delta} if thinking_delta is not None else {}
         return ChatResponse(message=message, delta=delta, additional_kwargs=extra, raw=raw)
 
@@ -368,8 +413,9 @@ class _ResponseBuilder:
             return self._response(calls=so_far) if so_far else None
         if isinstance(event, StepFinished) and event.step.phase == "reasoning":
             step = event.step
-            self.thinking.append(ThinkingBlock(content=step.text, num_tokens=step.tokens,
-                                               additional_information=step.routing()))
+            self.thinking.append(
+                ThinkingBlock(content=step.text, num_tokens=step.tokens, additional_information=step.routing())
+            )
             return None
         if isinstance(event, RunFinished):
             trace = event.trace
@@ -378,9 +424,13 @@ class _ResponseBuilder:
                 self.answer, parsed = self.reader.read(self.answer)
                 calls = [(c.name, c.arguments) for c in parsed]
             self.answer = self.answer.strip()
-            usage = {"prompt_tokens": trace.input_tokens, "completion_tokens": trace.output_tokens,
-                     "total_tokens": trace.input_tokens + trace.output_tokens,
-                     "reasoning_tokens": trace.reasoning_tokens, "by_model": trace.usage_by_model}
+            usage = {
+                "prompt_tokens": trace.input_tokens,
+                "completion_tokens": trace.output_tokens,
+                "total_tokens": trace.input_tokens + trace.output_tokens,
+                "reasoning_tokens": trace.reasoning_tokens,
+                "by_model": trace.usage_by_model,
+            }
             raw = {"usage": usage, "glimp": json_safe({**trace.summary(), "steps": [s.routing() for s in trace.steps]})}
             return self._response(calls=calls, raw=raw)
         return None

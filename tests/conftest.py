@@ -59,11 +59,18 @@ def step(text: str, entropy: float = 0.1, vocab_size: int = 1000, tail: str = "f
     return ScriptedStep(tokens=tokens, first_logprobs=distribution_with_entropy(entropy, vocab_size, tail))
 
 
-def scripted_router(small_steps, large_steps, *, think=False, top_k_only=False, max_top_k=None, context_window=4096,
-                    **config) -> tuple[GlimpRouter, ScriptedBackend]:
+def scripted_router(
+    small_steps, large_steps, *, think=False, top_k_only=False, max_top_k=None, context_window=4096, **config
+) -> tuple[GlimpRouter, ScriptedBackend]:
     backend = ScriptedBackend(
-        ScriptedModel("tiny", list(small_steps), knows_think_tags=think, top_k_only=top_k_only, max_top_k=max_top_k,
-                      context_window=context_window),
+        ScriptedModel(
+            "tiny",
+            list(small_steps),
+            knows_think_tags=think,
+            top_k_only=top_k_only,
+            max_top_k=max_top_k,
+            context_window=context_window,
+        ),
         ScriptedModel("huge", list(large_steps), knows_think_tags=think, context_window=context_window),
     )
     return GlimpRouter(backend=backend, **config), backend

@@ -43,19 +43,35 @@ ORDER_SCHEMA = {
     "properties": {
         "customer": {"type": "string", "maxLength": 30},
         "colour": {"enum": ["red", "green"]},
-        "items": {"type": "array", "maxItems": 3, "items": {"type": "object", "properties": {
-            "name": {"type": "string", "maxLength": 30}, "quantity": {"type": "integer", "minimum": 0}},
-            "required": ["name", "quantity"]}},
+        "items": {
+            "type": "array",
+            "maxItems": 3,
+            "items": {
+                "type": "object",
+                "properties": {
+                    "name": {"type": "string", "maxLength": 30},
+                    "quantity": {"type": "integer", "minimum": 0},
+                },
+                "required": ["name", "quantity"],
+            },
+        },
     },
     "required": ["customer", "colour", "items"],
 }
 ORDER_QUESTION = "Alice orders 2 red apples and 1 red pear. Write the order."
 TOOLS = [
-    {"type": "function", "function": {"name": "get_weather", "description": "Get the weather at a location.",
-                                      "parameters": {"type": "object", "properties": {"location": {"type": "string"}},
-                                                     "required": ["location"]}}},
-    {"type": "function", "function": {"name": "place_order", "description": "Place an order.",
-                                      "parameters": ORDER_SCHEMA}},
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "Get the weather at a location.",
+            "parameters": {"type": "object", "properties": {"location": {"type": "string"}}, "required": ["location"]},
+        },
+    },
+    {
+        "type": "function",
+        "function": {"name": "place_order", "description": "Place an order.", "parameters": ORDER_SCHEMA},
+    },
 ]
 
 
@@ -93,15 +109,24 @@ def check_grammar(trace) -> None:
 
 
 CASES = [
-    ({"response_format": {"type": "json_schema", "json_schema": {"name": "order", "schema": ORDER_SCHEMA}}},
-     check_order),
+    (
+        {"response_format": {"type": "json_schema", "json_schema": {"name": "order", "schema": ORDER_SCHEMA}}},
+        check_order,
+    ),
     ({"tools": TOOLS, "tool_choice": "place_order", "parallel_tool_calls": False}, check_forced_order_call),
     ({"response_format": {"type": "choice", "choice": ["yes", "no"]}}, check_choice),
     ({"response_format": {"type": "regex", "regex": r"[0-9]{2}-[a-z]{3}"}}, check_regex),
-    ({"response_format": {"type": "grammar", "grammar": 'start: "Alice: " COUNT " item" "s"?\nCOUNT: /[1-9]/'}},
-     check_grammar),
-    ({"tools": TOOLS, "response_format": {"type": "json_schema", "json_schema": {"name": "order", "schema": ORDER_SCHEMA}}},
-     check_calls_or_order),
+    (
+        {"response_format": {"type": "grammar", "grammar": 'start: "Alice: " COUNT " item" "s"?\nCOUNT: /[1-9]/'}},
+        check_grammar,
+    ),
+    (
+        {
+            "tools": TOOLS,
+            "response_format": {"type": "json_schema", "json_schema": {"name": "order", "schema": ORDER_SCHEMA}},
+        },
+        check_calls_or_order,
+    ),
 ]
 CASE_IDS = ["json_schema", "forced_tool", "choice", "regex", "grammar", "tools_or_json_schema"]
 

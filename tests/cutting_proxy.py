@@ -22,8 +22,9 @@ class CuttingProxy(BaseHTTPRequestHandler):
     def do_POST(self):
         body = self.rfile.read(int(self.headers["Content-Length"]))
         request = json.loads(body)
-        upstream = urllib.request.Request(self.upstream + self.path, data=body,
-                                          headers={"Content-Type": "application/json"})
+        upstream = urllib.request.Request(
+            self.upstream + self.path, data=body, headers={"Content-Type": "application/json"}
+        )
         with urllib.request.urlopen(upstream) as response:
             if not request.get("stream"):
                 return self._reply(response.status, response.read())
@@ -54,11 +55,14 @@ class CuttingProxy(BaseHTTPRequestHandler):
         pass
 
 
-def cutting_proxy(server_url: str, cut_after: int = CuttingProxy.CUT_AFTER) -> tuple[type[CuttingProxy], ThreadingHTTPServer]:
+def cutting_proxy(
+    server_url: str, cut_after: int = CuttingProxy.CUT_AFTER
+) -> tuple[type[CuttingProxy], ThreadingHTTPServer]:
     """A running proxy to `server_url` (shut it down when done) and its handler class, which records
     the streamed requests."""
-    handler = type("Proxy", (CuttingProxy,), {"upstream": server_url.removesuffix("/v1"), "streamed": [],
-                                              "CUT_AFTER": cut_after})
+    handler = type(
+        "Proxy", (CuttingProxy,), {"upstream": server_url.removesuffix("/v1"), "streamed": [], "CUT_AFTER": cut_after}
+    )
     proxy = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=proxy.serve_forever, daemon=True).start()
     return handler, proxy

@@ -27,9 +27,13 @@ class OTLPReceiver(TraceServiceServicer):
 
     def spans(self) -> list[tuple[dict, object]]:
         """(resource attributes, span) for every span received."""
-        return [({a.key: a.value.string_value for a in resource.resource.attributes}, span)
-                for request in self.requests for resource in request.resource_spans
-                for scope in resource.scope_spans for span in scope.spans]
+        return [
+            ({a.key: a.value.string_value for a in resource.resource.attributes}, span)
+            for request in self.requests
+            for resource in request.resource_spans
+            for scope in resource.scope_spans
+            for span in scope.spans
+        ]
 
     def wait_for(self, wanted: Callable[[list[tuple[dict, object]]], list], seconds: float = 30) -> list:
         """What `wanted` picks from the spans received, once it picks any (exporters send in batches)."""

@@ -37,8 +37,10 @@ def _react_answer(prompt: str) -> str:
         return "Thought: I can answer without using any more tools.\nAnswer: " + PLAIN_ANSWER
     name = re.search(r"> Tool Name: (\S+)", prompt).group(1)
     schema = json.loads(re.search(r"Tool Args: (\{.*\})", prompt).group(1))
-    return f"Thought: I need to use a tool to help me answer the question.\nAction: {name}\n" \
+    return (
+        f"Thought: I need to use a tool to help me answer the question.\nAction: {name}\n"
         f"Action Input: {json.dumps(_fill(schema, prompt))}"
+    )
 
 
 def _answer(prompt: str) -> str:
@@ -52,14 +54,20 @@ def _answer(prompt: str) -> str:
     if tools and not tool_answered and "Do not call a tool" not in prompt:
         forced = re.search(r"must call the tool `([^`]+)`", prompt)
         tool = next((t for t in tools if forced and t["name"] == forced.group(1)), tools[0])
-        return "<tool_call>" + json.dumps({"name": tool["name"], "arguments": _fill(tool.get("parameters", {}), prompt)},
-                                            ensure_ascii=False) \
+        return (
+            "<tool_call>"
+            + json.dumps(
+                {"name": tool["name"], "arguments": _fill(tool.get("parameters", {}), prompt)}, ensure_ascii=False
+            )
             + "</tool_call>"
+        )
     schema = re.search(r"matches this JSON schema, and nothing else:\n(\{.*\})", prompt)
     if schema:
         return json.dumps(_fill(json.loads(schema.group(1)), prompt))
     if "JSON" in prompt and not tool_answered:
-        return json.dumps({"setup": "Why did the cat sit on the computer?", "punchline": "To keep an eye on the mouse."})
+        return json.dumps(
+            {"setup": "Why did the cat sit on the computer?", "punchline": "To keep an eye on the mouse."}
+        )
     return PLAIN_ANSWER
 
 

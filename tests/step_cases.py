@@ -31,7 +31,7 @@ async def check_probes_leave_the_step_as_it_would_be(backend: Backend) -> None:
     assert max(abs(a - b) for a, b in zip(top.top_logprobs, whole.top_logprobs)) < 1e-3
     stop = plain[2:4]  # ends the step after its first four characters
     stopped, _ = await _first_step(backend, (20,), (stop,))
-    assert stopped == plain[:plain.find(stop) + len(stop)]
+    assert stopped == plain[: plain.find(stop) + len(stop)]
 
 
 def check_steps_count_what_their_probes_prefilled(router) -> None:

@@ -35,9 +35,17 @@ from tests.scripted_pairs import scripted_pair
 MATH = Problem("m", "q", "7", "math")
 
 
-@pytest.mark.parametrize("response, correct", [
-    ("\\boxed{7}", True), ("The answer is 7.0", True), ("\\boxed{14/2}", True), ("\\boxed{8}", False),
-    ("I don't know", False), ("so the total is \\boxed{7}. Later 9 apples", True)])
+@pytest.mark.parametrize(
+    "response, correct",
+    [
+        ("\\boxed{7}", True),
+        ("The answer is 7.0", True),
+        ("\\boxed{14/2}", True),
+        ("\\boxed{8}", False),
+        ("I don't know", False),
+        ("so the total is \\boxed{7}. Later 9 apples", True),
+    ],
+)
 def test_math_answers_are_checked_by_value(response, correct):
     assert is_correct(response, MATH) is correct
 
@@ -48,8 +56,10 @@ def test_nested_boxed_competition_answers_compare_by_value():
     assert not is_correct("so \\boxed{\\frac{1}{2}}", root)
 
 
-@pytest.mark.parametrize("response, letter", [
-    ("The answer is (B).", "B"), ("Answer: c", "C"), ("I pick (D) over (A)... final: (A)", "A"), ("None", None)])
+@pytest.mark.parametrize(
+    "response, letter",
+    [("The answer is (B).", "B"), ("Answer: c", "C"), ("I pick (D) over (A)... final: (A)", "A"), ("None", None)],
+)
 def test_extract_choice(response, letter):
     assert extract_choice(response, 4) == letter
 
@@ -88,12 +98,20 @@ def test_threshold_for_rate_and_disjoint_splits():
 
 def test_loaders_read_the_usual_layouts(tmp_path):
     path = tmp_path / "mixed.jsonl"
-    rows = [{"question": "1+1?", "answer": "2"},
-            {"problem": "AIME-style?", "answer": "204", "id": "aime-1"},
-            {"problem": "MATH?", "solution": "...", "answer": "\\frac{1}{2}", "unique_id": "math/1"},
-            {"question": "Pick", "answer": "B", "choices": ["x", "y"]},
-            {"Question": "GPQA?", "Correct Answer": "right", "Incorrect Answer 1": "w1",
-             "Incorrect Answer 2": "w2", "Incorrect Answer 3": "w3", "Record ID": "rec1"}]
+    rows = [
+        {"question": "1+1?", "answer": "2"},
+        {"problem": "AIME-style?", "answer": "204", "id": "aime-1"},
+        {"problem": "MATH?", "solution": "...", "answer": "\\frac{1}{2}", "unique_id": "math/1"},
+        {"question": "Pick", "answer": "B", "choices": ["x", "y"]},
+        {
+            "Question": "GPQA?",
+            "Correct Answer": "right",
+            "Incorrect Answer 1": "w1",
+            "Incorrect Answer 2": "w2",
+            "Incorrect Answer 3": "w3",
+            "Record ID": "rec1",
+        },
+    ]
     path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     problems = load_problems(path)
     assert [p.kind for p in problems] == ["math", "math", "math", "choice", "choice"]
@@ -120,10 +138,14 @@ def _record(policy, threshold, seed, problem, correct, latency, rate=0.0):
 
 
 def test_summary_numbers_follow_from_the_runs():
-    records = [_record("always_large", None, s, p, c, 2.0) for s, p, c in
-               [(0, "p1", True), (1, "p1", True), (0, "p2", False), (1, "p2", True)]]
-    records += [_record("glimpse", 0.9, s, p, c, 1.0, 0.25) for s, p, c in
-                [(0, "p1", True), (1, "p1", False), (0, "p2", False), (1, "p2", False)]]
+    records = [
+        _record("always_large", None, s, p, c, 2.0)
+        for s, p, c in [(0, "p1", True), (1, "p1", True), (0, "p2", False), (1, "p2", True)]
+    ]
+    records += [
+        _record("glimpse", 0.9, s, p, c, 1.0, 0.25)
+        for s, p, c in [(0, "p1", True), (1, "p1", False), (0, "p2", False), (1, "p2", False)]
+    ]
     rows = {r["policy"]: r for r in summarize(records)}
     assert rows["always_large"]["pass_at_1"]["mean"] == pytest.approx(0.75)  # (1 + 0.5) / 2
     assert rows["glimpse"]["pass_at_1"]["mean"] == pytest.approx(0.25)
@@ -136,7 +158,12 @@ def test_summary_numbers_follow_from_the_runs():
 def test_grid_gives_thresholds_only_to_threshold_policies():
     settings = grid(["glimpse", "always_large", "specreason"], [0.6, 0.9])
     assert [(s.policy, s.threshold) for s in settings] == [
-        ("glimpse", 0.6), ("glimpse", 0.9), ("always_large", None), ("specreason", 0.6), ("specreason", 0.9)]
+        ("glimpse", 0.6),
+        ("glimpse", 0.9),
+        ("always_large", None),
+        ("specreason", 0.6),
+        ("specreason", 0.9),
+    ]
 
 
 @pytest.mark.parametrize("concurrency", [1, 3])
@@ -153,10 +180,12 @@ def test_run_grid_keeps_grid_order_and_runs_that_many_at_once(concurrency):
     backend.open_session = open_slowly
     problems = [Problem(f"p{i}", "q", "42", "math") for i in range(3)]
     settings = grid(["glimpse"], [0.9, 1.8])
-    records = run_grid(GlimpRouter(backend=backend), problems, settings, [0, 1], concurrency=concurrency,
-                       progress=False)
+    records = run_grid(
+        GlimpRouter(backend=backend), problems, settings, [0, 1], concurrency=concurrency, progress=False
+    )
     assert [(r.policy, r.seed, r.problem_id) for r in records] == [
-        (s.policy, seed, p.id) for s in settings for seed in (0, 1) for p in problems]
+        (s.policy, seed, p.id) for s in settings for seed in (0, 1) for p in problems
+    ]
     assert all(r.correct for r in records)
     assert max(open_counts) == 2 * concurrency  # each run holds a small and a large session
     assert backend.open_sessions == 0
@@ -168,15 +197,34 @@ def test_run_grid_rejects_a_bad_concurrency():
 
 
 def _glimp(*args):
-    return subprocess.run([sys.executable, "-m", "glimp_integrations.cli", *args], check=False, capture_output=True,
-                          text=True, timeout=900, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    return subprocess.run(
+        [sys.executable, "-m", "glimp_integrations.cli", *args],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
 
 
 @pytest.mark.embedded
 def test_glimp_bench_on_the_embedded_model_writes_consistent_files(tmp_path):
     out = tmp_path / "bench"
-    result = _glimp("bench", "--limit", "2", "--seeds", "2", "--policies", "glimpse,always_large",
-                    "--thresholds", "0.9", "--reasoning-budget", "30", "--out", str(out))
+    result = _glimp(
+        "bench",
+        "--limit",
+        "2",
+        "--seeds",
+        "2",
+        "--policies",
+        "glimpse,always_large",
+        "--thresholds",
+        "0.9",
+        "--reasoning-budget",
+        "30",
+        "--out",
+        str(out),
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     data = json.loads((out / "runs.json").read_text())
     runs = data["runs"]
@@ -199,8 +247,19 @@ def test_glimp_bench_on_the_embedded_model_writes_consistent_files(tmp_path):
 
 @pytest.mark.embedded
 def test_glimp_calibrate_hits_its_target_on_the_calibration_split(tmp_path):
-    result = _glimp("calibrate", "--limit", "4", "--seeds", "1", "--target-rate", "0.5",
-                    "--reasoning-budget", "30", "--out", str(tmp_path))
+    result = _glimp(
+        "calibrate",
+        "--limit",
+        "4",
+        "--seeds",
+        "1",
+        "--target-rate",
+        "0.5",
+        "--reasoning-budget",
+        "30",
+        "--out",
+        str(tmp_path),
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     data = json.loads((tmp_path / "calibration.json").read_text())
     assert data["calibration_rate"] <= 0.5 and data["calibration_probes"] > 0

@@ -108,8 +108,10 @@ def test_compose_describes_the_same_fleet():
 def test_the_package_imports_with_the_standard_library_alone(module):
     """A vLLM image gets the gate with `pip install --no-deps glimp`: importing the package (which
     vLLM's workers do to reach the gate) may load nothing outside the standard library."""
-    script = (f"import sys; before = set(sys.modules); import {module}; "
-              "loaded = {m.split('.')[0] for m in set(sys.modules) - before}; "
-              "print(sorted(loaded - set(sys.stdlib_module_names) - {'glimp_integrations'}))")
+    script = (
+        f"import sys; before = set(sys.modules); import {module}; "
+        "loaded = {m.split('.')[0] for m in set(sys.modules) - before}; "
+        "print(sorted(loaded - set(sys.stdlib_module_names) - {'glimp_integrations'}))"
+    )
     loaded = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
     assert loaded.strip() == "[]"

@@ -65,8 +65,14 @@ def test_too_long_prompt_on_the_real_model(embedded_router):
 
 def _glimp(*args):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.run([sys.executable, "-m", "glimp_integrations.cli", *args], check=False, capture_output=True,
-                          text=True, timeout=300, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "glimp_integrations.cli", *args],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
 
 
 def test_glimp_ask_json_prints_only_the_trace_of_a_think_mode_run():
@@ -82,8 +88,9 @@ def test_glimp_ask_json_prints_only_the_trace_of_a_think_mode_run():
 
 
 def test_glimp_ask_shows_each_step_by_model_and_a_summary():
-    result = _glimp("ask", QUESTION, "--seed", "0", "--reasoning-budget", "40", "--answer-budget", "20",
-                    "--threshold", "0.9")
+    result = _glimp(
+        "ask", QUESTION, "--seed", "0", "--reasoning-budget", "40", "--answer-budget", "20", "--threshold", "0.9"
+    )
     assert result.returncode == 0, result.stderr
     out = result.stdout
     assert "[step 0 | " in out and "H_init=" in out
@@ -104,11 +111,18 @@ def test_constrained_answers_are_valid_on_the_embedded_model(embedded_router, ar
 def test_a_constrained_answer_is_steered_to_close_before_its_budget_ends(embedded_router):
     """An unbounded list in 60 tokens: the model would keep adding items; the backend closes the
     answer within the budget (its last 15 tokens, a quarter) instead of cutting it."""
-    schema = {"type": "object", "properties": {"items": {"type": "array", "items": {"type": "string"}}},
-              "required": ["items"]}
+    schema = {
+        "type": "object",
+        "properties": {"items": {"type": "array", "items": {"type": "string"}}},
+        "required": ["items"],
+    }
     for seed in range(3):
-        trace = embedded_router.run("List every fruit you know as JSON.", max_tokens=60, seed=seed,
-                                    response_format={"type": "json_schema", "json_schema": {"name": "f", "schema": schema}})
+        trace = embedded_router.run(
+            "List every fruit you know as JSON.",
+            max_tokens=60,
+            seed=seed,
+            response_format={"type": "json_schema", "json_schema": {"name": "f", "schema": schema}},
+        )
         answer = trace.steps[-1]
         assert answer.tokens <= 60
         jsonschema.validate(json.loads(trace.answer), schema)

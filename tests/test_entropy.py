@@ -73,7 +73,7 @@ def test_bounds_narrow_as_k_grows():
     [
         (0.1, 0.5, 0.9, Verdict.DELEGATE),
         (0.9, 0.9, 0.9, Verdict.UNDECIDED),  # top-k bounds at tau: rounding could tip them
-    (0.5, 0.9 - 1e-6, 0.9, Verdict.DELEGATE),
+        (0.5, 0.9 - 1e-6, 0.9, Verdict.DELEGATE),
         (1.0, 2.0, 0.9, Verdict.INTERVENE),
         (0.5, 1.5, 0.9, Verdict.UNDECIDED),
         (5.0, 9.0, math.inf, Verdict.DELEGATE),

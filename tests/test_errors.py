@@ -15,16 +15,19 @@ from glimp_integrations import (
 from tests.conftest import scripted_router, step
 
 
-@pytest.mark.parametrize("fields, names", [
-    ({"threshold": -0.1}, ["`threshold`", "-0.1", "math.inf"]),
-    ({"threshold": math.nan}, ["`threshold`", "nan"]),
-    ({"policy": "smartest"}, ["`policy`", "'smartest'", "glimpse"]),
-    ({"random_rate": 2}, ["`random_rate`", "2"]),
-    ({"reasoning_budget": 0}, ["`reasoning_budget`", "0"]),
-    ({"reasoning_mode": "deep"}, ["`reasoning_mode`", "'deep'"]),
-    ({"probe_ladder": (20, -5)}, ["`probe_ladder`"]),
-    ({"step_separator": ""}, ["`step_separator`"]),
-])
+@pytest.mark.parametrize(
+    "fields, names",
+    [
+        ({"threshold": -0.1}, ["`threshold`", "-0.1", "math.inf"]),
+        ({"threshold": math.nan}, ["`threshold`", "nan"]),
+        ({"policy": "smartest"}, ["`policy`", "'smartest'", "glimpse"]),
+        ({"random_rate": 2}, ["`random_rate`", "2"]),
+        ({"reasoning_budget": 0}, ["`reasoning_budget`", "0"]),
+        ({"reasoning_mode": "deep"}, ["`reasoning_mode`", "'deep'"]),
+        ({"probe_ladder": (20, -5)}, ["`probe_ladder`"]),
+        ({"step_separator": ""}, ["`step_separator`"]),
+    ],
+)
 def test_invalid_config_names_parameter_value_and_fix(fields, names):
     with pytest.raises(GlimpConfigError) as info:
         RouterConfig(**fields)
@@ -41,7 +44,9 @@ def test_invalid_sampling(fields, name):
 def test_unknown_backend_and_unknown_keyword():
     with pytest.raises(GlimpConfigError, match="`backend`.*'sglang-turbo'"):
         GlimpRouter(backend="sglang-turbo")
-    with pytest.raises(GlimpConfigError, match=r"`GlimpRouter\(thresold=...\)` is not a setting.*Did you mean `threshold`"):
+    with pytest.raises(
+        GlimpConfigError, match=r"`GlimpRouter\(thresold=...\)` is not a setting.*Did you mean `threshold`"
+    ):
         GlimpRouter(backend=scripted_router([], [])[1], thresold=0.5)
     router = scripted_router([], [])[0]
     with pytest.raises(GlimpConfigError, match=r"`run\(temprature=...\)`.*Did you mean `temperature`"):
@@ -55,16 +60,22 @@ def test_missing_model_path_is_named():
         GlimpRouter(small="/tmp")
 
 
-@pytest.mark.parametrize("prompt, fragment", [
-    ("", "empty question"),
-    ("   ", "empty question"),
-    ([], "empty message list"),
-    ([{"role": "system", "content": "be brief"}], "no user message"),
-    ([{"role": "user", "content": [{"type": "image_url", "image_url": "x"}]}], "`prompt[0]['content']`.*['image_url']"),
-    ([{"role": "user", "content": None}], "`prompt[0]['content']` must be text.*NoneType"),
-    ([{"role": "wizard", "content": "hi"}], "`prompt[0]['role']`"),
-    (42, "`prompt` must be a question"),
-])
+@pytest.mark.parametrize(
+    "prompt, fragment",
+    [
+        ("", "empty question"),
+        ("   ", "empty question"),
+        ([], "empty message list"),
+        ([{"role": "system", "content": "be brief"}], "no user message"),
+        (
+            [{"role": "user", "content": [{"type": "image_url", "image_url": "x"}]}],
+            "`prompt[0]['content']`.*['image_url']",
+        ),
+        ([{"role": "user", "content": None}], "`prompt[0]['content']` must be text.*NoneType"),
+        ([{"role": "wizard", "content": "hi"}], "`prompt[0]['role']`"),
+        (42, "`prompt` must be a question"),
+    ],
+)
 def test_bad_prompts_are_rejected_and_the_router_stays_usable(prompt, fragment):
     router, _ = scripted_router([step("fine")], [])
     with pytest.raises(GlimpInputError, match=fragment.replace("[", r"\[").replace("]", r"\]")):
@@ -77,11 +88,17 @@ def test_openai_message_shapes_are_read_as_text():
     and its call's arguments, JSON text in OpenAI's shape, reach the prompt as an object."""
     router, backend = scripted_router([step("fine")], [])
     call = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
-    router.run([{"role": "user", "content": [{"type": "text", "text": "Part one."}, {"type": "text", "text": "Two."}]},
-                {"role": "assistant", "content": None, "tool_calls": [call]},
-                {"role": "tool", "tool_call_id": "c1", "content": "done"}])
-    assert 'user: Part one.\nTwo.\nassistant: <tool_call>{"name": "f", "arguments": {}}</tool_call>\ntool: done' \
+    router.run(
+        [
+            {"role": "user", "content": [{"type": "text", "text": "Part one."}, {"type": "text", "text": "Two."}]},
+            {"role": "assistant", "content": None, "tool_calls": [call]},
+            {"role": "tool", "tool_call_id": "c1", "content": "done"},
+        ]
+    )
+    assert (
+        'user: Part one.\nTwo.\nassistant: <tool_call>{"name": "f", "arguments": {}}</tool_call>\ntool: done'
         in backend.prompts[0]
+    )
 
 
 def test_prompt_longer_than_the_context_window():

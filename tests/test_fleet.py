@@ -28,8 +28,12 @@ MIXED_THRESHOLD = 1.0
 """On QUESTION (greedy, float32) the embedded model's H_init are about 2.24, 0.46, 1.68, 0.02, 2.02,
 1.77, 1.42, 1.11, 0.07, 0.02: both models write, the last two steps are the small model's in a row,
 and no step is within 0.1 nats of the threshold."""
-QUESTIONS = [QUESTION, "Explain how to make tea, step by step, with a blank line between steps.",
-             "List three facts about the moon, one paragraph each.", "What are the four seasons? One paragraph each."]
+QUESTIONS = [
+    QUESTION,
+    "Explain how to make tea, step by step, with a blank line between steps.",
+    "List three facts about the moon, one paragraph each.",
+    "What are the four seasons? One paragraph each.",
+]
 
 
 @pytest.fixture(scope="module")
@@ -43,16 +47,27 @@ def fleet(receiver, tmp_path_factory):
     _, endpoint = receiver
     # float32: a step's first token then comes out the same from a fresh request's prefill as from the
     # request that wrote the step before (in bfloat16 the two kernels differ enough to flip near ties)
-    with LocalFleet(embedded_model_dir(), replica_args=["--otlp-traces-endpoint", endpoint, "--dtype", "float32"],
-                    log_dir=tmp_path_factory.mktemp("fleet")) as fleet:
+    with LocalFleet(
+        embedded_model_dir(),
+        replica_args=["--otlp-traces-endpoint", endpoint, "--dtype", "float32"],
+        log_dir=tmp_path_factory.mktemp("fleet"),
+    ) as fleet:
         yield fleet
 
 
 def routers(fleet, **options):
     """The fleet's router with the gate (as found at start) and one that probes with requests."""
-    return (GlimpRouter(fleet.url("small"), fleet.url("large"), backend="openai", **GREEDY, **options),
-            GlimpRouter(fleet.url("small"), fleet.url("large"), backend="openai", **GREEDY, **options,
-                        backend_options={"entropy_gate": False}))
+    return (
+        GlimpRouter(fleet.url("small"), fleet.url("large"), backend="openai", **GREEDY, **options),
+        GlimpRouter(
+            fleet.url("small"),
+            fleet.url("large"),
+            backend="openai",
+            **GREEDY,
+            **options,
+            backend_options={"entropy_gate": False},
+        ),
+    )
 
 
 def _requests_served(url: str, before: float) -> float:
@@ -97,8 +112,9 @@ def test_a_request_cut_mid_span_goes_on_from_its_tokens(fleet):
     try:
         with GlimpRouter(cut_url, fleet.url("large"), backend="openai", threshold=float("inf"), **GREEDY) as router:
             resumed_run = router.run(QUESTION)
-        with GlimpRouter(fleet.url("small"), fleet.url("large"), backend="openai", threshold=float("inf"),
-                         **GREEDY) as router:
+        with GlimpRouter(
+            fleet.url("small"), fleet.url("large"), backend="openai", threshold=float("inf"), **GREEDY
+        ) as router:
             whole_run = router.run(QUESTION)
     finally:
         proxy.shutdown()
@@ -129,16 +145,16 @@ def test_gated_and_probed_runs_route_alike(fleet):
 
 def test_a_server_without_the_gate_is_noticed_and_probed(fleet, caplog):
     with caplog.at_level(logging.WARNING, logger="glimp_integrations.backends.openai"):
-        router = GlimpRouter(fleet.url("large"), fleet.url("large"), backend="openai", threshold=MIXED_THRESHOLD,
-                             **GREEDY)
+        router = GlimpRouter(
+            fleet.url("large"), fleet.url("large"), backend="openai", threshold=MIXED_THRESHOLD, **GREEDY
+        )
     with router:
         warnings = [r.getMessage() for r in caplog.records if "does not run the entropy gate" in r.getMessage()]
         assert len(warnings) == 1 and fleet.url("large") in warnings[0] and "--logits-processors" in warnings[0]
         trace = router.run(QUESTION)
     assert {s.basis for s in trace.steps} <= {"bounds", "full"} and all(s.h_init is not None for s in trace.steps)
     with pytest.raises(GlimpConfigError, match="entropy_gate=True") as error:
-        GlimpRouter(fleet.url("large"), fleet.url("large"), backend="openai",
-                    backend_options={"entropy_gate": True})
+        GlimpRouter(fleet.url("large"), fleet.url("large"), backend="openai", backend_options={"entropy_gate": True})
     assert fleet.url("large") in str(error.value)
 
 
@@ -155,11 +171,13 @@ def test_fleet_requests_join_the_run_trace(fleet, receiver):
     exporter = InMemorySpanExporter()
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
-    router = GlimpRouter(fleet.url("small"), fleet.url("large"), backend="openai", threshold=MIXED_THRESHOLD,
-                         **GREEDY)
+    router = GlimpRouter(fleet.url("small"), fleet.url("large"), backend="openai", threshold=MIXED_THRESHOLD, **GREEDY)
     with router, running_server(router, tracer_provider=provider) as url:
-        response = httpx.post(url + "/chat/completions", timeout=300, json={
-            "model": "glimp", "messages": [{"role": "user", "content": QUESTION}]})
+        response = httpx.post(
+            url + "/chat/completions",
+            timeout=300,
+            json={"model": "glimp", "messages": [{"role": "user", "content": QUESTION}]},
+        )
         assert response.status_code == 200
     spans = exporter.get_finished_spans()
     run = next(s for s in spans if s.name == "glimp.run")
@@ -167,8 +185,11 @@ def test_fleet_requests_join_the_run_trace(fleet, receiver):
     step_ids = {s.context.span_id.to_bytes(8, "big") for s in steps}
     models = [s.attributes["glimp.step.model"] for s in steps]
     # every step begins requests, but a small step after another: the request that wrote that one goes on
-    began = {s.context.span_id.to_bytes(8, "big") for i, s in enumerate(steps)
-             if i == 0 or "large" in (models[i], models[i - 1])}
+    began = {
+        s.context.span_id.to_bytes(8, "big")
+        for i, s in enumerate(steps)
+        if i == 0 or "large" in (models[i], models[i - 1])
+    }
     trace_id = run.context.trace_id.to_bytes(16, "big")
     run_id = run.context.span_id.to_bytes(8, "big")
 
@@ -178,9 +199,11 @@ def test_fleet_requests_join_the_run_trace(fleet, receiver):
 
     vllm_spans = otlp.wait_for(joined)
     in_trace = [span for _, span in otlp.spans() if span.trace_id == trace_id]
-    assert vllm_spans, (f"the model servers' request spans did not join the run's trace under every step: "
-                        f"{len(in_trace)} spans, parents {[s.parent_span_id.hex() for s in in_trace]}, steps "
-                        f"{[(s.context.span_id.to_bytes(8, 'big').hex(), s.attributes.get('glimp.step.model'), s.attributes.get('glimp.step.basis')) for s in steps]}, run {run_id.hex()}")
+    assert vllm_spans, (
+        f"the model servers' request spans did not join the run's trace under every step: "
+        f"{len(in_trace)} spans, parents {[s.parent_span_id.hex() for s in in_trace]}, steps "
+        f"{[(s.context.span_id.to_bytes(8, 'big').hex(), s.attributes.get('glimp.step.model'), s.attributes.get('glimp.step.basis')) for s in steps]}, run {run_id.hex()}"
+    )
     # each request (a probe, a gated request, the step's own) is a child of the span of the step it began
     assert began <= {s.parent_span_id for s in vllm_spans} <= step_ids
     assert all(any(a.key == "gen_ai.usage.completion_tokens" for a in s.attributes) for s in vllm_spans)
@@ -191,17 +214,22 @@ def test_a_dying_replica_costs_a_retry_not_a_run(fleet):
     when the busiest replica is SIGKILLed; each run goes on through the other replica."""
     router = GlimpRouter(fleet.url("small"), fleet.url("large"), backend="openai", threshold=0.0, **GREEDY)
     with router, running_server(router) as url:
+
         async def runs_and_a_kill() -> list[httpx.Response]:
             async with httpx.AsyncClient(timeout=300) as client:
+
                 async def run(question: str) -> httpx.Response:
-                    return await client.post(url + "/chat/completions", json={
-                        "model": "glimp", "messages": [{"role": "user", "content": question}]})
+                    return await client.post(
+                        url + "/chat/completions",
+                        json={"model": "glimp", "messages": [{"role": "user", "content": question}]},
+                    )
 
                 async def kill_the_busiest() -> None:
                     deadline = time.monotonic() + 60
                     while time.monotonic() < deadline:
-                        running = {r.url: vllm_metric(r.url, "vllm:num_requests_running")
-                                   for r in fleet.replicas["large"]}
+                        running = {
+                            r.url: vllm_metric(r.url, "vllm:num_requests_running") for r in fleet.replicas["large"]
+                        }
                         busiest = max(running, key=running.get)
                         if running[busiest] >= 1:
                             next(r for r in fleet.replicas["large"] if r.url == busiest).kill()
@@ -209,7 +237,7 @@ def test_a_dying_replica_costs_a_retry_not_a_run(fleet):
                         await asyncio.sleep(0.05)
                     raise AssertionError("no large replica was running a request")
 
-                return (await asyncio.gather(*(run(q) for q in QUESTIONS), kill_the_busiest()))[:len(QUESTIONS)]
+                return (await asyncio.gather(*(run(q) for q in QUESTIONS), kill_the_busiest()))[: len(QUESTIONS)]
 
         responses = asyncio.run(runs_and_a_kill())
         assert [r.status_code for r in responses] == [200] * len(QUESTIONS), [r.text[:300] for r in responses]

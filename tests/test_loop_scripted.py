@@ -25,7 +25,10 @@ def test_low_entropy_steps_are_delegated_and_high_ones_go_to_the_large_model():
     )
     trace = router.run("q")
     assert [(s.model, s.decision) for s in trace.steps] == [
-        ("small", "delegate"), ("large", "intervene"), ("small", "delegate")]
+        ("small", "delegate"),
+        ("large", "intervene"),
+        ("small", "delegate"),
+    ]
     assert [s.text for s in trace.steps] == ["Easy one.\n\n", "Hard part by large.\n\n", "Easy again."]
     assert trace.answer == "Easy one.\n\nHard part by large.\n\nEasy again."
     assert [round(s.h_init, 6) for s in trace.steps] == [0.1, 2.0, 0.3]
@@ -52,7 +55,10 @@ def test_think_mode_routes_the_reasoning_and_the_large_model_always_answers():
     trace = router.run("What is 12+30?")
     assert trace.mode == "think"
     assert [(s.model, s.phase, s.decision) for s in trace.steps] == [
-        ("small", "reasoning", "delegate"), ("small", "reasoning", "delegate"), ("large", "answer", "forced")]
+        ("small", "reasoning", "delegate"),
+        ("small", "reasoning", "delegate"),
+        ("large", "answer", "forced"),
+    ]
     assert trace.steps[1].finish_reason == "end_of_reasoning"
     assert trace.reasoning == "Let me add.\n\nSo 42."
     assert trace.answer == "The answer is 42."
@@ -61,9 +67,8 @@ def test_think_mode_routes_the_reasoning_and_the_large_model_always_answers():
 
 def test_reasoning_budget_closes_the_reasoning_and_the_large_model_answers():
     router, _backend = scripted_router(
-        [step("one two three four five six seven eight\n\n", 0.1)] * 5,
-        [step("Final.")],
-        think=True, reasoning_budget=5)
+        [step("one two three four five six seven eight\n\n", 0.1)] * 5, [step("Final.")], think=True, reasoning_budget=5
+    )
     trace = router.run("q")
     reasoning = [s for s in trace.steps if s.phase == "reasoning"]
     assert sum(s.tokens for s in reasoning) == 5
@@ -96,9 +101,16 @@ def test_a_step_ends_at_a_custom_separator():
 def test_top_k_probes_escalate_only_when_the_bounds_straddle_the_threshold():
     # entropies far from tau are settled by top-20; one close to tau needs more
     router, backend = scripted_router(
-        [step("far below\n\n", 0.05, tail="zipf"), step("near tau\n\n", 0.88, tail="zipf"),
-         step("far above\n\n", 4.0, tail="zipf")],
-        [step("large step\n\n")], top_k_only=True, threshold=0.9, probe_ladder=(20, 1000, None))
+        [
+            step("far below\n\n", 0.05, tail="zipf"),
+            step("near tau\n\n", 0.88, tail="zipf"),
+            step("far above\n\n", 4.0, tail="zipf"),
+        ],
+        [step("large step\n\n")],
+        top_k_only=True,
+        threshold=0.9,
+        probe_ladder=(20, 1000, None),
+    )
     trace = router.run("q")
     probes = [s.probe for s in trace.steps]
     assert [p.escalations for p in probes[:3]] == [0, probes[1].escalations, 0]
@@ -113,12 +125,13 @@ def test_top_k_probes_escalate_only_when_the_bounds_straddle_the_threshold():
 @pytest.mark.parametrize("cap, ladder", [(20, [20]), (50, [20, 50]), (100, [20, 100])])
 def test_a_capped_backend_climbs_to_its_cap_then_decides_from_the_midpoint(cap, ladder):
     steps = [step("far below\n\n", 0.05, tail="zipf"), step("near tau\n\n", 0.8999, tail="zipf")]
-    router, backend = scripted_router(steps, [step("large step\n\n")], max_top_k=cap, threshold=0.9,
-                                      probe_ladder=(20, 1000, None))
+    router, backend = scripted_router(
+        steps, [step("large step\n\n")], max_top_k=cap, threshold=0.9, probe_ladder=(20, 1000, None)
+    )
     far, near = (s.probe for s in router.run("q").steps[:2])
     assert far.basis == "bounds" and far.escalations == 0
     asked = [k for _, k in backend.probe_requests]
-    assert asked[:1 + len(ladder)] == [20, *ladder] and max(asked) == cap  # never past the cap, never everything
+    assert asked[: 1 + len(ladder)] == [20, *ladder] and max(asked) == cap  # never past the cap, never everything
     assert near.basis == "capped" and near.top_k == cap and near.h_lower <= 0.9 < near.h_upper
     assert near.h_init == pytest.approx((near.h_lower + near.h_upper) / 2)
     assert (near.h_init > 0.9) == (router.run("q").steps[1].model == "large")
@@ -133,8 +146,9 @@ def test_bounded_decisions_equal_exact_ones(entropy):
     assert exact_step.probe.basis == "full"
 
 
-@pytest.mark.parametrize("policy, expected", [
-    ("always_small", ["small", "small"]), ("always_large", ["large", "large"])])
+@pytest.mark.parametrize(
+    "policy, expected", [("always_small", ["small", "small"]), ("always_large", ["large", "large"])]
+)
 def test_fixed_policies_need_no_probe(policy, expected):
     router, backend = scripted_router([step("a\n\n"), step("b")], [step("A\n\n"), step("B")], policy=policy)
     trace = router.run("q")
@@ -145,8 +159,9 @@ def test_fixed_policies_need_no_probe(policy, expected):
 
 def test_random_policy_is_seeded():
     def models(seed):
-        router, _ = scripted_router([step("s\n\n")] * 12, [step("l\n\n")] * 12,
-                                    policy="random", random_rate=0.5, seed=seed, reasoning_budget=12)
+        router, _ = scripted_router(
+            [step("s\n\n")] * 12, [step("l\n\n")] * 12, policy="random", random_rate=0.5, seed=seed, reasoning_budget=12
+        )
         return [s.model for s in router.run("q").steps]
 
     assert models(3) == models(3)
@@ -163,8 +178,12 @@ class RejectLongSteps(RoutingPolicy):
 
 
 def test_generate_then_measure_policies_rewrite_and_record_wasted_tokens():
-    router, _backend = scripted_router([step("ok\n\n"), step("far too long step\n\n"), step("end")],
-                                      [step("Better.\n\n")], policy=RejectLongSteps(), reasoning_budget=20)
+    router, _backend = scripted_router(
+        [step("ok\n\n"), step("far too long step\n\n"), step("end")],
+        [step("Better.\n\n")],
+        policy=RejectLongSteps(),
+        reasoning_budget=20,
+    )
     events = list(router.stream("q"))
     trace = events[-1].trace
     assert [(s.model, s.discarded_tokens) for s in trace.steps] == [("small", 0), ("large", 5), ("small", 0)]

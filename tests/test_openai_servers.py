@@ -106,8 +106,20 @@ class _FailingCompletions(BaseHTTPRequestHandler):
     """Lists a model like vLLM does, then answers every completion with HTTP 500."""
 
     def do_GET(self):
-        body = json.dumps({"object": "list", "data": [{"id": "broken", "object": "model", "owned_by": "test",
-                                                       "root": str(embedded_model_dir()), "max_model_len": 4096}]})
+        body = json.dumps(
+            {
+                "object": "list",
+                "data": [
+                    {
+                        "id": "broken",
+                        "object": "model",
+                        "owned_by": "test",
+                        "root": str(embedded_model_dir()),
+                        "max_model_len": 4096,
+                    }
+                ],
+            }
+        )
         self._send(200, body)
 
     def do_POST(self):
@@ -131,8 +143,10 @@ class _DroppingCompletions(_FailingCompletions):
         self.send_header("Content-Type", "text/event-stream")
         self.send_header("Transfer-Encoding", "chunked")
         self.end_headers()
-        event = b'data: {"id": "x", "object": "text_completion", "model": "broken", "choices": [{"index": 0, ' \
+        event = (
+            b'data: {"id": "x", "object": "text_completion", "model": "broken", "choices": [{"index": 0, '
             b'"text": "Half", "logprobs": null, "finish_reason": null}]}\n\n'
+        )
         self.wfile.write(b"%x\r\n%s\r\n" % (len(event), event))
         self.wfile.flush()
         self.close_connection = True  # no final chunk: the client reads an incomplete body
@@ -144,16 +158,29 @@ def test_a_server_failing_mid_run_raises_with_the_trace_so_far(server_url, handl
     threading.Thread(target=failing.serve_forever, daemon=True).start()
     broken_url = f"http://127.0.0.1:{failing.server_address[1]}/v1"
     try:
-        router = GlimpRouter(server_url, broken_url, backend="openai", policy=ScriptedChoices(Verdict.DELEGATE, Verdict.INTERVENE), seed=0,
-                             backend_options={"max_retries": 1, "timeout": 10})
+        router = GlimpRouter(
+            server_url,
+            broken_url,
+            backend="openai",
+            policy=ScriptedChoices(Verdict.DELEGATE, Verdict.INTERVENE),
+            seed=0,
+            backend_options={"max_retries": 1, "timeout": 10},
+        )
         with pytest.raises(GlimpRunError, match=f"large model's server at {broken_url}") as info:
             router.run(QUESTION, reasoning_budget=60, max_step_tokens=5)  # a second step, for the large model
         partial = info.value.partial_trace
         assert [s.model for s in partial.steps] == ["small"] and partial.steps[0].tokens > 0
         with running_server(router) as url:  # through glimp serve: a 502 that names the failed server
-            response = httpx.post(url + "/chat/completions", timeout=60, json={
-                "model": "glimp", "messages": [{"role": "user", "content": QUESTION}], "reasoning_budget": 60,
-                "max_step_tokens": 5})
+            response = httpx.post(
+                url + "/chat/completions",
+                timeout=60,
+                json={
+                    "model": "glimp",
+                    "messages": [{"role": "user", "content": QUESTION}],
+                    "reasoning_budget": 60,
+                    "max_step_tokens": 5,
+                },
+            )
         assert response.status_code == 502 and broken_url in response.json()["error"]["message"]
     finally:
         failing.shutdown()
@@ -180,14 +207,24 @@ def test_each_model_server_gets_its_own_api_key():
         threading.Thread(target=servers[role][0].serve_forever, daemon=True).start()
     urls = {role: f"http://127.0.0.1:{server.server_address[1]}/v1" for role, (server, _) in servers.items()}
     try:
-        router = GlimpRouter(urls["small"], urls["large"], backend="openai", backend_options={
-            "small_api_key": "key-of-small", "large_api_key": "key-of-large", "max_retries": 0})
+        router = GlimpRouter(
+            urls["small"],
+            urls["large"],
+            backend="openai",
+            backend_options={"small_api_key": "key-of-small", "large_api_key": "key-of-large", "max_retries": 0},
+        )
         router.close()
         assert set(servers["small"][1].seen) == {"Bearer key-of-small"}
         assert set(servers["large"][1].seen) == {"Bearer key-of-large"}
-        with pytest.raises(GlimpConfigError, match=f"large model's server at {urls['large']} refused the API key.*large_api_key"):
-            GlimpRouter(urls["small"], urls["large"], backend="openai",
-                        backend_options={"api_key": "key-of-small", "max_retries": 0})
+        with pytest.raises(
+            GlimpConfigError, match=f"large model's server at {urls['large']} refused the API key.*large_api_key"
+        ):
+            GlimpRouter(
+                urls["small"],
+                urls["large"],
+                backend="openai",
+                backend_options={"api_key": "key-of-small", "max_retries": 0},
+            )
     finally:
         for server, _ in servers.values():
             server.shutdown()
@@ -196,8 +233,15 @@ def test_each_model_server_gets_its_own_api_key():
 def test_a_step_cut_mid_stream_goes_on_from_its_tokens(server_url):
     proxy_handler, proxy = cutting_proxy(server_url)
     try:
-        router = GlimpRouter(server_url, f"http://127.0.0.1:{proxy.server_address[1]}/v1", backend="openai",
-                             policy="always_large", temperature=0.0, reasoning_mode="plain", reasoning_budget=40)
+        router = GlimpRouter(
+            server_url,
+            f"http://127.0.0.1:{proxy.server_address[1]}/v1",
+            backend="openai",
+            policy="always_large",
+            temperature=0.0,
+            reasoning_mode="plain",
+            reasoning_budget=40,
+        )
         with router:
             trace = router.run(QUESTION)
     finally:
@@ -211,8 +255,9 @@ def test_a_step_cut_mid_stream_goes_on_from_its_tokens(server_url):
     assert first.retries == 1 and sum(step.retries for step in trace.steps) == 1
     texts = [event["choices"][0]["text"] for record in (cut, resumed) for event in record["events"] if event["choices"]]
     assert first.text == "".join(texts)  # what was shown before the cut, then the rest: nothing twice or lost
-    assert first.tokens == len(received) + sum(len(event["choices"][0]["token_ids"])
-                                               for event in resumed["events"] if event["choices"])
+    assert first.tokens == len(received) + sum(
+        len(event["choices"][0]["token_ids"]) for event in resumed["events"] if event["choices"]
+    )
 
 
 @pytest.mark.parametrize("arguments, check", CASES, ids=CASE_IDS)

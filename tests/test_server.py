@@ -27,10 +27,18 @@ from tests.otlp import running_otlp_receiver
 from tests.scripted_pairs import PLAIN_ANSWER, scripted_pair
 
 QUESTION = [{"role": "user", "content": "What is 3 x 3?"}]
-MULTIPLY = {"type": "function", "function": {"name": "multiply", "description": "Multiply two integers.",
-                                             "parameters": {"type": "object", "properties": {
-                                                 "a": {"type": "integer"}, "b": {"type": "integer"}},
-                                                 "required": ["a", "b"]}}}
+MULTIPLY = {
+    "type": "function",
+    "function": {
+        "name": "multiply",
+        "description": "Multiply two integers.",
+        "parameters": {
+            "type": "object",
+            "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}},
+            "required": ["a", "b"],
+        },
+    },
+}
 
 
 def sse_chunks(url: str, body: dict) -> list[dict]:
@@ -66,7 +74,9 @@ def test_a_response_and_its_stream_carry_the_same_reasoning_answer_steps_and_usa
     assert usage["completion_tokens_details"]["reasoning_tokens"] == sum(s["tokens"] for s in steps[:2])
     assert set(usage["by_model"]) == {"small", "large"}
 
-    chunks = sse_chunks(scripted_url, {"model": "glimp", "messages": QUESTION, "stream_options": {"include_usage": True}})
+    chunks = sse_chunks(
+        scripted_url, {"model": "glimp", "messages": QUESTION, "stream_options": {"include_usage": True}}
+    )
     deltas = [c["choices"][0]["delta"] for c in chunks if c["choices"]]
     assert "".join(d.get("reasoning", "") for d in deltas).strip() == message["reasoning"]
     assert all(d.get("reasoning") == d.get("reasoning_content") for d in deltas)
@@ -80,8 +90,12 @@ def test_a_response_and_its_stream_carry_the_same_reasoning_answer_steps_and_usa
 
 
 def test_tool_calls_arrive_whole_in_a_response_and_as_deltas_in_a_stream(scripted_url):
-    body = {"model": "glimp", "messages": QUESTION, "tools": [MULTIPLY],
-            "tool_choice": {"type": "function", "function": {"name": "multiply"}}}
+    body = {
+        "model": "glimp",
+        "messages": QUESTION,
+        "tools": [MULTIPLY],
+        "tool_choice": {"type": "function", "function": {"name": "multiply"}},
+    }
     response = httpx.post(scripted_url + "/chat/completions", json=body).json()
     choice = response["choices"][0]
     assert choice["finish_reason"] == "tool_calls" and choice["message"]["content"] is None
@@ -89,8 +103,9 @@ def test_tool_calls_arrive_whole_in_a_response_and_as_deltas_in_a_stream(scripte
     assert call["name"] == "multiply" and json.loads(call["arguments"]) == {"a": 3, "b": 3}
 
     client = openai.OpenAI(base_url=scripted_url, api_key="unused")
-    stream = client.chat.completions.create(model="glimp", messages=QUESTION, tools=[MULTIPLY], tool_choice="required",
-                                            stream=True)
+    stream = client.chat.completions.create(
+        model="glimp", messages=QUESTION, tools=[MULTIPLY], tool_choice="required", stream=True
+    )
     name, arguments, ids, finish = "", "", set(), None
     for chunk in stream:
         for delta_call in (chunk.choices[0].delta.tool_calls or []) if chunk.choices else []:
@@ -103,8 +118,13 @@ def test_tool_calls_arrive_whole_in_a_response_and_as_deltas_in_a_stream(scripte
 
 def test_tools_with_a_response_format_give_a_call_then_an_answer_in_that_format(scripted_url):
     """OpenAI's tools plus response_format, as agents send them for a structured final answer."""
-    product = {"type": "json_schema", "json_schema": {"name": "product", "schema": {
-        "type": "object", "properties": {"product": {"type": "integer"}}, "required": ["product"]}}}
+    product = {
+        "type": "json_schema",
+        "json_schema": {
+            "name": "product",
+            "schema": {"type": "object", "properties": {"product": {"type": "integer"}}, "required": ["product"]},
+        },
+    }
     body = {"model": "glimp", "messages": QUESTION, "tools": [MULTIPLY], "response_format": product}
     first = httpx.post(scripted_url + "/chat/completions", json=body).json()["choices"][0]
     assert first["finish_reason"] == "tool_calls"
@@ -116,23 +136,28 @@ def test_tools_with_a_response_format_give_a_call_then_an_answer_in_that_format(
     assert json.loads(second["message"]["content"]) == {"product": 3}
 
 
-@pytest.mark.parametrize(("field", "value", "status"), [
-    ("thresold", 1.0, 400),             # misspelt routing setting
-    ("threshold", -1, 400),             # rejected by the engine's validation
-    ("logprobs", True, 400),            # an OpenAI field glimp cannot honour
-    ("n", 2, 400),
-    ("tool_choice", "divide", 400),     # no such tool
-    ("structured_outputs", {"regex": "a+", "choice": ["a"]}, 400),  # vLLM's field: one form at a time
-    ("structured_outputs", {"json": "{not json"}, 400),
-    ("structured_outputs", {"grammar": "start: nothing_defined"}, 400),  # rejected by the grammar engine
-    ("model", "gpt-4o", 404),
-])
+@pytest.mark.parametrize(
+    ("field", "value", "status"),
+    [
+        ("thresold", 1.0, 400),  # misspelt routing setting
+        ("threshold", -1, 400),  # rejected by the engine's validation
+        ("logprobs", True, 400),  # an OpenAI field glimp cannot honour
+        ("n", 2, 400),
+        ("tool_choice", "divide", 400),  # no such tool
+        ("structured_outputs", {"regex": "a+", "choice": ["a"]}, 400),  # vLLM's field: one form at a time
+        ("structured_outputs", {"json": "{not json"}, 400),
+        ("structured_outputs", {"grammar": "start: nothing_defined"}, 400),  # rejected by the grammar engine
+        ("model", "gpt-4o", 404),
+    ],
+)
 def test_a_bad_field_is_an_openai_error_that_names_it_and_the_server_keeps_serving(scripted_url, field, value, status):
     body = {"model": "glimp", "messages": QUESTION, "tools": [MULTIPLY], field: value}
     response = httpx.post(scripted_url + "/chat/completions", json=body)
     error = response.json()["error"]
     assert (response.status_code, error["param"]) == (status, field) and repr(value) in error["message"]
-    assert httpx.post(scripted_url + "/chat/completions", json={"model": "glimp", "messages": QUESTION}).status_code == 200
+    assert (
+        httpx.post(scripted_url + "/chat/completions", json={"model": "glimp", "messages": QUESTION}).status_code == 200
+    )
 
 
 def test_a_bad_message_is_an_error_naming_its_place_in_messages(scripted_url):
@@ -146,13 +171,17 @@ def test_models_health_and_metrics(scripted_url):
     models = openai.OpenAI(base_url=scripted_url, api_key="unused").models.list().data
     assert [m.id for m in models] == ["glimp"] and models[0].model_extra["large_model"] == "scripted-large"
     assert httpx.get(scripted_url.removesuffix("/v1") + "/health").json() == {"status": "ok"}
-    before = (scrape(scripted_url, "glimp_requests_total", status="200"),
-              scrape(scripted_url, "glimp_steps_total", model="small", phase="reasoning"),
-              scrape(scripted_url, "glimp_h_init_nats_count"))
+    before = (
+        scrape(scripted_url, "glimp_requests_total", status="200"),
+        scrape(scripted_url, "glimp_steps_total", model="small", phase="reasoning"),
+        scrape(scripted_url, "glimp_h_init_nats_count"),
+    )
     httpx.post(scripted_url + "/chat/completions", json={"model": "glimp", "messages": QUESTION})
-    after = (scrape(scripted_url, "glimp_requests_total", status="200"),
-             scrape(scripted_url, "glimp_steps_total", model="small", phase="reasoning"),
-             scrape(scripted_url, "glimp_h_init_nats_count"))
+    after = (
+        scrape(scripted_url, "glimp_requests_total", status="200"),
+        scrape(scripted_url, "glimp_steps_total", model="small", phase="reasoning"),
+        scrape(scripted_url, "glimp_h_init_nats_count"),
+    )
     assert [b - a for a, b in zip(before, after)] == [1, 2, 2]  # one request, two probed small steps
     assert scrape(scripted_url, "glimp_runs_running") == 0
     assert scrape(scripted_url, "glimp_time_to_first_token_seconds_count") >= 1
@@ -171,13 +200,19 @@ def test_each_run_is_a_span_with_a_child_span_per_step(scripted_url, spans):
 
 @pytest.mark.parametrize("stream", [False, True])
 def test_a_run_that_fails_inside_glimp_is_a_500_not_a_model_server_error(stream):
-    with running_server(GlimpRouter(backend=scripted_pair(), policy=ScriptedChoices(
-            Verdict.DELEGATE, ZeroDivisionError("division by zero")))) as url:
+    with running_server(
+        GlimpRouter(
+            backend=scripted_pair(), policy=ScriptedChoices(Verdict.DELEGATE, ZeroDivisionError("division by zero"))
+        )
+    ) as url:
         body = {"model": "glimp", "messages": QUESTION, "stream": stream}
         response = httpx.post(url + "/chat/completions", json=body)
         if stream:
-            error = next(json.loads(line.removeprefix("data: "))["error"] for line in response.text.splitlines()
-                         if line.startswith("data: {") and '"error"' in line)
+            error = next(
+                json.loads(line.removeprefix("data: "))["error"]
+                for line in response.text.splitlines()
+                if line.startswith("data: {") and '"error"' in line
+            )
             assert scrape(url, "glimp_requests_total", status="500") == 1
         else:
             assert response.status_code == 500
@@ -246,13 +281,21 @@ def test_the_openai_client_gets_routed_reasoning_then_the_answer(embedded_url):
     assert "".join(d.content or "" for d in deltas)
     # the reasoning sent back in the next turn, under either name, is read (and checked)
     for name in ("reasoning", "reasoning_content"):
-        turn = [*QUESTION, {"role": "assistant", "content": message.content, name: message.model_extra["reasoning"]},
-                {"role": "user", "content": "And with 2 more?"}]
+        turn = [
+            *QUESTION,
+            {"role": "assistant", "content": message.content, name: message.model_extra["reasoning"]},
+            {"role": "user", "content": "And with 2 more?"},
+        ]
         assert client.chat.completions.create(model="glimp", messages=turn, max_tokens=4).choices[0].message.content
     with pytest.raises(openai.BadRequestError) as error:
-        client.chat.completions.create(model="glimp", messages=[
-            *QUESTION, {"role": "assistant", "content": "7", "reasoning": "a", "reasoning_content": "b"},
-            {"role": "user", "content": "Sure?"}])
+        client.chat.completions.create(
+            model="glimp",
+            messages=[
+                *QUESTION,
+                {"role": "assistant", "content": "7", "reasoning": "a", "reasoning_content": "b"},
+                {"role": "user", "content": "Sure?"},
+            ],
+        )
     assert error.value.body["param"] == "messages[1]['reasoning']"
 
 
@@ -275,19 +318,27 @@ def test_langchain_chat_openai_and_chat_deepseek_answer_call_tools_and_fill_sche
 
 
 @pytest.mark.embedded
-@pytest.mark.parametrize("structured_outputs, answer", [
-    ({"choice": ["yes", "no"]}, r"yes|no"),
-    ({"regex": r"[0-9]{2}-[a-z]{3}"}, r"[0-9]{2}-[a-z]{3}"),
-    ({"grammar": 'start: "Total: " NUMBER " apples"\nNUMBER: /[1-9][0-9]?/'}, r"Total: [1-9][0-9]? apples"),
-    ({"json": {"type": "object", "properties": {"total": {"type": "integer"}}, "required": ["total"]}},
-     r'\{"total": -?[0-9]+\}'),
-])
+@pytest.mark.parametrize(
+    "structured_outputs, answer",
+    [
+        ({"choice": ["yes", "no"]}, r"yes|no"),
+        ({"regex": r"[0-9]{2}-[a-z]{3}"}, r"[0-9]{2}-[a-z]{3}"),
+        ({"grammar": 'start: "Total: " NUMBER " apples"\nNUMBER: /[1-9][0-9]?/'}, r"Total: [1-9][0-9]? apples"),
+        (
+            {"json": {"type": "object", "properties": {"total": {"type": "integer"}}, "required": ["total"]}},
+            r'\{"total": -?[0-9]+\}',
+        ),
+    ],
+)
 def test_vllm_structured_outputs_constrain_the_answer(embedded_url, structured_outputs, answer):
     """vLLM's `structured_outputs` extension field, as vLLM clients send it in `extra_body`."""
     client = openai.OpenAI(base_url=embedded_url, api_key="unused")
     response = client.chat.completions.create(
-        model="glimp", messages=[{"role": "user", "content": "Tom has 3 apples and buys 4 more. How many?"}],
-        max_tokens=30, extra_body={"structured_outputs": structured_outputs, "reasoning_mode": "plain"})
+        model="glimp",
+        messages=[{"role": "user", "content": "Tom has 3 apples and buys 4 more. How many?"}],
+        max_tokens=30,
+        extra_body={"structured_outputs": structured_outputs, "reasoning_mode": "plain"},
+    )
     assert re.fullmatch(answer, response.choices[0].message.content), response.choices[0].message.content
 
 
@@ -307,8 +358,9 @@ def test_a_langchain_agent_over_chat_openai_runs_its_tool_loop_through_the_serve
         """Get the weather at a location."""
         return f"It is sunny in {location}."
 
-    llm = ChatOpenAI(model="glimp", base_url=embedded_url, api_key="unused", max_tokens=100,
-                     extra_body={"reasoning_mode": "plain"})
+    llm = ChatOpenAI(
+        model="glimp", base_url=embedded_url, api_key="unused", max_tokens=100, extra_body={"reasoning_mode": "plain"}
+    )
     agent = create_agent(llm, [get_weather], response_format=WeatherReport, middleware=[CallToolThenAnswer()])
     result = agent.invoke({"messages": [("user", "What is the weather in Paris?")]})
     messages = result["messages"]
@@ -322,8 +374,14 @@ async def test_llamaindex_openailike_chats_and_streams_thinking(embedded_url):
     from llama_index.core.base.llms.types import ChatMessage, ThinkingBlock
     from llama_index.llms.openai_like import OpenAILike
 
-    llm = OpenAILike(model="glimp", api_base=embedded_url, api_key="unused", is_chat_model=True,
-                     is_function_calling_model=True, context_window=2048)
+    llm = OpenAILike(
+        model="glimp",
+        api_base=embedded_url,
+        api_key="unused",
+        is_chat_model=True,
+        is_function_calling_model=True,
+        context_window=2048,
+    )
     response = await llm.achat([ChatMessage(role="user", content="What is 3 x 3?")])
     assert response.message.content
     last = None
@@ -361,9 +419,26 @@ def test_glimp_serve_from_the_command_line_exports_spans_and_drains_on_sigterm(o
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    command = [sys.executable, "-m", "glimp_integrations.cli", "serve", "--port", str(port), "--reasoning-budget", "16",
-               "--served-model-name", "tiny-pair", "--log-level", "warning", "--otlp-traces-endpoint", endpoint,
-               "--seed", "0", "--temperature", "0"]  # greedy: the finish reasons asserted below cannot vary
+    command = [
+        sys.executable,
+        "-m",
+        "glimp_integrations.cli",
+        "serve",
+        "--port",
+        str(port),
+        "--reasoning-budget",
+        "16",
+        "--served-model-name",
+        "tiny-pair",
+        "--log-level",
+        "warning",
+        "--otlp-traces-endpoint",
+        endpoint,
+        "--seed",
+        "0",
+        "--temperature",
+        "0",
+    ]  # greedy: the finish reasons asserted below cannot vary
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     base = f"http://127.0.0.1:{port}"
     try:
@@ -375,12 +450,19 @@ def test_glimp_serve_from_the_command_line_exports_spans_and_drains_on_sigterm(o
             except httpx.HTTPError:
                 time.sleep(0.5)
         assert process.poll() is None, process.stderr.read()[-2000:]
-        response = httpx.post(base + "/v1/chat/completions", timeout=120, json={
-            "model": "tiny-pair", "messages": QUESTION, "max_tokens": 8})
+        response = httpx.post(
+            base + "/v1/chat/completions",
+            timeout=120,
+            json={"model": "tiny-pair", "messages": QUESTION, "max_tokens": 8},
+        )
         assert response.status_code == 200 and response.json()["glimp"]["summary"]["mode"] == "think"
         # SIGTERM in the middle of a stream: the stream still ends whole, then the process exits
-        with httpx.stream("POST", base + "/v1/chat/completions", timeout=120, json={
-                "model": "tiny-pair", "messages": QUESTION, "max_tokens": 8, "stream": True}) as stream:
+        with httpx.stream(
+            "POST",
+            base + "/v1/chat/completions",
+            timeout=120,
+            json={"model": "tiny-pair", "messages": QUESTION, "max_tokens": 8, "stream": True},
+        ) as stream:
             lines = stream.iter_lines()
             assert next(lines).startswith("data: ")
             process.send_signal(signal.SIGTERM)
@@ -397,5 +479,8 @@ def test_glimp_serve_from_the_command_line_exports_spans_and_drains_on_sigterm(o
     steps = [span for _, span in spans if span.name == "glimp.step"]
     assert len(runs) == 2 and steps
     assert {step.parent_span_id for step in steps} <= {run.span_id for run in runs}
-    assert all({a.key for a in step.attributes} >= {"glimp.step.model", "glimp.step.h_init"} for step in steps
-               if any(a.key == "glimp.step.phase" and a.value.string_value == "reasoning" for a in step.attributes))
+    assert all(
+        {a.key for a in step.attributes} >= {"glimp.step.model", "glimp.step.h_init"}
+        for step in steps
+        if any(a.key == "glimp.step.phase" and a.value.string_value == "reasoning" for a in step.attributes)
+    )

@@ -19,61 +19,99 @@ TALLY: Counter = Counter()
 """Answers by API and status over the generated requests (printed at the end of the module)."""
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers(min_value=-(2 ** 70), max_value=2 ** 70)
-    | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=12),
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**70), max_value=2**70)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=12),
     lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=8), children, max_size=3),
-    max_leaves=8)
+    max_leaves=8,
+)
 """Any JSON value (JSON has no NaN or infinity)."""
 
 typed_fields = {
-    "max_tokens": st.integers(min_value=-5, max_value=10 ** 7),
-    "max_completion_tokens": st.integers(min_value=-5, max_value=10 ** 7),
+    "max_tokens": st.integers(min_value=-5, max_value=10**7),
+    "max_completion_tokens": st.integers(min_value=-5, max_value=10**7),
     "temperature": st.floats(min_value=-1, max_value=3),
     "top_p": st.floats(min_value=-1, max_value=2),
-    "seed": st.integers(min_value=-(2 ** 65), max_value=2 ** 65),
+    "seed": st.integers(min_value=-(2**65), max_value=2**65),
     "stop": st.lists(st.text(max_size=4), max_size=3),
     "n": st.integers(min_value=0, max_value=3),
     "stream": st.booleans(),
     "stream_options": st.fixed_dictionaries({"include_usage": st.booleans()}),
-    "tools": st.lists(st.fixed_dictionaries({"type": st.just("function"), "function": st.fixed_dictionaries(
-        {"name": st.text(max_size=70), "parameters": st.just({"type": "object"})})}), max_size=2),
+    "tools": st.lists(
+        st.fixed_dictionaries(
+            {
+                "type": st.just("function"),
+                "function": st.fixed_dictionaries(
+                    {"name": st.text(max_size=70), "parameters": st.just({"type": "object"})}
+                ),
+            }
+        ),
+        max_size=2,
+    ),
     "tool_choice": st.sampled_from(["auto", "none", "required"]),
     "parallel_tool_calls": st.booleans(),
     "response_format": st.sampled_from([{"type": "json_object"}, {"type": "text"}, {"type": "json_schema"}]),
     "threshold": st.floats(min_value=-1, max_value=10),
     "policy": st.sampled_from(["glimpse", "always_small", "nonsense"]),
-    "reasoning_budget": st.integers(min_value=-2, max_value=10 ** 6),
+    "reasoning_budget": st.integers(min_value=-2, max_value=10**6),
     "logprobs": st.booleans(),
 }
 """Fields with values of the right type (some out of range or unsupported)."""
-fields = {"model": st.sampled_from(["glimp", "other"]) | json_values, "unknown_field": json_values,
-          **{name: strategy | json_values for name, strategy in typed_fields.items()}}
+fields = {
+    "model": st.sampled_from(["glimp", "other"]) | json_values,
+    "unknown_field": json_values,
+    **{name: strategy | json_values for name, strategy in typed_fields.items()},
+}
 """Fields with any JSON value."""
-messages = st.lists(st.one_of(
-    st.fixed_dictionaries({"role": st.just("user"), "content": st.text(min_size=1, max_size=20)}),
-    st.fixed_dictionaries({"role": st.sampled_from(["assistant", "system", "tool", "robot"]),
-                           "content": st.none() | st.text(max_size=10) | json_values},
-                          optional={"tool_calls": json_values, "tool_call_id": json_values, "name": json_values,
-                                    "reasoning": json_values}),
-    json_values), min_size=0, max_size=4)
+messages = st.lists(
+    st.one_of(
+        st.fixed_dictionaries({"role": st.just("user"), "content": st.text(min_size=1, max_size=20)}),
+        st.fixed_dictionaries(
+            {
+                "role": st.sampled_from(["assistant", "system", "tool", "robot"]),
+                "content": st.none() | st.text(max_size=10) | json_values,
+            },
+            optional={
+                "tool_calls": json_values,
+                "tool_call_id": json_values,
+                "name": json_values,
+                "reasoning": json_values,
+            },
+        ),
+        json_values,
+    ),
+    min_size=0,
+    max_size=4,
+)
 requests = st.fixed_dictionaries(
-    {"messages": messages | json_values},
-    optional={name: strategy for name, strategy in fields.items()})
+    {"messages": messages | json_values}, optional={name: strategy for name, strategy in fields.items()}
+)
 plausible_requests = st.fixed_dictionaries(
-    {"model": st.just("glimp"), "messages": st.lists(
-        st.fixed_dictionaries({"role": st.just("user"), "content": st.text(min_size=1, max_size=20)}), min_size=1,
-        max_size=2)},
-    optional=typed_fields)
+    {
+        "model": st.just("glimp"),
+        "messages": st.lists(
+            st.fixed_dictionaries({"role": st.just("user"), "content": st.text(min_size=1, max_size=20)}),
+            min_size=1,
+            max_size=2,
+        ),
+    },
+    optional=typed_fields,
+)
 """Requests whose fields are of the right types (their values may still be out of range)."""
 
 
 response_fields = {
     "model": st.sampled_from(["glimp", "other"]) | json_values,
     "instructions": st.text(max_size=10) | json_values,
-    "max_output_tokens": st.integers(min_value=-5, max_value=10 ** 7) | json_values,
+    "max_output_tokens": st.integers(min_value=-5, max_value=10**7) | json_values,
     "temperature": st.floats(min_value=-1, max_value=3) | json_values,
-    "tools": st.lists(st.fixed_dictionaries({"type": st.sampled_from(["function", "web_search"]),
-                                             "name": st.text(max_size=70)}), max_size=2) | json_values,
+    "tools": st.lists(
+        st.fixed_dictionaries({"type": st.sampled_from(["function", "web_search"]), "name": st.text(max_size=70)}),
+        max_size=2,
+    )
+    | json_values,
     "tool_choice": st.sampled_from(["auto", "none", "required"]) | json_values,
     "text": st.sampled_from([{"format": {"type": "json_object"}}, {"format": {"type": "text"}}]) | json_values,
     "store": st.booleans() | json_values,
@@ -83,17 +121,36 @@ response_fields = {
     "threshold": st.floats(min_value=-1, max_value=10) | json_values,
     "unknown_field": json_values,
 }
-input_items = st.lists(st.one_of(
-    st.fixed_dictionaries({"role": st.sampled_from(["user", "developer", "assistant", "robot"]),
-                           "content": st.text(min_size=1, max_size=10) | json_values}),
-    st.fixed_dictionaries({"type": st.just("function_call"), "call_id": st.text(max_size=4),
-                           "name": st.text(max_size=6), "arguments": st.just("{}") | json_values}),
-    st.fixed_dictionaries({"type": st.just("function_call_output"), "call_id": st.text(max_size=4),
-                           "output": st.text(max_size=6) | json_values}),
-    json_values), max_size=4)
+input_items = st.lists(
+    st.one_of(
+        st.fixed_dictionaries(
+            {
+                "role": st.sampled_from(["user", "developer", "assistant", "robot"]),
+                "content": st.text(min_size=1, max_size=10) | json_values,
+            }
+        ),
+        st.fixed_dictionaries(
+            {
+                "type": st.just("function_call"),
+                "call_id": st.text(max_size=4),
+                "name": st.text(max_size=6),
+                "arguments": st.just("{}") | json_values,
+            }
+        ),
+        st.fixed_dictionaries(
+            {
+                "type": st.just("function_call_output"),
+                "call_id": st.text(max_size=4),
+                "output": st.text(max_size=6) | json_values,
+            }
+        ),
+        json_values,
+    ),
+    max_size=4,
+)
 response_requests = st.fixed_dictionaries(
-    {"input": st.text(min_size=1, max_size=20) | input_items | json_values},
-    optional=response_fields)
+    {"input": st.text(min_size=1, max_size=20) | input_items | json_values}, optional=response_fields
+)
 
 
 @pytest.fixture(scope="module")
@@ -122,43 +179,71 @@ def check_answer(body: dict, response: httpx.Response) -> None:
     assert field in body, (body, error)
 
 
-@settings(max_examples=400, deadline=None, derandomize=True, database=None,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=400,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
 @given(body=plausible_requests | requests)
 def test_generated_requests_get_a_200_or_a_4xx_naming_the_field(url, body):
     check_answer(body, httpx.post(url + "/chat/completions", json=body, timeout=30))
 
 
-@settings(max_examples=300, deadline=None, derandomize=True, database=None,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=300,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
 @given(body=response_requests)
 def test_generated_responses_requests_get_a_200_or_a_4xx_naming_the_field(url, body):
     check_answer(body, httpx.post(url + "/responses", json=body, timeout=30))
 
 
-@pytest.mark.parametrize("raw, status", [
-    (b"{", 400), (b"[1, 2]", 400), (b'"text"', 400), (b"\xff\xfe", 400),
-    (b"[" * 100_000 + b"]" * 100_000, 400),  # nested deeper than a parser recurses
-    (b'{"messages": [{"role": "user", "content": "' + b"x" * (17 * 1024 * 1024) + b'"}]}', 413),
-])
+@pytest.mark.parametrize(
+    "raw, status",
+    [
+        (b"{", 400),
+        (b"[1, 2]", 400),
+        (b'"text"', 400),
+        (b"\xff\xfe", 400),
+        (b"[" * 100_000 + b"]" * 100_000, 400),  # nested deeper than a parser recurses
+        (b'{"messages": [{"role": "user", "content": "' + b"x" * (17 * 1024 * 1024) + b'"}]}', 413),
+    ],
+)
 def test_bodies_that_are_not_a_request_get_a_4xx(url, raw, status):
-    response = httpx.post(url + "/chat/completions", content=raw, headers={"Content-Type": "application/json"},
-                          timeout=60)
+    response = httpx.post(
+        url + "/chat/completions", content=raw, headers={"Content-Type": "application/json"}, timeout=60
+    )
     assert response.status_code == status and response.json()["error"]["message"]
 
 
-@pytest.mark.parametrize("body, param", [
-    ({"max_tokens": 10 ** 30}, "max_tokens"),  # out of range (it was a 500)
-    ({"max_tokens": 100_000}, "max_tokens"),  # beyond the context window, as vLLM refuses it
-    ({"max_tokens": 4090}, "max_tokens"),  # within the window (4096), beyond what the prompt leaves of it
-    ({"temperature": "hot"}, "temperature"), ({"temperature": 2.5}, "temperature"), ({"top_p": 0}, "top_p"),
-    ({"stream": "yes"}, "stream"), ({"n": True}, "n"), ({"seed": 2 ** 64}, "seed"),
-    ({"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "tool_calls": {"id": 1}}]},
-     "messages[1]['tool_calls']"),
-    ({"messages": [{"role": "user", "content": "Hi"}, {"role": "tool", "content": "42"}]},
-     "messages[1]['tool_call_id']"),
-    ({"tools": [{"type": "function", "function": {"name": "has space"}}]}, "tools[0]"),
-])
+@pytest.mark.parametrize(
+    "body, param",
+    [
+        ({"max_tokens": 10**30}, "max_tokens"),  # out of range (it was a 500)
+        ({"max_tokens": 100_000}, "max_tokens"),  # beyond the context window, as vLLM refuses it
+        ({"max_tokens": 4090}, "max_tokens"),  # within the window (4096), beyond what the prompt leaves of it
+        ({"temperature": "hot"}, "temperature"),
+        ({"temperature": 2.5}, "temperature"),
+        ({"top_p": 0}, "top_p"),
+        ({"stream": "yes"}, "stream"),
+        ({"n": True}, "n"),
+        ({"seed": 2**64}, "seed"),
+        (
+            {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "tool_calls": {"id": 1}}]},
+            "messages[1]['tool_calls']",
+        ),
+        (
+            {"messages": [{"role": "user", "content": "Hi"}, {"role": "tool", "content": "42"}]},
+            "messages[1]['tool_call_id']",
+        ),
+        ({"tools": [{"type": "function", "function": {"name": "has space"}}]}, "tools[0]"),
+    ],
+)
 def test_the_inputs_that_broke_it_are_4xx_naming_the_field(url, body, param):
     request = {"model": "glimp", "messages": [{"role": "user", "content": "What is 3 x 3?"}], **body}
     response = httpx.post(url + "/chat/completions", json=request, timeout=30)
@@ -166,7 +251,10 @@ def test_the_inputs_that_broke_it_are_4xx_naming_the_field(url, body, param):
 
 
 def test_the_server_answers_normally_after_all_of_it(url):
-    response = httpx.post(url + "/chat/completions", timeout=30, json={
-        "model": "glimp", "messages": [{"role": "user", "content": "What is 3 x 3?"}]})
+    response = httpx.post(
+        url + "/chat/completions",
+        timeout=30,
+        json={"model": "glimp", "messages": [{"role": "user", "content": "What is 3 x 3?"}]},
+    )
     assert response.status_code == 200 and response.json()["choices"][0]["message"]["content"] == PLAIN_ANSWER
     assert json.loads(httpx.get(url.removesuffix("/v1") + "/health").text)["status"] == "ok"

@@ -12,9 +12,16 @@ from glimp_integrations import GlimpRouter
 from glimp_integrations.serve import running_server
 from tests.scripted_pairs import PLAIN_ANSWER, scripted_pair
 
-MULTIPLY = {"type": "function", "name": "multiply", "description": "Multiply two integers.",
-            "parameters": {"type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}},
-                           "required": ["a", "b"]}}
+MULTIPLY = {
+    "type": "function",
+    "name": "multiply",
+    "description": "Multiply two integers.",
+    "parameters": {
+        "type": "object",
+        "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}},
+        "required": ["a", "b"],
+    },
+}
 
 
 @pytest.fixture(scope="module")
@@ -50,8 +57,9 @@ def test_the_stream_builds_the_same_response_event_by_event(client):
     deltas = "".join(event.delta for event in events if event.type == "response.output_text.delta")
     assert deltas == final.output_text == whole.output_text
     assert [item.type for item in final.output] == [item.type for item in whole.output]
-    assert [item.content[0].text for item in final.output if item.type == "reasoning"] == \
-        [item.content[0].text for item in whole.output if item.type == "reasoning"]
+    assert [item.content[0].text for item in final.output if item.type == "reasoning"] == [
+        item.content[0].text for item in whole.output if item.type == "reasoning"
+    ]
 
 
 def test_function_tools_and_their_turns(client):
@@ -61,27 +69,33 @@ def test_function_tools_and_their_turns(client):
     with client.responses.stream(model="glimp", input="What is 3 x 3?", tools=[MULTIPLY]) as stream:
         kinds = [event.type for event in stream]
     assert "response.function_call_arguments.done" in kinds and "response.output_text.delta" not in kinds
-    turn = [{"role": "user", "content": "What is 3 x 3?"}, *[item.model_dump() for item in first.output],
-            {"type": "function_call_output", "call_id": call.call_id, "output": "9"}]
+    turn = [
+        {"role": "user", "content": "What is 3 x 3?"},
+        *[item.model_dump() for item in first.output],
+        {"type": "function_call_output", "call_id": call.call_id, "output": "9"},
+    ]
     second = client.responses.create(model="glimp", input=turn, tools=[MULTIPLY])
     assert second.output_text == PLAIN_ANSWER and not [i for i in second.output if i.type == "function_call"]
 
 
-@pytest.mark.parametrize("field, value, param", [
-    ("previous_response_id", "resp_123", "previous_response_id"),
-    ("store", True, "store"),
-    ("conversation", "conv_1", "conversation"),
-    ("tools", [{"type": "web_search"}], "tools[0]"),
-    ("max_output_tokens", 0, "max_output_tokens"),
-    ("max_output_tokens", 10 ** 9, "max_output_tokens"),
-    ("max_output_tokens", 4090, "max_output_tokens"),  # more than the prompt leaves of the 4096-token window
-    ("input", [{"type": "image", "url": "x"}], "input[0]"),
-    ("input", [{"role": "user", "content": [{"type": "input_image", "image_url": "x"}]}], "input[0]['content']"),
-    ("text", {"format": {"type": "json_schema"}}, "text.format"),
-    ("reasoning", {"effort": "high"}, "reasoning"),
-    ("temperature", "warm", "temperature"),
-    ("threshold", -1, "threshold"),
-])
+@pytest.mark.parametrize(
+    "field, value, param",
+    [
+        ("previous_response_id", "resp_123", "previous_response_id"),
+        ("store", True, "store"),
+        ("conversation", "conv_1", "conversation"),
+        ("tools", [{"type": "web_search"}], "tools[0]"),
+        ("max_output_tokens", 0, "max_output_tokens"),
+        ("max_output_tokens", 10**9, "max_output_tokens"),
+        ("max_output_tokens", 4090, "max_output_tokens"),  # more than the prompt leaves of the 4096-token window
+        ("input", [{"type": "image", "url": "x"}], "input[0]"),
+        ("input", [{"role": "user", "content": [{"type": "input_image", "image_url": "x"}]}], "input[0]['content']"),
+        ("text", {"format": {"type": "json_schema"}}, "text.format"),
+        ("reasoning", {"effort": "high"}, "reasoning"),
+        ("temperature", "warm", "temperature"),
+        ("threshold", -1, "threshold"),
+    ],
+)
 def test_what_the_responses_api_cannot_take_is_a_400_naming_the_field(client, field, value, param):
     body = {"model": "glimp", "input": "What is 3 x 3?", field: value}
     response = httpx.post(str(client.base_url) + "responses", json=body, timeout=30)
@@ -107,10 +121,17 @@ def test_responses_and_chat_completions_give_the_same_greedy_answer(embedded_url
 @pytest.mark.embedded
 def test_text_format_json_schema_constrains_the_answer(embedded_url):
     client = openai.OpenAI(base_url=embedded_url, api_key="unused")
-    schema = {"type": "object", "properties": {"total": {"type": "integer"}}, "required": ["total"],
-              "additionalProperties": False}
-    response = client.responses.create(model="glimp", input="Tom has 3 apples and buys 4. How many?",
-                                       text={"format": {"type": "json_schema", "name": "count", "schema": schema}})
+    schema = {
+        "type": "object",
+        "properties": {"total": {"type": "integer"}},
+        "required": ["total"],
+        "additionalProperties": False,
+    }
+    response = client.responses.create(
+        model="glimp",
+        input="Tom has 3 apples and buys 4. How many?",
+        text={"format": {"type": "json_schema", "name": "count", "schema": schema}},
+    )
     assert isinstance(json.loads(response.output_text)["total"], int)
 
 
@@ -140,8 +161,13 @@ def test_an_agents_sdk_agent_calls_its_tool_then_answers(embedded_url):
     model = OpenAIResponsesModel("glimp", openai.AsyncOpenAI(base_url=embedded_url, api_key="unused"))
     # the 135M model does not choose a tool by itself: the first turn must call one, the SDK then
     # resets the choice to auto and the model answers
-    agent = Agent(name="calculator", instructions="Use the multiply tool.", model=model, tools=[multiply],
-                  model_settings=ModelSettings(tool_choice="required"))
+    agent = Agent(
+        name="calculator",
+        instructions="Use the multiply tool.",
+        model=model,
+        tools=[multiply],
+        model_settings=ModelSettings(tool_choice="required"),
+    )
     result = Runner.run_sync(agent, "What is 3 x 3?", max_turns=4)
     assert calls and all(isinstance(a, int) and isinstance(b, int) for a, b in calls)
     assert isinstance(result.final_output, str) and result.final_output

@@ -32,8 +32,10 @@ def _adapters():
     from llamaindex_glimp import GlimpRouterLLM
 
     own = {"small", "large", "max_tokens", "timeout", "max_retries"}
-    return [(ChatGlimpRouter, BaseChatModel, own | {"stop", "api_key", "streaming"}),
-            (GlimpRouterLLM, FunctionCallingLLM, own)]
+    return [
+        (ChatGlimpRouter, BaseChatModel, own | {"stop", "api_key", "streaming"}),
+        (GlimpRouterLLM, FunctionCallingLLM, own),
+    ]
 
 
 def test_every_setting_is_described_and_the_adapters_own_are_settings():
@@ -52,9 +54,15 @@ def test_each_adapter_has_every_setting_as_a_field_described_by_the_declaration(
         assert adapter.model_fields[setting.name].description.startswith(setting.description), setting.name
 
 
-@pytest.mark.parametrize("command, swept", [("ask", set()), ("serve", set()),
-                                            ("bench", {"policy", "threshold", "random_rate"}),
-                                            ("calibrate", {"policy", "threshold", "random_rate"})])
+@pytest.mark.parametrize(
+    "command, swept",
+    [
+        ("ask", set()),
+        ("serve", set()),
+        ("bench", {"policy", "threshold", "random_rate"}),
+        ("calibrate", {"policy", "threshold", "random_rate"}),
+    ],
+)
 def test_each_command_has_an_option_per_setting(command, swept):
     subparsers = next(a for a in build_parser()._actions if a.dest == "command")
     destinations = {action.dest for action in subparsers.choices[command]._actions}
@@ -63,10 +71,31 @@ def test_each_command_has_an_option_per_setting(command, swept):
 
 
 def test_command_line_values_reach_the_router_as_settings():
-    args = build_parser().parse_args(["ask", "q", "--top-p", "0.5", "--threshold", "inf", "--stop", '["X:"]',
-                                      "--no-span-steps", "--mode", "plain", "--probe-ladder", "[20, null]"])
-    assert cli_settings(args) == {"top_p": 0.5, "threshold": float("inf"), "stop": ("X:",), "span_steps": False,
-                                  "reasoning_mode": "plain", "probe_ladder": (20, None)}
+    args = build_parser().parse_args(
+        [
+            "ask",
+            "q",
+            "--top-p",
+            "0.5",
+            "--threshold",
+            "inf",
+            "--stop",
+            '["X:"]',
+            "--no-span-steps",
+            "--mode",
+            "plain",
+            "--probe-ladder",
+            "[20, null]",
+        ]
+    )
+    assert cli_settings(args) == {
+        "top_p": 0.5,
+        "threshold": float("inf"),
+        "stop": ("X:",),
+        "span_steps": False,
+        "reasoning_mode": "plain",
+        "probe_ladder": (20, None),
+    }
 
 
 def test_the_server_takes_every_run_setting_and_only_those():
@@ -82,5 +111,6 @@ def test_the_engine_takes_every_setting_with_the_declared_defaults():
 def test_the_readme_table_is_the_declarations():
     readme = (Path(__file__).parent.parent / "README.md").read_text()
     table = re.search(r"<!-- settings table[^>]*-->\n(.*?)\n<!-- end of settings table -->", readme, re.DOTALL)
-    assert table and table.group(1) == settings_table(), \
+    assert table and table.group(1) == settings_table(), (
         "README's settings table is stale: paste glimp_integrations.settings.settings_table() there"
+    )

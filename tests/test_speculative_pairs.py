@@ -15,7 +15,8 @@ def _model_folder(path, tokens, embedding_rows, added=()):
     """A folder with a word-level tokenizer over `tokens` (plus `added` special tokens) and a
     config whose embedding table has `embedding_rows` rows: all that the pair check reads."""
     tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=Tokenizer(models.WordLevel({t: i for i, t in enumerate(tokens)}, unk_token=tokens[0])))
+        tokenizer_object=Tokenizer(models.WordLevel({t: i for i, t in enumerate(tokens)}, unk_token=tokens[0]))
+    )
     tokenizer.add_special_tokens({"additional_special_tokens": list(added)})
     tokenizer.save_pretrained(path)
     (path / "config.json").write_text(json.dumps({"model_type": "llama", "vocab_size": embedding_rows}))
@@ -29,7 +30,10 @@ def test_one_vocabulary_and_one_table_size_drafts_plainly(tmp_path):
     small = _model_folder(tmp_path / "small", BASE, 8)
     large = _model_folder(tmp_path / "large", BASE, 8, added=["<think>"])
     assert speculative_config(small, large, True) == {
-        "model": small, "method": "draft_model", "num_speculative_tokens": 3}
+        "model": small,
+        "method": "draft_model",
+        "num_speculative_tokens": 3,
+    }
     assert speculative_config(small, large, {"num_speculative_tokens": 5})["num_speculative_tokens"] == 5
 
 
@@ -55,12 +59,15 @@ def test_methods_that_need_no_draft_model_skip_the_vocabulary_check():
     assert speculative_config("missing", "missing", eagle) == {**eagle, "num_speculative_tokens": 3}
 
 
-@pytest.mark.parametrize("option, fragment", [
-    ({"num_speculative_tokens": 0}, r"`speculative\['num_speculative_tokens'\]` must be a positive int; got 0"),
-    ({"method": "telepathy"}, r"`speculative\['method'\]` must be one of vLLM's methods \(ngram, .*draft_model"),
-    ({"method": "eagle"}, r"`speculative\['model'\]` must name the eagle drafter"),
-    ("yes", r"`speculative` must be True, False or a dict"),
-])
+@pytest.mark.parametrize(
+    "option, fragment",
+    [
+        ({"num_speculative_tokens": 0}, r"`speculative\['num_speculative_tokens'\]` must be a positive int; got 0"),
+        ({"method": "telepathy"}, r"`speculative\['method'\]` must be one of vLLM's methods \(ngram, .*draft_model"),
+        ({"method": "eagle"}, r"`speculative\['model'\]` must name the eagle drafter"),
+        ("yes", r"`speculative` must be True, False or a dict"),
+    ],
+)
 def test_bad_options_fail_before_loading_anything(option, fragment):
     with pytest.raises(GlimpConfigError, match=fragment):
         speculative_config("missing", "missing", option)

@@ -14,19 +14,29 @@ def ends(tokens, step_tokens=None, separator="\n\n"):
     return [scanner.feed(token) for token in tokens]
 
 
-@pytest.mark.parametrize("tokens, expected", [
-    ([IT, IS, BLANK, IT], [None, None, "separator", None]),  # a token holding the separator
-    ([IT, DOT_NEWLINE, NEWLINE, IT], [None, None, "separator", None]),  # a separator across two tokens
-    ([IT, BLANK_AND_NEWLINE, NEWLINE], [None, "separator", None]),  # a new step starts with nothing carried over
-    ([NEWLINE, END, NEWLINE], [None, None, "separator"]),  # text-less tokens (the end of text) in between
-])
+@pytest.mark.parametrize(
+    "tokens, expected",
+    [
+        ([IT, IS, BLANK, IT], [None, None, "separator", None]),  # a token holding the separator
+        ([IT, DOT_NEWLINE, NEWLINE, IT], [None, None, "separator", None]),  # a separator across two tokens
+        ([IT, BLANK_AND_NEWLINE, NEWLINE], [None, "separator", None]),  # a new step starts with nothing carried over
+        ([NEWLINE, END, NEWLINE], [None, None, "separator"]),  # text-less tokens (the end of text) in between
+    ],
+)
 def test_a_step_ends_after_the_token_that_completes_the_separator(tokens, expected):
     assert ends(tokens) == expected
 
 
 def test_a_step_also_ends_after_step_tokens_and_the_count_starts_again():
-    assert ends([IT, IS, IT, IS, BLANK, IT, IS], step_tokens=3) == \
-        [None, None, "step_tokens", None, "separator", None, None]
+    assert ends([IT, IS, IT, IS, BLANK, IT, IS], step_tokens=3) == [
+        None,
+        None,
+        "step_tokens",
+        None,
+        "separator",
+        None,
+        None,
+    ]
 
 
 def test_split_text_cuts_at_the_tokens_when_their_texts_add_up_and_after_the_separator_otherwise():
@@ -77,7 +87,9 @@ def test_the_gate_acts_at_every_step_start_of_a_spanning_request_and_records_eac
         assert torch.equal(at_step_starts([IT], flat.clone()), flat)  # not a step start: untouched
         forced = at_step_starts([IT, BLANK], flat.clone())  # step 1 starts, above the threshold
         assert forced.argmax() == END and torch.isinf(forced).sum() == 7
-        assert slots.entropy(arguments, 0) < 0.3 and math.isclose(slots.entropy(arguments, 1), math.log(8), rel_tol=1e-6)
+        assert slots.entropy(arguments, 0) < 0.3 and math.isclose(
+            slots.entropy(arguments, 1), math.log(8), rel_tol=1e-6
+        )
         assert slots.entropy(arguments, 2) is None
         # after a preemption vLLM builds the function again over the tokens so far: it finds step 2
         again = gate.new_req_logits_processor(SimpleNamespace(extra_args=arguments))

@@ -7,13 +7,20 @@ from glimp_integrations.errors import GlimpTimeoutError
 from glimp_integrations.tools import parse_tool_calls, prepare_messages
 from tests.conftest import scripted_router, step
 
-WEATHER = {"type": "function", "function": {"name": "get_weather", "description": "Weather in a city",
-                                            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Weather in a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+    },
+}
 
 
 def test_stop_sequence_ends_the_run_before_it_and_is_never_streamed():
-    router, _ = scripted_router([step("Thought: add.\n\n"), step("It is 7. Observation: done"), step("more")],
-                                [], stop=["Observation:"])
+    router, _ = scripted_router(
+        [step("Thought: add.\n\n"), step("It is 7. Observation: done"), step("more")], [], stop=["Observation:"]
+    )
     events = list(router.stream("q"))
     trace = events[-1].trace
     assert trace.answer == "Thought: add.\n\nIt is 7."
@@ -23,8 +30,9 @@ def test_stop_sequence_ends_the_run_before_it_and_is_never_streamed():
 
 
 def test_stop_sequences_apply_to_the_answer_not_the_reasoning_in_think_mode():
-    router, _ = scripted_router([step("I should STOP thinking. </think>")], [step("Answer STOP ignored")],
-                                think=True, stop=["STOP"])
+    router, _ = scripted_router(
+        [step("I should STOP thinking. </think>")], [step("Answer STOP ignored")], think=True, stop=["STOP"]
+    )
     trace = router.run("q")
     assert trace.reasoning == "I should STOP thinking."
     assert trace.answer == "Answer"
@@ -39,17 +47,26 @@ def test_timeout_raises_with_the_partial_trace():
 
 
 def test_tools_are_described_to_templates_that_cannot_render_them():
-    router, backend = scripted_router([step("x")], [], )
+    router, backend = scripted_router(
+        [step("x")],
+        [],
+    )
     router.run("weather in Paris?", tools=[WEATHER], tool_choice="get_weather")
-    assert all("get_weather" in p and "<tool_call>" in p and "must call the tool `get_weather`" in p
-               for p in backend.prompts)
+    assert all(
+        "get_weather" in p and "<tool_call>" in p and "must call the tool `get_weather`" in p for p in backend.prompts
+    )
 
 
 def test_prepare_messages_inlines_earlier_tool_calls():
-    messages = [{"role": "user", "content": "hi"},
-                {"role": "assistant", "content": "", "tool_calls": [
-                    {"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Oslo"}}}]},
-                {"role": "tool", "content": "rain"}]
+    messages = [
+        {"role": "user", "content": "hi"},
+        {
+            "role": "assistant",
+            "content": "",
+            "tool_calls": [{"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Oslo"}}}],
+        },
+        {"role": "tool", "content": "rain"},
+    ]
     prepared = prepare_messages(messages, [WEATHER], template_renders_tools=False)
     assert prepared[0]["role"] == "system"
     assert prepared[2]["content"] == '<tool_call>{"name": "get_weather", "arguments": {"city": "Oslo"}}</tool_call>'
@@ -57,17 +74,29 @@ def test_prepare_messages_inlines_earlier_tool_calls():
     assert prepare_messages(messages, [WEATHER], template_renders_tools=True) == messages
 
 
-@pytest.mark.parametrize("text, content, calls", [
-    ('<tool_call>{"name": "get_weather", "arguments": {"city": "Paris"}}</tool_call>', "",
-     [("get_weather", {"city": "Paris"})]),
-    ('Let me check. <tool_call>\n{"name": "get_weather", "arguments": "{\\"city\\": \\"Rome\\"}"}\n</tool_call>',
-     "Let me check.", [("get_weather", {"city": "Rome"})]),
-    ('{"name": "get_weather", "arguments": {"city": "Oslo"}}', "", [("get_weather", {"city": "Oslo"})]),
-    ('<tool_call>{"name": "launch_rockets", "arguments": {}}</tool_call>',
-     '<tool_call>{"name": "launch_rockets", "arguments": {}}</tool_call>', []),
-    ("<tool_call>not json</tool_call>", "<tool_call>not json</tool_call>", []),
-    ("Plain answer.", "Plain answer.", []),
-])
+@pytest.mark.parametrize(
+    "text, content, calls",
+    [
+        (
+            '<tool_call>{"name": "get_weather", "arguments": {"city": "Paris"}}</tool_call>',
+            "",
+            [("get_weather", {"city": "Paris"})],
+        ),
+        (
+            'Let me check. <tool_call>\n{"name": "get_weather", "arguments": "{\\"city\\": \\"Rome\\"}"}\n</tool_call>',
+            "Let me check.",
+            [("get_weather", {"city": "Rome"})],
+        ),
+        ('{"name": "get_weather", "arguments": {"city": "Oslo"}}', "", [("get_weather", {"city": "Oslo"})]),
+        (
+            '<tool_call>{"name": "launch_rockets", "arguments": {}}</tool_call>',
+            '<tool_call>{"name": "launch_rockets", "arguments": {}}</tool_call>',
+            [],
+        ),
+        ("<tool_call>not json</tool_call>", "<tool_call>not json</tool_call>", []),
+        ("Plain answer.", "Plain answer.", []),
+    ],
+)
 def test_parse_tool_calls(text, content, calls):
     parsed_content, parsed = parse_tool_calls(text, ["get_weather"])
     assert parsed_content == content

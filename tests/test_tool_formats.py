@@ -21,11 +21,18 @@ from glimp_integrations.tool_formats import (
 )
 from tests.conftest import scripted_router
 
-WEATHER = {"type": "function", "function": {"name": "get_weather", "description": "Weather in a city.",
-                                            "parameters": {"type": "object", "properties": {
-                                                "city": {"type": "string", "enum": ["Paris"]},
-                                                "days": {"type": "integer", "enum": [3]}},
-                                                "required": ["city", "days"]}}}
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Weather in a city.",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string", "enum": ["Paris"]}, "days": {"type": "integer", "enum": [3]}},
+            "required": ["city", "days"],
+        },
+    },
+}
 """A tool whose only valid arguments are {"city": "Paris", "days": 3}: the grammar forces them."""
 FORCED = {"city": "Paris", "days": 3}
 QUESTION = [{"role": "user", "content": "What will the weather be in Paris?"}]
@@ -45,12 +52,18 @@ def test_templates_of_no_family_get_hermes_and_harmony_is_refused_with_the_reaso
         detect_tool_call_parser("<|start|>assistant<|channel|>analysis<|message|>")
 
 
-@pytest.mark.parametrize("name, message", [
-    ("mistrall", r"`tool_call_parser` is not a tool-call format Glimp supports \(supported: deepseek_v3, "
-                 r"deepseek_v31, llama3_json, hermes\)"),
-    ("qwen3_coder", "`tool_call_parser` is not supported: its calls are XML-styled parameters"),
-    ("openai", "`tool_call_parser` is not supported: gpt-oss writes its reasoning in harmony channels"),
-])
+@pytest.mark.parametrize(
+    "name, message",
+    [
+        (
+            "mistrall",
+            r"`tool_call_parser` is not a tool-call format Glimp supports \(supported: deepseek_v3, "
+            r"deepseek_v31, llama3_json, hermes\)",
+        ),
+        ("qwen3_coder", "`tool_call_parser` is not supported: its calls are XML-styled parameters"),
+        ("openai", "`tool_call_parser` is not supported: gpt-oss writes its reasoning in harmony channels"),
+    ],
+)
 def test_a_format_glimp_does_not_support_is_an_error_that_lists_those_it_does(name, message):
     with pytest.raises(GlimpConfigError, match=message):
         scripted_router([], [], tool_call_parser=name)
@@ -117,8 +130,16 @@ def test_glimps_lark_accepts_what_xgrammar_accepts_of_the_same_structure(family,
     xgrammars = xgrammar.Grammar.from_structural_tag(json.dumps({"type": "structural_tag", "format": structure}))
     tokens = llguidance.hf.from_tokenizer(tokenizer)
     call = _call_text(family)
-    texts = [call, "Sure. " + call, call + call, call + " Done.", "Just text.", "",
-             _call_text(family, name="get_wether"), _call_text(family, arguments={"city": "Rome", "days": 3})]
+    texts = [
+        call,
+        "Sure. " + call,
+        call + call,
+        call + " Done.",
+        "Just text.",
+        "",
+        _call_text(family, name="get_wether"),
+        _call_text(family, arguments={"city": "Rome", "days": 3}),
+    ]
 
     def llguidance_accepts(text: str) -> bool:
         matcher = llguidance.LLMatcher(tokens, lark, log_level=0)
@@ -138,8 +159,10 @@ def _call_text(family: str, name: str = "get_weather", arguments: dict = FORCED)
 
 @pytest.fixture(scope="module")
 def family_routers(family_models):
-    routers = {family: GlimpRouter(folder, folder, reasoning_mode="plain", temperature=0, seed=0)
-               for family, folder in family_models.items()}
+    routers = {
+        family: GlimpRouter(folder, folder, reasoning_mode="plain", temperature=0, seed=0)
+        for family, folder in family_models.items()
+    }
     yield routers
     for router in routers.values():
         router.close()
@@ -167,20 +190,33 @@ def test_a_forced_call_is_written_in_the_family_format_and_read_back_whole_and_s
     rest, parts, whole = reader.finish()
     for part in parts:
         arguments[part.index] = arguments.get(part.index, "") + part.arguments
-    assert (shown + rest, names, {i: json.loads(a) for i, a in arguments.items()}) == ("", {0: "get_weather"}, {0: FORCED})
+    assert (shown + rest, names, {i: json.loads(a) for i, a in arguments.items()}) == (
+        "",
+        {0: "get_weather"},
+        {0: FORCED},
+    )
     assert [(c.name, c.arguments) for c in whole] == [("get_weather", FORCED)]
 
 
 @pytest.mark.embedded
 def test_the_chat_template_shows_the_tools_and_earlier_calls_in_the_familys_way(family_routers):
     router = family_routers["deepseek_v3"]
-    earlier = [*QUESTION, {"role": "assistant", "content": None, "tool_calls": [
-        {"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": json.dumps(FORCED)}}]},
-               {"role": "tool", "tool_call_id": "c1", "content": "Sunny."}]
+    earlier = [
+        *QUESTION,
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": json.dumps(FORCED)}}
+            ],
+        },
+        {"role": "tool", "tool_call_id": "c1", "content": "Sunny."},
+    ]
     trace = router.run(earlier, tools=[WEATHER], tool_choice="none", max_tokens=8)
     assert trace.tool_call_parser == "deepseek_v3" and "<｜tool▁calls▁begin｜>" not in trace.answer
     prompt = router.backend.tokenizer("large").apply_chat_template(
-        earlier, tools=[WEATHER], tokenize=False, add_generation_prompt=True)
+        earlier, tools=[WEATHER], tokenize=False, add_generation_prompt=True
+    )
     assert "## Tools" in prompt and "function<｜tool▁sep｜>get_weather\n```json" in prompt
 
 
@@ -193,8 +229,13 @@ def test_glimp_serve_returns_the_familys_calls_whole_and_streamed(family, family
     from glimp_integrations.serve import running_server
 
     with running_server(family_routers[family]) as url:
-        body = {"model": "glimp", "messages": QUESTION, "tools": [WEATHER],
-                "tool_choice": {"type": "function", "function": {"name": "get_weather"}}, "parallel_tool_calls": False}
+        body = {
+            "model": "glimp",
+            "messages": QUESTION,
+            "tools": [WEATHER],
+            "tool_choice": {"type": "function", "function": {"name": "get_weather"}},
+            "parallel_tool_calls": False,
+        }
         message = httpx.post(url + "/chat/completions", json=body, timeout=120).json()["choices"][0]["message"]
         assert message["content"] is None and message["tool_calls"][0]["function"]["name"] == "get_weather"
         assert json.loads(message["tool_calls"][0]["function"]["arguments"]) == FORCED
@@ -213,8 +254,9 @@ def test_langchain_bind_tools_gets_the_familys_calls(family, family_models):
     from langchain_glimp import ChatGlimpRouter
 
     folder = family_models[family]
-    model = ChatGlimpRouter(small=folder, large=folder, reasoning_mode="plain", temperature=0, seed=0,
-                            tool_call_parser=family)
+    model = ChatGlimpRouter(
+        small=folder, large=folder, reasoning_mode="plain", temperature=0, seed=0, tool_call_parser=family
+    )
     message = model.bind_tools([WEATHER], tool_choice="get_weather", parallel_tool_calls=False).invoke(QUESTION)
     assert [(c["name"], c["args"]) for c in message.tool_calls] == [("get_weather", FORCED)]
     assert OPENINGS[family] not in message.text
@@ -239,11 +281,20 @@ def test_vllm_in_process_and_vllm_serve_decode_under_the_familys_grammar(family_
     from tests.vllm_servers import vllm_server
 
     folder = family_models["deepseek_v3"]
-    with GlimpRouter(folder, folder, backend="vllm", reasoning_mode="plain", temperature=0, seed=0,
-                     backend_options={"max_model_len": 4096}) as router:
+    with GlimpRouter(
+        folder,
+        folder,
+        backend="vllm",
+        reasoning_mode="plain",
+        temperature=0,
+        seed=0,
+        backend_options={"max_model_len": 4096},
+    ) as router:
         assert _forced_call(router) == [("get_weather", FORCED)]
-    with vllm_server("-1", model=folder) as url, \
-            GlimpRouter(url, url, backend="openai", reasoning_mode="plain", temperature=0, seed=0) as router:
+    with (
+        vllm_server("-1", model=folder) as url,
+        GlimpRouter(url, url, backend="openai", reasoning_mode="plain", temperature=0, seed=0) as router,
+    ):
         assert _forced_call(router) == [("get_weather", FORCED)]
 
 
@@ -253,8 +304,10 @@ def test_vllm_in_process_and_vllm_serve_decode_under_the_familys_grammar(family_
 def _scripted_with_tokenizer(small_steps, large_steps, tokenizer, **settings):
     from glimp_integrations.backends.scripted import ScriptedBackend, ScriptedModel
 
-    backend = ScriptedBackend(ScriptedModel("tiny", small_steps, knows_think_tags=True, tokenizer=tokenizer),
-                              ScriptedModel("huge", large_steps, knows_think_tags=True, tokenizer=tokenizer))
+    backend = ScriptedBackend(
+        ScriptedModel("tiny", small_steps, knows_think_tags=True, tokenizer=tokenizer),
+        ScriptedModel("huge", large_steps, knows_think_tags=True, tokenizer=tokenizer),
+    )
     return GlimpRouter(backend=backend, **settings), backend
 
 
@@ -266,12 +319,18 @@ def test_the_reasoning_parser_gives_the_markers_that_open_and_close_the_reasonin
     tokenizer = copy.deepcopy(tokenizer)
     tokenizer.add_tokens(["<seed:think>", "</seed:think>"])
     router, backend = _scripted_with_tokenizer(
-        [step("I think <think> is text.\n\n"), step("Done.</seed:think>")], [step("42")], tokenizer,
-        reasoning_parser="seed_oss")
+        [step("I think <think> is text.\n\n"), step("Done.</seed:think>")],
+        [step("42")],
+        tokenizer,
+        reasoning_parser="seed_oss",
+    )
     trace = router.run("q")
     assert backend.prompts[0].endswith("<seed:think>\n")
-    assert (trace.reasoning, trace.answer, [s.phase for s in trace.steps]) == \
-        ("I think <think> is text.\n\nDone.", "42", ["reasoning", "reasoning", "answer"])
+    assert (trace.reasoning, trace.answer, [s.phase for s in trace.steps]) == (
+        "I think <think> is text.\n\nDone.",
+        "42",
+        ["reasoning", "reasoning", "answer"],
+    )
 
 
 def test_a_family_reasoning_parser_that_refuses_the_tokenizer_falls_back_unless_it_was_chosen():

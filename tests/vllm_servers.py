@@ -18,10 +18,28 @@ def vllm_server(max_logprobs: str, *extra: str, model: str | None = None):
     """`vllm serve` (python -m vllm.entrypoints.openai.api_server) on `model` (a folder; the
     embedded model by default); yields its URL."""
     port = free_port()
-    command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model or str(embedded_model_dir()),
-               "--served-model-name", "smollm2", "--host", "127.0.0.1", "--port", str(port),
-               "--max-logprobs", max_logprobs, "--enable-prefix-caching", "--enable-prompt-tokens-details",
-               "--enforce-eager", "--max-model-len", "4096", "--no-enable-chunked-prefill", *extra]
+    command = [
+        sys.executable,
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+        "--model",
+        model or str(embedded_model_dir()),
+        "--served-model-name",
+        "smollm2",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--max-logprobs",
+        max_logprobs,
+        "--enable-prefix-caching",
+        "--enable-prompt-tokens-details",
+        "--enforce-eager",
+        "--max-model-len",
+        "4096",
+        "--no-enable-chunked-prefill",
+        *extra,
+    ]
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"}
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
     url = f"http://127.0.0.1:{port}/v1"

@@ -23,7 +23,8 @@ from glimp_integrations.tools import Message, prepare_messages
 StepEnd = Literal["stop_string", "end_of_text", "max_tokens"]
 
 REQUEST_HEADERS: contextvars.ContextVar[Callable[[], Mapping[str, str]] | None] = contextvars.ContextVar(
-    "glimp_request_headers", default=None)
+    "glimp_request_headers", default=None
+)
 """Headers for each request a backend sends to a model server, asked for at each request: a
 service sets it around a run (`glimp serve` sends its current step span as W3C `traceparent`).
 A context variable, so it follows the run into whichever task iterates it."""
@@ -166,8 +167,9 @@ class ModelSession(abc.ABC):
         larger `top_k` (None: the whole vocabulary) returns more of the same distribution.
         """
 
-    async def gated_probe(self, threshold: float, max_tokens: int, stop: Sequence[str],
-                          span: StepSpanning | None = None) -> TokenDistribution | None:
+    async def gated_probe(
+        self, threshold: float, max_tokens: int, stop: Sequence[str], span: StepSpanning | None = None
+    ) -> TokenDistribution | None:
         """H_init measured by the request that writes the step (its exact entropy, as a
         distribution, or the bounds its outcome proves): above `threshold` the request ends at once
         (discard it); at or below it the following `write` (with the same `max_tokens` and `stop`)
@@ -178,8 +180,9 @@ class ModelSession(abc.ABC):
         return None
 
     @abc.abstractmethod
-    def write(self, max_tokens: int, stop: Sequence[str], measure: bool = False,
-              constrained: bool = False) -> StepWriter:
+    def write(
+        self, max_tokens: int, stop: Sequence[str], measure: bool = False, constrained: bool = False
+    ) -> StepWriter:
         """Write up to `max_tokens` tokens (a held probe token included), ending after the first
         stop string (kept in the text) or at the end of text; `measure` records per-token
         entropies and logprobs; `constrained` restricts the tokens to the session's
@@ -297,8 +300,12 @@ def render_chat_prompt(tokenizer: Any, spec: SessionSpec) -> str:
     renders them (else described in a system message), then `<think>\\n` when asked for."""
     renders_tools = "tools" in (tokenizer.chat_template or "")
     prepared = prepare_messages(spec.messages, spec.tools, renders_tools, spec.tool_choice, spec.tool_call_parser)
-    prompt = tokenizer.apply_chat_template(prepared, tools=list(spec.tools) if spec.tools and renders_tools else None,
-                                           tokenize=False, add_generation_prompt=True)
+    prompt = tokenizer.apply_chat_template(
+        prepared,
+        tools=list(spec.tools) if spec.tools and renders_tools else None,
+        tokenize=False,
+        add_generation_prompt=True,
+    )
     return render_think_suffix(prompt, spec.open_think, spec.reasoning_markers[0])
 
 
@@ -314,8 +321,12 @@ def resolve_model_name(parameter: str, name: str) -> str:
     if path.is_dir():
         return str(path)
     if name.startswith(("/", ".", "~")) or path.exists():
-        raise invalid(parameter, name, "is a path that is not a model folder",
-                      "Pass an existing folder holding config.json and weights, or an HF model id.")
+        raise invalid(
+            parameter,
+            name,
+            "is a path that is not a model folder",
+            "Pass an existing folder holding config.json and weights, or an HF model id.",
+        )
     return name
 
 
@@ -327,4 +338,6 @@ def check_prompt_fits(role: Role, model_name: str, prompt_tokens: int, context_w
         raise ContextLengthError(
             f"`messages` renders to {prompt_tokens} tokens for the {role} model `{model_name}`, "
             f"whose context window is {context_window} tokens. Shorten the conversation "
-            f"(drop earlier turns or long documents) or use a model with a longer context.", parameter="messages")
+            f"(drop earlier turns or long documents) or use a model with a longer context.",
+            parameter="messages",
+        )

@@ -19,8 +19,9 @@ first slot, how many slots it has (step k of a span writes slot `SLOT + k % SLOT
 `TAG + k`) and its tag."""
 
 
-def gate_arguments(threshold: float, end_token: int, separator: str | None = None,
-                   step_tokens: int | None = None) -> dict[str, Any]:
+def gate_arguments(
+    threshold: float, end_token: int, separator: str | None = None, step_tokens: int | None = None
+) -> dict[str, Any]:
     """The arguments of a gated request whose outcome alone tells the decision (an infinite
     threshold is sent as the largest float: JSON has no infinity, and no entropy reaches either).
     With a `separator`, the request spans steps: the gate acts at every step start."""

@@ -69,8 +69,9 @@ holds their prefix cache (see the README's scale-out section)."""
 def conversation_key(messages: Sequence[dict[str, Any]]) -> str:
     """A stable key of a conversation: a hash of its opening (system and first user message), the
     part that later turns share."""
-    opening = [m for m in messages if m.get("role") == "system"][:1] + [
-        m for m in messages if m.get("role") == "user"][:1]
+    opening = [m for m in messages if m.get("role") == "system"][:1] + [m for m in messages if m.get("role") == "user"][
+        :1
+    ]
     return hashlib.sha256(json.dumps(opening, sort_keys=True, default=str).encode()).hexdigest()[:32]
 
 
@@ -90,8 +91,17 @@ GATE_CHECK_PROMPT = "1, 2, 3, 4,"
 class _Server:
     """One OpenAI-compatible server and what sessions need from it."""
 
-    def __init__(self, role: Role, url: str, model: str | None, tokenizer: str | None, api_key: str,
-                 timeout: float, retry: _RetryPolicy, entropy_gate: bool | None) -> None:
+    def __init__(
+        self,
+        role: Role,
+        url: str,
+        model: str | None,
+        tokenizer: str | None,
+        api_key: str,
+        timeout: float,
+        retry: _RetryPolicy,
+        entropy_gate: bool | None,
+    ) -> None:
         openai = require_module("openai", "openai", "The OpenAI-compatible servers backend")
         transformers = require_module("transformers", "openai", "Rendering chat templates for the servers backend")
         require_module("jinja2", "openai", "Rendering chat templates for the servers backend")  # transformers' optional
@@ -103,8 +113,10 @@ class _Server:
         try:
             card = next(m for m in client.models.list().data if model is None or m.id == model)
         except StopIteration as error:
-            raise GlimpConfigError(f"The {role} model's server at {self.url} does not serve `{model}`. "
-                                   f"Pass `{role}_model` as one of the ids at {self.url}/models.") from error
+            raise GlimpConfigError(
+                f"The {role} model's server at {self.url} does not serve `{model}`. "
+                f"Pass `{role}_model` as one of the ids at {self.url}/models."
+            ) from error
         except openai.APIError as error:
             raise GlimpConfigError(self.unreachable(error)) from error
         self.name = card.id
@@ -116,7 +128,8 @@ class _Server:
         except (OSError, ValueError) as error:
             raise GlimpConfigError(
                 f"Could not load the tokenizer `{source}` of the {role} model served at {self.url} ({error}). "
-                f"Pass `{role}_tokenizer` (a local folder or HF id of the same model).") from error
+                f"Pass `{role}_tokenizer` (a local folder or HF id of the same model)."
+            ) from error
         self.vocab_size = max(len(self.tokenizer), config_vocab)
         """Logits per position (the model's vocabulary may be padded past the tokenizer's)."""
         context_window: Any = extra.get("max_model_len") or getattr(self.tokenizer, "model_max_length", 4096)
@@ -129,20 +142,26 @@ class _Server:
             logger.warning(
                 "The small model's server at %s caps logprobs at %d (--max-logprobs): a probe whose top-%d entropy "
                 "bounds straddle the threshold is decided from their midpoint (basis 'capped'). Start it with "
-                "--max-logprobs -1 for decisions equal to the exact entropy's.", self.url, self.max_logprobs,
-                self.max_logprobs)
+                "--max-logprobs -1 for decisions equal to the exact entropy's.",
+                self.url,
+                self.max_logprobs,
+                self.max_logprobs,
+            )
         self.gate = role == "small" and entropy_gate is not False and self._has_gate(openai, client)
         """True when the server runs the entropy gate (`vllm serve --logits-processors ...EntropyGate`)."""
         if role == "small" and entropy_gate is None and not self.gate:
             logger.warning(
                 "The small model's server at %s does not run the entropy gate: each step starts with a probe request. "
                 "Start it with --logits-processors %s (pip install glimp there) for one request per delegated step.",
-                self.url, GATE_PROCESSOR)
+                self.url,
+                GATE_PROCESSOR,
+            )
         if role == "small" and entropy_gate and not self.gate:
             raise GlimpConfigError(
                 f"`entropy_gate=True` but the small model's server at {self.url} does not run the gate. Start it "
                 f"with --logits-processors {GATE_PROCESSOR} (after pip install glimp in its image), or pass "
-                "entropy_gate=None to probe with requests where it is missing.")
+                "entropy_gate=None to probe with requests where it is missing."
+            )
         self._client: Any = None
         self._texts_by_id: list[str] | None = None
         self.open_streams = 0
@@ -154,20 +173,28 @@ class _Server:
         eos = self.tokenizer.eos_token_id
         try:
             response = client.completions.create(
-                model=self.name, prompt=GATE_CHECK_PROMPT, max_tokens=2, temperature=0.0,
-                extra_body={"vllm_xargs": gate_arguments(-1.0, eos), "return_token_ids": True})
+                model=self.name,
+                prompt=GATE_CHECK_PROMPT,
+                max_tokens=2,
+                temperature=0.0,
+                extra_body={"vllm_xargs": gate_arguments(-1.0, eos), "return_token_ids": True},
+            )
         except openai.APIError:
             return False  # a server that refuses vllm_xargs has no gate
         return (response.choices[0].model_extra or {}).get("token_ids") == [eos]
 
     def unreachable(self, error: Exception) -> str:
         if getattr(error, "status_code", None) in (401, 403):
-            return (f"The {self.role} model's server at {self.url} refused the API key ({type(error).__name__}: "
-                    f"{error}). Pass its key as `{self.role}_api_key` (or `api_key`) in backend_options; glimp serve "
-                    f"reads GLIMP_{self.role.upper()}_API_KEY.")
-        return (f"The {self.role} model's server at {self.url} failed or is unreachable "
-                f"({type(error).__name__}: {error}). Check that the server is running and reachable from "
-                f"here (curl {self.url}/models), that the URL ends in /v1, and its logs.")
+            return (
+                f"The {self.role} model's server at {self.url} refused the API key ({type(error).__name__}: "
+                f"{error}). Pass its key as `{self.role}_api_key` (or `api_key`) in backend_options; glimp serve "
+                f"reads GLIMP_{self.role.upper()}_API_KEY."
+            )
+        return (
+            f"The {self.role} model's server at {self.url} failed or is unreachable "
+            f"({type(error).__name__}: {error}). Check that the server is running and reachable from "
+            f"here (curl {self.url}/models), that the URL ends in /v1, and its logs."
+        )
 
     @property
     def client(self) -> Any:
@@ -217,7 +244,7 @@ class _RetryPolicy:
         """Wait before retry number `retries_so_far + 1`; raise `error` when it may not be retried."""
         if not error.retryable or retries_so_far >= self.max_retries:
             raise error
-        delay = min(self.backoff * 2 ** retries_so_far, self.max_backoff)
+        delay = min(self.backoff * 2**retries_so_far, self.max_backoff)
         logger.warning("Retrying in %.2f s (%d of %d): %s", delay, retries_so_far + 1, self.max_retries, error)
         await asyncio.sleep(delay)
 
@@ -262,8 +289,9 @@ def _logprobs_cap(openai: Any, client: Any, model: str, vocab_size: int) -> int 
     """The server's cap on logprobs per token, or None where it allows the whole vocabulary or
     does not say.  Asking for one more than the vocabulary makes vLLM answer with its cap."""
     try:
-        client.with_options(max_retries=0).completions.create(model=model, prompt="a", max_tokens=1,
-                                                              logprobs=vocab_size + 1)
+        client.with_options(max_retries=0).completions.create(
+            model=model, prompt="a", max_tokens=1, logprobs=vocab_size + 1
+        )
     except openai.BadRequestError as error:
         found = _CAP_MESSAGE.search(str(error))
         if found and int(found.group(1)) < vocab_size:
@@ -279,11 +307,23 @@ class OpenAIServersBackend(Backend):
     name = "openai"
     supports_constraints = True
 
-    def __init__(self, small_url: str, large_url: str, *, small_model: str | None = None,
-                 large_model: str | None = None, small_tokenizer: str | None = None,
-                 large_tokenizer: str | None = None, api_key: str = "EMPTY", small_api_key: str | None = None,
-                 large_api_key: str | None = None, timeout: float = 120.0, max_retries: int = 3,
-                 retry_backoff: float = 0.25, entropy_gate: bool | None = None) -> None:
+    def __init__(
+        self,
+        small_url: str,
+        large_url: str,
+        *,
+        small_model: str | None = None,
+        large_model: str | None = None,
+        small_tokenizer: str | None = None,
+        large_tokenizer: str | None = None,
+        api_key: str = "EMPTY",
+        small_api_key: str | None = None,
+        large_api_key: str | None = None,
+        timeout: float = 120.0,
+        max_retries: int = 3,
+        retry_backoff: float = 0.25,
+        entropy_gate: bool | None = None,
+    ) -> None:
         """`*_model`: the served model id (default: the server's first); `*_tokenizer`: where to
         load the chat template from (default: the served model's path, then its id); `*_api_key`:
         each server's key (default: `api_key`).  `max_retries`: how often one step's failed
@@ -293,10 +333,12 @@ class OpenAIServersBackend(Backend):
         retry = _RetryPolicy(_count_of("max_retries", max_retries), _seconds_of("retry_backoff", retry_backoff))
         keys = {"small": small_api_key or api_key, "large": large_api_key or api_key}
         self.models: dict[Role, _Server] = {
-            "small": _Server("small", small_url, small_model, small_tokenizer, keys["small"], timeout, retry,
-                             entropy_gate),
-            "large": _Server("large", large_url, large_model, large_tokenizer, keys["large"], timeout, retry,
-                             entropy_gate),
+            "small": _Server(
+                "small", small_url, small_model, small_tokenizer, keys["small"], timeout, retry, entropy_gate
+            ),
+            "large": _Server(
+                "large", large_url, large_model, large_tokenizer, keys["large"], timeout, retry, entropy_gate
+            ),
         }
 
     async def open_session(self, role: Role, spec: SessionSpec) -> OpenAISession:
@@ -384,11 +426,15 @@ class OpenAISession(ModelSession):
             return self._context_ids + self._pending_ids
         return self._context + self._pending
 
-    def _request(self, max_tokens: int, stop: Sequence[str], logprobs: int | None, stream: bool = True,
-                 constrained: bool = False) -> dict:
+    def _request(
+        self, max_tokens: int, stop: Sequence[str], logprobs: int | None, stream: bool = True, constrained: bool = False
+    ) -> dict:
         request: dict[str, Any] = {
-            "prompt": self._prompt(), "max_tokens": max_tokens, "temperature": self._sampling.temperature,
-            "top_p": self._sampling.top_p, "stream": stream,
+            "prompt": self._prompt(),
+            "max_tokens": max_tokens,
+            "temperature": self._sampling.temperature,
+            "top_p": self._sampling.top_p,
+            "stream": stream,
             "extra_body": {"include_stop_str_in_output": True, "return_tokens_as_token_ids": True},
             "extra_headers": _trace_headers({SESSION_HEADER: self._conversation}),
         }
@@ -433,8 +479,9 @@ class OpenAISession(ModelSession):
             return TokenDistribution((0.0,), vocab_size=self._server.vocab_size)  # ended at once
         return _distribution(logprobs.top_logprobs[0], top_k, self._server.vocab_size)
 
-    async def gated_probe(self, threshold: float, max_tokens: int, stop: Sequence[str],
-                          span: StepSpanning | None = None) -> TokenDistribution | None:
+    async def gated_probe(
+        self, threshold: float, max_tokens: int, stop: Sequence[str], span: StepSpanning | None = None
+    ) -> TokenDistribution | None:
         """The step's own request, gated: a first token other than the end of text proves H_init <=
         threshold (the request goes on as the small model's step).  The end of text first is the
         gate's intervention or, rarely, the model's own choice: it cannot tell which, so it says
@@ -454,8 +501,9 @@ class OpenAISession(ModelSession):
         while True:
             try:
                 self._stream = await self._server.create(**request)
-                self._read = SpanBuffer(StepScanner(span.separator, self._server.texts_by_id, span.step_tokens)
-                                        if span else None)
+                self._read = SpanBuffer(
+                    StepScanner(span.separator, self._server.texts_by_id, span.step_tokens) if span else None
+                )
                 return await self._gate_verdict(threshold)
             except ServerError as error:
                 await self._close_stream()
@@ -475,7 +523,9 @@ class OpenAISession(ModelSession):
                     self._probed_tokens += _uncached(chunk.usage)
             await self.discard()
             return None
-        return TokenDistribution((), vocab_size=self._server.vocab_size, proven=EntropyBounds(0.0, threshold, exact=True))
+        return TokenDistribution(
+            (), vocab_size=self._server.vocab_size, proven=EntropyBounds(0.0, threshold, exact=True)
+        )
 
     async def _read_chunk(self) -> Any | None:
         """Read the stream's next chunk into `_read`, the usage into this model's totals; the chunk
@@ -488,7 +538,8 @@ class OpenAISession(ModelSession):
             self._stream = None
             if read.finish is None:
                 raise ServerError(
-                    self._server.unreachable(ConnectionError("the stream ended before the step did"))) from None
+                    self._server.unreachable(ConnectionError("the stream ended before the step did"))
+                ) from None
             return None
         if chunk.choices:
             choice = chunk.choices[0]
@@ -505,8 +556,9 @@ class OpenAISession(ModelSession):
             self._count(chunk.usage)
         return chunk
 
-    def write(self, max_tokens: int, stop: Sequence[str], measure: bool = False,
-              constrained: bool = False) -> StepWriter:
+    def write(
+        self, max_tokens: int, stop: Sequence[str], measure: bool = False, constrained: bool = False
+    ) -> StepWriter:
         return _OpenAIWriter(self, max_tokens, stop, measure, constrained)
 
     async def candidate_logprobs(self, suffix: str, candidates: Sequence[str]) -> dict[str, float]:
@@ -590,8 +642,9 @@ class _OpenAIWriter(StepWriter):
     from where it stopped: the prompt's token ids and the step's tokens so far (the server's
     `return_token_ids`; text where a server gives no ids), with the tokens still allowed."""
 
-    def __init__(self, session: OpenAISession, max_tokens: int, stop: Sequence[str], measure: bool,
-                 constrained: bool) -> None:
+    def __init__(
+        self, session: OpenAISession, max_tokens: int, stop: Sequence[str], measure: bool, constrained: bool
+    ) -> None:
         super().__init__(max_tokens, stop, measure)
         self._session = session
         self._constrained = constrained
@@ -618,8 +671,12 @@ class _OpenAIWriter(StepWriter):
         """The request that writes the step, or goes on with it after a failure (from the step's
         tokens so far, where the server sent their ids)."""
         session = self._session
-        return session._request(self.max_tokens - session._pending_tokens, self.stop,
-                                session._server.measure_top_k if self.measure else None, constrained=self._constrained)
+        return session._request(
+            self.max_tokens - session._pending_tokens,
+            self.stop,
+            session._server.measure_top_k if self.measure else None,
+            constrained=self._constrained,
+        )
 
     async def _stream_once(self, across: StopScanner | None) -> AsyncIterator[str]:
         """One request's part of the step; a `ServerError` when it fails before its end."""
@@ -691,7 +748,7 @@ def _through_stop(pending: str, text: str, stop: Sequence[str]) -> str:
     """The part of `text` (following `pending`) up to the end of the first stop string in both."""
     joined = pending + text
     end = min(joined.find(s) + len(s) for s in stop if s and s in joined)
-    return joined[len(pending):end]
+    return joined[len(pending) : end]
 
 
 def _end(finish: str | None, stop_reason: Any) -> str:

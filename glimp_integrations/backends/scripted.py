@@ -88,10 +88,14 @@ class ScriptedBackend(Backend):
         self.constrained_writes: list[tuple[Role, AnswerConstraint]] = []
         """Every write asked to apply the answer constraint, in order: (role, the constraint)."""
 
-
     async def open_session(self, role: Role, spec: SessionSpec) -> ScriptedSession:
-        messages = prepare_messages(spec.messages, spec.tools, template_renders_tools=False,
-                                    tool_choice=spec.tool_choice, tool_call_parser=spec.tool_call_parser)
+        messages = prepare_messages(
+            spec.messages,
+            spec.tools,
+            template_renders_tools=False,
+            tool_choice=spec.tool_choice,
+            tool_call_parser=spec.tool_call_parser,
+        )
         prompt = "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant:"
         prompt = render_think_suffix(prompt, spec.open_think, spec.reasoning_markers[0])
         model = self.models[role]
@@ -103,8 +107,15 @@ class ScriptedBackend(Backend):
 
 
 class ScriptedSession(ModelSession):
-    def __init__(self, backend: ScriptedBackend, role: Role, model: ScriptedModel, prompt: str,
-                 prompt_tokens: int, spec: SessionSpec) -> None:
+    def __init__(
+        self,
+        backend: ScriptedBackend,
+        role: Role,
+        model: ScriptedModel,
+        prompt: str,
+        prompt_tokens: int,
+        spec: SessionSpec,
+    ) -> None:
         self._backend = backend
         self._constraint = spec.constraint
         self.role = role
@@ -144,8 +155,9 @@ class ScriptedSession(ModelSession):
             return TokenDistribution(logprobs[:given], vocab_size=len(logprobs))
         return TokenDistribution(logprobs, vocab_size=len(logprobs))
 
-    def write(self, max_tokens: int, stop: Sequence[str], measure: bool = False,
-              constrained: bool = False) -> StepWriter:
+    def write(
+        self, max_tokens: int, stop: Sequence[str], measure: bool = False, constrained: bool = False
+    ) -> StepWriter:
         if constrained:
             assert self._constraint is not None, "a constrained write needs the session's constraint"
             self._backend.constrained_writes.append((self.role, self._constraint))

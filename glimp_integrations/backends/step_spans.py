@@ -42,7 +42,7 @@ class StepScanner:
         elif self._step_tokens is not None and self.step_length >= self._step_tokens:
             ended = "step_tokens"
         else:
-            self._tail = text[-self._keep:] if self._keep else ""
+            self._tail = text[-self._keep :] if self._keep else ""
             return None
         self._tail, self.step_length = "", 0
         self.steps += 1
@@ -56,7 +56,7 @@ def split_text(text: str, ids: Sequence[int], cut: int, scanner: StepScanner) ->
     separator is taken to belong to the tokens after the cut."""
     head = "".join(scanner.text_of(token) for token in ids[:cut])
     if head + "".join(scanner.text_of(token) for token in ids[cut:]) == text:
-        return head, text[len(head):]
+        return head, text[len(head) :]
     found = text.find(scanner.separator)
     if found < 0:
         return text, ""
@@ -71,7 +71,7 @@ def through_separator(step_text: str, head: str, separator: str) -> str:
     found = joined.find(separator, max(0, len(step_text) - len(separator) + 1))
     if found < 0:
         return head
-    return joined[len(step_text):found + len(separator)]
+    return joined[len(step_text) : found + len(separator)]
 
 
 def token_texts(tokenizer: Any) -> list[str]:
@@ -121,9 +121,12 @@ class SpanBuffer:
             if ended is None and index + 1 == room:
                 ended = "room"
             if ended is not None:
-                head, self.text = split_text(self.text, self.ids, index + 1, self.scanner) \
-                    if self.scanner is not None else (self.text, "")
-                ids, self.ids = self.ids[:index + 1], self.ids[index + 1:]
+                head, self.text = (
+                    split_text(self.text, self.ids, index + 1, self.scanner)
+                    if self.scanner is not None
+                    else (self.text, "")
+                )
+                ids, self.ids = self.ids[: index + 1], self.ids[index + 1 :]
                 if ended == "separator":
                     head = through_separator(step_text, head, self.scanner.separator)  # type: ignore[union-attr]
                 return ids, head, ended

@@ -93,7 +93,7 @@ class LoadedModel:
             tiers = [end_of_text]
             for characters in ('"]}', ","):
                 tier = self.torch.zeros(self.vocab_size, dtype=self.torch.bool)
-                tier[:len(texts)] = self.torch.tensor([bool(text) and set(text) <= set(characters) for text in texts])
+                tier[: len(texts)] = self.torch.tensor([bool(text) and set(text) <= set(characters) for text in texts])
                 tiers.append(tier)
             self._closing_tiers = tuple(tier.to(self.device) for tier in tiers)
         return self._closing_tiers
@@ -105,7 +105,8 @@ class LoadedModel:
             import llguidance.hf
 
             self._grammar_tokenizer = llguidance.hf.from_tokenizer(
-                self.tokenizer, n_vocab=self.vocab_size, eos_token=sorted(self.eos_ids))
+                self.tokenizer, n_vocab=self.vocab_size, eos_token=sorted(self.eos_ids)
+            )
         matcher = llguidance.LLMatcher(self._grammar_tokenizer, grammar, log_level=0)
         if matcher.is_error():
             raise GlimpConfigError(f"The answer constraint does not compile for `{self.name}`: {matcher.get_error()}")
@@ -131,8 +132,7 @@ def _resolve_device(device: str) -> str:
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise invalid("device", device, "names a CUDA device but torch sees none",
-                      "Use device='cpu' (or 'auto').")
+        raise invalid("device", device, "names a CUDA device but torch sees none", "Use device='cpu' (or 'auto').")
     return device
 
 
@@ -143,7 +143,10 @@ class TransformersBackend(Backend):
     supports_constraints = True
 
     def __init__(self, small: str, large: str, *, device: str = "auto") -> None:
-        names: dict[Role, str] = {"small": resolve_model_name("small", small), "large": resolve_model_name("large", large)}
+        names: dict[Role, str] = {
+            "small": resolve_model_name("small", small),
+            "large": resolve_model_name("large", large),
+        }
         device = _resolve_device(device)
         self.models: dict[Role, LoadedModel] = {role: load_model(name, device) for role, name in names.items()}
 
@@ -217,8 +220,7 @@ class TransformersSession(ModelSession):
             self._cache = transformers.DynamicCache(config=loaded.model.config)
         input_ids = torch.tensor([new_ids], device=loaded.device)  # [1, new]
         with loaded.lock, torch.inference_mode():
-            output = loaded.model(input_ids=input_ids, past_key_values=self._cache, use_cache=True,
-                                  logits_to_keep=1)
+            output = loaded.model(input_ids=input_ids, past_key_values=self._cache, use_cache=True, logits_to_keep=1)
         self._cache = output.past_key_values
         self._cached_ids.extend(new_ids)
         self._next_logits = output.logits[0, -1].float()  # [vocab]
@@ -234,8 +236,9 @@ class TransformersSession(ModelSession):
         self.output_tokens += 1
         if matcher is not None:
             packed = numpy.frombuffer(matcher.compute_bitmask(), dtype=numpy.uint8)
-            allowed = torch.from_numpy(numpy.unpackbits(packed, bitorder="little")[:logits.shape[0]].astype(bool)).to(
-                logits.device)
+            allowed = torch.from_numpy(numpy.unpackbits(packed, bitorder="little")[: logits.shape[0]].astype(bool)).to(
+                logits.device
+            )
             for tier in self._loaded.closing_tiers if closing else ():
                 if bool((allowed & tier).any()):
                     allowed &= tier
@@ -271,8 +274,9 @@ class TransformersSession(ModelSession):
         top = logprobs.topk(min(RECORDED_TOP_K, logprobs.shape[0])).values
         return TokenDistribution(tuple(top.tolist()), vocab_size=logprobs.shape[0], exact_entropy=entropy)
 
-    def write(self, max_tokens: int, stop: Sequence[str], measure: bool = False,
-              constrained: bool = False) -> StepWriter:
+    def write(
+        self, max_tokens: int, stop: Sequence[str], measure: bool = False, constrained: bool = False
+    ) -> StepWriter:
         matcher = self._loaded.grammar_matcher(self._constraint.grammar) if constrained and self._constraint else None
         return _TransformersWriter(self, max_tokens, stop, measure, matcher)
 
@@ -306,8 +310,9 @@ class TransformersSession(ModelSession):
 
 
 class _TransformersWriter(StepWriter):
-    def __init__(self, session: TransformersSession, max_tokens: int, stop: Sequence[str], measure: bool,
-                 matcher: Any) -> None:
+    def __init__(
+        self, session: TransformersSession, max_tokens: int, stop: Sequence[str], measure: bool, matcher: Any
+    ) -> None:
         super().__init__(max_tokens, stop, measure)
         self._session = session
         self._matcher = matcher
@@ -362,7 +367,7 @@ class _TransformersWriter(StepWriter):
                 self._record(token)
             decoded = tokenizer.decode(step_ids, skip_special_tokens=False)
             if not decoded.endswith("\ufffd"):  # hold back a partial UTF-8 character
-                delta, text = decoded[len(text):], decoded
+                delta, text = decoded[len(text) :], decoded
                 if delta:
                     yield delta
             if scanner.found(text):

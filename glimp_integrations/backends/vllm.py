@@ -120,7 +120,9 @@ class VLLMBackend(Backend):
                 self.models["small"] = self.models["large"]
                 continue
             args: dict[str, Any] = {
-                "model": names[role], "enable_prefix_caching": True, "max_logprobs": -1,
+                "model": names[role],
+                "enable_prefix_caching": True,
+                "max_logprobs": -1,
                 "structured_outputs_config": {"backend": "guidance"},  # answer constraints are llguidance grammars
                 "enforce_eager": on_cpu if enforce_eager is None else enforce_eager,
                 **({"max_model_len": max_model_len} if max_model_len else {}),
@@ -142,7 +144,6 @@ class VLLMBackend(Backend):
         self.gate = vllm_gate.GateSlots() if entropy_gate else None
         atexit.register(self.close)  # engines left running at exit die noisily: shut them down first
 
-
     async def open_session(self, role: Role, spec: SessionSpec) -> VLLMSession:
         engine = self.models[role]
         prompt_ids = engine.encode(render_chat_prompt(engine.tokenizer, spec))
@@ -150,8 +151,10 @@ class VLLMBackend(Backend):
         return VLLMSession(engine, role, prompt_ids, spec, self.gate if role == "small" else None)
 
     async def health(self) -> dict[Role, str | None]:
-        return {role: await health_problem(_sync.on_background_loop(engine.llm.check_health()))
-                for role, engine in self.models.items()}
+        return {
+            role: await health_problem(_sync.on_background_loop(engine.llm.check_health()))
+            for role, engine in self.models.items()
+        }
 
     def running_requests(self) -> dict[Role, int]:
         return {role: engine.llm.get_num_unfinished_requests() for role, engine in self.models.items()}
@@ -188,25 +191,43 @@ def speculative_config(small: str, large: str, option: bool | Mapping[str, Any])
     from vllm.config.speculative import SpeculativeMethod
 
     if option is not True and not isinstance(option, Mapping):
-        raise invalid("speculative", option, "must be True, False or a dict of vLLM's speculative_config",
-                      'Pass True (the small model drafts 3 tokens) or e.g. {"method": "ngram", '
-                      '"num_speculative_tokens": 3}.')
-    config: dict[str, Any] = {"method": "draft_model", "num_speculative_tokens": 3,
-                              **({} if option is True else option)}
+        raise invalid(
+            "speculative",
+            option,
+            "must be True, False or a dict of vLLM's speculative_config",
+            'Pass True (the small model drafts 3 tokens) or e.g. {"method": "ngram", "num_speculative_tokens": 3}.',
+        )
+    config: dict[str, Any] = {
+        "method": "draft_model",
+        "num_speculative_tokens": 3,
+        **({} if option is True else option),
+    }
     methods = get_args(SpeculativeMethod)
     if config["method"] not in methods:
-        raise invalid("speculative['method']", config["method"], f"must be one of vLLM's methods ({', '.join(methods)})",
-                      "Use draft_model (the small model drafts) or ngram (prompt lookup, no model).")
+        raise invalid(
+            "speculative['method']",
+            config["method"],
+            f"must be one of vLLM's methods ({', '.join(methods)})",
+            "Use draft_model (the small model drafts) or ngram (prompt lookup, no model).",
+        )
     count = config["num_speculative_tokens"]
     if not isinstance(count, int) or isinstance(count, bool) or count < 1:
-        raise invalid("speculative['num_speculative_tokens']", count, "must be a positive int",
-                      "The paper drafts 3 tokens per verification.")
+        raise invalid(
+            "speculative['num_speculative_tokens']",
+            count,
+            "must be a positive int",
+            "The paper drafts 3 tokens per verification.",
+        )
     if config["method"] == "draft_model":
         config.setdefault("model", small)
         config.update(_draft_vocabulary(config["model"], large))
     elif config["method"] not in ("ngram", "ngram_gpu", "suffix") and "model" not in config:
-        raise invalid("speculative['model']", None, f"must name the {config['method']} drafter",
-                      f'Pass e.g. {{"method": "{config["method"]}", "model": "<path or HF id of the drafter>"}}.')
+        raise invalid(
+            "speculative['model']",
+            None,
+            f"must name the {config['method']} drafter",
+            f'Pass e.g. {{"method": "{config["method"]}", "model": "<path or HF id of the drafter>"}}.',
+        )
     return config
 
 
@@ -219,13 +240,19 @@ def _draft_vocabulary(draft: str, target: str) -> dict[str, Any]:
         raise GlimpConfigError(
             f"`speculative=True` needs the draft model to share the large model's vocabulary, but `{draft}` "
             f"({len(base['draft'])} base tokens) and `{target}` ({len(base['target'])}) tokenize differently. "
-            'Pick a draft of the same family, use {"method": "ngram"}, or run with speculative=False.')
-    rows = {role: transformers.AutoConfig.from_pretrained(name).get_text_config().vocab_size
-            for role, name in names.items()}
+            'Pick a draft of the same family, use {"method": "ngram"}, or run with speculative=False.'
+        )
+    rows = {
+        role: transformers.AutoConfig.from_pretrained(name).get_text_config().vocab_size for role, name in names.items()
+    }
     if rows["draft"] == rows["target"]:
         return {}
-    logger.info("The draft's embedding table has %d rows and the target's %d over one vocabulary: "
-                "vLLM maps the draft's tokens (use_heterogeneous_vocab).", rows["draft"], rows["target"])
+    logger.info(
+        "The draft's embedding table has %d rows and the target's %d over one vocabulary: "
+        "vLLM maps the draft's tokens (use_heterogeneous_vocab).",
+        rows["draft"],
+        rows["target"],
+    )
     return {"use_heterogeneous_vocab": True}
 
 
@@ -326,8 +353,9 @@ class _Request:
 
 
 class VLLMSession(ModelSession):
-    def __init__(self, engine: _Engine, role: Role, prompt_ids: list[int], spec: SessionSpec,
-                 gate: GateSlots | None = None) -> None:
+    def __init__(
+        self, engine: _Engine, role: Role, prompt_ids: list[int], spec: SessionSpec, gate: GateSlots | None = None
+    ) -> None:
         seed = spec.seed
         self._gate = gate
         self._engine = engine
@@ -354,34 +382,50 @@ class VLLMSession(ModelSession):
     def context_tokens(self) -> int:
         return len(self._committed)
 
-    def _params(self, max_tokens: int, stop: Sequence[str], logprobs: int | None, final_only: bool = False,
-                constrained: bool = False, detokenize: bool = True, extra_args: dict[str, Any] | None = None) -> Any:
+    def _params(
+        self,
+        max_tokens: int,
+        stop: Sequence[str],
+        logprobs: int | None,
+        final_only: bool = False,
+        constrained: bool = False,
+        detokenize: bool = True,
+        extra_args: dict[str, Any] | None = None,
+    ) -> Any:
         from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
 
         grammar = self._constraint.grammar if constrained and self._constraint else None
         return SamplingParams(
             structured_outputs=StructuredOutputsParams(grammar=grammar) if grammar else None,
-            temperature=self._sampling.temperature, top_p=self._sampling.top_p, max_tokens=max_tokens,
-            stop=list(stop), stop_token_ids=self._engine.tokens_holding(stop), include_stop_str_in_output=True,
-            logprobs=logprobs, detokenize=detokenize,
+            temperature=self._sampling.temperature,
+            top_p=self._sampling.top_p,
+            max_tokens=max_tokens,
+            stop=list(stop),
+            stop_token_ids=self._engine.tokens_holding(stop),
+            include_stop_str_in_output=True,
+            logprobs=logprobs,
+            detokenize=detokenize,
             seed=next(self._seeds) if self._seeds is not None else None,
             extra_args=extra_args,
-            output_kind=RequestOutputKind.FINAL_ONLY if final_only else RequestOutputKind.DELTA)
+            output_kind=RequestOutputKind.FINAL_ONLY if final_only else RequestOutputKind.DELTA,
+        )
 
     async def probe(self, top_k: int | None) -> TokenDistribution:
         # Only the numbers are needed: vLLM would otherwise detokenize each of the top-k tokens
         # (the whole vocabulary at the last rung) in this process.
-        request = self._engine.stream(self._committed, self._params(1, (), top_k or -1, final_only=True,
-                                                                    detokenize=False), self)
+        request = self._engine.stream(
+            self._committed, self._params(1, (), top_k or -1, final_only=True, detokenize=False), self
+        )
         output = await request.next()
         await request.abort()
         assert output is not None, "a one-token request has an output"
         self._prefilled += request.prefill_tokens or 0
         return _distribution(output.outputs[0].logprobs[0], top_k, self._engine.vocab_size)
 
-    async def gated_probe(self, threshold: float, max_tokens: int, stop: Sequence[str],
-                          span: StepSpanning | None = None) -> TokenDistribution | None:
+    async def gated_probe(
+        self, threshold: float, max_tokens: int, stop: Sequence[str], span: StepSpanning | None = None
+    ) -> TokenDistribution | None:
         if self._gate is None:
             return None
         read = self._read
@@ -395,11 +439,13 @@ class VLLMSession(ModelSession):
                 params = self._params(max_tokens, stop, None, extra_args=self._gate_args)
             else:
                 self._gate_args = self._gate.claim(threshold, eos, span.separator, span.step_tokens)
-                params = self._params(span.max_tokens, [s for s in stop if s != span.separator], None,
-                                      extra_args=self._gate_args)
+                params = self._params(
+                    span.max_tokens, [s for s in stop if s != span.separator], None, extra_args=self._gate_args
+                )
             self._request = self._engine.stream(self._committed, params, self)
             read = self._read = SpanBuffer(
-                StepScanner(span.separator, self._engine.texts_by_id, span.step_tokens) if span else None)
+                StepScanner(span.separator, self._engine.texts_by_id, span.step_tokens) if span else None
+            )
             await self._read_more()
         # the gate wrote H_init when the engine reached the step's start (above the threshold it ended the request)
         entropy = self._gate.entropy(self._gate_args, read.scanner.steps if read.scanner else 0)  # type: ignore[arg-type]
@@ -426,13 +472,15 @@ class VLLMSession(ModelSession):
             self._request.done = True
         return completion
 
-    def write(self, max_tokens: int, stop: Sequence[str], measure: bool = False,
-              constrained: bool = False) -> StepWriter:
+    def write(
+        self, max_tokens: int, stop: Sequence[str], measure: bool = False, constrained: bool = False
+    ) -> StepWriter:
         return _VLLMWriter(self, max_tokens, stop, measure, constrained)
 
     async def candidate_logprobs(self, suffix: str, candidates: Sequence[str]) -> dict[str, float]:
-        request = self._engine.stream(self._committed + self._engine.encode(suffix),
-                                      self._params(1, (), MEASURE_TOP_K, final_only=True), self)
+        request = self._engine.stream(
+            self._committed + self._engine.encode(suffix), self._params(1, (), MEASURE_TOP_K, final_only=True), self
+        )
         output = await request.next()
         await request.abort()
         assert output is not None, "a one-token request has an output"
@@ -475,8 +523,9 @@ def _distribution(logprobs: dict[int, Any], top_k: int | None, vocab_size: int) 
 
 
 class _VLLMWriter(StepWriter):
-    def __init__(self, session: VLLMSession, max_tokens: int, stop: Sequence[str], measure: bool,
-                 constrained: bool) -> None:
+    def __init__(
+        self, session: VLLMSession, max_tokens: int, stop: Sequence[str], measure: bool, constrained: bool
+    ) -> None:
         super().__init__(max_tokens, stop, measure)
         self._session = session
         self._constrained = constrained
@@ -484,9 +533,13 @@ class _VLLMWriter(StepWriter):
     async def __aiter__(self) -> AsyncIterator[str]:
         session = self._session
         if session._read is None:  # no gated request has started the step: one request for it
-            session._request = session._engine.stream(session._committed, session._params(
-                self.max_tokens, self.stop, MEASURE_TOP_K if self.measure else None,
-                constrained=self._constrained), session)
+            session._request = session._engine.stream(
+                session._committed,
+                session._params(
+                    self.max_tokens, self.stop, MEASURE_TOP_K if self.measure else None, constrained=self._constrained
+                ),
+                session,
+            )
             session._read = SpanBuffer(None)
         read, text = session._read, ""
         while True:

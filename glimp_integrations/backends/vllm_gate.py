@@ -74,8 +74,9 @@ class GateSlots:
         self._requests = itertools.count(1)
         self._next_slot = 0
 
-    def claim(self, threshold: float, end_token: int, separator: str | None = None,
-              step_tokens: int | None = None) -> dict[str, Any]:
+    def claim(
+        self, threshold: float, end_token: int, separator: str | None = None, step_tokens: int | None = None
+    ) -> dict[str, Any]:
         """`SamplingParams.extra_args` for one gated request (fresh slots and tag; a request that
         spans steps, with a `separator`, gets `SPAN_SLOTS` of them)."""
         count = SPAN_SLOTS if separator is not None else 1
@@ -84,8 +85,13 @@ class GateSlots:
         slot, self._next_slot = self._next_slot, self._next_slot + count
         for index in range(slot, slot + count):
             self._values[2 * index] = 0.0
-        return {**gate_arguments(threshold, end_token, separator, step_tokens), PATH: self.path, SLOT: slot,
-                SLOTS: count, TAG: next(self._requests) * TAG_STRIDE}
+        return {
+            **gate_arguments(threshold, end_token, separator, step_tokens),
+            PATH: self.path,
+            SLOT: slot,
+            SLOTS: count,
+            TAG: next(self._requests) * TAG_STRIDE,
+        }
 
     def entropy(self, extra_args: dict[str, Any], step: int = 0) -> float | None:
         """H_init the gate wrote at the start of the request's `step` (0: its first position);
@@ -120,12 +126,19 @@ class EntropyGate(AdapterLogitsProcessor):
         if THRESHOLD not in extra:
             return
         if not isinstance(extra[THRESHOLD], (int, float)) or not isinstance(extra.get(END_TOKEN), int):
-            raise ValueError(f"vllm_xargs `{THRESHOLD}` must be a number and `{END_TOKEN}` an integer token id "
-                             f"(got {extra[THRESHOLD]!r} and {extra.get(END_TOKEN)!r}).")
-        if SEPARATOR in extra and (not isinstance(extra[SEPARATOR], str) or not extra[SEPARATOR]
-                                   or not isinstance(extra.get(STEP_TOKENS, 0), int)):
-            raise ValueError(f"vllm_xargs `{SEPARATOR}` must be a non-empty string and `{STEP_TOKENS}` an integer "
-                             f"(got {extra[SEPARATOR]!r} and {extra.get(STEP_TOKENS)!r}).")
+            raise ValueError(
+                f"vllm_xargs `{THRESHOLD}` must be a number and `{END_TOKEN}` an integer token id "
+                f"(got {extra[THRESHOLD]!r} and {extra.get(END_TOKEN)!r})."
+            )
+        if SEPARATOR in extra and (
+            not isinstance(extra[SEPARATOR], str)
+            or not extra[SEPARATOR]
+            or not isinstance(extra.get(STEP_TOKENS, 0), int)
+        ):
+            raise ValueError(
+                f"vllm_xargs `{SEPARATOR}` must be a non-empty string and `{STEP_TOKENS}` an integer "
+                f"(got {extra[SEPARATOR]!r} and {extra.get(STEP_TOKENS)!r})."
+            )
 
     def is_argmax_invariant(self) -> bool:
         return False  # it can force a token
@@ -137,8 +150,11 @@ class EntropyGate(AdapterLogitsProcessor):
         threshold, end_token = extra[THRESHOLD], extra[END_TOKEN]
         values = self._values(extra[PATH]) if PATH in extra else None
         slot, slots, tag = extra.get(SLOT, 0), extra.get(SLOTS, 1), extra.get(TAG, 0.0)
-        scanner = StepScanner(extra[SEPARATOR], self._token_texts(), extra.get(STEP_TOKENS) or None) \
-            if SEPARATOR in extra else None
+        scanner = (
+            StepScanner(extra[SEPARATOR], self._token_texts(), extra.get(STEP_TOKENS) or None)
+            if SEPARATOR in extra
+            else None
+        )
         scanned = [0, 0]  # tokens scanned, and the position where the current step starts
 
         def at_step_starts(output_ids: list[int], logits: Any) -> Any:

@@ -33,21 +33,47 @@ def threshold_for_rate(entropies: Sequence[float], target_rate: float) -> float:
     return ordered[len(ordered) - allowed_above - 1] if allowed_above < len(ordered) else 0.0
 
 
-def calibrate(router: GlimpRouter, problems: Sequence[Problem], target_rate: float, *, calibration_share: float = 0.5,
-              seeds: Sequence[int] = (0,), split_seed: int = 0, concurrency: int = 1, progress: bool = True,
-              **overrides: Any) -> dict[str, Any]:
+def calibrate(
+    router: GlimpRouter,
+    problems: Sequence[Problem],
+    target_rate: float,
+    *,
+    calibration_share: float = 0.5,
+    seeds: Sequence[int] = (0,),
+    split_seed: int = 0,
+    concurrency: int = 1,
+    progress: bool = True,
+    **overrides: Any,
+) -> dict[str, Any]:
     """Probe every step of the calibration runs (glimpse with tau = inf: each step delegated,
     its H_init recorded), take the threshold at the target rate, and evaluate it on the rest."""
     calibration, evaluation = split_problems(problems, calibration_share, split_seed)
-    probes = run_grid(router, calibration, [Setting("glimpse", math.inf)], seeds, concurrency=concurrency,
-                      progress=progress, **overrides)
+    probes = run_grid(
+        router,
+        calibration,
+        [Setting("glimpse", math.inf)],
+        seeds,
+        concurrency=concurrency,
+        progress=progress,
+        **overrides,
+    )
     entropies = [s["h_init"] for r in probes for s in r.steps if s["h_init"] is not None]
     threshold = threshold_for_rate(entropies, target_rate)
-    evaluated = run_grid(router, evaluation, [Setting("glimpse", threshold)], seeds, concurrency=concurrency,
-                         progress=progress, **overrides)
+    evaluated = run_grid(
+        router,
+        evaluation,
+        [Setting("glimpse", threshold)],
+        seeds,
+        concurrency=concurrency,
+        progress=progress,
+        **overrides,
+    )
     return {
-        "target_rate": target_rate, "threshold": threshold, "calibration_problems": [p.id for p in calibration],
-        "evaluation_problems": [p.id for p in evaluation], "calibration_probes": len(entropies),
+        "target_rate": target_rate,
+        "threshold": threshold,
+        "calibration_problems": [p.id for p in calibration],
+        "evaluation_problems": [p.id for p in evaluation],
+        "calibration_probes": len(entropies),
         "calibration_rate": sum(h > threshold for h in entropies) / len(entropies),
         "evaluation": summarize(evaluated)[0],
     }

@@ -68,28 +68,56 @@ def grid(policies: Sequence[str], thresholds: Sequence[float]) -> list[Setting]:
     return settings
 
 
-def run_grid(router: GlimpRouter, problems: Sequence[Problem], settings: Sequence[Setting], seeds: Sequence[int],
-             *, concurrency: int = 1, progress: bool = True, **overrides: Any) -> list[RunRecord]:
+def run_grid(
+    router: GlimpRouter,
+    problems: Sequence[Problem],
+    settings: Sequence[Setting],
+    seeds: Sequence[int],
+    *,
+    concurrency: int = 1,
+    progress: bool = True,
+    **overrides: Any,
+) -> list[RunRecord]:
     """Answer every problem under every setting and seed, `concurrency` runs at a time (a progress
     bar on stderr); records come back in grid order.  With `concurrency` > 1 the runs batch in the
     engine (vLLM, servers) and each run's latency is measured under that load."""
     if not isinstance(concurrency, int) or isinstance(concurrency, bool) or concurrency < 1:
-        raise invalid("concurrency", concurrency, "must be a positive int",
-                      "Use 1 for per-question latency alone, more to batch runs on vLLM or servers.")
+        raise invalid(
+            "concurrency",
+            concurrency,
+            "must be a positive int",
+            "Use 1 for per-question latency alone, more to batch runs on vLLM or servers.",
+        )
     tqdm = require_module("tqdm", "bench", "The benchmark's progress bar").tqdm
     jobs = [(s, seed, p) for s in settings for seed in seeds for p in problems]
     with tqdm(total=len(jobs), desc="glimp bench", unit="run", disable=not progress) as bar:
         traces = _sync.run_sync(_run_jobs(router, jobs, concurrency, bar.update, overrides))
-    return [RunRecord(
-        policy=setting.policy, threshold=setting.threshold, seed=seed, problem_id=problem.id,
-        correct=is_correct(trace.answer, problem), latency_s=trace.wall_seconds,
-        intervention_rate=trace.intervention_rate, tokens_small=trace.tokens_by_model["small"],
-        tokens_large=trace.tokens_by_model["large"], wasted_small=trace.discarded_tokens, answer=trace.answer,
-        steps=[s.routing() for s in trace.steps]) for (setting, seed, problem), trace in zip(jobs, traces)]
+    return [
+        RunRecord(
+            policy=setting.policy,
+            threshold=setting.threshold,
+            seed=seed,
+            problem_id=problem.id,
+            correct=is_correct(trace.answer, problem),
+            latency_s=trace.wall_seconds,
+            intervention_rate=trace.intervention_rate,
+            tokens_small=trace.tokens_by_model["small"],
+            tokens_large=trace.tokens_by_model["large"],
+            wasted_small=trace.discarded_tokens,
+            answer=trace.answer,
+            steps=[s.routing() for s in trace.steps],
+        )
+        for (setting, seed, problem), trace in zip(jobs, traces)
+    ]
 
 
-async def _run_jobs(router: GlimpRouter, jobs: Sequence[tuple[Setting, int, Problem]], concurrency: int,
-                    done: Callable[[], Any], overrides: dict[str, Any]) -> list[RunTrace]:
+async def _run_jobs(
+    router: GlimpRouter,
+    jobs: Sequence[tuple[Setting, int, Problem]],
+    concurrency: int,
+    done: Callable[[], Any],
+    overrides: dict[str, Any],
+) -> list[RunTrace]:
     """The traces of `jobs`, in order, at most `concurrency` runs at a time; `done()` after each."""
     slots = asyncio.Semaphore(concurrency)
 
@@ -128,7 +156,10 @@ def summarize(records: Sequence[RunRecord]) -> list[dict[str, Any]]:
         accuracy = _per_problem(runs, lambda r: r.correct)
         latency = _per_problem(runs, lambda r: r.latency_s)
         row: dict[str, Any] = {
-            "policy": policy, "threshold": threshold, "runs": len(runs), "problems": len(accuracy),
+            "policy": policy,
+            "threshold": threshold,
+            "runs": len(runs),
+            "problems": len(accuracy),
             "pass_at_1": asdict(bootstrap_mean(list(accuracy.values()))),
             "latency_s": asdict(bootstrap_mean(list(latency.values()))),
             "intervention_rate": statistics.mean(r.intervention_rate for r in runs),
@@ -142,10 +173,12 @@ def summarize(records: Sequence[RunRecord]) -> list[dict[str, Any]]:
             if pairs:
                 row["vs_always_large"] = {
                     "pairs": len(pairs),
-                    "accuracy_difference": asdict(paired_difference([float(a.correct) for a, _ in pairs],
-                                                                    [float(b.correct) for _, b in pairs])),
-                    "latency_difference_s": asdict(paired_difference([a.latency_s for a, _ in pairs],
-                                                                     [b.latency_s for _, b in pairs])),
+                    "accuracy_difference": asdict(
+                        paired_difference([float(a.correct) for a, _ in pairs], [float(b.correct) for _, b in pairs])
+                    ),
+                    "latency_difference_s": asdict(
+                        paired_difference([a.latency_s for a, _ in pairs], [b.latency_s for _, b in pairs])
+                    ),
                     "latency_ratio": sum(a.latency_s for a, _ in pairs) / sum(b.latency_s for _, b in pairs),
                 }
         rows.append(row)
@@ -156,9 +189,13 @@ def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
     def interval(data: dict) -> str:
         return str(Interval(**data))
 
-    lines = [("| policy | tau | runs | pass@1 [95% CI] | latency s [95% CI] | intervention rate | tokens small | "
-             "tokens large | wasted small | Δ pass@1 vs always_large | latency vs always_large |"),
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines = [
+        (
+            "| policy | tau | runs | pass@1 [95% CI] | latency s [95% CI] | intervention rate | tokens small | "
+            "tokens large | wasted small | Δ pass@1 vs always_large | latency vs always_large |"
+        ),
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for r in rows:
         versus = r.get("vs_always_large")
         tau = "" if r["threshold"] is None else f"{r['threshold']:g}"
@@ -167,7 +204,8 @@ def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
         lines.append(
             f"| {r['policy']} | {tau} | {r['runs']} | {interval(r['pass_at_1'])} | {interval(r['latency_s'])} | "
             f"{r['intervention_rate']:.2f} | {r['tokens_small']:.1f} | {r['tokens_large']:.1f} | "
-            f"{r['wasted_small']:.1f} | {difference} | {ratio} |")
+            f"{r['wasted_small']:.1f} | {difference} | {ratio} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -177,8 +215,14 @@ def plot_pareto(rows: Sequence[dict[str, Any]], path: Path) -> None:
     figure, axes = plt.subplots(figsize=(7, 5))
     for r in rows:
         acc, lat = r["pass_at_1"], r["latency_s"]
-        axes.errorbar(lat["mean"], acc["mean"], xerr=[[lat["mean"] - lat["low"]], [lat["high"] - lat["mean"]]],
-                      yerr=[[acc["mean"] - acc["low"]], [acc["high"] - acc["mean"]]], fmt="o", capsize=3)
+        axes.errorbar(
+            lat["mean"],
+            acc["mean"],
+            xerr=[[lat["mean"] - lat["low"]], [lat["high"] - lat["mean"]]],
+            yerr=[[acc["mean"] - acc["low"]], [acc["high"] - acc["mean"]]],
+            fmt="o",
+            capsize=3,
+        )
         label = r["policy"] if r["threshold"] is None else f"{r['policy']} {r['threshold']:g}"
         axes.annotate(label, (lat["mean"], acc["mean"]), textcoords="offset points", xytext=(5, 5), fontsize=8)
     axes.set_xlabel("mean latency per question (s)")
@@ -217,14 +261,20 @@ def _pyplot():
     return plt
 
 
-def write_report(records: Sequence[RunRecord], rows: Sequence[dict[str, Any]], out: Path,
-                 meta: dict[str, Any]) -> dict[str, Path]:
+def write_report(
+    records: Sequence[RunRecord], rows: Sequence[dict[str, Any]], out: Path, meta: dict[str, Any]
+) -> dict[str, Path]:
     """runs.json (every run), summary.md, pareto.png and steps.png in `out`."""
     out.mkdir(parents=True, exist_ok=True)
-    paths = {"runs": out / "runs.json", "summary": out / "summary.md", "pareto": out / "pareto.png",
-             "steps": out / "steps.png"}
-    paths["runs"].write_text(json.dumps({"meta": meta, "summary": rows, "runs": [asdict(r) for r in records]},
-                                        indent=2, default=str))
+    paths = {
+        "runs": out / "runs.json",
+        "summary": out / "summary.md",
+        "pareto": out / "pareto.png",
+        "steps": out / "steps.png",
+    }
+    paths["runs"].write_text(
+        json.dumps({"meta": meta, "summary": rows, "runs": [asdict(r) for r in records]}, indent=2, default=str)
+    )
     paths["summary"].write_text(f"# glimp bench\n\n{json.dumps(meta)}\n\n" + markdown_table(rows))
     plot_pareto(rows, paths["pareto"])
     probed = next((r for r in records if r.policy == "glimpse"), records[0])

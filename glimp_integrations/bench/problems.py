@@ -68,13 +68,15 @@ def _problem(row: dict, default_id: str, kind: Kind | None) -> Problem:
         order = list(range(4))
         random.Random(row.get("Record ID", default_id)).shuffle(order)
         choices = tuple(str(options[i]).strip() for i in order)
-        return Problem(str(row.get("Record ID", default_id)), row["Question"].strip(), LETTERS[order.index(0)],
-                       "choice", choices)
+        return Problem(
+            str(row.get("Record ID", default_id)), row["Question"].strip(), LETTERS[order.index(0)], "choice", choices
+        )
     question = row["question"] if "question" in row else row["problem"]
     choices = tuple(str(c) for c in row.get("choices", ()))
     guessed: Kind = kind or ("choice" if choices else "math")
-    return Problem(str(row.get("id", row.get("unique_id", default_id))), str(question), str(row["answer"]),
-                   guessed, choices)
+    return Problem(
+        str(row.get("id", row.get("unique_id", default_id))), str(question), str(row["answer"]), guessed, choices
+    )
 
 
 def arithmetic_problems(count: int = 40, seed: int = 0) -> list[Problem]:
@@ -88,12 +90,16 @@ def arithmetic_problems(count: int = 40, seed: int = 0) -> list[Problem]:
         name, thing = rng.choice(names), rng.choice(things)
         a, b, c = rng.randint(1, 5), rng.randint(1, 5), rng.randint(1, 3)
         if index % 2 == 0:
-            question = (f"{name} has {a} {thing}. {name} gets {b} more {thing}. Then {name} gets {c} more {thing}. "
-                        f"How many {thing} does {name} have now?")
+            question = (
+                f"{name} has {a} {thing}. {name} gets {b} more {thing}. Then {name} gets {c} more {thing}. "
+                f"How many {thing} does {name} have now?"
+            )
             answer = a + b + c
         else:
-            question = (f"{name} has {a + c} {thing}. {name} gets {b} more {thing}. Then {name} gives {c} {thing} "
-                        f"to a friend. How many {thing} does {name} have now?")
+            question = (
+                f"{name} has {a + c} {thing}. {name} gets {b} more {thing}. Then {name} gives {c} {thing} "
+                f"to a friend. How many {thing} does {name} have now?"
+            )
             answer = a + b
         problems.append(Problem(f"arithmetic-{index}", question, str(answer), "math"))
     return problems

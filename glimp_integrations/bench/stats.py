@@ -20,8 +20,7 @@ class Interval:
         return f"{self.mean:.3f} [{self.low:.3f}, {self.high:.3f}]"
 
 
-def bootstrap_mean(values: Sequence[float], *, resamples: int = 2000, seed: int = 0,
-                   level: float = 0.95) -> Interval:
+def bootstrap_mean(values: Sequence[float], *, resamples: int = 2000, seed: int = 0, level: float = 0.95) -> Interval:
     """Mean of `values` with a percentile bootstrap interval (resampling the values)."""
     if not values:
         raise ValueError("bootstrap_mean needs at least one value")
@@ -30,8 +29,14 @@ def bootstrap_mean(values: Sequence[float], *, resamples: int = 2000, seed: int 
         return Interval(mean, mean, mean)
     numpy = require_module("numpy", "bench", "Bootstrap intervals")
     stats = require_module("scipy.stats", "bench", "Bootstrap intervals")
-    result = stats.bootstrap((list(values),), numpy.mean, n_resamples=resamples, confidence_level=level,
-                             method="percentile", rng=numpy.random.default_rng(seed))
+    result = stats.bootstrap(
+        (list(values),),
+        numpy.mean,
+        n_resamples=resamples,
+        confidence_level=level,
+        method="percentile",
+        rng=numpy.random.default_rng(seed),
+    )
     interval = result.confidence_interval
     return Interval(mean, float(interval.low), float(interval.high))
 

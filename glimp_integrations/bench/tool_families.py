@@ -8,8 +8,15 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-FAMILY_TOKENS = ["<｜tool▁calls▁begin｜>", "<｜tool▁calls▁end｜>", "<｜tool▁call▁begin｜>", "<｜tool▁call▁end｜>",
-                 "<｜tool▁sep｜>", "<think>", "</think>"]
+FAMILY_TOKENS = [
+    "<｜tool▁calls▁begin｜>",
+    "<｜tool▁calls▁end｜>",
+    "<｜tool▁call▁begin｜>",
+    "<｜tool▁call▁end｜>",
+    "<｜tool▁sep｜>",
+    "<think>",
+    "</think>",
+]
 """DeepSeek's tool-call tokens (not special in its tokenizers) and the reasoning markers its
 reasoning parser looks up."""
 SPECIAL_TOKENS = ["<|python_tag|>"]
@@ -26,7 +33,8 @@ TEMPLATES = {
     "hermes": """{%- if tools %}<|im_start|>system
 You may call functions. <tools>{% for t in tools %}{{ t | tojson }}{% endfor %}</tools>
 For each call reply <tool_call>{"name": <name>, "arguments": <args>}</tool_call><|im_end|>
-{% endif %}""" + _CHATML_MESSAGES,
+{% endif %}"""
+    + _CHATML_MESSAGES,
     "deepseek_v3": """{%- if tools %}## Tools
 {% for t in tools %}{{ t | tojson }}
 {% endfor %}{% endif %}{% for m in messages %}{% if m.role == 'user' %}<｜User｜>{{ m.content }}
@@ -60,8 +68,12 @@ Respond with a JSON function call {"name": function name, "parameters": argument
 }
 """Each family's chat template, as the family writes tools and calls (trimmed to what tests use)."""
 
-OPENINGS = {"hermes": "<tool_call>", "deepseek_v3": "<｜tool▁calls▁begin｜>", "deepseek_v31": "<｜tool▁calls▁begin｜>",
-            "llama3_json": '{"name": '}
+OPENINGS = {
+    "hermes": "<tool_call>",
+    "deepseek_v3": "<｜tool▁calls▁begin｜>",
+    "deepseek_v31": "<｜tool▁calls▁begin｜>",
+    "llama3_json": '{"name": ',
+}
 """The text each family's calls start with."""
 
 

@@ -14,8 +14,13 @@ from glimp_integrations.serve.runs import ServerState
 from glimp_integrations.tool_formats import load_vllm_parsers
 
 
-def create_app(router: GlimpRouter, served_model_name: str | None = None, *, tracer_provider: Any | None = None,
-               api_key: str | None = None) -> Any:
+def create_app(
+    router: GlimpRouter,
+    served_model_name: str | None = None,
+    *,
+    tracer_provider: Any | None = None,
+    api_key: str | None = None,
+) -> Any:
     """The FastAPI app serving `router`.  `served_model_name` is the id clients pass as `model`
     (default: "glimp"); `tracer_provider` an OpenTelemetry provider for the run and step spans
     (default: the global one, a no-op unless configured); `api_key`: every `/v1` route then
@@ -41,19 +46,34 @@ def create_app(router: GlimpRouter, served_model_name: str | None = None, *, tra
         async def require_key(request: Any, call_next: Any) -> Any:
             given = request.headers.get("authorization", "").encode()
             if request.url.path.startswith("/v1/") and not hmac.compare_digest(given, expected):
-                return state.error_response(RequestError(
-                    401, "Missing or wrong API key: send `Authorization: Bearer <key>` with the key this server "
-                         "was started with (--api-key or GLIMP_API_KEY).", kind="authentication_error",
-                    code="invalid_api_key"))
+                return state.error_response(
+                    RequestError(
+                        401,
+                        "Missing or wrong API key: send `Authorization: Bearer <key>` with the key this server "
+                        "was started with (--api-key or GLIMP_API_KEY).",
+                        kind="authentication_error",
+                        code="invalid_api_key",
+                    )
+                )
             return await call_next(request)
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
         backend = router.backend
-        return {"object": "list", "data": [{
-            "id": state.served_model, "object": "model", "created": 0, "owned_by": "glimp",
-            "small_model": backend.model_name("small"), "large_model": backend.model_name("large"),
-            "max_model_len": state.max_model_len}]}
+        return {
+            "object": "list",
+            "data": [
+                {
+                    "id": state.served_model,
+                    "object": "model",
+                    "created": 0,
+                    "owned_by": "glimp",
+                    "small_model": backend.model_name("small"),
+                    "large_model": backend.model_name("large"),
+                    "max_model_len": state.max_model_len,
+                }
+            ],
+        }
 
     @app.get("/health")
     @app.get("/readyz")

@@ -18,27 +18,53 @@ class Metrics:
         self._prometheus = prometheus = require_module("prometheus_client", "serve", "glimp serve's /metrics")
         prometheus.disable_created_metrics()  # no `_created` series beside each counter
         self.registry = registry = prometheus.CollectorRegistry()
-        self.requests = prometheus.Counter("glimp_requests", "Chat-completion requests by HTTP status "
-                                           "(499: the client disconnected)", ["status"], registry=registry)
-        self.steps = prometheus.Counter("glimp_steps", "Steps written, by writer and phase",
-                                        ["model", "phase"], registry=registry)
-        self.retries = prometheus.Counter("glimp_step_retries", "Requests sent again after a model server failed "
-                                          "them (a replica died, a stream was cut), by the step's writer", ["model"],
-                                          registry=registry)
-        self.tokens = prometheus.Counter("glimp_model_tokens", "Tokens each model computed (input: prompt and "
-                                         "prefills, output: generated)", ["model", "kind"], registry=registry)
-        self.h_init = prometheus.Histogram("glimp_h_init_nats", "Entropy of each routed step's probe (nats)",
-                                           buckets=(0.1, 0.25, 0.5, 0.9, 1.5, 2.5, 4, 6, 8, 11), registry=registry)
-        self.probe_seconds = prometheus.Histogram("glimp_probe_seconds", "Time to settle a step's writer",
-                                                  registry=registry)
-        self.first_token = prometheus.Histogram("glimp_time_to_first_token_seconds",
-                                                "Time from request to the first streamed token", registry=registry)
+        self.requests = prometheus.Counter(
+            "glimp_requests",
+            "Chat-completion requests by HTTP status (499: the client disconnected)",
+            ["status"],
+            registry=registry,
+        )
+        self.steps = prometheus.Counter(
+            "glimp_steps", "Steps written, by writer and phase", ["model", "phase"], registry=registry
+        )
+        self.retries = prometheus.Counter(
+            "glimp_step_retries",
+            "Requests sent again after a model server failed "
+            "them (a replica died, a stream was cut), by the step's writer",
+            ["model"],
+            registry=registry,
+        )
+        self.tokens = prometheus.Counter(
+            "glimp_model_tokens",
+            "Tokens each model computed (input: prompt and prefills, output: generated)",
+            ["model", "kind"],
+            registry=registry,
+        )
+        self.h_init = prometheus.Histogram(
+            "glimp_h_init_nats",
+            "Entropy of each routed step's probe (nats)",
+            buckets=(0.1, 0.25, 0.5, 0.9, 1.5, 2.5, 4, 6, 8, 11),
+            registry=registry,
+        )
+        self.probe_seconds = prometheus.Histogram(
+            "glimp_probe_seconds", "Time to settle a step's writer", registry=registry
+        )
+        self.first_token = prometheus.Histogram(
+            "glimp_time_to_first_token_seconds", "Time from request to the first streamed token", registry=registry
+        )
         self.per_token = prometheus.Histogram(
-            "glimp_time_per_output_token_seconds", "Time per output token after the first, per run",
-            buckets=(0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.5), registry=registry)
+            "glimp_time_per_output_token_seconds",
+            "Time per output token after the first, per run",
+            buckets=(0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.5),
+            registry=registry,
+        )
         self.running = prometheus.Gauge("glimp_runs_running", "Runs in progress", registry=registry)
-        self._engine_requests = prometheus.Gauge("glimp_engine_requests_running", "Requests each role's engine or "
-                                                 "server is running for this process", ["model"], registry=registry)
+        self._engine_requests = prometheus.Gauge(
+            "glimp_engine_requests_running",
+            "Requests each role's engine or server is running for this process",
+            ["model"],
+            registry=registry,
+        )
         self._router = router
 
     def exposition(self) -> bytes:

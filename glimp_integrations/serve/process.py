@@ -19,15 +19,23 @@ from glimp_integrations.serve.app import create_app
 from glimp_integrations.serve.observability import otlp_tracer_provider
 
 
-def serve(router: GlimpRouter, host: str = "127.0.0.1", port: int = 8000, served_model_name: str | None = None,
-          otlp_traces_endpoint: str | None = None, log_level: str = "info", api_key: str | None = None) -> None:
+def serve(
+    router: GlimpRouter,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    served_model_name: str | None = None,
+    otlp_traces_endpoint: str | None = None,
+    log_level: str = "info",
+    api_key: str | None = None,
+) -> None:
     """Serve `router` until interrupted (what `glimp serve` runs).  SIGTERM (what `docker stop` and
     Kubernetes send) and Ctrl-C stop taking requests, let the open ones finish, then export the
     spans not yet sent: uvicorn's own signal handling needs the main thread, and the server runs
     on the engines' loop."""
     tracer_provider = otlp_tracer_provider(otlp_traces_endpoint) if otlp_traces_endpoint else None
-    server = _uvicorn_server(create_app(router, served_model_name, tracer_provider=tracer_provider, api_key=api_key),
-                             host, port, log_level)
+    server = _uvicorn_server(
+        create_app(router, served_model_name, tracer_provider=tracer_provider, api_key=api_key), host, port, log_level
+    )
     running = _start_on_engine_loop(server)
 
     def stop(*_: Any) -> None:
@@ -68,8 +76,15 @@ def scrape(base_url: str, name: str, **labels: str) -> float:
 
     parser = require_module("prometheus_client.parser", "serve", "Reading /metrics")
     text = httpx.get(base_url.removesuffix("/v1") + "/metrics").text
-    return next((sample.value for family in parser.text_string_to_metric_families(text) for sample in family.samples
-                 if sample.name == name and sample.labels == labels), 0.0)
+    return next(
+        (
+            sample.value
+            for family in parser.text_string_to_metric_families(text)
+            for sample in family.samples
+            if sample.name == name and sample.labels == labels
+        ),
+        0.0,
+    )
 
 
 @contextlib.contextmanager

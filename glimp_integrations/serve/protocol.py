@@ -22,8 +22,14 @@ ROUTING_FIELDS: tuple[str, ...] = tuple(f for f in CONFIG_FIELDS if f not in SAM
 class RequestError(Exception):
     """A request the server answers with an OpenAI-style error (`status`, `param`, `code`)."""
 
-    def __init__(self, status: int, message: str, param: str | None = None,
-                 kind: str = "invalid_request_error", code: str | int | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        param: str | None = None,
+        kind: str = "invalid_request_error",
+        code: str | int | None = None,
+    ) -> None:
         super().__init__(message)
         self.status, self.param, self.kind = status, param, kind
         self.code = status if code is None else code
@@ -41,10 +47,13 @@ def openai_param(parameter: str | None) -> str | None:
 
 def usage(trace: RunTrace) -> dict[str, Any]:
     """OpenAI's usage object for a run, with `by_model` (what each model computed) added."""
-    return {"prompt_tokens": trace.prompt_tokens, "completion_tokens": trace.completion_tokens,
-            "total_tokens": trace.prompt_tokens + trace.completion_tokens,
-            "completion_tokens_details": {"reasoning_tokens": trace.reasoning_tokens},
-            "by_model": {model: dict(counts) for model, counts in trace.usage_by_model.items()}}
+    return {
+        "prompt_tokens": trace.prompt_tokens,
+        "completion_tokens": trace.completion_tokens,
+        "total_tokens": trace.prompt_tokens + trace.completion_tokens,
+        "completion_tokens_details": {"reasoning_tokens": trace.reasoning_tokens},
+        "by_model": {model: dict(counts) for model, counts in trace.usage_by_model.items()},
+    }
 
 
 def run_failure(error: GlimpRunError) -> RequestError:
@@ -56,15 +65,20 @@ def sse_data(payload: Mapping[str, Any]) -> str:
     return f"data: {json.dumps(payload)}\n\n"
 
 
-def is_int(value: Any, low: int = -(2 ** 63), high: int = 2 ** 63 - 1) -> bool:
+def is_int(value: Any, low: int = -(2**63), high: int = 2**63 - 1) -> bool:
     """An integer (not a bool) within [low, high]."""
     return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
 
 
 def is_number(value: Any, low: float, high: float, low_open: bool = False) -> bool:
     """A finite number (not a bool) within [low, high] ((low, high] when `low_open`)."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) \
-        and (value > low if low_open else value >= low) and value <= high
+    return (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and (value > low if low_open else value >= low)
+        and value <= high
+    )
 
 
 def is_text_list(value: Any) -> bool:
@@ -93,8 +107,11 @@ COMMON_RULES: dict[str, tuple[Callable[[Any], bool], str, str]] = {
     "top_p": (lambda v: is_number(v, 0, 1, low_open=True), "must be a number in (0, 1]", "Pass e.g. 0.95."),
     "parallel_tool_calls": (lambda v: isinstance(v, bool), "must be true or false", "Pass a JSON boolean."),
     "user": (lambda v: isinstance(v, str), "must be a string", "Pass an end-user id."),
-    "metadata": (lambda v: isinstance(v, dict) and all(isinstance(x, str) for x in v.values()),
-                 "must be an object of strings", 'Pass e.g. {"team": "search"}.'),
+    "metadata": (
+        lambda v: isinstance(v, dict) and all(isinstance(x, str) for x in v.values()),
+        "must be an object of strings",
+        'Pass e.g. {"team": "search"}.',
+    ),
     "service_tier": (lambda v: isinstance(v, str), "must be a string", "Pass e.g. auto."),
 }
 """Types and ranges of the fields both APIs take, as OpenAI documents them (`check_fields`)."""

@@ -171,9 +171,12 @@ class StreamWriter(Protocol):
     def whole(self, trace: RunTrace) -> dict[str, Any]: ...
 
 
-async def answer(state: ServerState, request: Any,
-                 parse: Callable[[Any], tuple[list[dict[str, Any]], dict[str, Any], StreamWriter]],
-                 in_api_terms: Callable[[RequestError], RequestError] = lambda error: error) -> Any:
+async def answer(
+    state: ServerState,
+    request: Any,
+    parse: Callable[[Any], tuple[list[dict[str, Any]], dict[str, Any], StreamWriter]],
+    in_api_terms: Callable[[RequestError], RequestError] = lambda error: error,
+) -> Any:
     """A request's routed run, answered whole or streamed: `parse` turns the JSON body into the
     run's messages and arguments and the writer of the answer; errors before the answer starts go
     through `in_api_terms` (to name the API's own fields)."""
@@ -198,8 +201,9 @@ async def answer(state: ServerState, request: Any,
     return writer.whole(outcome)
 
 
-async def stream(state: ServerState, events: AsyncGenerator[RouterEvent, None], first: RouterEvent,
-                 writer: StreamWriter) -> AsyncIterator[str]:
+async def stream(
+    state: ServerState, events: AsyncGenerator[RouterEvent, None], first: RouterEvent, writer: StreamWriter
+) -> AsyncIterator[str]:
     """A streamed run's server-sent events.  A disconnect cancels this generator (and the run); a
     run that fails mid-stream ends with the writer's failure events."""
     status = "499"

@@ -66,7 +66,8 @@ def test_stream_yields_reasoning_deltas_before_the_answer_and_aggregates_like_in
     invoked = llm.invoke("What is 6 x 7?")
     assert full.text == invoked.text
     assert [b["reasoning"] for b in full.content_blocks if b["type"] == "reasoning"] == [
-        b["reasoning"] for b in invoked.content_blocks if b["type"] == "reasoning"]
+        b["reasoning"] for b in invoked.content_blocks if b["type"] == "reasoning"
+    ]
     assert sum(1 for c in chunks if c.usage_metadata) == 1  # usage once, in the last chunk
     assert full.usage_metadata == invoked.usage_metadata
     assert full.usage_metadata["output_token_details"]["reasoning"] == 12
@@ -91,7 +92,10 @@ def test_a_callback_handler_receives_one_step_event_per_step():
     recorder = StepRecorder()
     ChatGlimpRouter(backend=scripted_pair()).invoke("hi", config={"callbacks": [recorder]})
     assert [(s["index"], s["model"], s["phase"]) for s in recorder.steps] == [
-        (0, "small", "reasoning"), (1, "small", "reasoning"), (2, "large", "answer")]
+        (0, "small", "reasoning"),
+        (1, "small", "reasoning"),
+        (2, "large", "answer"),
+    ]
     assert recorder.steps[0]["text"] == "Let me think about it.\n\n"
 
 
@@ -111,8 +115,11 @@ async def test_astream_events_of_a_chain_show_routing_as_it_happens():
 
 
 def test_lcel_chain_with_str_output_parser_and_batch():
-    chain = ChatPromptTemplate.from_messages([("user", "{q}")]) | ChatGlimpRouter(backend=scripted_pair()) \
+    chain = (
+        ChatPromptTemplate.from_messages([("user", "{q}")])
+        | ChatGlimpRouter(backend=scripted_pair())
         | StrOutputParser()
+    )
     assert chain.invoke({"q": "hi"}) == PLAIN_ANSWER
     assert chain.batch([{"q": "a"}, {"q": "b"}, {"q": "c"}]) == [PLAIN_ANSWER] * 3
 
@@ -124,8 +131,9 @@ async def _let_finalizers_run():
 
 
 async def test_closing_a_stream_early_stops_the_run():
-    backend = ScriptedBackend(ScriptedModel("s", [step("a b c\n\n", 0.1)] * 50),
-                              ScriptedModel("l", [step("x\n\n")] * 50))
+    backend = ScriptedBackend(
+        ScriptedModel("s", [step("a b c\n\n", 0.1)] * 50), ScriptedModel("l", [step("x\n\n")] * 50)
+    )
     llm = ChatGlimpRouter(backend=backend, reasoning_budget=500)
     stream = llm.astream("go on")
     chunk = await stream.__anext__()
@@ -141,8 +149,9 @@ async def test_closing_a_stream_early_stops_the_run():
 
 
 async def test_a_cancelled_task_stops_the_run():
-    backend = ScriptedBackend(ScriptedModel("s", [step("a b c\n\n", 0.1)] * 50),
-                              ScriptedModel("l", [step("x\n\n")] * 50))
+    backend = ScriptedBackend(
+        ScriptedModel("s", [step("a b c\n\n", 0.1)] * 50), ScriptedModel("l", [step("x\n\n")] * 50)
+    )
     llm = ChatGlimpRouter(backend=backend, reasoning_budget=500)
 
     async def consume():
@@ -182,12 +191,17 @@ def test_langgraph_react_agent_calls_the_tool_and_answers():
     assert result["messages"][-1].text == PLAIN_ANSWER
 
 
-@pytest.mark.parametrize("messages, fragment", [
-    ([], "empty"),
-    ([HumanMessage(content=[{"type": "image_url", "image_url": {"url": "data:image/png;base64,AA=="}}])],
-     "text only"),
-    ([SystemMessage("be brief")], "no user message"),
-])
+@pytest.mark.parametrize(
+    "messages, fragment",
+    [
+        ([], "empty"),
+        (
+            [HumanMessage(content=[{"type": "image_url", "image_url": {"url": "data:image/png;base64,AA=="}}])],
+            "text only",
+        ),
+        ([SystemMessage("be brief")], "no user message"),
+    ],
+)
 def test_bad_input_is_rejected_and_the_model_stays_usable(messages, fragment):
     llm = ChatGlimpRouter(backend=scripted_pair())
     with pytest.raises(GlimpInputError, match=fragment):
@@ -196,8 +210,9 @@ def test_bad_input_is_rejected_and_the_model_stays_usable(messages, fragment):
 
 
 def test_a_conversation_longer_than_the_context_is_an_error():
-    backend = ScriptedBackend(ScriptedModel("s", [step("ok")], context_window=20),
-                              ScriptedModel("l", [step("ok")], context_window=20))
+    backend = ScriptedBackend(
+        ScriptedModel("s", [step("ok")], context_window=20), ScriptedModel("l", [step("ok")], context_window=20)
+    )
     with pytest.raises(ContextLengthError, match="context window is 20"):
         ChatGlimpRouter(backend=backend).invoke("word " * 40)
 
@@ -210,8 +225,13 @@ def test_a_model_override_for_another_pair_is_refused():
 
 
 def test_identifying_and_tracing_params_name_both_models():
-    llm = ChatGlimpRouter(small="Qwen/Qwen3-4B", large="deepseek-ai/DeepSeek-R1-Distill-Qwen-32B", temperature=0.6,
-                          max_tokens=512, stop=["###"])
+    llm = ChatGlimpRouter(
+        small="Qwen/Qwen3-4B",
+        large="deepseek-ai/DeepSeek-R1-Distill-Qwen-32B",
+        temperature=0.6,
+        max_tokens=512,
+        stop=["###"],
+    )
     assert llm._identifying_params["small"] == "Qwen/Qwen3-4B"
     assert llm.model_name == "Qwen/Qwen3-4B+deepseek-ai/DeepSeek-R1-Distill-Qwen-32B"
     params = llm._get_ls_params()

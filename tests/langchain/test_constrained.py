@@ -34,16 +34,26 @@ class OrderDict(TypedDict):
 def test_every_tool_choice_form_becomes_the_engines_constraint():
     backend = scripted_pair()
     llm = ChatGlimpRouter(backend=backend)
-    forms = [(None, "auto"), ("auto", "auto"), ("any", "required"), (True, "required"), ("required", "required"),
-             ("multiply", "multiply"), ({"type": "function", "function": {"name": "multiply"}}, "multiply"),
-             ("none", "none")]
+    forms = [
+        (None, "auto"),
+        ("auto", "auto"),
+        ("any", "required"),
+        (True, "required"),
+        ("required", "required"),
+        ("multiply", "multiply"),
+        ({"type": "function", "function": {"name": "multiply"}}, "multiply"),
+        ("none", "none"),
+    ]
     for given, expected in forms:
         before = len(backend.constrained_writes)
         message = llm.bind_tools([get_weather, multiply], tool_choice=given).invoke("What is 3 times 3?")
         role, constraint = backend.constrained_writes[before]
         assert role == "large" and len(backend.constrained_writes) == before + 1
-        assert (constraint.kind, constraint.tool_choice, constraint.tool_names) == \
-            ("tools", expected, ["get_weather", "multiply"])
+        assert (constraint.kind, constraint.tool_choice, constraint.tool_names) == (
+            "tools",
+            expected,
+            ["get_weather", "multiply"],
+        )
         if expected == "none":
             assert "%json" not in constraint.grammar and message.tool_calls == []
 
@@ -68,10 +78,21 @@ def test_a_bad_tool_choice_names_the_tools_and_the_model_stays_usable():
 
 def test_structured_output_methods_on_the_scripted_pair_keep_the_raw_message():
     for method in ("json_schema", "function_calling", "json_mode"):
-        schema = OrderDict if method == "function_calling" else {"title": "Joke", "type": "object", "properties": {
-            "setup": {"type": "string"}, "punchline": {"type": "string"}}, "required": ["setup", "punchline"]}
-        out = ChatGlimpRouter(backend=scripted_pair()).with_structured_output(
-            schema, method=method, include_raw=True).invoke("Answer in JSON.")
+        schema = (
+            OrderDict
+            if method == "function_calling"
+            else {
+                "title": "Joke",
+                "type": "object",
+                "properties": {"setup": {"type": "string"}, "punchline": {"type": "string"}},
+                "required": ["setup", "punchline"],
+            }
+        )
+        out = (
+            ChatGlimpRouter(backend=scripted_pair())
+            .with_structured_output(schema, method=method, include_raw=True)
+            .invoke("Answer in JSON.")
+        )
         assert out["parsing_error"] is None and out["parsed"], method
         raw = out["raw"]
         assert [b["type"] for b in raw.content_blocks][:2] == ["reasoning", "reasoning"]
@@ -106,11 +127,13 @@ def embedded():
 def test_structured_output_on_the_embedded_model_validates(embedded, method):
     if method == "json_mode":  # any JSON object, parsed as a dict
         cat = embedded.with_structured_output({"title": "Cat", "type": "object"}, method=method).invoke(
-            "Describe a cat as a JSON object.")
+            "Describe a cat as a JSON object."
+        )
         assert isinstance(cat, dict)
         return
     order = embedded.with_structured_output(Order, method=method).invoke(
-        "Alice orders 2 red apples and 1 red pear. Write the order.")
+        "Alice orders 2 red apples and 1 red pear. Write the order."
+    )
     assert isinstance(order, Order) and all(item.quantity >= 0 for item in order.items)
 
 
@@ -119,10 +142,12 @@ def test_tool_choice_none_and_a_named_tool_on_the_embedded_model(embedded):
     text = embedded.bind_tools([get_weather, multiply], tool_choice="none").invoke("What is 3 times 4?")
     assert text.tool_calls == [] and "<tool_call>" not in text.text
     named = embedded.bind_tools([get_weather, multiply], tool_choice="multiply", parallel_tool_calls=False).invoke(
-        "What is 3 times 4?")
+        "What is 3 times 4?"
+    )
     assert [c["name"] for c in named.tool_calls] == ["multiply"]
     assert set(named.tool_calls[0]["args"]) == {"a", "b"} and all(
-        isinstance(v, int) for v in named.tool_calls[0]["args"].values())
+        isinstance(v, int) for v in named.tool_calls[0]["args"].values()
+    )
 
 
 def test_create_agent_with_a_response_format_calls_tools_then_answers_in_that_format():
@@ -138,8 +163,12 @@ def test_create_agent_with_a_response_format_calls_tools_then_answers_in_that_fo
     assert result["messages"][1].tool_calls[0]["args"] == {"location": "Paris"}
     assert result["structured_response"] == WeatherReport(location="Paris", conditions="Paris")
     constraints = [constraint for _, constraint in backend.constrained_writes]
-    assert len(constraints) == 2 and all(c.answer_format.kind == "json_schema" and c.tool_choice == "auto"
-                                         and c.grammar.startswith("start: answer | calls") for c in constraints)
+    assert len(constraints) == 2 and all(
+        c.answer_format.kind == "json_schema"
+        and c.tool_choice == "auto"
+        and c.grammar.startswith("start: answer | calls")
+        for c in constraints
+    )
     assert "Unless you call a tool, reply with a single JSON value" in backend.prompts[-1]
 
 
@@ -151,8 +180,7 @@ def test_create_agent_on_the_embedded_model_calls_the_tool_then_answers(response
     from langchain_glimp.agents import CallToolThenAnswer
 
     model = ChatGlimpRouter(seed=0, max_tokens=160, reasoning_mode="plain")  # the answer follows the tool result
-    agent = create_agent(model, tools=[get_weather], response_format=response_format,
-                         middleware=[CallToolThenAnswer()])
+    agent = create_agent(model, tools=[get_weather], response_format=response_format, middleware=[CallToolThenAnswer()])
     question = {"messages": [HumanMessage("What is the weather in Paris?")]}
     # the middleware's sync and async hooks: one run each way
     result = agent.invoke(question) if response_format is None else asyncio.run(agent.ainvoke(question))

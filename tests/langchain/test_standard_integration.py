@@ -68,9 +68,13 @@ class TestEmbeddedModel(ChatModelIntegrationTests):
     def has_tool_choice(self) -> bool:
         return True
 
-    @pytest.mark.xfail(strict=True, reason=(
-        "tool_choice='auto' lets the model choose between text and a call, and SmolLM2-135M chooses text for "
-        "this question; the call it would write is valid by construction (test_tool_calling), and an agent that "
-        "needs a call forces it (tests/langchain/test_constrained.py::test_create_agent_on_the_embedded_model_*)"))
+    @pytest.mark.xfail(
+        strict=True,
+        reason=(
+            "tool_choice='auto' lets the model choose between text and a call, and SmolLM2-135M chooses text for "
+            "this question; the call it would write is valid by construction (test_tool_calling), and an agent that "
+            "needs a call forces it (tests/langchain/test_constrained.py::test_create_agent_on_the_embedded_model_*)"
+        ),
+    )
     def test_agent_loop(self, model) -> None:
         super().test_agent_loop(model)

@@ -1,6 +1,5 @@
 """GlimpRouterLLM's tool calls and structured prediction: valid by construction on the embedded model."""
 
-
 import pytest
 from llama_index.core.agent.workflow import FunctionAgent, ToolCallResult
 from llama_index.core.base.llms.types import ChatMessage, ThinkingBlock, ToolCallBlock
@@ -59,10 +58,13 @@ def test_tool_required_always_yields_a_call(embedded):
 
 @pytest.mark.embedded
 async def test_structured_predict_sync_async_and_structured_llm_return_filled_objects(embedded):
-    orders = [embedded.structured_predict(Order, PROMPT, customer="Alice"),
-              await embedded.astructured_predict(Order, PROMPT, customer="Bob")]
-    structured = embedded.as_structured_llm(Order).chat([ChatMessage(role="user", content=PROMPT.format(
-        customer="Carol"))])
+    orders = [
+        embedded.structured_predict(Order, PROMPT, customer="Alice"),
+        await embedded.astructured_predict(Order, PROMPT, customer="Bob"),
+    ]
+    structured = embedded.as_structured_llm(Order).chat(
+        [ChatMessage(role="user", content=PROMPT.format(customer="Carol"))]
+    )
     orders.append(structured.raw)
     for order in orders:
         assert isinstance(order, Order) and order.customer and all(i.quantity >= 0 for i in order.items)
@@ -99,7 +101,8 @@ async def test_function_agent_on_the_embedded_model_calls_the_tool_then_answers(
 @pytest.mark.embedded
 def test_the_default_llm_shows_routed_thinking_then_the_answer():
     response = GlimpRouterLLM(seed=0, max_tokens=40).chat(
-        [ChatMessage(role="user", content="Tom has 3 apples and buys 4 more. How many?")])
+        [ChatMessage(role="user", content="Tom has 3 apples and buys 4 more. How many?")]
+    )
     thinking = [b for b in response.message.blocks if isinstance(b, ThinkingBlock)]
     assert thinking and all(b.additional_information["h_init"] is not None for b in thinking)
     assert response.message.content and response.raw["glimp"]["mode"] == "think"

@@ -149,8 +149,9 @@ async def test_function_agent_calls_the_tool_and_streams_thinking():
 async def test_react_agent_acts_then_answers():
     agent = ReActAgent(tools=[multiply], llm=GlimpRouterLLM(backend=scripted_pair()))
     handler = agent.run("What is 3 times 3?")
-    results = [(e.tool_name, e.tool_output.content) async for e in handler.stream_events()
-               if isinstance(e, ToolCallResult)]
+    results = [
+        (e.tool_name, e.tool_output.content) async for e in handler.stream_events() if isinstance(e, ToolCallResult)
+    ]
     answer = await handler
     assert results == [("multiply", "9")]
     assert PLAIN_ANSWER in str(answer)
@@ -162,12 +163,17 @@ def test_query_engine_over_documents_with_the_scripted_pair():
     assert "bakery opens at 7 am" in response.source_nodes[0].node.get_content()
 
 
-@pytest.mark.parametrize("messages, fragment", [
-    ([], "empty"),
-    ([ChatMessage(role="user", blocks=[TextBlock(text="what is this?"), ImageBlock(url="http://x/y.png")])],
-     "text only"),
-    ([ChatMessage(role="system", content="be brief")], "no user message"),
-])
+@pytest.mark.parametrize(
+    "messages, fragment",
+    [
+        ([], "empty"),
+        (
+            [ChatMessage(role="user", blocks=[TextBlock(text="what is this?"), ImageBlock(url="http://x/y.png")])],
+            "text only",
+        ),
+        ([ChatMessage(role="system", content="be brief")], "no user message"),
+    ],
+)
 def test_bad_input_is_rejected_and_the_llm_stays_usable(messages, fragment):
     llm = GlimpRouterLLM(backend=scripted_pair())
     with pytest.raises(GlimpInputError, match=fragment):
@@ -176,8 +182,9 @@ def test_bad_input_is_rejected_and_the_llm_stays_usable(messages, fragment):
 
 
 def test_a_prompt_longer_than_the_context_is_an_error():
-    backend = ScriptedBackend(ScriptedModel("s", [step("ok")], context_window=20),
-                              ScriptedModel("l", [step("ok")], context_window=20))
+    backend = ScriptedBackend(
+        ScriptedModel("s", [step("ok")], context_window=20), ScriptedModel("l", [step("ok")], context_window=20)
+    )
     with pytest.raises(ContextLengthError):
         GlimpRouterLLM(backend=backend).complete("word " * 40)
 
