@@ -1,6 +1,6 @@
 """A vLLM fleet on this machine: `vllm serve` replicas of each role behind the vLLM project's router.
 
-The topology of the README's scale-out section (and of `deploy/`), started on 127.0.0.1 for the
+The topology of the docs' scale-out section (docs/serving.md) (and of `deploy/`), started on 127.0.0.1 for the
 tests, the benchmarks, and for trying the fleet path before a cluster.  Each role's replicas sit
 behind one `vllm-router` (`pip install vllm-router`), which hashes the `X-Session-Id` header Glimp
 sends (`consistent_hash`, the default) so a conversation's requests reach the replica that holds

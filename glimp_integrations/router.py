@@ -796,7 +796,7 @@ def load_backend(
                 "speculative",
                 speculative,
                 "is set on the server with backend='openai'",
-                "Start the large model's server with --speculative-config (see the README); the trace "
+                "Start the large model's server with --speculative-config (see docs/backends.md); the trace "
                 "reports its acceptance when the server runs with --per-request-spec-decode-metrics.",
             )
         from glimp_integrations.backends.openai import OpenAIServersBackend

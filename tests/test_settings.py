@@ -108,9 +108,9 @@ def test_the_engine_takes_every_setting_with_the_declared_defaults():
     assert {s.name: s.default for s in ENGINE_SETTINGS} == {s.name: parameters[s.name].default for s in ENGINE_SETTINGS}
 
 
-def test_the_readme_table_is_the_declarations():
-    readme = (Path(__file__).parent.parent / "README.md").read_text()
-    table = re.search(r"<!-- settings table[^>]*-->\n(.*?)\n<!-- end of settings table -->", readme, re.DOTALL)
+def test_the_docs_table_is_the_declarations():
+    page = (Path(__file__).parent.parent / "docs" / "engine.md").read_text()
+    table = re.search(r"<!-- settings table[^>]*-->\n(.*?)\n<!-- end of settings table -->", page, re.DOTALL)
     assert table and table.group(1) == settings_table(), (
-        "README's settings table is stale: paste glimp_integrations.settings.settings_table() there"
+        "docs/engine.md's settings table is stale: paste glimp_integrations.settings.settings_table() there"
     )

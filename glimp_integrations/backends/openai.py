@@ -63,7 +63,7 @@ logger = logging.getLogger(__name__)
 SESSION_HEADER = "X-Session-Id"
 """Sent with every request to the model servers: the same value for all requests of a conversation,
 so that a load balancer in front of a vLLM fleet that hashes on it keeps them on the replica that
-holds their prefix cache (see the README's scale-out section)."""
+holds their prefix cache (see the scale-out section of docs/serving.md)."""
 
 
 def conversation_key(messages: Sequence[dict[str, Any]]) -> str:
