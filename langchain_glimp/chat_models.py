@@ -44,7 +44,6 @@ from langchain_core.utils.utils import secret_from_env
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, model_validator
 
 from glimp_integrations import (
-    CALL_OVERRIDES,
     GlimpInputError,
     GlimpRouter,
     RouterEvent,
@@ -55,6 +54,7 @@ from glimp_integrations import (
     check_router_settings,
     router_settings,
 )
+from glimp_integrations.adapters import adapter_router, call_overrides
 from glimp_integrations.backends.base import Backend
 from glimp_integrations.constraints import callable_tools
 from glimp_integrations.settings import adapter_settings_model
@@ -210,14 +210,7 @@ class ChatGlimpRouter(BaseChatModel, adapter_settings_model()):  # type: ignore[
     def router(self) -> GlimpRouter:
         """The engine (built on first use, so constructing the chat model loads nothing)."""
         if self._engine is None:
-            options = dict(self.backend_options)
-            if self.backend == "openai":
-                options.setdefault("max_retries", self.max_retries)
-                if self.timeout is not None:
-                    options.setdefault("timeout", self.timeout)
-                if self.api_key is not None:
-                    options.setdefault("api_key", self.api_key.get_secret_value())
-            self._engine = GlimpRouter(self.small, self.large, **{**router_settings(self), "backend_options": options})
+            self._engine = adapter_router(self, self.api_key.get_secret_value() if self.api_key else None)
         return self._engine
 
     def _request(self, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -225,17 +218,7 @@ class ChatGlimpRouter(BaseChatModel, adapter_settings_model()):  # type: ignore[
         engine_messages = [_to_engine_message(m, position) for position, m in enumerate(messages)]
         if not engine_messages:
             raise GlimpInputError("`messages` is empty; got []. Pass at least one HumanMessage.")
-        overrides: dict[str, Any] = {}
-        for name in CALL_OVERRIDES:
-            if name in kwargs:
-                overrides[name] = kwargs.pop(name)
-        if stop or self.stop:
-            overrides["stop"] = tuple(stop or self.stop or ())
-        if self.timeout is not None and self.backend != "openai":
-            overrides["timeout"] = self.timeout
-        max_tokens = kwargs.pop("max_tokens", self.max_tokens)
-        if max_tokens is not None:
-            overrides["max_tokens"] = max_tokens
+        overrides = call_overrides(self, kwargs, stop or self.stop)
         model = kwargs.pop("model", None)
         if model is not None and model != self.model_name:
             raise GlimpInputError(

@@ -46,7 +46,6 @@ from llama_index.core.llms.llm import ToolSelection
 from llama_index.core.program.function_program import FunctionCallingProgram, get_function_tool
 
 from glimp_integrations import (
-    CALL_OVERRIDES,
     GlimpInputError,
     GlimpRouter,
     RouterEvent,
@@ -57,6 +56,7 @@ from glimp_integrations import (
     check_router_settings,
     router_settings,
 )
+from glimp_integrations.adapters import adapter_router, call_overrides
 from glimp_integrations.backends.base import Backend
 from glimp_integrations.config import RouterConfig
 from glimp_integrations.constraints import callable_tools
@@ -129,12 +129,7 @@ class GlimpRouterLLM(FunctionCallingLLM, adapter_settings_model()):  # type: ign
     def router(self) -> GlimpRouter:
         """The engine (built on first use)."""
         if self._engine is None:
-            settings = router_settings(self)
-            if self.backend == "openai":
-                options = settings["backend_options"] = {"max_retries": self.max_retries, **self.backend_options}
-                if self.timeout is not None:
-                    options.setdefault("timeout", self.timeout)
-            self._engine = GlimpRouter(self.small, self.large, **settings)
+            self._engine = adapter_router(self)
         return self._engine
 
     @property
@@ -165,22 +160,11 @@ class GlimpRouterLLM(FunctionCallingLLM, adapter_settings_model()):  # type: ign
         engine_messages = [_to_engine_message(m, position) for position, m in enumerate(messages)]
         if not engine_messages:
             raise GlimpInputError("`messages` is empty; got []. Pass at least one user ChatMessage.")
-        overrides: dict[str, Any] = {}
-        for name in CALL_OVERRIDES:
-            if name in kwargs:
-                overrides[name] = kwargs.pop(name)
-        if self.timeout is not None and self.backend != "openai":
-            overrides["timeout"] = self.timeout
-        if kwargs.get("stop"):
-            overrides["stop"] = tuple(kwargs.pop("stop"))
-        max_tokens = kwargs.pop("max_tokens", self.max_tokens)
-        if max_tokens is not None:
-            overrides["max_tokens"] = max_tokens
+        overrides = call_overrides(self, kwargs, kwargs.pop("stop", None))
         tool_choice = kwargs.pop("tool_choice", None)  # any form; the engine reads it (`read_tool_choice`)
         if kwargs.pop("tool_required", False):
             tool_choice = tool_choice or "required"
         kwargs.pop("formatted", None)
-        kwargs.pop("stop", None)
         request = {
             "prompt": engine_messages,
             "tools": kwargs.pop("tools", None),
