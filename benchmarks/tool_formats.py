@@ -6,8 +6,8 @@ twice by the large model in `plain` mode: constrained (the order tool in the cha
 family's call format described in a system message, no grammar).  The model is the embedded SmolLM2 with the families' tokens added and the
 family's chat template (`glimp_integrations.bench.tool_families`); `hermes` is the default format
 and `deepseek_v3` DeepSeek-R1's.  Figure: answer tokens per second constrained over
-unconstrained (target 0.95 or more), and the share of constrained answers vLLM's parser reads
-back as one valid call.
+unconstrained (target 0.95 or more), the share of constrained answers vLLM's parser reads back
+as one valid call, and the share the token budget cut (vLLM cannot steer an answer to close).
 
     python benchmarks/tool_formats.py [--runs 20] [--backends transformers,vllm] [--families hermes,deepseek_v3]
 """
@@ -44,7 +44,7 @@ def valid_call(router: GlimpRouter, answer: str) -> bool:
 def measure(router: GlimpRouter, runs: int, max_tokens: int) -> dict:
     tokens = {"constrained": 0, "unconstrained": 0}
     seconds = {"constrained": 0.0, "unconstrained": 0.0}
-    valid = 0
+    valid = cut_by_budget = 0
     for index, question in enumerate(questions(runs)):
         messages = [{"role": "user", "content": question}]
         common = {"max_tokens": max_tokens, "seed": index}
@@ -54,6 +54,7 @@ def measure(router: GlimpRouter, runs: int, max_tokens: int) -> dict:
         instructions = tool_instructions([TOOL], "place_order", router.tool_call_reader([TOOL]).tool_call_parser)
         unconstrained = router.run([{"role": "system", "content": instructions}, *messages], **common)
         valid += valid_call(router, constrained.answer)
+        cut_by_budget += constrained.steps[-1].finish_reason == "budget"
         for side, trace in (("constrained", constrained), ("unconstrained", unconstrained)):
             written, spent = answer_speed(trace)
             tokens[side] += written
@@ -94,7 +95,8 @@ def main() -> None:
                 results[f"{backend}/{family}"] = result = measure(router, args.runs, args.max_tokens)
             print(
                 f"{backend}/{family}: constrained/unconstrained tokens per second "
-                f"{result['constrained_speed_ratio']:.3f}, valid calls {result['valid_calls']:.0%}",
+                f"{result['constrained_speed_ratio']:.3f}, valid calls {result['valid_calls']:.0%} "
+                f"(cut by the token budget: {result['constrained_cut_by_budget']:.0%})",
                 flush=True,
             )
     summary = {
