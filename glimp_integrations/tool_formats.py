@@ -479,7 +479,9 @@ class ToolCallReader:
         )
         if not found or any(name not in self.tool_names or arguments is None for name, arguments in found):
             return answer, []
-        return (extracted.content or "").strip(), [ToolCall(name, arguments) for name, arguments in found if arguments]
+        return (extracted.content or "").strip(), [
+            ToolCall(name, arguments) for name, arguments in found if arguments is not None
+        ]
 
     def feed(self, delta: str) -> tuple[str, list[CallDelta]]:
         """(text to show now, parts of calls) for the next piece of the answer."""

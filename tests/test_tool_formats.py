@@ -148,6 +148,15 @@ def test_glimps_lark_accepts_what_xgrammar_accepts_of_the_same_structure(family,
     assert [llguidance_accepts(t) for t in texts] == [_is_grammar_accept_string(xgrammars, t) for t in texts]
 
 
+@pytest.mark.parametrize("family", sorted(TOOL_FAMILIES))
+def test_a_call_without_arguments_reads_back_as_one(family, tokenizer):
+    from glimp_integrations.tool_formats import render_call
+
+    ping = {"type": "function", "function": {"name": "ping", "parameters": {"type": "object", "properties": {}}}}
+    text, calls = ToolCallReader(family, [ping], tokenizer).read(render_call(family, "ping", "{}"))
+    assert (text, [(c.name, c.arguments) for c in calls]) == ("", [("ping", {})])
+
+
 def _call_text(family: str, name: str = "get_weather", arguments: dict = FORCED) -> str:
     from glimp_integrations.tool_formats import render_call
 
