@@ -27,7 +27,8 @@ import jsonschema
 
 from glimp_integrations import GlimpRouter
 from glimp_integrations.constraints import AnswerConstraint
-from glimp_integrations.tools import parse_tool_calls, tool_instructions
+from glimp_integrations.tool_formats import parse_tool_calls
+from glimp_integrations.tools import tool_instructions
 
 ORDER_SCHEMA = {
     "type": "object",

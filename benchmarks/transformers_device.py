@@ -25,7 +25,7 @@ import transformers
 
 sys.path.insert(0, str(Path(__file__).parent.parent))  # the repo, where glimp is not installed
 from glimp_integrations import GlimpRouter  # noqa: E402
-from glimp_integrations.tools import parse_tool_calls  # noqa: E402
+from glimp_integrations.tool_formats import parse_tool_calls  # noqa: E402
 
 parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
 parser.add_argument("--device", default="cuda")

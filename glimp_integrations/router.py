@@ -166,7 +166,7 @@ class GlimpRouter:
         `tools` (OpenAI function schemas) are rendered into each model's chat prompt, and the
         answer is constrained to free text or well-formed calls under `tool_choice` (`auto`,
         `required`/`any`, `none` or a tool name; several calls unless `parallel_tool_calls` is
-        False); `glimp_integrations.tools.parse_tool_calls` reads them back.  `response_format`
+        False); `GlimpRouter.tool_call_reader` reads them back.  `response_format`
         (OpenAI's json_schema / json_object forms, vLLM's regex / choice, or an
         `AnswerConstraint`) constrains the answer instead.  A constrained answer is always written
         by the large model: after the routed reasoning in `think` mode, alone in `plain` mode.

@@ -25,14 +25,12 @@ from __future__ import annotations
 
 import json
 import re
+import uuid
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 from glimp_integrations.errors import GlimpConfigError, invalid, require_module
-
-if TYPE_CHECKING:
-    from glimp_integrations.tools import ToolCall
 
 HERMES = "hermes"
 
@@ -436,6 +434,54 @@ def _regex(text: str) -> str:
 # --- reading calls back --------------------------------------------------------------------------
 
 
+# Glimp's own reader of the Hermes format, for where vLLM's parsers are not installed.
+_TOOL_CALL = re.compile(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|$)", re.DOTALL)
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    name: str
+    arguments: dict[str, Any]
+    id: str = field(default_factory=lambda: f"call_{uuid.uuid4().hex[:12]}")
+
+
+def parse_tool_calls(text: str, tool_names: Sequence[str]) -> tuple[str, list[ToolCall]]:
+    """Split an answer into its plain text and the calls it makes to tools named `tool_names`.
+    Text that names no known tool, or is not valid JSON, stays text."""
+    calls: list[ToolCall] = []
+    spans: list[tuple[int, int]] = []
+    for match in _TOOL_CALL.finditer(text):
+        call = _as_call(match.group(1), tool_names)
+        if call:
+            calls.append(call)
+            spans.append(match.span())
+    if not calls:
+        stripped = text.strip()
+        call = _as_call(stripped, tool_names) if stripped.startswith("{") else None
+        return ("", [call]) if call else (text, [])
+    remaining = text
+    for start, end in reversed(spans):
+        remaining = remaining[:start] + remaining[end:]
+    return remaining.strip(), calls
+
+
+def _as_call(payload: str, tool_names: Sequence[str]) -> ToolCall | None:
+    payload = payload.strip().removeprefix("```json").removeprefix("```").removesuffix("```").strip()
+    try:
+        data = json.loads(payload)
+    except json.JSONDecodeError:
+        return None
+    if not isinstance(data, dict) or data.get("name") not in tool_names:
+        return None
+    arguments = data.get("arguments", data.get("parameters", {}))
+    if isinstance(arguments, str):
+        try:
+            arguments = json.loads(arguments)
+        except json.JSONDecodeError:
+            return None
+    return ToolCall(data["name"], arguments if isinstance(arguments, dict) else {})
+
+
 @dataclass(frozen=True)
 class CallDelta:
     """More of one call as the answer streams: its position, its name (in its first delta) and
@@ -466,8 +512,6 @@ class ToolCallReader:
     def read(self, answer: str) -> tuple[str, list[ToolCall]]:
         """(the answer's text outside its calls, its calls).  An answer whose calls name a tool not
         offered, or whose arguments are not a JSON object, is all text."""
-        from glimp_integrations.tools import ToolCall, parse_tool_calls  # (tools renders calls with this module)
-
         parser = self._vllm_parser()
         if parser is None:
             return parse_tool_calls(answer, self.tool_names)

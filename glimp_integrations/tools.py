@@ -4,32 +4,19 @@ Tools are OpenAI function schemas ({"type": "function", "function": {"name", "de
 "parameters"}}).  A model whose chat template renders `tools` gets them through its template;
 for one whose template does not, the schemas and the expected call format (the family's, see
 `tool_formats`) are put in a system message, and earlier calls are written inline in that format.
-`parse_tool_calls` is Glimp's own reader of the Hermes format, for where vLLM's parsers are not
-installed (`tool_formats.ToolCallReader` reads every family with them).
+Calls are read back by `tool_formats.ToolCallReader`.
 """
 
 from __future__ import annotations
 
 import json
-import re
-import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 from glimp_integrations.tool_formats import HERMES, render_call
 
 Message = dict[str, Any]
 """A chat message in the OpenAI shape: {"role": ..., "content": ...}."""
-
-_TOOL_CALL = re.compile(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|$)", re.DOTALL)
-
-
-@dataclass(frozen=True)
-class ToolCall:
-    name: str
-    arguments: dict[str, Any]
-    id: str = field(default_factory=lambda: f"call_{uuid.uuid4().hex[:12]}")
 
 
 def tool_instructions(
@@ -101,40 +88,3 @@ def add_system_text(messages: Sequence[Message], text: str) -> list[Message]:
     else:
         messages.insert(0, {"role": "system", "content": text})
     return messages
-
-
-def parse_tool_calls(text: str, tool_names: Sequence[str]) -> tuple[str, list[ToolCall]]:
-    """Split an answer into its plain text and the calls it makes to tools named `tool_names`.
-    Text that names no known tool, or is not valid JSON, stays text."""
-    calls: list[ToolCall] = []
-    spans: list[tuple[int, int]] = []
-    for match in _TOOL_CALL.finditer(text):
-        call = _as_call(match.group(1), tool_names)
-        if call:
-            calls.append(call)
-            spans.append(match.span())
-    if not calls:
-        stripped = text.strip()
-        call = _as_call(stripped, tool_names) if stripped.startswith("{") else None
-        return ("", [call]) if call else (text, [])
-    remaining = text
-    for start, end in reversed(spans):
-        remaining = remaining[:start] + remaining[end:]
-    return remaining.strip(), calls
-
-
-def _as_call(payload: str, tool_names: Sequence[str]) -> ToolCall | None:
-    payload = payload.strip().removeprefix("```json").removeprefix("```").removesuffix("```").strip()
-    try:
-        data = json.loads(payload)
-    except json.JSONDecodeError:
-        return None
-    if not isinstance(data, dict) or data.get("name") not in tool_names:
-        return None
-    arguments = data.get("arguments", data.get("parameters", {}))
-    if isinstance(arguments, str):
-        try:
-            arguments = json.loads(arguments)
-        except json.JSONDecodeError:
-            return None
-    return ToolCall(data["name"], arguments if isinstance(arguments, dict) else {})

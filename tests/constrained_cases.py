@@ -9,7 +9,7 @@ from enum import Enum
 import jsonschema
 from pydantic import BaseModel, Field
 
-from glimp_integrations.tools import parse_tool_calls
+from glimp_integrations.tool_formats import parse_tool_calls
 
 
 class Colour(str, Enum):

@@ -4,7 +4,8 @@ import pytest
 
 from glimp_integrations import GlimpRunError, TokenDelta
 from glimp_integrations.errors import GlimpTimeoutError
-from glimp_integrations.tools import parse_tool_calls, prepare_messages
+from glimp_integrations.tool_formats import parse_tool_calls
+from glimp_integrations.tools import prepare_messages
 from tests.conftest import scripted_router, step
 
 WEATHER = {
