@@ -23,6 +23,7 @@ format of templates that show no other.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import uuid
@@ -515,17 +516,17 @@ class ToolCallReader:
         parser = self._vllm_parser()
         if parser is None:
             return parse_tool_calls(answer, self.tool_names)
-        extracted = parser.extract_tool_calls(answer, self._request())
-        found = (
-            [(call.function.name, _json_object(call.function.arguments)) for call in extracted.tool_calls]
-            if extracted.tools_called
-            else []
-        )
-        if not found or any(name not in self.tool_names or arguments is None for name, arguments in found):
-            return answer, []
-        return (extracted.content or "").strip(), [
-            ToolCall(name, arguments) for name, arguments in found if arguments is not None
+        extracted = parser.extract_tool_calls(answer, self._request)
+        found = extracted.tool_calls if extracted.tools_called else []
+        calls = [
+            ToolCall(call.function.name, arguments)
+            for call in found
+            if call.function.name in self.tool_names
+            and (arguments := _json_object(call.function.arguments)) is not None
         ]
+        if not calls or len(calls) < len(found):
+            return answer, []
+        return (extracted.content or "").strip(), calls
 
     def feed(self, delta: str) -> tuple[str, list[CallDelta]]:
         """(text to show now, parts of calls) for the next piece of the answer."""
@@ -538,7 +539,7 @@ class ToolCallReader:
         delta_ids = self._tokenizer.encode(delta, add_special_tokens=False) if delta else []
         self._token_ids += delta_ids
         message = self._stream_parser.extract_tool_calls_streaming(
-            previous_answer, self._answer, delta, previous_ids, self._token_ids, delta_ids, self._request()
+            previous_answer, self._answer, delta, previous_ids, self._token_ids, delta_ids, self._request
         )
         if message is None:
             return "", []
@@ -616,7 +617,9 @@ class ToolCallReader:
 
         return ToolParserManager.get_tool_parser(self.tool_call_parser)(self._tokenizer)
 
+    @functools.cached_property
     def _request(self) -> Any:
+        """The request vLLM's parsers read the tools from: built once, not at every streamed piece."""
         from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
 
         return ChatCompletionRequest.model_validate(
