@@ -6,6 +6,9 @@ the cache holds is kept, and only the tokens after it are prefilled.  A switch t
 the prefill of the tokens the model has not seen yet, not of the whole context.  The probe is
 the logits at the end of the context: the exact entropy over the whole vocabulary comes from
 them, and the token sampled from them is the step's first token when the small model delegates.
+
+Concurrent runs on one model decode together: each model's forward passes all go through its
+`ModelWorker` (`batching.py`), which feeds the steps being written in one batch.
 """
 
 from __future__ import annotations
@@ -32,12 +35,15 @@ from glimp_integrations.backends.base import (
     render_chat_prompt,
     resolve_model_name,
 )
+from glimp_integrations.backends.batching import ModelWorker, batches_rows
 from glimp_integrations.backends.step_spans import token_texts
 from glimp_integrations.config import Role
 from glimp_integrations.errors import GlimpConfigError, invalid, require_module
 
 logger = logging.getLogger(__name__)
 
+#: Most steps decoded together on one model when `max_batch_size` is not given.
+DEFAULT_MAX_BATCH_SIZE = 16
 #: Logprobs kept in a probe's record next to the exact entropy (for traces and debugging).
 RECORDED_TOP_K = 20
 #: Tokens before the end of a constrained answer's budget from which it is steered to close (a
@@ -66,11 +72,11 @@ class LoadedModel:
                 "(config.json, weights, tokenizer) or an HF model id already in the local HF cache; "
                 "this machine may have no network to download it."
             ) from error
-        self.lock = threading.RLock()
-        """Serialises each token's work (forward pass and sampling): sessions of concurrent runs share
-        the weights, and torch already spreads one token's work over the cores, so concurrent runs
-        take turns token by token instead of competing for the cores."""
         config = self.model.config
+        self.worker = ModelWorker(self.model, torch)
+        """Runs every forward pass of this model, batching concurrent runs' steps."""
+        self.batchable = batches_rows(transformers.DynamicCache(config=config).layers)
+        """False for caches that are not plain per-layer tensors (sliding windows): one row at a time."""
         self.context_window = int(getattr(config, "max_position_embeddings", None) or 4096)
         self.vocab_size = int(self.model.get_output_embeddings().weight.shape[0])
         eos = self.model.generation_config.eos_token_id
@@ -142,7 +148,17 @@ class TransformersBackend(Backend):
     name = "transformers"
     supports_constraints = True
 
-    def __init__(self, small: str, large: str, *, device: str = "auto") -> None:
+    def __init__(
+        self, small: str, large: str, *, device: str = "auto", max_batch_size: int = DEFAULT_MAX_BATCH_SIZE
+    ) -> None:
+        if isinstance(max_batch_size, bool) or not isinstance(max_batch_size, int) or max_batch_size < 1:
+            raise invalid(
+                "backend_options.max_batch_size",
+                max_batch_size,
+                "must be a whole number of 1 or more (the most steps decoded together on one model)",
+                f"Pass e.g. backend_options={{'max_batch_size': {DEFAULT_MAX_BATCH_SIZE}}}; 1 decodes one run at a time.",
+            )
+        self.max_batch_size = max_batch_size
         names: dict[Role, str] = {
             "small": resolve_model_name("small", small),
             "large": resolve_model_name("large", large),
@@ -155,14 +171,16 @@ class TransformersBackend(Backend):
         prompt = render_chat_prompt(loaded.tokenizer, spec)
         prompt_ids = loaded.tokenizer(prompt, add_special_tokens=False)["input_ids"]
         check_prompt_fits(role, loaded.name, len(prompt_ids), loaded.context_window)
-        return TransformersSession(loaded, role, prompt_ids, spec)
+        return TransformersSession(loaded, role, prompt_ids, spec, self.max_batch_size)
 
     def close(self) -> None:
         self.models.clear()
 
 
 class TransformersSession(ModelSession):
-    def __init__(self, loaded: LoadedModel, role: Role, prompt_ids: list[int], spec: SessionSpec) -> None:
+    def __init__(
+        self, loaded: LoadedModel, role: Role, prompt_ids: list[int], spec: SessionSpec, max_batch_size: int
+    ) -> None:
         torch, seed = loaded.torch, spec.seed
         self._loaded = loaded
         self._torch = torch
@@ -186,6 +204,9 @@ class TransformersSession(ModelSession):
         self._probe_token: int | None = None
         self._last_prefill = 0
         """Tokens prefilled by the last probe, reported by the step that keeps its token."""
+        self._max_batch_size = max_batch_size if loaded.batchable else 1
+        self._writing: _TransformersWriter | None = None
+        """The step being written on the model's worker, until it leaves the batch."""
 
     @property
     def context_tokens(self) -> int:
@@ -219,7 +240,7 @@ class TransformersSession(ModelSession):
         if self._cache is None:
             self._cache = transformers.DynamicCache(config=loaded.model.config)
         input_ids = torch.tensor([new_ids], device=loaded.device)  # [1, new]
-        with loaded.lock, torch.inference_mode():
+        with torch.inference_mode():
             output = loaded.model(input_ids=input_ids, past_key_values=self._cache, use_cache=True, logits_to_keep=1)
         self._cache = output.past_key_values
         self._cached_ids.extend(new_ids)
@@ -256,14 +277,14 @@ class TransformersSession(ModelSession):
 
     # --- ModelSession --------------------------------------------------------------------------
 
+    async def _on_worker(self, task: Any) -> Any:
+        """Run `task` on the model's worker, between batches."""
+        return await asyncio.wrap_future(self._loaded.worker.run(task))
+
     async def probe(self, top_k: int | None) -> TokenDistribution:
-        return await asyncio.to_thread(self._probe_sync)
+        return await self._on_worker(self._probe_now)
 
-    def _probe_sync(self) -> TokenDistribution:
-        with self._loaded.lock:
-            return self._probe_locked()
-
-    def _probe_locked(self) -> TokenDistribution:
+    def _probe_now(self) -> TokenDistribution:
         torch = self._torch
         if self._probe_token is None:
             self._pending.clear()
@@ -281,13 +302,14 @@ class TransformersSession(ModelSession):
         return _TransformersWriter(self, max_tokens, stop, measure, matcher)
 
     async def candidate_logprobs(self, suffix: str, candidates: Sequence[str]) -> dict[str, float]:
-        return await asyncio.to_thread(self._candidate_logprobs, suffix, candidates)
-
-    def _candidate_logprobs(self, suffix: str, candidates: Sequence[str]) -> dict[str, float]:
         tokenizer = self._loaded.tokenizer
-        with self._loaded.lock:
-            self._sync_cache(self._committed + tokenizer(suffix, add_special_tokens=False)["input_ids"])
-            logprobs = self._torch.log_softmax(self._next_logits, dim=-1)  # [vocab]
+        context = self._committed + tokenizer(suffix, add_special_tokens=False)["input_ids"]
+
+        def score() -> Any:
+            self._sync_cache(context)
+            return self._torch.log_softmax(self._next_logits, dim=-1)  # [vocab]
+
+        logprobs = await self._on_worker(score)
         ids = {c: tokenizer(c, add_special_tokens=False)["input_ids"] for c in candidates}
         return {c: float(logprobs[i[0]]) for c, i in ids.items() if len(i) == 1}
 
@@ -297,83 +319,133 @@ class TransformersSession(ModelSession):
         self._probe_token = None
 
     async def discard(self) -> None:
+        await self._stop_writing()
         self._pending.clear()
         self._probe_token = None
+
+    async def _stop_writing(self) -> None:
+        """Take the step being written out of the batch, and wait until the worker let it go."""
+        if self._writing is not None:
+            await self._writing.cancel()
 
     async def append_text(self, text: str) -> None:
         await self.discard()
         self._committed.extend(self._loaded.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     async def aclose(self) -> None:
+        await self._stop_writing()
         self._cache = None
         self._next_logits = None
 
 
 class _TransformersWriter(StepWriter):
+    """A step written on the model's worker, as one row of its decoding batch (`DecodingRow`): the
+    worker calls `begin` then `advance` per token; text deltas come back through a queue."""
+
     def __init__(
         self, session: TransformersSession, max_tokens: int, stop: Sequence[str], measure: bool, matcher: Any
     ) -> None:
         super().__init__(max_tokens, stop, measure)
-        self._session = session
+        self.session = session
+        self.max_batch_size = session._max_batch_size
+        self.cancelled = False
+        self.next_input = -1
         self._matcher = matcher
         """llguidance matcher of the answer constraint (None: unconstrained)."""
+        self._scanner = StopScanner(stop)
+        self._text = ""
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._deltas: asyncio.Queue[str | _Left] = asyncio.Queue()
+        self._left: asyncio.Future[None] | None = None
 
-    def _record(self, token: int) -> None:
-        """Entropy of the distribution `token` was drawn from, and the token's logprob (temperature 1)."""
-        logprobs = self._session._torch.log_softmax(self._session._next_logits, dim=-1)  # [vocab]
-        self.token_entropies.append(float(-(logprobs.exp() * logprobs).sum()))
-        self.token_logprobs.append(float(logprobs[token]))
+    # --- on the worker -------------------------------------------------------------------------
 
-    def _first_token(self) -> int:
-        with self._session._loaded.lock:
-            return self._first_token_locked()
-
-    def _first_token_locked(self) -> int:
-        session = self._session
+    def begin(self) -> bool:
+        session = self.session
         if session._probe_token is not None:  # keep the probe token as the step's first token
             self.prefill_tokens = session._last_prefill
-            return session._probe_token
+            return self._take(session._probe_token)
         session._pending.clear()
         self.prefill_tokens = session._sync_cache(session._committed)
-        return self._sample()
+        return self._take(self._sample())
 
-    def _next_token(self, token: int) -> int:
-        with self._session._loaded.lock:
-            self._session._feed([token])
-            return self._sample()
+    def advance(self) -> bool:
+        return self._take(self._sample())
+
+    def leave(self, error: BaseException | None) -> None:
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(self._left_batch, _Left(error))
 
     def _sample(self) -> int:
         reserve = min(CLOSING_RESERVE, self.max_tokens // 4)  # a short answer keeps most of its budget
         closing = self._matcher is not None and self.max_tokens - self.tokens <= reserve
-        token = self._session._sample(self._matcher, closing)
+        token = self.session._sample(self._matcher, closing)
         if self._matcher is not None and not self._matcher.consume_token(token):
             raise RuntimeError(f"the grammar matcher refused token {token}: {self._matcher.get_error()}")
         return token
 
+    def _take(self, token: int) -> bool:
+        """Add `token` to the step and send its text; False when the step ends with it."""
+        session = self.session
+        if token in session._loaded.eos_ids:
+            self.end = "end_of_text"
+            return False
+        session._pending.append(token)
+        self.tokens += 1
+        if self.measure:
+            self._record(token)
+        decoded = session._loaded.tokenizer.decode(session._pending, skip_special_tokens=False)
+        if not decoded.endswith("\ufffd"):  # hold back a partial UTF-8 character
+            delta, self._text = decoded[len(self._text) :], decoded
+            if delta:
+                assert self._loop is not None
+                self._loop.call_soon_threadsafe(self._deltas.put_nowait, delta)
+        if self._scanner.found(self._text):
+            self.end = "stop_string"
+            return False
+        if self.tokens >= self.max_tokens:
+            self.end = "max_tokens"
+            return False
+        self.next_input = token
+        return True
+
+    def _record(self, token: int) -> None:
+        """Entropy of the distribution `token` was drawn from, and the token's logprob (temperature 1)."""
+        logprobs = self.session._torch.log_softmax(self.session._next_logits, dim=-1)  # [vocab]
+        self.token_entropies.append(float(-(logprobs.exp() * logprobs).sum()))
+        self.token_logprobs.append(float(logprobs[token]))
+
+    # --- on the run's event loop ---------------------------------------------------------------
+
+    def _left_batch(self, left: _Left) -> None:
+        self._deltas.put_nowait(left)
+        if self._left is not None and not self._left.done():
+            self._left.set_result(None)
+        if self.session._writing is self:
+            self.session._writing = None
+
+    async def cancel(self) -> None:
+        """Cancel the step and wait until the worker no longer touches the session."""
+        self.cancelled = True
+        if self._left is not None:
+            await asyncio.shield(self._left)
+
     async def __aiter__(self) -> AsyncIterator[str]:
-        session = self._session
-        tokenizer = session._loaded.tokenizer
-        scanner = StopScanner(self.stop)
-        step_ids = session._pending
-        text = ""
-        token = await asyncio.to_thread(self._first_token)
-        while True:
-            if token in session._loaded.eos_ids:
-                self.end = "end_of_text"
-                return
-            step_ids.append(token)
-            self.tokens += 1
-            if self.measure:
-                self._record(token)
-            decoded = tokenizer.decode(step_ids, skip_special_tokens=False)
-            if not decoded.endswith("\ufffd"):  # hold back a partial UTF-8 character
-                delta, text = decoded[len(text) :], decoded
-                if delta:
-                    yield delta
-            if scanner.found(text):
-                self.end = "stop_string"
-                return
-            if self.tokens >= self.max_tokens:
-                self.end = "max_tokens"
-                return
-            token = await asyncio.to_thread(self._next_token, token)
+        self._loop = asyncio.get_running_loop()
+        self._left = self._loop.create_future()
+        self.session._writing = self
+        self.session._loaded.worker.join(self)
+        try:
+            while not isinstance(item := await self._deltas.get(), _Left):
+                yield item
+            if item.error is not None:
+                raise item.error
+        finally:
+            self.cancelled = True  # a no-op once the step ended; else the worker drops it
+
+
+class _Left:
+    """The row left the batch (with the error that ended it, if any): no more deltas follow."""
+
+    def __init__(self, error: BaseException | None) -> None:
+        self.error = error
