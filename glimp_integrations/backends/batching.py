@@ -19,105 +19,83 @@ leaves takes its part back as views.  One row alone is fed exactly as it would b
 
 from __future__ import annotations
 
-import concurrent.futures
 import logging
 import threading
-from collections.abc import Callable
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol
 
 logger = logging.getLogger(__name__)
-
-T = TypeVar("T")
 
 #: Seconds a worker thread waits for work before it exits (the next submission starts another).
 IDLE_SECONDS = 2.0
 
 
-class DecodingRow(Protocol):
-    """One step being written, as the worker drives it."""
+class Row(Protocol):
+    """Work on one session that the worker drives: a step being written, or a probe's reading."""
 
     max_batch_size: int
-    """Most rows this row may decode with (its backend's `max_batch_size`)."""
+    """Most rows this row may be fed with (its backend's `max_batch_size`)."""
     cancelled: bool
     """Set from any thread: the worker drops the row before its next forward pass."""
     session: Any
-    """The `TransformersSession` writing the step: its `_cache`, `_cached_ids`, `_next_logits`."""
-    next_input: int
-    """The token to feed next (the last one the row sampled)."""
+    """The `TransformersSession` the row works on: its `_cache`, `_cached_ids`, `_next_logits`."""
+    feeding: list[int]
+    """Tokens to feed next (after its cached ones); one while decoding."""
 
-    def begin(self) -> bool:
-        """Prefill if needed and take the first token; False when the step already ended."""
+    def start(self) -> bool:
+        """Set `feeding` (cropping the cache to what it keeps); False when the row is already done."""
 
-    def advance(self) -> bool:
-        """Sample the next token from the session's `_next_logits`; False when the step ended."""
+    def fed(self) -> bool:
+        """`feeding` is in the cache and `_next_logits` follows it; False when the row is done."""
 
     def leave(self, error: BaseException | None) -> None:
-        """The row is out of the batch (ended, cancelled, or failed with `error`)."""
+        """The row is out of the worker (done, cancelled, or failed with `error`)."""
 
 
 class ModelWorker:
-    """Runs a model's forward passes on one thread, batching the decoding rows of concurrent runs."""
+    """Runs a model's forward passes on one thread, feeding concurrent runs' rows together.
+
+    Each round: start the rows waiting (while the batch has room), feed each row that needs several
+    tokens (a prefill) alone, feed every row that needs one token in one batch, and let each row
+    take its logits.
+    """
 
     def __init__(self, model: Any, torch: Any) -> None:
         self._model = model
         self._torch = torch
         self._lock = threading.Condition()
-        self._tasks: list[tuple[Callable[[], Any], concurrent.futures.Future[Any]]] = []
-        self._waiting: list[DecodingRow] = []
+        self._waiting: list[Row] = []
         """Rows submitted and not yet started (they start when the batch has room)."""
-        self._rows: list[DecodingRow] = []
-        """Rows decoding, in the order they joined."""
+        self._rows: list[Row] = []
+        """Rows started, in the order they joined."""
         self._thread: threading.Thread | None = None
         self._batch: _Batch | None = None
         self.largest_batch = 0
         """Most rows fed together so far (for tests and benchmarks)."""
 
-    def run(self, task: Callable[[], T]) -> concurrent.futures.Future[T]:
-        """Run `task` on the worker between batches; its result or error comes back in the future."""
-        future: concurrent.futures.Future[T] = concurrent.futures.Future()
-        with self._lock:
-            self._tasks.append((task, future))
-            self._wake()
-        return future
-
-    def join(self, row: DecodingRow) -> None:
-        """Start `row` on the worker and decode it with the others until it leaves."""
+    def submit(self, row: Row) -> None:
+        """Drive `row` on the worker until it leaves."""
         with self._lock:
             self._waiting.append(row)
-            self._wake()
-
-    def _wake(self) -> None:
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._serve, name="glimp-model-worker", daemon=True)
-            self._thread.start()
-        self._lock.notify()
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._serve, name="glimp-model-worker", daemon=True)
+                self._thread.start()
+            self._lock.notify()
 
     def _serve(self) -> None:
         with self._torch.inference_mode():
-            while self._take_work():
-                self._run_tasks()
+            while self._has_work():
                 self._admit_rows()
-                self._decode_once()
+                self._feed_rows()
 
-    def _take_work(self) -> bool:
+    def _has_work(self) -> bool:
         """Wait for work; False (and the thread ends) after `IDLE_SECONDS` without any."""
         with self._lock:
-            while not (self._tasks or self._waiting or self._rows):
-                if not self._lock.wait(IDLE_SECONDS) and not (self._tasks or self._waiting or self._rows):
+            while not (self._waiting or self._rows):
+                if not self._lock.wait(IDLE_SECONDS) and not (self._waiting or self._rows):
                     self._thread = None
                     self._batch = None
                     return False
             return True
-
-    def _run_tasks(self) -> None:
-        with self._lock:
-            tasks, self._tasks = self._tasks, []
-        for task, future in tasks:
-            if future.set_running_or_notify_cancel():
-                try:
-                    future.set_result(task())
-                except BaseException as error:  # the caller gets the error; the worker goes on
-                    future.set_exception(error)
 
     def _admit_rows(self) -> None:
         """Start waiting rows while the batch has room (the smallest cap among the rows counts)."""
@@ -126,49 +104,64 @@ class ModelWorker:
                 if not self._waiting:
                     return
                 row = self._waiting[0]
-                cap = min([row.max_batch_size, *(r.max_batch_size for r in self._rows)])
-                if len(self._rows) >= cap:
+                if len(self._rows) >= min([row.max_batch_size, *(r.max_batch_size for r in self._rows)]):
                     return
                 self._waiting.pop(0)
             if row.cancelled:
                 row.leave(None)
                 continue
             try:
-                if row.begin():
-                    self._rows.append(row)
-                else:
-                    row.leave(None)
-            except BaseException as error:  # this row's own failure (its grammar, its prefill)
+                going_on = row.start()
+            except BaseException as error:  # this row's own failure (its grammar, say)
                 row.leave(error)
+                continue
+            if going_on:
+                self._rows.append(row)
+            else:
+                row.leave(None)
 
-    def _decode_once(self) -> None:
-        """Feed every decoding row its last token in one forward pass, then let each sample."""
+    def _feed_rows(self) -> None:
         for row in [r for r in self._rows if r.cancelled]:
             self._remove(row, None)
-        rows = list(self._rows)
-        if not rows:
-            return
+        prefilling = [r for r in self._rows if len(r.feeding) > 1]
+        decoding = [r for r in self._rows if len(r.feeding) == 1]
+        for rows in (prefilling, decoding):
+            if rows:
+                self._feed(rows)
+                self.largest_batch = max(self.largest_batch, len(rows))
+
+    def _feed(self, rows: list[Row]) -> None:
+        """Feed `rows` (one alone, as outside a batch; several in one batch), then let each take its
+        logits (a failed forward pass fails them all)."""
         try:
-            if len(rows) == 1:
+            if self._batch is not None and self._batch.rows != rows and set(rows) & set(self._batch.rows):
                 self._take_back()
-                rows[0].session._feed([rows[0].next_input])
+            if len(rows) == 1:
+                rows[0].session._feed(rows[0].feeding)
+            elif self._batch is not None and self._batch.rows == rows:
+                self._batch.feed(self._model, self._torch)
             else:
-                self._feed_batch(rows)
-        except BaseException as error:  # the forward pass failed: every row in it fails
+                batch = _Batch(rows, self._model.config, self._torch)
+                batch.feed(self._model, self._torch)
+                if batch.decoding:
+                    self._take_back()
+                    self._batch = batch  # kept while the same rows decode
+                else:
+                    batch.take_back()
+        except BaseException as error:
             for row in rows:
                 self._remove(row, error)
             return
-        self.largest_batch = max(self.largest_batch, len(rows))
         for row in rows:
             try:
-                going_on = row.advance()
+                going_on = row.fed()
             except BaseException as error:
                 self._remove(row, error)
                 continue
             if not going_on:
                 self._remove(row, None)
 
-    def _remove(self, row: DecodingRow, error: BaseException | None) -> None:
+    def _remove(self, row: Row, error: BaseException | None) -> None:
         if self._batch is not None and row in self._batch.rows:
             self._take_back()
         self._rows.remove(row)
@@ -180,71 +173,76 @@ class ModelWorker:
             self._batch.take_back()
             self._batch = None
 
-    def _feed_batch(self, rows: list[DecodingRow]) -> None:
-        if self._batch is None or self._batch.rows != rows:
-            self._take_back()
-            self._batch = _Batch(rows, self._torch, self._model.config)
-        self._batch.feed(self._model)
-
 
 class _Batch:
-    """Rows decoding together, their caches left-padded into one batched cache."""
+    """Rows fed together: their caches left-padded to end in the same column, then each row's new
+    tokens, right-padded to the longest (so each row's part stays one slice: no copy to take it
+    back).  A batch of one token per row can be fed again as it is (`decoding`)."""
 
-    def __init__(self, rows: list[DecodingRow], torch: Any, config: Any) -> None:
+    def __init__(self, rows: list[Row], config: Any, torch: Any) -> None:
         import transformers
 
         self.rows = rows
-        self._torch = torch
+        self.decoding = all(len(row.feeding) == 1 for row in rows)
+        """Every row feeds one token: the batch can be fed again while the same rows decode."""
         lengths = [len(row.session._cached_ids) for row in rows]
         longest = max(lengths)
         self._padding = [longest - length for length in lengths]
-        self._positions = list(lengths)
+        self._lengths = lengths
+        """Tokens of each row in the cache (after its padding)."""
         self._cache: Any = transformers.DynamicCache(config=config)
-        for index, layer in enumerate(self._cache.layers):
-            parts = [row.session._cache.layers[index] for row in rows]
-            keys = parts[0].keys.new_zeros((len(rows), parts[0].keys.shape[1], longest, parts[0].keys.shape[3]))
+        cached = [row for row in rows if row.session._cache is not None]
+        for index, layer in enumerate(self._cache.layers if longest else ()):
+            first = cached[0].session._cache.layers[index].keys  # [1, kv_heads, tokens, head_dim]
+            keys = first.new_zeros((len(rows), first.shape[1], longest, first.shape[3]))
             values = keys.clone()
-            for row_index, (part, padding) in enumerate(zip(parts, self._padding)):
-                keys[row_index, :, padding:] = part.keys[0]
-                values[row_index, :, padding:] = part.values[0]
+            for row_index, (row, padding) in enumerate(zip(rows, self._padding)):
+                if row.session._cache is not None:
+                    keys[row_index, :, padding:] = row.session._cache.layers[index].keys[0]
+                    values[row_index, :, padding:] = row.session._cache.layers[index].values[0]
             _fill_layer(layer, keys, values)
-        self._mask = torch.ones((len(rows), longest), dtype=torch.long, device=keys.device)  # [rows, tokens]
+        device = rows[0].session._loaded.device
+        self._mask = torch.ones((len(rows), longest), dtype=torch.long, device=device)  # [rows, tokens]
         for row_index, padding in enumerate(self._padding):
             self._mask[row_index, :padding] = 0
 
-    def feed(self, model: Any) -> None:
-        torch = self._torch
-        device = self._mask.device
-        self._mask = torch.cat([self._mask, self._mask.new_ones((len(self.rows), 1))], dim=1)
-        input_ids = torch.tensor([[row.next_input] for row in self.rows], device=device)  # [rows, 1]
-        positions = torch.tensor([[p] for p in self._positions], device=device)  # [rows, 1]
+    def feed(self, model: Any, torch: Any) -> None:
+        """Feed each row its `feeding`; each session's `_next_logits` then follows its last token."""
+        counts = [len(row.feeding) for row in self.rows]
+        width, device = max(counts), self._mask.device
+        new_mask = [[1] * count + [0] * (width - count) for count in counts]
+        self._mask = torch.cat([self._mask, torch.tensor(new_mask, device=device)], dim=1)  # [rows, tokens]
+        input_ids = torch.tensor([row.feeding + row.feeding[-1:] * (width - len(row.feeding)) for row in self.rows])
+        positions = torch.tensor([[length + i for i in range(width)] for length in self._lengths])
+        last = sorted(set(counts))  # the columns whose logits some row needs
         output = model(
-            input_ids=input_ids,
+            input_ids=input_ids.to(device),  # [rows, width]
             past_key_values=self._cache,
             attention_mask=self._mask,
-            position_ids=positions,
+            position_ids=positions.to(device),  # [rows, width]
             use_cache=True,
-            logits_to_keep=1,
+            logits_to_keep=1 if width == 1 else torch.tensor([count - 1 for count in last], device=device),
         )
-        logits = output.logits[:, -1].float()  # [rows, vocab]
+        logits = output.logits.float()  # [rows, len(last), vocab]
         for row_index, row in enumerate(self.rows):
             session = row.session
-            session._cached_ids.append(row.next_input)
-            session._next_logits = logits[row_index]
+            session._cached_ids.extend(row.feeding)
+            session._next_logits = logits[row_index, last.index(counts[row_index])]
             session._cache = None  # held by the batch until `take_back`
-            self._positions[row_index] += 1
+            self._lengths[row_index] += counts[row_index]
 
     def take_back(self) -> None:
         """Each row's session gets its part of the batched cache back as views (no copy)."""
         import transformers
 
-        for row_index, (row, padding) in enumerate(zip(self.rows, self._padding)):
+        for row_index, (row, padding, length) in enumerate(zip(self.rows, self._padding, self._lengths)):
             cache = transformers.DynamicCache(config=row.session._loaded.model.config)
             for layer, batched in zip(cache.layers, self._cache.layers):
+                part = slice(padding, padding + length)
                 _fill_layer(
                     layer,
-                    batched.keys[row_index : row_index + 1, :, padding:],
-                    batched.values[row_index : row_index + 1, :, padding:],
+                    batched.keys[row_index : row_index + 1, :, part],
+                    batched.values[row_index : row_index + 1, :, part],
                 )
             row.session._cache = cache
 

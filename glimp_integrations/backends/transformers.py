@@ -18,8 +18,8 @@ import logging
 import math
 import threading
 import weakref
-from collections.abc import AsyncIterator, Sequence
-from typing import Any
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any, Generic, TypeVar
 
 import numpy
 
@@ -42,8 +42,13 @@ from glimp_integrations.errors import GlimpConfigError, invalid, require_module
 
 logger = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
 #: Most steps decoded together on one model when `max_batch_size` is not given.
 DEFAULT_MAX_BATCH_SIZE = 16
+#: Tokens nucleus sampling looks at first (`keep_top_p`); sorting the whole vocabulary took most of a
+#: token's sampling time.
+TOP_P_FIRST_LOOK = 64
 #: Logprobs kept in a probe's record next to the exact entropy (for traces and debugging).
 RECORDED_TOP_K = 20
 #: Tokens before the end of a constrained answer's budget from which it is steered to close (a
@@ -214,14 +219,15 @@ class TransformersSession(ModelSession):
 
     # --- cache -----------------------------------------------------------------------------
 
-    def _sync_cache(self, ids: list[int]) -> int:
-        """Bring the cache to exactly `ids` and set `_next_logits`; returns the tokens prefilled."""
+    def _plan_sync(self, ids: list[int]) -> list[int]:
+        """Crop the cache to its longest prefix of `ids` and return the tokens to feed after it so
+        that it holds exactly `ids` (none when it does and `_next_logits` follows them)."""
         common = 0
         limit = min(len(ids), len(self._cached_ids))
         while common < limit and ids[common] == self._cached_ids[common]:
             common += 1
         if common == len(ids) == len(self._cached_ids) and self._next_logits is not None:
-            return 0
+            return []
         common = min(common, len(ids) - 1)  # at least one token must be fed to get its logits
         surplus = len(self._cached_ids) - common
         if surplus and common == 0:
@@ -229,9 +235,8 @@ class TransformersSession(ModelSession):
         elif surplus:
             self._cache.crop(-surplus)  # transformers 5: a negative count of tokens to drop
         del self._cached_ids[common:]
-        self._feed(ids[common:])
         self.input_tokens += len(ids) - common
-        return len(ids) - common
+        return ids[common:]
 
     def _feed(self, new_ids: list[int]) -> None:
         """Run the model on `new_ids` after the cached tokens."""
@@ -269,27 +274,18 @@ class TransformersSession(ModelSession):
             return int(logits.argmax())
         probs = torch.softmax(logits / sampling.temperature, dim=-1)  # [vocab]
         if sampling.top_p < 1.0:
-            sorted_probs, order = probs.sort(descending=True)
-            outside = sorted_probs.cumsum(-1) - sorted_probs >= sampling.top_p
-            sorted_probs[outside] = 0.0
-            probs = torch.zeros_like(probs).scatter_(0, order, sorted_probs)
+            probs = keep_top_p(probs, sampling.top_p)
         return int(torch.multinomial(probs, 1, generator=self._generator))
 
     # --- ModelSession --------------------------------------------------------------------------
 
-    async def _on_worker(self, task: Any) -> Any:
-        """Run `task` on the model's worker, between batches."""
-        return await asyncio.wrap_future(self._loaded.worker.run(task))
-
     async def probe(self, top_k: int | None) -> TokenDistribution:
-        return await self._on_worker(self._probe_now)
-
-    def _probe_now(self) -> TokenDistribution:
-        torch = self._torch
         if self._probe_token is None:
             self._pending.clear()
-            self._last_prefill = self._sync_cache(self._committed)
-            self._probe_token = self._sample()
+            reading = _Reading(self, self._committed, self._sample)
+            self._probe_token = await reading.result()
+            self._last_prefill = reading.prefilled
+        torch = self._torch
         logprobs = torch.log_softmax(self._next_logits, dim=-1)  # [vocab], temperature 1
         entropy = float(-(logprobs.exp() * logprobs).sum())
         top = logprobs.topk(min(RECORDED_TOP_K, logprobs.shape[0])).values
@@ -304,12 +300,7 @@ class TransformersSession(ModelSession):
     async def candidate_logprobs(self, suffix: str, candidates: Sequence[str]) -> dict[str, float]:
         tokenizer = self._loaded.tokenizer
         context = self._committed + tokenizer(suffix, add_special_tokens=False)["input_ids"]
-
-        def score() -> Any:
-            self._sync_cache(context)
-            return self._torch.log_softmax(self._next_logits, dim=-1)  # [vocab]
-
-        logprobs = await self._on_worker(score)
+        logprobs = await _Reading(self, context, lambda: self._torch.log_softmax(self._next_logits, dim=-1)).result()
         ids = {c: tokenizer(c, add_special_tokens=False)["input_ids"] for c in candidates}
         return {c: float(logprobs[i[0]]) for c, i in ids.items() if len(i) == 1}
 
@@ -338,6 +329,18 @@ class TransformersSession(ModelSession):
         self._next_logits = None
 
 
+def keep_top_p(probs: Any, top_p: float) -> Any:
+    """`probs` ([vocab]) with every token zeroed but the likeliest ones whose total reaches `top_p`
+    (nucleus sampling).  The likeliest `TOP_P_FIRST_LOOK` tokens usually hold it: the whole
+    vocabulary is sorted only when they do not."""
+    look = min(TOP_P_FIRST_LOOK, probs.shape[0])
+    largest, order = probs.topk(look)  # [look], descending
+    if float(largest.sum()) < top_p and look < probs.shape[0]:
+        largest, order = probs.sort(descending=True)  # [vocab]
+    outside = largest.cumsum(0) - largest >= top_p
+    return probs.new_zeros(probs.shape).scatter_(0, order, largest.masked_fill(outside, 0.0))
+
+
 class _TransformersWriter(StepWriter):
     """A step written on the model's worker, as one row of its decoding batch (`DecodingRow`): the
     worker calls `begin` then `advance` per token; text deltas come back through a queue."""
@@ -349,7 +352,7 @@ class _TransformersWriter(StepWriter):
         self.session = session
         self.max_batch_size = session._max_batch_size
         self.cancelled = False
-        self.next_input = -1
+        self.feeding: list[int] = []
         self._matcher = matcher
         """llguidance matcher of the answer constraint (None: unconstrained)."""
         self._scanner = StopScanner(stop)
@@ -360,16 +363,17 @@ class _TransformersWriter(StepWriter):
 
     # --- on the worker -------------------------------------------------------------------------
 
-    def begin(self) -> bool:
+    def start(self) -> bool:
         session = self.session
         if session._probe_token is not None:  # keep the probe token as the step's first token
             self.prefill_tokens = session._last_prefill
             return self._take(session._probe_token)
         session._pending.clear()
-        self.prefill_tokens = session._sync_cache(session._committed)
-        return self._take(self._sample())
+        self.feeding = session._plan_sync(session._committed)
+        self.prefill_tokens = len(self.feeding)
+        return True if self.feeding else self._take(self._sample())
 
-    def advance(self) -> bool:
+    def fed(self) -> bool:
         return self._take(self._sample())
 
     def leave(self, error: BaseException | None) -> None:
@@ -406,7 +410,7 @@ class _TransformersWriter(StepWriter):
         if self.tokens >= self.max_tokens:
             self.end = "max_tokens"
             return False
-        self.next_input = token
+        self.feeding = [token]
         return True
 
     def _record(self, token: int) -> None:
@@ -434,7 +438,7 @@ class _TransformersWriter(StepWriter):
         self._loop = asyncio.get_running_loop()
         self._left = self._loop.create_future()
         self.session._writing = self
-        self.session._loaded.worker.join(self)
+        self.session._loaded.worker.submit(self)
         try:
             while not isinstance(item := await self._deltas.get(), _Left):
                 yield item
@@ -449,3 +453,51 @@ class _Left:
 
     def __init__(self, error: BaseException | None) -> None:
         self.error = error
+
+
+class _Reading(Generic[T]):
+    """A row that brings a session's cache to `ids` on the model's worker, then reads `read()` from
+    the logits after them (a probe samples its token; scoring takes the logprobs)."""
+
+    def __init__(self, session: TransformersSession, ids: list[int], read: Callable[[], T]) -> None:
+        self.session = session
+        self.max_batch_size = session._max_batch_size
+        self.cancelled = False
+        self.feeding: list[int] = []
+        self.prefilled = 0
+        """Tokens the reading fed."""
+        self._ids = ids
+        self._read = read
+        self._value: T | None = None
+        self._loop = asyncio.get_running_loop()
+        self._done: asyncio.Future[T] = self._loop.create_future()
+
+    async def result(self) -> T:
+        self.session._loaded.worker.submit(self)
+        try:
+            return await asyncio.shield(self._done)
+        except asyncio.CancelledError:
+            self.cancelled = True
+            raise
+
+    def start(self) -> bool:
+        self.feeding = self.session._plan_sync(self._ids)
+        self.prefilled = len(self.feeding)
+        return bool(self.feeding) or self.fed()
+
+    def fed(self) -> bool:
+        self._value = self._read()
+        return False
+
+    def leave(self, error: BaseException | None) -> None:
+        self._loop.call_soon_threadsafe(self._settle, error)
+
+    def _settle(self, error: BaseException | None) -> None:
+        if self._done.done():
+            return
+        if error is not None:
+            self._done.set_exception(error)
+        elif self.cancelled and self._value is None:
+            self._done.cancel()
+        else:
+            self._done.set_result(self._value)  # type: ignore[arg-type]
