@@ -33,9 +33,12 @@ from langchain_core.output_parsers.openai_tools import JsonOutputKeyToolsParser,
 from langchain_core.outputs import ChatGenerationChunk, ChatResult
 from langchain_core.runnables import Runnable, RunnableMap, RunnablePassthrough
 from langchain_core.runnables.config import (
+    RunnableConfig,
     ensure_config,
     get_async_callback_manager_for_config,
     get_callback_manager_for_config,
+    get_config_list,
+    patch_config,
 )
 from langchain_core.tools import BaseTool
 from langchain_core.utils.function_calling import convert_to_json_schema, convert_to_openai_tool
@@ -125,6 +128,25 @@ class ChatGlimpRouter(BaseChatModel, adapter_settings_model()):  # type: ignore[
     streaming: bool = False
 
     _engine: GlimpRouter | None = PrivateAttr(default=None)
+
+    # --- batching ----------------------------------------------------------------------------
+
+    def batch(
+        self,
+        inputs: list[LanguageModelInput],
+        config: RunnableConfig | list[RunnableConfig] | None = None,
+        *,
+        return_exceptions: bool = False,
+        **kwargs: Any,
+    ) -> list[AIMessage]:
+        """Every input in flight at once unless `max_concurrency` says otherwise: the engine decodes
+        concurrent runs together (on every backend), so a thread per input costs a thread, where
+        LangChain's default pool (cores + 4 threads) would hold the rest back."""
+        configs = [
+            c if c.get("max_concurrency") is not None else patch_config(c, max_concurrency=len(inputs))
+            for c in get_config_list(config, len(inputs))
+        ]
+        return super().batch(inputs, configs, return_exceptions=return_exceptions, **kwargs)
 
     # --- LangChain metadata ------------------------------------------------------------------
 

@@ -19,8 +19,10 @@ leaves takes its part back as views.  One row alone is fed exactly as it would b
 
 from __future__ import annotations
 
+import atexit
 import logging
 import threading
+import weakref
 from typing import Any, Protocol
 
 logger = logging.getLogger(__name__)
@@ -69,12 +71,16 @@ class ModelWorker:
         """Rows started, in the order they joined."""
         self._thread: threading.Thread | None = None
         self._batch: _Batch | None = None
+        self._closing = False
         self.largest_batch = 0
         """Most rows fed together so far (for tests and benchmarks)."""
+        _workers.add(self)
 
     def submit(self, row: Row) -> None:
         """Drive `row` on the worker until it leaves."""
         with self._lock:
+            if self._closing:
+                raise RuntimeError("the model's worker is closed: the interpreter is exiting")
             self._waiting.append(row)
             if self._thread is None:
                 self._thread = threading.Thread(target=self._serve, name="glimp-model-worker", daemon=True)
@@ -90,12 +96,21 @@ class ModelWorker:
     def _has_work(self) -> bool:
         """Wait for work; False (and the thread ends) after `IDLE_SECONDS` without any."""
         with self._lock:
-            while not (self._waiting or self._rows):
-                if not self._lock.wait(IDLE_SECONDS) and not (self._waiting or self._rows):
+            while not (self._waiting or self._rows) or self._closing:
+                if self._closing or (not self._lock.wait(IDLE_SECONDS) and not (self._waiting or self._rows)):
                     self._thread = None
                     self._batch = None
                     return False
             return True
+
+    def close(self) -> None:
+        """Stop for good (at exit) after the forward pass in progress, dropping the rows in flight."""
+        with self._lock:
+            self._closing = True
+            thread = self._thread
+            self._lock.notify()
+        if thread is not None:
+            thread.join(timeout=30)
 
     def _admit_rows(self) -> None:
         """Start waiting rows while the batch has room (the smallest cap among the rows counts)."""
@@ -259,3 +274,13 @@ def batches_rows(cache_layers: Any) -> bool:
     import transformers
 
     return all(type(layer) is transformers.cache_utils.DynamicLayer for layer in cache_layers)
+
+
+_workers: weakref.WeakSet[ModelWorker] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_workers() -> None:
+    """A torch call still running in a worker while the interpreter tears down aborts the process."""
+    for worker in list(_workers):
+        worker.close()
