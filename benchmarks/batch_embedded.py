@@ -1,47 +1,144 @@
-"""LangChain `batch` on the embedded default against calling `invoke` in turn, same prompts and seeds.
+"""Concurrent runs on the default transformers backend (the embedded pair, this CPU): their steps
+share forward passes on the model's worker.  One run, three sections:
 
-The transformers backend runs concurrent runs' tokens in turn under one lock per model (torch
-already spreads one token's work over the cores), so a batch should take no longer than the
-same calls made one after another.  Figure: batch seconds / in-turn seconds (target <= 1.0).
+- throughput: the same runs with 1, 4, 8 and 16 in flight, runs per second against one at a time,
+  and the peak resident memory at each level;
+- langchain: LangChain `batch` over 8 prompts against `invoke` in turn (same prompts and seeds);
+- same_text: greedy runs alone and 8 together, how many give the same text and the same steps.
 
-    python benchmarks/batch_embedded.py [--prompts 4] [--budget 48]
+    python benchmarks/batch_embedded.py [--runs 16] [--levels 1,4,8,16] [--sections throughput,langchain,same_text]
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
+import os
+import threading
 import time
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from questions import QUESTIONS
 
+from glimp_integrations import GlimpRouter
 from langchain_glimp import ChatGlimpRouter
+
+RUN = {"reasoning_budget": 48, "answer_budget": 32}
+
+
+class PeakMemory:
+    """Peak resident set size (MB) of this process while the block runs, sampled every 20 ms."""
+
+    def __enter__(self) -> PeakMemory:
+        self.peak_mb = self._rss_mb()
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        self._thread.join()
+
+    def _sample(self) -> None:
+        while not self._done.wait(0.02):
+            self.peak_mb = max(self.peak_mb, self._rss_mb())
+
+    @staticmethod
+    def _rss_mb() -> float:
+        with open("/proc/self/statm") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+async def at_most(level: int, jobs: list[Callable[[], Awaitable[Any]]]) -> list[Any]:
+    slots = asyncio.Semaphore(level)
+
+    async def one(job: Callable[[], Awaitable[Any]]) -> Any:
+        async with slots:
+            return await job()
+
+    return await asyncio.gather(*(one(job) for job in jobs))
+
+
+def throughput(router: GlimpRouter, runs: int, levels: list[int]) -> dict[str, Any]:
+    questions = [QUESTIONS[i % len(QUESTIONS)] for i in range(runs)]
+    rows: dict[str, Any] = {}
+    for level in levels:
+        jobs = [lambda q=q, i=i: router.arun(q, seed=i, **RUN) for i, q in enumerate(questions)]
+        with PeakMemory() as memory:
+            started = time.perf_counter()
+            traces = asyncio.run(at_most(level, jobs))
+            seconds = time.perf_counter() - started
+        rows[str(level)] = {
+            "runs_per_second": runs / seconds,
+            "seconds": seconds,
+            "tokens": sum(t.completion_tokens for t in traces),
+            "peak_rss_mb": round(memory.peak_mb),
+        }
+        print(f"{level:>3} in flight: {runs / seconds:.3f} runs/s, peak RSS {memory.peak_mb:.0f} MB", flush=True)
+    one = rows[str(levels[0])]["runs_per_second"]
+    for row in rows.values():
+        row["over_one_at_a_time"] = row["runs_per_second"] / one
+    return rows
+
+
+def langchain(prompts: int) -> dict[str, Any]:
+    llm = ChatGlimpRouter(seed=0, reasoning_budget=RUN["reasoning_budget"], max_tokens=RUN["answer_budget"])
+    inputs = QUESTIONS[:prompts]
+    started = time.perf_counter()
+    in_turn = [llm.invoke(p) for p in inputs]
+    in_turn_seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    batched = llm.batch(inputs)
+    batch_seconds = time.perf_counter() - started
+    return {
+        "prompts": prompts,
+        "in_turn_seconds": in_turn_seconds,
+        "batch_seconds": batch_seconds,
+        "in_turn_over_batch": in_turn_seconds / batch_seconds,
+        "same_answers": sum(a.content == b.content for a, b in zip(in_turn, batched)),
+    }
+
+
+def same_text(router: GlimpRouter) -> dict[str, Any]:
+    async def both() -> tuple[list[Any], list[Any]]:
+        alone = [await router.arun(q, temperature=0, **RUN) for q in QUESTIONS]
+        together = await asyncio.gather(*(router.arun(q, temperature=0, **RUN) for q in QUESTIONS))
+        return alone, together
+
+    alone, together = asyncio.run(both())
+
+    def outcome(trace: Any) -> Any:
+        return trace.reasoning, trace.answer, [(s.model, s.tokens) for s in trace.steps]
+
+    return {
+        "runs": len(QUESTIONS),
+        "same_text_and_steps": sum(outcome(a) == outcome(b) for a, b in zip(alone, together)),
+        "tokens": sum(t.completion_tokens for t in alone),
+        "largest_batch": router.backend.models["small"].worker.largest_batch,  # type: ignore[attr-defined]
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--prompts", type=int, default=4)
-    parser.add_argument("--budget", type=int, default=48, help="reasoning and answer tokens per call")
+    parser.add_argument("--runs", type=int, default=16, help="runs at each level of the throughput section")
+    parser.add_argument("--levels", default="1,4,8,16")
+    parser.add_argument("--prompts", type=int, default=8, help="prompts of the LangChain batch")
+    parser.add_argument("--sections", default="throughput,langchain,same_text")
     args = parser.parse_args()
-    llm = ChatGlimpRouter(seed=0, reasoning_budget=args.budget, max_tokens=args.budget)
-    prompts = QUESTIONS[: args.prompts]
-    llm.invoke("Warm up.", max_tokens=4)
-    started = time.perf_counter()
-    in_turn = [llm.invoke(p) for p in prompts]
-    in_turn_seconds = time.perf_counter() - started
-    started = time.perf_counter()
-    batched = llm.batch(prompts)
-    batch_seconds = time.perf_counter() - started
-    tokens = [sum(m.usage_metadata["output_token_details"]["by_model"].values()) for m in (*in_turn, *batched)]
-    summary = {
-        "prompts": len(prompts),
-        "in_turn_seconds": in_turn_seconds,
-        "batch_seconds": batch_seconds,
-        "batch_over_in_turn": batch_seconds / in_turn_seconds,
-        "tokens_in_turn": sum(tokens[: len(prompts)]),
-        "tokens_batched": sum(tokens[len(prompts) :]),
-    }
-    print(json.dumps(summary, indent=2))
+    sections = args.sections.split(",")
+    router = GlimpRouter(seed=0)
+    router.run("Warm up.", max_tokens=4)
+    results: dict[str, Any] = {}
+    if "throughput" in sections:
+        results["throughput"] = throughput(router, args.runs, [int(n) for n in args.levels.split(",")])
+    if "langchain" in sections:
+        results["langchain"] = langchain(args.prompts)
+    if "same_text" in sections:
+        results["same_text"] = same_text(router)
+    print(json.dumps(results, indent=2))
 
 
 if __name__ == "__main__":
