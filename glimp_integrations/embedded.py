@@ -15,6 +15,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from glimp_integrations.backends.batching import on_a_passing_thread
 from glimp_integrations.errors import MissingDependencyError, require_module
 
 logger = logging.getLogger(__name__)
@@ -69,13 +70,14 @@ def embedded_model_dir() -> Path:
     staging = Path(tempfile.mkdtemp(prefix=f".{EMBEDDED_MODEL_NAME}-", dir=target.parent))
     try:
         tokenizer = transformers.AutoTokenizer.from_pretrained(source.parent, gguf_file=source.name)
-        model = transformers.AutoModelForCausalLM.from_pretrained(
-            source.parent,
-            gguf_file=source.name,
-            dtype=torch.float32,
-            quantization_config=transformers.GgufConfig(dequantize=True),
+        on_a_passing_thread(
+            lambda: transformers.AutoModelForCausalLM.from_pretrained(
+                source.parent,
+                gguf_file=source.name,
+                dtype=torch.float32,
+                quantization_config=transformers.GgufConfig(dequantize=True),
+            ).save_pretrained(staging)
         )
-        model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
         try:
             staging.rename(target)  # atomic: a concurrent first use either wins or finds it done

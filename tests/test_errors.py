@@ -120,5 +120,7 @@ def test_an_unknown_backend_option_is_named_before_any_model_loads():
 
     with pytest.raises(GlimpConfigError, match=r"backend_options of VLLMBackend\(block_size=.*engine_args"):
         GlimpRouter(backend="vllm", backend_options={"block_size": 32})
-    with pytest.raises(GlimpConfigError, match=r"TransformersBackend\(max_model_len=.*accepted names are: max_batch_size"):
+    with pytest.raises(
+        GlimpConfigError, match=r"TransformersBackend\(max_model_len=.*accepted names are: max_batch_size"
+    ):
         GlimpRouter(backend="transformers", backend_options={"max_model_len": 32})

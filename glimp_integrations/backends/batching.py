@@ -23,9 +23,12 @@ import atexit
 import logging
 import threading
 import weakref
-from typing import Any, Protocol
+from collections.abc import Callable
+from typing import Any, Protocol, TypeVar
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 #: Seconds a worker thread waits for work before it exits (the next submission starts another).
 IDLE_SECONDS = 2.0
@@ -56,8 +59,8 @@ class Row(Protocol):
 class ModelWorker:
     """Runs a model's forward passes on one thread, feeding concurrent runs' rows together.
 
-    Each round: start the rows waiting (while the batch has room), feed each row that needs several
-    tokens (a prefill) alone, feed every row that needs one token in one batch, and let each row
+    Each round: start the rows waiting (while the batch has room), feed the rows that need several
+    tokens (prefills) in one batch, then every row that needs one token in another, and let each row
     take its logits.
     """
 
@@ -274,6 +277,32 @@ def batches_rows(cache_layers: Any) -> bool:
     import transformers
 
     return all(type(layer) is transformers.cache_utils.DynamicLayer for layer in cache_layers)
+
+
+def on_a_passing_thread(function: Callable[[], T]) -> T:
+    """`function()`, run on a thread that ends with it (for torch work outside the workers, such as
+    loading a model).
+
+    libgomp, torch's OpenMP on Linux, keeps helper threads for each thread that ran a parallel op,
+    for as long as that thread lives; once there are more of them than CPUs, every helper sleeps
+    between ops instead of waiting for the next one.  A worker's forward passes ran 30% slower (8
+    rows of the embedded model on 2 cores) once the main thread had loaded the model itself.
+    """
+    outcome: list[Any] = []
+
+    def call() -> None:
+        try:
+            outcome.append((True, function()))
+        except BaseException as error:
+            outcome.append((False, error))
+
+    thread = threading.Thread(target=call, name="glimp-torch-setup")
+    thread.start()
+    thread.join()
+    succeeded, value = outcome[0]
+    if not succeeded:
+        raise value
+    return value  # type: ignore[no-any-return]
 
 
 _workers: weakref.WeakSet[ModelWorker] = weakref.WeakSet()

@@ -35,7 +35,7 @@ from glimp_integrations.backends.base import (
     render_chat_prompt,
     resolve_model_name,
 )
-from glimp_integrations.backends.batching import ModelWorker, batches_rows
+from glimp_integrations.backends.batching import ModelWorker, batches_rows, on_a_passing_thread
 from glimp_integrations.backends.step_spans import token_texts
 from glimp_integrations.config import Role
 from glimp_integrations.errors import GlimpConfigError, invalid, require_module
@@ -46,7 +46,7 @@ T = TypeVar("T")
 
 #: Most steps decoded together on one model when `max_batch_size` is not given.
 DEFAULT_MAX_BATCH_SIZE = 16
-#: Tokens nucleus sampling looks at first (`keep_top_p`); sorting the whole vocabulary took most of a
+#: Tokens nucleus sampling looks at first (`nucleus`); sorting the whole vocabulary took most of a
 #: token's sampling time.
 TOP_P_FIRST_LOOK = 64
 #: Logprobs kept in a probe's record next to the exact entropy (for traces and debugging).
@@ -133,7 +133,7 @@ def load_model(name: str, device: str) -> LoadedModel:
     with _loaded_lock:
         model = _loaded.get((name, device))
         if model is None:
-            model = LoadedModel(name, device)
+            model = on_a_passing_thread(lambda: LoadedModel(name, device))
             _loaded[(name, device)] = model
         return model
 
@@ -206,7 +206,8 @@ class TransformersSession(ModelSession):
         self._cached_ids: list[int] = []
         """Tokens whose keys and values are in `_cache`, in order."""
         self._next_logits: Any = None  # [vocab], after the last cached token
-        self._probe_token: int | None = None
+        self._probe: tuple[int, TokenDistribution] | None = None
+        """The probe's token and the distribution it was drawn from, until the step commits or is discarded."""
         self._last_prefill = 0
         """Tokens prefilled by the last probe, reported by the step that keeps its token."""
         self._max_batch_size = max_batch_size if loaded.batchable else 1
@@ -273,20 +274,24 @@ class TransformersSession(ModelSession):
         if sampling.temperature == 0 or closing:
             return int(logits.argmax())
         probs = torch.softmax(logits / sampling.temperature, dim=-1)  # [vocab]
-        if sampling.top_p < 1.0:
-            probs = keep_top_p(probs, sampling.top_p)
-        return int(torch.multinomial(probs, 1, generator=self._generator))
+        if sampling.top_p >= 1.0:
+            return int(torch.multinomial(probs, 1, generator=self._generator))
+        kept, ids = nucleus(probs, sampling.top_p)  # drawing among the kept tokens only is ~10x faster
+        return int(ids[torch.multinomial(kept, 1, generator=self._generator)])
 
     # --- ModelSession --------------------------------------------------------------------------
 
     async def probe(self, top_k: int | None) -> TokenDistribution:
-        if self._probe_token is None:
+        if self._probe is None:
             self._pending.clear()
-            reading = _Reading(self, self._committed, self._sample)
-            self._probe_token = await reading.result()
+            reading = _Reading(self, self._committed, lambda: (self._sample(), self._distribution()))
+            self._probe = await reading.result()
             self._last_prefill = reading.prefilled
-        torch = self._torch
-        logprobs = torch.log_softmax(self._next_logits, dim=-1)  # [vocab], temperature 1
+        return self._probe[1]
+
+    def _distribution(self) -> TokenDistribution:
+        """The distribution of `_next_logits` at temperature 1 (on the worker, like every torch op)."""
+        logprobs = self._torch.log_softmax(self._next_logits, dim=-1)  # [vocab]
         entropy = float(-(logprobs.exp() * logprobs).sum())
         top = logprobs.topk(min(RECORDED_TOP_K, logprobs.shape[0])).values
         return TokenDistribution(tuple(top.tolist()), vocab_size=logprobs.shape[0], exact_entropy=entropy)
@@ -307,12 +312,12 @@ class TransformersSession(ModelSession):
     def commit(self) -> None:
         self._committed.extend(self._pending)
         self._pending.clear()
-        self._probe_token = None
+        self._probe = None
 
     async def discard(self) -> None:
         await self._stop_writing()
         self._pending.clear()
-        self._probe_token = None
+        self._probe = None
 
     async def _stop_writing(self) -> None:
         """Take the step being written out of the batch, and wait until the worker let it go."""
@@ -329,16 +334,16 @@ class TransformersSession(ModelSession):
         self._next_logits = None
 
 
-def keep_top_p(probs: Any, top_p: float) -> Any:
-    """`probs` ([vocab]) with every token zeroed but the likeliest ones whose total reaches `top_p`
-    (nucleus sampling).  The likeliest `TOP_P_FIRST_LOOK` tokens usually hold it: the whole
-    vocabulary is sorted only when they do not."""
+def nucleus(probs: Any, top_p: float) -> tuple[Any, Any]:
+    """The likeliest tokens of `probs` ([vocab]) whose total reaches `top_p` (nucleus sampling), as
+    their probabilities and their ids ([kept] each).  The likeliest `TOP_P_FIRST_LOOK` tokens
+    usually hold it: the whole vocabulary is sorted only when they do not."""
     look = min(TOP_P_FIRST_LOOK, probs.shape[0])
     largest, order = probs.topk(look)  # [look], descending
     if float(largest.sum()) < top_p and look < probs.shape[0]:
         largest, order = probs.sort(descending=True)  # [vocab]
-    outside = largest.cumsum(0) - largest >= top_p
-    return probs.new_zeros(probs.shape).scatter_(0, order, largest.masked_fill(outside, 0.0))
+    kept = int((largest.cumsum(0) - largest < top_p).sum())
+    return largest[:kept], order[:kept]
 
 
 class _TransformersWriter(StepWriter):
@@ -365,9 +370,9 @@ class _TransformersWriter(StepWriter):
 
     def start(self) -> bool:
         session = self.session
-        if session._probe_token is not None:  # keep the probe token as the step's first token
+        if session._probe is not None:  # keep the probe token as the step's first token
             self.prefill_tokens = session._last_prefill
-            return self._take(session._probe_token)
+            return self._take(session._probe[0])
         session._pending.clear()
         self.feeding = session._plan_sync(session._committed)
         self.prefill_tokens = len(self.feeding)
