@@ -79,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
             "--concurrency",
             type=int,
             default=1,
-            help="runs at a time (batch them on vLLM or servers; latency is then measured under load)",
+            help="runs at a time (every backend batches them; latency is then measured under load)",
         )
     bench = commands.choices["bench"]
     bench.add_argument(

@@ -158,9 +158,9 @@ def test_ragged_rows_fed_together_get_the_logits_they_get_alone(router):
                 assert row.session._cache.get_seq_length() == len(i)  # its own part, padding left out
 
 
-def test_langchain_batch_keeps_every_input_in_flight():
+def test_langchain_batch_and_abatch_keep_every_input_in_flight():
     """LangChain's default pool has cores + 4 threads; `batch` gives each input its own, so the
-    engine batches them all."""
+    engine batches them all; `abatch` gathers them on one loop."""
     from langchain_glimp import ChatGlimpRouter
 
     llm = ChatGlimpRouter(seed=0, temperature=0, reasoning_budget=16, max_tokens=8)
@@ -186,11 +186,63 @@ def test_langchain_batch_keeps_every_input_in_flight():
     GlimpRouter.astream = counting_astream  # type: ignore[method-assign]
     try:
         batched = llm.batch(inputs)
+        assert most == len(inputs)
+        most = 0
+        abatched = asyncio.run(llm.abatch(inputs))
+        assert most == len(inputs)
     finally:
         GlimpRouter.astream = original  # type: ignore[method-assign]
-    assert most == len(inputs)
 
     def written(message):
         return [block.get("reasoning", block.get("text")) for block in message.content_blocks]
 
-    assert [written(m) for m in batched] == [written(llm.invoke(i)) for i in inputs]
+    in_turn = [written(llm.invoke(i)) for i in inputs]
+    assert [written(m) for m in batched] == in_turn
+    assert [written(m) for m in abatched] == in_turn
+
+
+def test_glimp_serve_on_the_default_backend_batches_concurrent_clients(router):
+    """Clients of `glimp serve` in flight together share forward passes, and each gets the answer
+    its request gets alone."""
+    import httpx
+
+    from glimp_integrations.serve import running_server
+
+    bodies = [
+        {"model": "glimp", "messages": [{"role": "user", "content": q}], "temperature": 0, "max_tokens": 24}
+        for q in QUESTIONS
+    ]
+    with running_server(router) as url:
+
+        def answer(body: dict) -> str:
+            response = httpx.post(url + "/chat/completions", json=body, timeout=300)
+            assert response.status_code == 200, response.text
+            return response.json()["choices"][0]["message"]["content"]
+
+        alone = [answer(body) for body in bodies]
+        worker(router).largest_batch = 0
+        threads, together = [], [""] * len(bodies)
+        for index, body in enumerate(bodies):
+            threads.append(threading.Thread(target=lambda i=index, b=body: together.__setitem__(i, answer(b))))
+            threads[-1].start()
+        for thread in threads:
+            thread.join()
+    assert worker(router).largest_batch >= 2
+    assert together == alone
+
+
+def test_llamaindex_async_calls_batch(router):
+    """`GlimpRouterLLM.acomplete` calls gathered on one loop share forward passes (the LLM loads
+    the same embedded model, so the same worker)."""
+    from llamaindex_glimp import GlimpRouterLLM
+
+    llm = GlimpRouterLLM(seed=0, temperature=0, reasoning_budget=16, max_tokens=8)
+
+    async def alone_then_together():
+        alone = [await llm.acomplete(q) for q in QUESTIONS]
+        worker(router).largest_batch = 0
+        return alone, await asyncio.gather(*(llm.acomplete(q) for q in QUESTIONS))
+
+    alone, together = asyncio.run(alone_then_together())
+    assert worker(router).largest_batch >= 2
+    assert [r.text for r in together] == [r.text for r in alone]

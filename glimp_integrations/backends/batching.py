@@ -302,7 +302,7 @@ def on_a_passing_thread(function: Callable[[], T]) -> T:
     succeeded, value = outcome[0]
     if not succeeded:
         raise value
-    return value  # type: ignore[no-any-return]
+    return value
 
 
 _workers: weakref.WeakSet[ModelWorker] = weakref.WeakSet()

@@ -80,7 +80,7 @@ def run_grid(
 ) -> list[RunRecord]:
     """Answer every problem under every setting and seed, `concurrency` runs at a time (a progress
     bar on stderr); records come back in grid order.  With `concurrency` > 1 the runs batch in the
-    engine (vLLM, servers) and each run's latency is measured under that load."""
+    engine (every backend batches concurrent runs) and each run's latency is measured under that load."""
     if not isinstance(concurrency, int) or isinstance(concurrency, bool) or concurrency < 1:
         raise invalid(
             "concurrency",
