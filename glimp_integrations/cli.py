@@ -16,6 +16,7 @@ import math
 import os
 import sys
 from collections.abc import Collection, Sequence
+from typing import Any, TextIO
 
 from glimp_integrations.config import POLICY_NAMES
 from glimp_integrations.errors import GlimpError
@@ -115,7 +116,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         with router:  # shuts the engines down cleanly, whatever happens
             if args.command == "ask":
                 trace = _ask(router, args.question, show=not args.json)
-                print(trace.to_json(indent=2) if args.json else summary_line(trace))
+                if args.json:
+                    print(trace.to_json(indent=2))
+                else:
+                    terminal_console(sys.stdout).print(summary_line(trace), style="bold")
             elif args.command == "serve":
                 from glimp_integrations.serve import serve
 
@@ -208,9 +212,52 @@ def _calibrate(router: GlimpRouter, args: argparse.Namespace) -> None:
     )
 
 
-def _ask(router: GlimpRouter, question: str, show: bool) -> RunTrace:
-    """Run the question; when `show`, print each step as it is written."""
-    out = sys.stdout
+#: Each model's colour (Okabe-Ito's sky blue and orange, told apart with every common colour
+#: vision deficiency); every step also names its model, so nothing depends on the colour.
+MODEL_STYLES = {"small": "#56B4E9", "large": "#E69F00"}
+
+
+def terminal_console(file: TextIO) -> Any:
+    """A rich console writing to `file`: in colour on a terminal, plain text (no escape codes at
+    all) when `file` is not one or `NO_COLOR` is set (https://no-color.org)."""
+    from rich.console import Console
+
+    colour = file.isatty() and not os.environ.get("NO_COLOR")
+    return Console(
+        file=file,
+        force_terminal=colour,
+        color_system="auto" if colour else None,
+        highlight=False,
+        markup=False,
+        emoji=False,
+        soft_wrap=True,
+    )
+
+
+def step_header(event: StepStarted, threshold: float | None) -> str:
+    """`[step 3 | large | H_init=4.012 > 3.930 | intervene]`: who writes the step and why: the
+    probe's H_init (or the bound that settled it) against the threshold of a threshold policy."""
+    if event.decision == "forced":
+        return f"[answer | {event.model}]"
+    probe, why = event.probe, ""
+    if probe is not None:
+        if probe.h_init is not None:
+            value, above = f"H_init={probe.h_init:.3f}", threshold is not None and probe.h_init > threshold
+        elif event.decision == "intervene":
+            value, above = f"H_init>={probe.h_lower:.3f}", True
+        else:
+            value, above = f"H_init<={probe.h_upper:.3f}", False
+        why = f" | {value}" + ("" if threshold is None else f" {'>' if above else '<='} {threshold:.3f}")
+    return f"[step {event.index} | {event.model}{why} | {event.decision}]"
+
+
+def _ask(router: GlimpRouter, question: str, show: bool, console: Any = None) -> RunTrace:
+    """Run the question; when `show`, print each step as it is written (on `console`, by default
+    stdout's: each step in its model's colour on a terminal)."""
+    from rich.text import Text
+
+    console = console or terminal_console(sys.stdout)
+    threshold = router.config.threshold if router.config.policy == "glimpse" else None
     at_line_start = True
     for event in router.stream(question):
         if isinstance(event, RunFinished):
@@ -218,28 +265,27 @@ def _ask(router: GlimpRouter, question: str, show: bool) -> RunTrace:
         if not show:
             continue
         if isinstance(event, StepStarted):
-            probe = event.probe
-            h = (
-                ""
-                if probe is None
-                else f" H_init={probe.h_init:.3f}"
-                if probe.h_init is not None
-                else f" H_init<={probe.h_upper:.3f}"
-            )
-            label = "answer" if event.decision == "forced" else event.decision
             separator = "" if at_line_start else "\n"
-            out.write(f"{separator}[step {event.index} | {event.model}{h} | {label}]\n")
+            style = MODEL_STYLES[event.model]
+            header = Text(
+                separator + step_header(event, threshold),
+                style=f"bold {style}" + (" reverse" if event.decision == "forced" else ""),
+            )
+            console.print(header)
             at_line_start = True
         elif isinstance(event, TokenDelta) and event.text:
-            out.write(event.text)
+            console.print(Text(event.text, style=MODEL_STYLES[event.model]), end="")
             at_line_start = event.text.endswith("\n")
         elif isinstance(event, StepFinished) and event.step.drafted_tokens is not None:
             step = event.step
-            out.write(
-                f"{'' if at_line_start else chr(10)}[drafted {step.drafted_tokens}, accepted {step.accepted_tokens}]\n"
+            console.print(
+                Text(
+                    f"{'' if at_line_start else chr(10)}[drafted {step.drafted_tokens}, accepted {step.accepted_tokens}]",
+                    style="dim",
+                )
             )
             at_line_start = True
-        out.flush()
+        console.file.flush()
     raise AssertionError("the run ended without a RunFinished event")
 
 

@@ -93,8 +93,39 @@ def test_glimp_ask_shows_each_step_by_model_and_a_summary():
     )
     assert result.returncode == 0, result.stderr
     out = result.stdout
-    assert "[step 0 | " in out and "H_init=" in out
+    assert "[step 0 | " in out and "H_init=" in out and " 0.900 | " in out  # H_init against the threshold
     assert "-- " in out and "intervention rate" in out and "tokens small=" in out
+    assert "\x1b[" not in out  # not a terminal: plain text
+
+
+def test_glimp_ask_on_a_terminal_colours_each_step_by_its_model(monkeypatch):
+    """Each step's header and text in its model's colour, the answer set apart, on a terminal;
+    plain text when `NO_COLOR` is set."""
+    import io
+
+    from glimp_integrations import GlimpRouter
+    from glimp_integrations.cli import _ask, terminal_console
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    monkeypatch.delenv("NO_COLOR", raising=False)
+    monkeypatch.setenv("COLORTERM", "truecolor")  # a terminal that says it shows 24-bit colour
+    screen = Terminal()
+    router = GlimpRouter(seed=0, threshold=2.5, reasoning_budget=40, answer_budget=16)
+    trace = _ask(router, QUESTION, show=True, console=terminal_console(screen))
+    shown = screen.getvalue()
+    small, large = "38;2;86;180;233", "38;2;230;159;0"  # the two models' colours, as 24-bit escapes
+    assert {s.model for s in trace.steps} == {"small", "large"}
+    for step in trace.steps:
+        header = "[answer | large]" if step.decision == "forced" else f"[step {step.index} | {step.model} | "
+        colour = small if step.model == "small" else large
+        assert f"{colour}m{header}" in shown
+    assert "7;38;2;230;159;0m[answer | large]" in shown  # the answer's header in reverse video
+
+    monkeypatch.setenv("NO_COLOR", "1")
+    assert terminal_console(Terminal()).color_system is None
 
 
 def test_glimp_ask_reports_bad_input_on_stderr():
