@@ -3,7 +3,9 @@ from the API, on the same run (same question, settings and seed; greedy), altern
 
     python benchmarks/playground_first_step.py [--rounds 3]
 
-Needs Debian's chromium (scripts/setup.sh installs it) and Playwright.
+Needs Debian's chromium (scripts/setup.sh installs it) and Playwright.  The browser runs on the
+server's machine here: on 2 cores torch keeps to one thread (`--torch-threads`), else the browser's
+work stalls torch's second thread and the first step takes 0.3 to 6 s, page and API alike.
 """
 
 from __future__ import annotations
@@ -51,7 +53,11 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--torch-threads", type=int, default=1, help="the browser needs a core of its own on 2 cores")
     args = parser.parse_args()
+    import torch
+
+    torch.set_num_threads(args.torch_threads)
     router = GlimpRouter(**{k: v for k, v in SETTINGS.items()})
     api, browser_times = [], []
     with running_server(router) as url, sync_playwright() as playwright:
