@@ -113,7 +113,9 @@ def test_glimp_ask_on_a_terminal_colours_each_step_by_its_model(monkeypatch):
     monkeypatch.delenv("NO_COLOR", raising=False)
     monkeypatch.setenv("COLORTERM", "truecolor")  # a terminal that says it shows 24-bit colour
     screen = Terminal()
-    router = GlimpRouter(seed=0, threshold=2.5, reasoning_budget=40, answer_budget=16)
+    # every reasoning step delegated (an infinite threshold), the answer the large model's: both
+    # models write, whatever the draws
+    router = GlimpRouter(seed=0, threshold=math.inf, temperature=0, reasoning_budget=40, answer_budget=16)
     trace = _ask(router, QUESTION, show=True, console=terminal_console(screen))
     shown = screen.getvalue()
     small, large = "38;2;86;180;233", "38;2;230;159;0"  # the two models' colours, as 24-bit escapes
