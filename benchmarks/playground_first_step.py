@@ -58,7 +58,7 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(args.torch_threads)
-    router = GlimpRouter(**{k: v for k, v in SETTINGS.items()})
+    router = GlimpRouter(**SETTINGS)
     api, browser_times = [], []
     with running_server(router) as url, sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS)

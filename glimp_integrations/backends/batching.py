@@ -20,6 +20,7 @@ leaves takes its part back as views.  One row alone is fed exactly as it would b
 from __future__ import annotations
 
 import atexit
+import concurrent.futures
 import logging
 import threading
 import weakref
@@ -288,21 +289,8 @@ def on_a_passing_thread(function: Callable[[], T]) -> T:
     between ops instead of waiting for the next one.  A worker's forward passes ran 30% slower (8
     rows of the embedded model on 2 cores) once the main thread had loaded the model itself.
     """
-    outcome: list[Any] = []
-
-    def call() -> None:
-        try:
-            outcome.append((True, function()))
-        except BaseException as error:
-            outcome.append((False, error))
-
-    thread = threading.Thread(target=call, name="glimp-torch-setup")
-    thread.start()
-    thread.join()
-    succeeded, value = outcome[0]
-    if not succeeded:
-        raise value
-    return value
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="glimp-torch-setup") as passing:
+        return passing.submit(function).result()
 
 
 _workers: weakref.WeakSet[ModelWorker] = weakref.WeakSet()
