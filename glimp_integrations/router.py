@@ -388,7 +388,7 @@ class _Run:
                 retries=_retries(small, large) - retried_before,
             )
             writer.commit()
-            await (large if writer is small else small).append_text(written.text)
+            await (large if writer is small else small).append_step(written.text, writer)
             self.steps.append(step)
             routed_tokens += written.tokens
             yield StepFinished(step)

