@@ -7,6 +7,8 @@ from glimp_integrations.config import SamplingConfig
 
 QUESTION = "Tom has 3 apples and buys 4 more. How many apples does he have? Think step by step."
 """The question the real-backend tests route (on the embedded pair its steps go to both models)."""
+TEA = "Explain how to make tea, step by step, with a blank line between steps."
+"""A question whose greedy steps at the embedded default's threshold (3.93) switch models more than once."""
 
 
 async def _first_step(backend: Backend, probes: tuple[int | None, ...], stop: tuple[str, ...]) -> tuple[str, list]:

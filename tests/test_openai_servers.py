@@ -22,6 +22,7 @@ from tests.constrained_cases import CASE_IDS, CASES, run_and_check
 from tests.cutting_proxy import cutting_proxy
 from tests.step_cases import (
     QUESTION,
+    TEA,
     check_probes_leave_the_step_as_it_would_be,
     check_steps_count_what_their_probes_prefilled,
 )
@@ -258,6 +259,31 @@ def test_a_step_cut_mid_stream_goes_on_from_its_tokens(server_url):
     assert first.tokens == len(received) + sum(
         len(event["choices"][0]["token_ids"]) for event in resumed["events"] if event["choices"]
     )
+
+
+def test_after_a_switch_requests_go_on_from_token_ids(server_url):
+    """Both servers serve one vocabulary: each model takes the other's steps as the tokens they
+    were written in, so every request after a model's first sends its context as token ids (the
+    server's prompt ids, then the steps' tokens), never text for the server to tokenize again."""
+    proxies = {role: cutting_proxy(server_url, cut_after=10**9) for role in ("small", "large")}
+    try:
+        urls = {role: f"http://127.0.0.1:{proxy.server_address[1]}/v1" for role, (_, proxy) in proxies.items()}
+        with GlimpRouter(urls["small"], urls["large"], backend="openai", temperature=0.0, threshold=3.0) as router:
+            trace = router.run(TEA, reasoning_mode="plain", reasoning_budget=120)  # steps: l s l s l s s
+    finally:
+        for _, proxy in proxies.values():
+            proxy.shutdown()
+    models = [step.model for step in trace.steps]
+    assert any(after == "small" and before == "large" for before, after in zip(models, models[1:])), models
+    for role, (handler, _) in proxies.items():
+        first, *later = handler.streamed
+        assert later, (role, models)
+        known = first["events"][0]["choices"][0]["prompt_token_ids"]
+        for record in later:
+            prompt = record["request"]["prompt"]
+            assert isinstance(prompt, list), (role, prompt)
+            assert prompt[: len(known)] == known  # the context only grows
+            known = prompt
 
 
 @pytest.mark.parametrize("arguments, check", CASES, ids=CASE_IDS)

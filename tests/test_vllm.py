@@ -9,6 +9,7 @@ from glimp_integrations import GlimpConfigError, GlimpRouter, StepFinished, Toke
 from tests.constrained_cases import CASE_IDS, CASES, run_and_check
 from tests.step_cases import (
     QUESTION,
+    TEA,
     check_probes_leave_the_step_as_it_would_be,
     check_steps_count_what_their_probes_prefilled,
 )
@@ -153,10 +154,6 @@ async def test_probes_leave_the_small_models_step_as_it_would_be(vllm_router):
 
 def test_a_steps_prefill_counts_its_probes(vllm_router):
     check_steps_count_what_their_probes_prefilled(vllm_router)
-
-
-TEA = "Explain how to make tea, step by step, with a blank line between steps."
-"""A question whose greedy steps at the embedded default's threshold switch models more than once."""
 
 
 @pytest.mark.parametrize("mode", ["plain", "think"])
