@@ -24,12 +24,11 @@ the engine with every core for the model.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
-import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+from engine_runs import chat_prompt_ids, generate_plain, runs_per_second
 from questions import QUESTIONS
 
 from glimp_integrations import GlimpRouter, _sync
@@ -44,27 +43,12 @@ def messages(index: int) -> list[dict[str, str]]:
     return [{"role": "user", "content": QUESTIONS[index % len(QUESTIONS)]}]
 
 
-async def runs_per_second(chains: int, jobs: int, run_one: Callable[[int], Awaitable[None]]) -> float:
-    slots = asyncio.Semaphore(chains)
-
-    async def one(index: int) -> None:
-        async with slots:
-            await run_one(index)
-
-    started = time.perf_counter()
-    await asyncio.gather(*(one(i) for i in range(jobs)))
-    return jobs / (time.perf_counter() - started)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--chains", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=2, help="each way is timed this many times, interleaved")
     args = parser.parse_args()
     jobs = max(16, 4 * args.chains)
-
-    from vllm import SamplingParams
-    from vllm.sampling_params import RequestOutputKind
 
     router = GlimpRouter(backend="vllm", seed=0)
     engine = router.backend.models["large"]
@@ -83,36 +67,19 @@ def main() -> None:
         counts["runs"] += 1
         counts["prefilled"] += sum(step.prefill_tokens for step in trace.steps)
 
-    async def generate(ids: list[int], count: int) -> list[int]:
-        params = SamplingParams(
-            temperature=0,
-            max_tokens=count,
-            min_tokens=count,
-            ignore_eos=True,
-            output_kind=RequestOutputKind.FINAL_ONLY,
-        )
-        request = engine.stream(ids, params)
-        while (output := await request.next()) is not None:
-            ids = ids + list(output.outputs[0].token_ids)
-        return ids
-
-    def prompt_ids(index: int) -> list[int]:
-        text = engine.tokenizer.apply_chat_template(messages(index), tokenize=False, add_generation_prompt=True)
-        return engine.encode(text)
-
     async def plain(index: int) -> None:
-        await generate(prompt_ids(index), tokens[index])
+        await generate_plain(engine, chat_prompt_ids(engine, messages(index)), tokens[index])
 
     def split(offset: int) -> Callable[[int], Awaitable[None]]:
         """Two requests; the first stops where the context is `offset` tokens past a block boundary."""
 
         async def plain_in_two(index: int) -> None:
-            ids = prompt_ids(index)
+            ids = chat_prompt_ids(engine, messages(index))
             first = tokens[index] // 2
             first += (offset - len(ids) - first) % block
             first = min(first, tokens[index] - 1)
-            ids = await generate(ids, first)
-            await generate(ids, tokens[index] - first)
+            ids = await generate_plain(engine, ids, first)
+            await generate_plain(engine, ids, tokens[index] - first)
 
         return plain_in_two
 

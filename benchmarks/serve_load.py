@@ -26,6 +26,7 @@ from pathlib import Path
 
 import httpx
 import psutil
+from engine_runs import chat_prompt_ids, generate_plain, runs_per_second
 from questions import QUESTIONS
 
 from glimp_integrations import GlimpRouter, _sync
@@ -135,23 +136,9 @@ async def requests_done(url: str, count: int, concurrency: int = 16, offset: int
         await asyncio.gather(*(one(i) for i in range(count)))
 
 
-async def runs_per_second(concurrency: int, jobs: int, run_one) -> float:
-    slots = asyncio.Semaphore(concurrency)
-
-    async def one(i: int) -> None:
-        async with slots:
-            await run_one(i)
-
-    started = time.perf_counter()
-    await asyncio.gather(*(one(i) for i in range(jobs)))
-    return jobs / (time.perf_counter() - started)
-
-
 def throughput(router: GlimpRouter, url: str, levels: list[int]) -> dict:
     """Runs per second through the server, the library, and plain vLLM generation of the same
     number of tokens (one request per run, on the large model's engine)."""
-    from vllm import SamplingParams
-    from vllm.sampling_params import RequestOutputKind
 
     engine = router.backend.models["large"]
     tokens: dict[int, int] = {}
@@ -199,21 +186,9 @@ def throughput(router: GlimpRouter, url: str, levels: list[int]) -> dict:
 
     async def plain(i: int, requests: int = 1) -> None:
         """Generate run i's token count greedily in `requests` requests, each going on from the last."""
-        text = engine.tokenizer.apply_chat_template(
-            body(i, False)["messages"], tokenize=False, add_generation_prompt=True
-        )
-        ids = engine.encode(text)
+        ids = chat_prompt_ids(engine, body(i, False)["messages"])
         for share in (tokens[i] // requests + (j < tokens[i] % requests) for j in range(requests)):
-            params = SamplingParams(
-                temperature=0,
-                max_tokens=share,
-                min_tokens=share,
-                ignore_eos=True,
-                output_kind=RequestOutputKind.FINAL_ONLY,
-            )
-            request = engine.stream(ids, params)
-            while (output := await request.next()) is not None:
-                ids = ids + list(output.outputs[0].token_ids)
+            ids = await generate_plain(engine, ids, share)
 
     async def plain_in_requests(i: int) -> None:
         await plain(i, PLAIN_REQUESTS)

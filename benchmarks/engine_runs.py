@@ -1,0 +1,42 @@
+"""What the throughput benchmarks share: timing concurrent runs, and plain vLLM generation of a
+given number of tokens on the engine glimp's vLLM backend started."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+
+async def runs_per_second(concurrency: int, jobs: int, run_one: Callable[[int], Awaitable[Any]]) -> float:
+    """`jobs` runs (`run_one(i)`), `concurrency` at a time: completed runs per second."""
+    slots = asyncio.Semaphore(concurrency)
+
+    async def one(index: int) -> None:
+        async with slots:
+            await run_one(index)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(one(i) for i in range(jobs)))
+    return jobs / (time.perf_counter() - started)
+
+
+def chat_prompt_ids(engine: Any, messages: list[dict[str, str]]) -> list[int]:
+    """The chat prompt of `messages` as token ids, as plain generation starts from it."""
+    return engine.encode(engine.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
+
+
+async def generate_plain(engine: Any, ids: list[int], count: int) -> list[int]:
+    """Exactly `count` tokens after `ids`, greedy, in one request on `engine` (a vLLM backend's
+    `_Engine`); `ids` followed by them."""
+    from vllm import SamplingParams
+    from vllm.sampling_params import RequestOutputKind
+
+    params = SamplingParams(
+        temperature=0, max_tokens=count, min_tokens=count, ignore_eos=True, output_kind=RequestOutputKind.FINAL_ONLY
+    )
+    request = engine.stream(ids, params)
+    while (output := await request.next()) is not None:
+        ids = ids + list(output.outputs[0].token_ids)
+    return ids
