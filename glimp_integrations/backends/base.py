@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import abc
 import contextvars
+import functools
 import hashlib
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
@@ -301,30 +302,22 @@ def render_think_suffix(prompt: str, open_think: bool, opening: str = THINK_MARK
     return prompt
 
 
+@functools.lru_cache(maxsize=8)
 def vocabulary_digest(tokenizer: Any) -> str:
-    """A digest of a HF tokenizer's token -> id map (added tokens included): two models with the
-    same digest give every text the same token ids, and read each other's."""
+    """A digest of a HF tokenizer's token -> id map (added tokens included), computed once per
+    tokenizer: two models with the same digest give every text the same token ids, and read each
+    other's."""
     vocabulary = json.dumps(sorted(tokenizer.get_vocab().items(), key=lambda item: item[1]))
     return hashlib.sha256(vocabulary.encode()).hexdigest()
 
 
-class Tokenized(Protocol):
-    """A model's tokenizer and its `vocabulary_digest`."""
-
-    @property
-    def tokenizer(self) -> Any: ...
-
-    @property
-    def vocabulary(self) -> str: ...
-
-
-def shared_step_ids(ids: Sequence[int] | None, text: str, writer: Tokenized, reader: Tokenized) -> list[int] | None:
-    """The writer's step tokens `ids` where the reader can take them for the step's `text`: both
-    models map tokens to the same ids, and the ids hold exactly the text (a stop string cut inside
-    a token leaves more in the ids than in the step).  None: the reader encodes the text."""
-    if not ids or writer.vocabulary != reader.vocabulary:
+def shared_step_ids(ids: Sequence[int] | None, text: str, writer: Any, reader: Any) -> list[int] | None:
+    """The writer's step tokens `ids` where the reader can take them for the step's `text`: the
+    two HF tokenizers map tokens to the same ids, and the ids hold exactly the text (a stop string
+    cut inside a token leaves more in the ids than in the step).  None: the reader encodes the text."""
+    if not ids or (writer is not reader and vocabulary_digest(writer) != vocabulary_digest(reader)):
         return None
-    return list(ids) if writer.tokenizer.decode(ids, skip_special_tokens=False) == text else None
+    return list(ids) if writer.decode(ids, skip_special_tokens=False) == text else None
 
 
 def knows_think_tags(tokenizer: Any) -> bool:

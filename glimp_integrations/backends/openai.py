@@ -27,7 +27,6 @@ router turns that into a `GlimpRunError` carrying the trace written so far.
 from __future__ import annotations
 
 import asyncio
-import functools
 import hashlib
 import itertools
 import json
@@ -52,7 +51,6 @@ from glimp_integrations.backends.base import (
     knows_think_tags,
     render_chat_prompt,
     shared_step_ids,
-    vocabulary_digest,
 )
 from glimp_integrations.backends.gate_arguments import GATE_PROCESSOR, gate_arguments
 from glimp_integrations.backends.step_spans import STEP_ENDS, SpanBuffer, StepScanner, token_texts
@@ -215,11 +213,6 @@ class _Server:
 
     def count(self, text: str) -> int:
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
-
-    @functools.cached_property
-    def vocabulary(self) -> str:
-        """`vocabulary_digest` of the tokenizer."""
-        return vocabulary_digest(self.tokenizer)
 
     @property
     def texts_by_id(self) -> list[str]:
@@ -621,7 +614,9 @@ class OpenAISession(ModelSession):
 
     async def append_step(self, text: str, writer: ModelSession) -> None:
         if isinstance(writer, OpenAISession):
-            await self.append_text(text, shared_step_ids(writer._last_step_ids, text, writer._server, self._server))
+            await self.append_text(
+                text, shared_step_ids(writer._last_step_ids, text, writer._server.tokenizer, self._server.tokenizer)
+            )
         else:
             await self.append_text(text)
 

@@ -53,7 +53,6 @@ from glimp_integrations.backends.base import (
     render_chat_prompt,
     resolve_model_name,
     shared_step_ids,
-    vocabulary_digest,
 )
 from glimp_integrations.backends.step_spans import STEP_ENDS, SpanBuffer, StepScanner, token_texts
 from glimp_integrations.config import Role
@@ -307,11 +306,6 @@ class _Engine:
     def encode(self, text: str) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
-    @functools.cached_property
-    def vocabulary(self) -> str:
-        """`vocabulary_digest` of the tokenizer."""
-        return vocabulary_digest(self.tokenizer)
-
     def stream(self, ids: list[int], params: Any, session: ModelSession | None = None) -> _Request:
         return _Request(self, ids, params, session)
 
@@ -519,7 +513,9 @@ class VLLMSession(ModelSession):
 
     async def append_step(self, text: str, writer: ModelSession) -> None:
         if isinstance(writer, VLLMSession):
-            await self.append_text(text, shared_step_ids(writer._last_step, text, writer._engine, self._engine))
+            await self.append_text(
+                text, shared_step_ids(writer._last_step, text, writer._engine.tokenizer, self._engine.tokenizer)
+            )
         else:
             await self.append_text(text)
 
