@@ -1,5 +1,6 @@
-"""What the throughput benchmarks share: timing concurrent runs, and plain vLLM generation of a
-given number of tokens on the engine glimp's vLLM backend started."""
+"""What the throughput benchmarks share: timing concurrent runs, counting the requests routed runs
+make, and plain vLLM generation of a given number of tokens on the engine glimp's vLLM backend
+started."""
 
 from __future__ import annotations
 
@@ -40,3 +41,26 @@ async def generate_plain(engine: Any, ids: list[int], count: int) -> list[int]:
     while (output := await request.next()) is not None:
         ids = ids + list(output.outputs[0].token_ids)
     return ids
+
+
+class SessionRequests:
+    """Within `with`, counts (`sent`) the requests glimp's sessions send to engines of `engine`'s
+    type, where they are made; plain generation's requests (sent without a session) are not counted."""
+
+    def __init__(self, engine: Any) -> None:
+        self._engine_type = type(engine)
+        self._stream = self._engine_type.stream
+        self.sent = 0
+
+    def __enter__(self) -> SessionRequests:
+        stream = self._stream
+
+        def counted(engine: Any, ids: list[int], params: Any, session: Any = None) -> Any:
+            self.sent += session is not None
+            return stream(engine, ids, params, session)
+
+        self._engine_type.stream = counted
+        return self
+
+    def __exit__(self, *exception: object) -> None:
+        self._engine_type.stream = self._stream

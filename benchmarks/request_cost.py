@@ -28,7 +28,7 @@ import json
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from engine_runs import chat_prompt_ids, generate_plain, runs_per_second
+from engine_runs import SessionRequests, chat_prompt_ids, generate_plain, runs_per_second
 from questions import QUESTIONS
 
 from glimp_integrations import GlimpRouter, _sync
@@ -54,12 +54,7 @@ def main() -> None:
     engine = router.backend.models["large"]
     block = engine.llm.vllm_config.cache_config.block_size
     tokens: dict[int, int] = {}
-    counts = {"runs": 0, "requests": 0, "prefilled": 0}
-    stream = type(engine).stream
-
-    def counted_stream(self, ids, params, session=None):
-        counts["requests"] += session is not None
-        return stream(self, ids, params, session)
+    counts = {"runs": 0, "prefilled": 0}
 
     async def routed(index: int) -> None:
         trace = await router.arun(messages(index), **SETTINGS)
@@ -92,21 +87,20 @@ def main() -> None:
     with router:
         first_runs = [router.run(messages(i), **SETTINGS) for i in range(len(QUESTIONS))]
         recomputed = sum(sum(step.prefill_tokens for step in t.steps) - t.prompt_tokens for t in first_runs)
-        type(engine).stream = counted_stream
         _sync.run_sync(runs_per_second(args.chains, jobs, routed))  # warm-up: token counts, prompts cached
-        counts.update(runs=0, requests=0, prefilled=0)
-        for _ in range(args.rounds):
-            for name, way in ways.items():
-                results[name].append(_sync.run_sync(runs_per_second(args.chains, jobs, way)))
-                print(f"   {args.chains} chains, {name}: {results[name][-1]:.3f} runs/s", flush=True)
-        type(engine).stream = stream
+        counts.update(runs=0, prefilled=0)
+        with SessionRequests(engine) as counted:
+            for _ in range(args.rounds):
+                for name, way in ways.items():
+                    results[name].append(_sync.run_sync(runs_per_second(args.chains, jobs, way)))
+                    print(f"   {args.chains} chains, {name}: {results[name][-1]:.3f} runs/s", flush=True)
     plain_rate = sum(results["plain"]) / args.rounds
     summary = {
         "chains": args.chains,
         "block_size": block,
         "runs_per_second": {name: round(sum(rates) / args.rounds, 3) for name, rates in results.items()},
         "over_plain": {name: round(sum(rates) / args.rounds / plain_rate, 3) for name, rates in results.items()},
-        "routed_requests_per_run": round(counts["requests"] / counts["runs"], 2),
+        "routed_requests_per_run": round(counted.sent / counts["runs"], 2),
         "routed_prefilled_tokens_per_run": round(counts["prefilled"] / counts["runs"], 1),
         "first_runs_recomputed_past_the_prompt": round(recomputed / len(QUESTIONS), 1),
     }

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import httpx
 import psutil
-from engine_runs import chat_prompt_ids, generate_plain, runs_per_second
+from engine_runs import SessionRequests, chat_prompt_ids, generate_plain, runs_per_second
 from questions import QUESTIONS
 
 from glimp_integrations import GlimpRouter, _sync
@@ -142,15 +142,6 @@ def throughput(router: GlimpRouter, url: str, levels: list[int]) -> dict:
 
     engine = router.backend.models["large"]
     tokens: dict[int, int] = {}
-    sent = [0]
-    """Requests the routers' sessions have sent to the engines (counted where they are made)."""
-    engine_type, stream = type(engine), type(engine).stream
-
-    def counted_stream(self, ids, params, session=None):
-        sent[0] += session is not None
-        return stream(self, ids, params, session)
-
-    engine_type.stream = counted_stream
     answers: dict[str, dict[int, str]] = {"library": {}, "serve": {}, "responses": {}}
     """Each way's answer to run i (greedy: they must agree)."""
 
@@ -195,9 +186,9 @@ def throughput(router: GlimpRouter, url: str, levels: list[int]) -> dict:
 
     def requests_per_run(level: int, jobs: int, run_one) -> tuple[float, float]:
         """Runs per second, and requests per run."""
-        before = sent[0]
-        rate = _sync.run_sync(runs_per_second(level, jobs, run_one))
-        return rate, (sent[0] - before) / jobs
+        with SessionRequests(engine) as counted:
+            rate = _sync.run_sync(runs_per_second(level, jobs, run_one))
+        return rate, counted.sent / jobs
 
     results: dict = {}
     requests: dict[str, list[float]] = {"spanning": [], "one_request_per_step": []}
@@ -233,7 +224,6 @@ def throughput(router: GlimpRouter, url: str, levels: list[int]) -> dict:
         for api in ("serve", "responses")
     }
     results["answers_equal_to_library"] = {api: f"{n}/{len(answers['library'])}" for api, n in same.items()}
-    engine_type.stream = stream
     results["requests_per_run"] = {way: round(sum(values) / len(values), 2) for way, values in requests.items()}
     print(f"   requests per routed run (library): {results['requests_per_run']}", flush=True)
     print(f"   answers equal to the library's (greedy): {results['answers_equal_to_library']}", flush=True)
