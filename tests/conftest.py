@@ -32,12 +32,15 @@ def distribution_with_entropy(target: float, vocab_size: int = 1000, tail: str =
 
 class ScriptedChoices(RoutingPolicy):
     """A policy that answers its steps from a script: each a Verdict, or an exception to raise
-    (a policy with a bug); the last one holds for every later step."""
+    (a policy with a bug); the last one holds for every later step.  With `probes`, the router
+    still probes the small model before each step (its requests happen) and the script decides:
+    a real model's routing then holds on any machine, whatever its numerics."""
 
     name = "scripted"
 
-    def __init__(self, *choices: Verdict | Exception) -> None:
+    def __init__(self, *choices: Verdict | Exception, probes: bool = False) -> None:
         self._choices = list(choices)
+        self.needs_probe = probes
 
     def choose(self, bounds, rng) -> Verdict:
         choice = self._choices.pop(0) if len(self._choices) > 1 else self._choices[0]

@@ -268,8 +268,10 @@ def test_after_a_switch_requests_go_on_from_token_ids(server_url):
     proxies = {role: cutting_proxy(server_url, cut_after=10**9) for role in ("small", "large")}
     try:
         urls = {role: f"http://127.0.0.1:{proxy.server_address[1]}/v1" for role, (_, proxy) in proxies.items()}
-        with GlimpRouter(urls["small"], urls["large"], backend="openai", temperature=0.0, threshold=3.0) as router:
-            trace = router.run(TEA, reasoning_mode="plain", reasoning_budget=120)  # steps: l s l s l s s
+        large, small = Verdict.INTERVENE, Verdict.DELEGATE
+        scripted = ScriptedChoices(large, small, large, small, large, small, probes=True)
+        with GlimpRouter(urls["small"], urls["large"], backend="openai", temperature=0.0, policy=scripted) as router:
+            trace = router.run(TEA, reasoning_mode="plain", reasoning_budget=64, max_step_tokens=8)
     finally:
         for _, proxy in proxies.values():
             proxy.shutdown()
