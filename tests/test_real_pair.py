@@ -1,0 +1,169 @@
+"""The paper's pair on its real tokenizers and chat templates: small = Qwen3, large =
+DeepSeek-R1-Distill (tiny models from the real files, `tests/real_pairs.py`), on the transformers
+backend.  Two vocabularies, two templates, two sets of think-marker ids: what a user with two GPUs
+meets on the first day."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+
+import pytest
+
+from glimp_integrations import GlimpConfigError, GlimpRouter
+from glimp_integrations.backends.transformers import TransformersBackend
+from glimp_integrations.embedded import embedded_model_dir
+from tests.real_pairs import (
+    LARGE_R1,
+    QWEN3,
+    QWEN3_THINKING,
+    R1_DISTILL,
+    REALTOK,
+    SHARED_TOKENIZER,
+    SMALL_QWEN3,
+    tiny_model,
+)
+
+pytestmark = pytest.mark.realtok
+
+QUESTION = "What is 6 x 7?"
+THINK = {QWEN3: (151667, 151668), QWEN3_THINKING: (151667, 151668), R1_DISTILL: (151648, 151649)}
+"""Each tokenizer's own `<think>` and `</think>` ids."""
+
+
+@pytest.mark.parametrize("name", [QWEN3, QWEN3_THINKING, R1_DISTILL])
+def test_the_test_data_is_the_model_hubs_files(name):
+    """Each file kept in tests/data/realtok has the sha256 its PROVENANCE.md records (the hub's)."""
+    provenance = (REALTOK / name / "PROVENANCE.md").read_text()
+    recorded = dict(re.findall(r"^\s+(\S+)\s+\d+\s+sha256=([0-9a-f]{64})", provenance, re.MULTILINE))
+    folder = REALTOK / name
+    files = [f for f in folder.iterdir() if f.name != "PROVENANCE.md"]
+    if name in SHARED_TOKENIZER:
+        files.append(REALTOK / SHARED_TOKENIZER[name] / "tokenizer.json")
+    assert len(files) >= 4
+    for file in files:
+        assert hashlib.sha256(file.read_bytes()).hexdigest() == recorded[file.name], file
+
+
+@pytest.fixture(scope="module")
+def paper_pair():
+    """small = tiny Qwen3, large = tiny R1-Distill, with each session the run opened kept."""
+    backend = TransformersBackend(str(tiny_model(QWEN3, SMALL_QWEN3)), str(tiny_model(R1_DISTILL, LARGE_R1)))
+    router = GlimpRouter(backend=backend, temperature=0, threshold=1.0, reasoning_budget=40, answer_budget=8)
+    yield router
+    router.close()
+
+
+def seen_by(router: GlimpRouter, monkeypatch) -> dict[str, list]:
+    """Collects, per role, the sessions that runs of `router` open (their contexts stay readable)."""
+    sessions: dict[str, list] = {"small": [], "large": []}
+    backend = router.backend
+    open_session = type(backend).open_session
+
+    async def recording(self, role, spec):
+        session = await open_session(self, role, spec)
+        sessions[role].append(session)
+        return session
+
+    monkeypatch.setattr(type(backend), "open_session", recording)
+    return sessions
+
+
+def context_ids(session) -> list[int]:
+    return list(session._committed)
+
+
+def raw_chain(trace) -> str:
+    """The reasoning as the models wrote it: each step's text, the closing tag where a step closed it."""
+    return "".join(s.text + ("</think>" if s.finish_reason == "end_of_reasoning" else "") for s in trace.steps if s.phase == "reasoning")
+
+
+def test_entropy_routes_the_pair_and_each_model_closes_with_its_own_think_id(paper_pair, monkeypatch):
+    sessions = seen_by(paper_pair, monkeypatch)
+    trace = paper_pair.run(QUESTION)
+    assert [(s.model, s.decision, s.text) for s in trace.steps] == [
+        ("small", "delegate", "Let me think.\n\n"),  # the separator ends inside the token ".\n\n"
+        ("large", "intervene", "Okay, so"),
+        ("large", "forced", "42"),
+    ]
+    assert trace.steps[0].probe.h_init < 0.1 and trace.steps[1].probe.h_init > 11  # far from the threshold
+    assert trace.steps[1].finish_reason == "end_of_reasoning" and trace.finish_reason == "stop"
+    small, large = (context_ids(sessions[role][0]) for role in ("small", "large"))
+    # reasoning opened once in each prompt, with each tokenizer's own id (R1's template opens it itself)
+    assert small.count(THINK[QWEN3][0]) == 1 and THINK[R1_DISTILL][0] not in small
+    assert large.count(THINK[R1_DISTILL][0]) == 1 and THINK[QWEN3][0] not in large
+    # the large model closed the reasoning with R1's `</think>`; the small model read it as Qwen3's
+    assert large.count(THINK[R1_DISTILL][1]) == 1 and small.count(THINK[QWEN3][1]) == 1
+
+
+def test_each_model_sees_its_own_template_then_exactly_the_chain(paper_pair, monkeypatch):
+    """Cross-vocabulary handoff: the other model's steps go in as this model's tokens, and decoding
+    what each model saw gives back its own template's prompt followed by exactly the steps."""
+    sessions = seen_by(paper_pair, monkeypatch)
+    for threshold in (1.0, math.inf, 0.0):  # mixed; every step small (it closes); every step large
+        trace = paper_pair.run(QUESTION, threshold=threshold)
+        chain = raw_chain(trace)
+        assert chain.endswith("</think>")
+        for role, name in (("small", QWEN3), ("large", R1_DISTILL)):
+            session = sessions[role][-1]
+            tokenizer = paper_pair.backend.tokenizer(role)
+            prompt = tokenizer.apply_chat_template(
+                [{"role": "user", "content": QUESTION}], tokenize=False, add_generation_prompt=True
+            )
+            opened = prompt if prompt.endswith("<think>\n") else prompt + "<think>\n"
+            seen = tokenizer.decode(context_ids(session), skip_special_tokens=False)
+            answer = "\n\n42" if role == "large" else ""
+            assert seen == opened + chain + answer, (role, threshold)
+            # token for token: the context is the prompt's tokens, then the chain as this tokenizer encodes it
+            expected = tokenizer.encode(opened, add_special_tokens=False) + tokenizer.encode(
+                chain + answer, add_special_tokens=False
+            )
+            assert context_ids(session) == expected, (role, threshold)
+
+
+def test_a_three_turn_chat_reaches_each_model_as_its_own_template_renders_it(paper_pair, monkeypatch):
+    """Earlier turns' reasoning is dropped by each template's own rule (Qwen3 keeps it only after the
+    last user turn; R1 drops what precedes `</think>`), whether sent as `reasoning_content` or inline."""
+    sessions = seen_by(paper_pair, monkeypatch)
+    chat = [
+        {"role": "user", "content": "What is 6 x 7?"},
+        {"role": "assistant", "content": "42", "reasoning_content": "SECRET-ONE six sevens"},
+        {"role": "user", "content": "And 7 x 8?"},
+        {"role": "assistant", "content": "<think>\nSECRET-TWO seven eights\n</think>\n\n56"},
+        {"role": "user", "content": "And 8 x 9?"},
+    ]
+    trace = paper_pair.run(chat)
+    assert trace.answer == "42"
+    for role in ("small", "large"):
+        tokenizer = paper_pair.backend.tokenizer(role)
+        seen = tokenizer.decode(context_ids(sessions[role][-1]), skip_special_tokens=False)
+        rendered = tokenizer.apply_chat_template(
+            [*chat[:1], {**chat[1], "reasoning": chat[1]["reasoning_content"]}, *chat[2:]],
+            tokenize=False,
+            add_generation_prompt=True,
+        )
+        assert seen.startswith(rendered), role
+        assert "SECRET" not in seen and "42" in rendered and "56" in rendered and "8 x 9" in rendered
+
+
+def test_a_thinking_2507_small_model_whose_template_always_opens_the_reasoning(monkeypatch):
+    backend = TransformersBackend(str(tiny_model(QWEN3_THINKING, SMALL_QWEN3)), str(tiny_model(R1_DISTILL, LARGE_R1)))
+    with GlimpRouter(backend=backend, temperature=0, threshold=1.0, reasoning_budget=40, answer_budget=8) as router:
+        sessions = seen_by(router, monkeypatch)
+        trace = router.run(QUESTION)
+        assert router.backend.knows_think_tags("small") and trace.answer == "42"
+    small = context_ids(sessions["small"][0])
+    assert small.count(THINK[QWEN3_THINKING][0]) == 1  # the template opened it; Glimp did not again
+
+
+def test_speculative_decoding_maps_the_pairs_added_tokens_and_refuses_another_vocabulary():
+    """Qwen3 and R1-Distill share their base tokens but not their added ones (think markers,
+    template tokens) nor their table sizes: vLLM maps the draft's tokens onto the target's by text
+    (`use_heterogeneous_vocab`).  A draft of another vocabulary is refused, saying why."""
+    from glimp_integrations.backends.vllm import speculative_config
+
+    qwen3, r1 = str(tiny_model(QWEN3, SMALL_QWEN3)), str(tiny_model(R1_DISTILL, LARGE_R1))
+    assert speculative_config(qwen3, r1, True)["use_heterogeneous_vocab"] is True
+    with pytest.raises(GlimpConfigError, match="share the large model's vocabulary"):
+        speculative_config(str(embedded_model_dir()), r1, True)
