@@ -44,11 +44,19 @@ class ToolFamily:
     template_markers: tuple[str, ...]
     """Texts only this family's chat templates hold (every one must be present)."""
     reasoning_parser: str | None = None
+    call_markers: tuple[str, ...] = ()
+    """The texts vLLM's parser of the family looks up as single tokens and counts in the token ids
+    it streams; where a model's tokenizer has them as plain text (DeepSeek-R1-Distill's has), the
+    parser is given a view in which each is one token (`MarkersAsTokens`)."""
 
+
+_DEEPSEEK_MARKERS = tuple(
+    f"<｜{name}｜>" for name in ("tool▁calls▁begin", "tool▁calls▁end", "tool▁call▁begin", "tool▁call▁end", "tool▁sep")
+)
 
 TOOL_FAMILIES: dict[str, ToolFamily] = {
-    "deepseek_v3": ToolFamily(("<｜tool▁calls▁begin｜>", "```json"), "deepseek_r1"),
-    "deepseek_v31": ToolFamily(("<｜tool▁calls▁begin｜>",), "deepseek_v3"),
+    "deepseek_v3": ToolFamily(("<｜tool▁calls▁begin｜>", "```json"), "deepseek_r1", _DEEPSEEK_MARKERS),
+    "deepseek_v31": ToolFamily(("<｜tool▁calls▁begin｜>",), "deepseek_v3", _DEEPSEEK_MARKERS),
     "llama3_json": ToolFamily(("<|python_tag|>",), None),
     HERMES: ToolFamily(("<tool_call>",), None),
 }
@@ -506,6 +514,9 @@ class ToolCallReader:
         self._tokenizer = tokenizer
         self._stream_parser: Any = None
         self._answer = ""
+        """The answer as fed to the streaming parser so far."""
+        self._held = ""
+        """Text that may begin a call marker, held until the marker is whole (fed as one token)."""
         self._token_ids: list[int] = []
         self._streamed: dict[int, list[str | None]] = {}
         """Per call index: [name, arguments text] sent so far."""
@@ -530,13 +541,23 @@ class ToolCallReader:
 
     def feed(self, delta: str) -> tuple[str, list[CallDelta]]:
         """(text to show now, parts of calls) for the next piece of the answer."""
-        previous_answer, previous_ids = self._answer, list(self._token_ids)
-        self._answer += delta
         if self._stream_parser is None:
             self._stream_parser = self._vllm_parser() or False
         if self._stream_parser is False:
+            self._answer += delta
             return "", []  # Glimp's own reader reads the whole answer at `finish`
-        delta_ids = self._tokenizer.encode(delta, add_special_tokens=False) if delta else []
+        text = self._held + delta
+        markers = getattr(self._stream_parser.model_tokenizer, "marker_ids", {})
+        held = max((n for m in markers for n in range(1, len(m)) if text.endswith(m[:n])), default=0)
+        self._held = text[len(text) - held :] if held else ""
+        return self._feed_parser(text[: len(text) - held])
+
+    def _feed_parser(self, delta: str) -> tuple[str, list[CallDelta]]:
+        previous_answer, previous_ids = self._answer, list(self._token_ids)
+        self._answer += delta
+        if not delta:
+            return "", []
+        delta_ids = self._stream_parser.model_tokenizer.encode(delta, add_special_tokens=False)
         self._token_ids += delta_ids
         message = self._stream_parser.extract_tool_calls_streaming(
             previous_answer, self._answer, delta, previous_ids, self._token_ids, delta_ids, self._request
@@ -573,14 +594,15 @@ class ToolCallReader:
         """At the end of the answer: (text not shown yet, the parts of calls not streamed yet, the
         whole answer's calls as `read` finds them).  The streamed parts and these together spell
         each call's name and arguments."""
+        tail, parts = self._feed_parser(self._held) if self._held else ("", [])  # it held no whole marker
+        self._held = ""
         text, calls = self.read(self._answer)
         if self._stream_parser is False or not self._streamed:
             parts = [
                 CallDelta(index, call.name, json.dumps(call.arguments, ensure_ascii=False))
                 for index, call in enumerate(calls)
             ]
-            return (text if self._stream_parser is False else ""), parts, calls
-        parts = []
+            return (text if self._stream_parser is False else tail), parts, calls
         for index, call in enumerate(calls):
             sent_name, sent_arguments = self._streamed.get(index, [None, ""])
             whole = json.dumps(call.arguments, ensure_ascii=False)
@@ -595,7 +617,7 @@ class ToolCallReader:
                 )
             if rest or not sent_name:
                 parts.append(CallDelta(index, None if sent_name else call.name, rest))
-        return "", parts, calls
+        return tail, parts, calls
 
     def _vllm_parser(self) -> Any:
         """A new vLLM parser of the family (parsers keep state while streaming), or None for
@@ -615,7 +637,9 @@ class ToolCallReader:
             )
         from vllm.tool_parsers import ToolParserManager
 
-        return ToolParserManager.get_tool_parser(self.tool_call_parser)(self._tokenizer)
+        markers = TOOL_FAMILIES[self.tool_call_parser].call_markers
+        tokenizer = MarkersAsTokens(self._tokenizer, markers) if markers else self._tokenizer
+        return ToolParserManager.get_tool_parser(self.tool_call_parser)(tokenizer)
 
     @functools.cached_property
     def _request(self) -> Any:
@@ -625,6 +649,39 @@ class ToolCallReader:
         return ChatCompletionRequest.model_validate(
             {"model": "glimp", "messages": [], "tools": self._tools, "tool_choice": "auto"}
         )
+
+
+class MarkersAsTokens:
+    """A tokenizer as a family's vLLM parser expects it: each of the family's call markers one token.
+
+    vLLM's DeepSeek parsers look their markers up in the vocabulary (and refuse a tokenizer without
+    them), then follow a streamed call by counting the markers' ids; DeepSeek-R1-Distill's tokenizer
+    writes them as plain text of ~11 tokens each.  This view gives every marker the tokenizer lacks
+    an id past its vocabulary and encodes the marker's text as that id; everything else is the
+    tokenizer's.  `ToolCallReader.feed` holds a marker's first characters back until it is whole."""
+
+    def __init__(self, tokenizer: Any, markers: Sequence[str]) -> None:
+        self._tokenizer = tokenizer
+        vocabulary = tokenizer.get_vocab()
+        missing = [marker for marker in markers if marker not in vocabulary]
+        self.marker_ids = {marker: len(vocabulary) + offset for offset, marker in enumerate(missing)}
+        self._vocabulary = {**vocabulary, **self.marker_ids}
+        self._split = re.compile("(" + "|".join(map(re.escape, missing)) + ")") if missing else None
+
+    def get_vocab(self) -> dict[str, int]:
+        return self._vocabulary
+
+    def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
+        if self._split is None:
+            return self._tokenizer.encode(text, add_special_tokens=add_special_tokens)
+        ids: list[int] = []
+        for piece in self._split.split(text):
+            marker = self.marker_ids.get(piece)
+            ids += [marker] if marker is not None else self._tokenizer.encode(piece, add_special_tokens=False)
+        return ids
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._tokenizer, name)
 
 
 def load_vllm_parsers() -> bool:

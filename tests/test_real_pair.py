@@ -6,6 +6,7 @@ meets on the first day."""
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import re
 
@@ -167,3 +168,60 @@ def test_speculative_decoding_maps_the_pairs_added_tokens_and_refuses_another_vo
     assert speculative_config(qwen3, r1, True)["use_heterogeneous_vocab"] is True
     with pytest.raises(GlimpConfigError, match="share the large model's vocabulary"):
         speculative_config(str(embedded_model_dir()), r1, True)
+
+
+WEATHER = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "The weather in a city",
+            "parameters": {
+                "type": "object",
+                "properties": {"city": {"type": "string", "enum": ["Paris", "Rome"]}},
+                "required": ["city"],
+                "additionalProperties": False,
+            },
+        },
+    }
+]
+
+
+@pytest.fixture(scope="module")
+def reverse_pair():
+    """small = tiny R1-Distill, large = tiny Qwen3: the large model's template is Qwen3's (Hermes calls)."""
+    backend = TransformersBackend(str(tiny_model(R1_DISTILL, LARGE_R1)), str(tiny_model(QWEN3, SMALL_QWEN3)))
+    router = GlimpRouter(backend=backend, temperature=0, threshold=1.0, reasoning_budget=40, answer_budget=80)
+    yield router
+    router.close()
+
+
+@pytest.mark.parametrize("pair, family", [("paper_pair", "deepseek_v3"), ("reverse_pair", "hermes")])
+@pytest.mark.parametrize("choice", ["required", "get_weather"])
+def test_tool_calls_in_the_large_models_family_format_are_read_back_whole_and_streamed(request, pair, family, choice):
+    """The format is read from the large model's real template; DeepSeek's markers are plain text
+    of several tokens in R1-Distill's tokenizer, and vLLM's parser still reads them, streamed too."""
+    router = request.getfixturevalue(pair)
+    events = list(
+        router.stream(
+            "Weather in Paris?", tools=WEATHER, tool_choice=choice, parallel_tool_calls=False, answer_budget=80
+        )
+    )
+    trace = events[-1].trace
+    marker = "<｜tool▁calls▁begin｜>" if family == "deepseek_v3" else "<tool_call>"
+    assert trace.answer.startswith(marker)
+    if family == "deepseek_v3":
+        assert len(router.backend.tokenizer("large").encode(marker, add_special_tokens=False)) > 1
+    reader = router.tool_call_reader(WEATHER)
+    assert reader.tool_call_parser == family
+    text, calls = reader.read(trace.answer)
+    assert text == "" and [(c.name, set(c.arguments)) for c in calls] == [("get_weather", {"city"})]
+    streamed = router.tool_call_reader(WEATHER)
+    answer_deltas = [e.text for e in events if getattr(e, "phase", None) == "answer" and hasattr(e, "text")]
+    assert len(answer_deltas) > 5  # token by token
+    parts = [part for delta in answer_deltas for part in streamed.feed(delta)[1]]
+    shown, rest, whole = streamed.finish()
+    parts += rest
+    assert shown == "" and [c.arguments for c in whole] == [c.arguments for c in calls]
+    assert "".join(p.name or "" for p in parts) == "get_weather"
+    assert json.loads("".join(p.arguments for p in parts)) == calls[0].arguments
