@@ -503,6 +503,8 @@ class _Run:
         markers = self.config.stop if phase == "answer" else (self.think_close,) if self.mode == "think" else ()
         holdback = max((len(m) for m in markers), default=1) - 1  # chars that may start a marker
         shown = 0
+        # The forced answer is shown and recorded without the blank line models write after `</think>`.
+        leading = decision == "forced"
         step = writer.write(
             max_tokens, stop, measure=self.policy.measures_steps and writer.role == "small", constrained=constrained
         )
@@ -512,10 +514,14 @@ class _Run:
             written.visible = written.text if cut is None else written.text[:cut]
             written.stopped = cut is not None and phase == "answer"
             ready = len(written.visible) if cut is not None else len(written.visible) - holdback
-            if ready > shown:
+            if leading and written.visible[:ready].strip():
+                shown, leading = len(written.visible) - len(written.visible.lstrip()), False
+            if ready > shown and not leading:
                 yield TokenDelta(index, writer.role, phase, written.visible[shown:ready])
                 shown = ready
             self._check_deadline()
+        if leading:
+            shown = len(written.visible) - len(written.visible.lstrip())
         if len(written.visible) > shown:
             yield TokenDelta(index, writer.role, phase, written.visible[shown:])
         written.tokens, written.prefill_tokens, written.end = step.tokens, step.prefill_tokens, step.end

@@ -225,3 +225,32 @@ def test_tool_calls_in_the_large_models_family_format_are_read_back_whole_and_st
     assert shown == "" and [c.arguments for c in whole] == [c.arguments for c in calls]
     assert "".join(p.name or "" for p in parts) == "get_weather"
     assert json.loads("".join(p.arguments for p in parts)) == calls[0].arguments
+
+
+@pytest.mark.parametrize("pair, parser", [("paper_pair", "deepseek_r1"), ("reverse_pair", "qwen3")])
+def test_glimp_serve_splits_reasoning_from_the_answer_as_vllms_parser_of_the_large_model(request, pair, parser):
+    """What `vllm serve --reasoning-parser` would answer for the large model's whole output (the
+    chain, its closing tag, the answer): the same reasoning, whole and streamed; the content the
+    same text (Glimp strips the blank line the models write after `</think>`)."""
+    import httpx
+    from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
+    from vllm.reasoning import ReasoningParserManager
+
+    from glimp_integrations.serve import running_server
+
+    router = request.getfixturevalue(pair)
+    body = {"model": "glimp", "messages": [{"role": "user", "content": QUESTION}], "temperature": 0}
+    with running_server(router) as url:
+        message = httpx.post(url + "/chat/completions", json=body, timeout=120).json()["choices"][0]["message"]
+        with httpx.stream("POST", url + "/chat/completions", json={**body, "stream": True}, timeout=120) as stream:
+            lines = [line[6:] for line in stream.iter_lines() if line.startswith("data: ") and line != "data: [DONE]"]
+    deltas = [c["choices"][0]["delta"] for c in map(json.loads, lines) if c.get("choices")]
+    trace = router.run(QUESTION)
+    whole_output = raw_chain(trace) + "\n\n" + trace.answer  # what the large model's context holds after the prompt
+    vllm_request = ChatCompletionRequest.model_validate(body)
+    tokenizer = router.backend.tokenizer("large")
+    reasoning, content = ReasoningParserManager.get_reasoning_parser(parser)(tokenizer).extract_reasoning(
+        whole_output, vllm_request
+    )
+    assert message["reasoning"] == reasoning == "".join(d.get("reasoning") or "" for d in deltas)
+    assert message["content"] == content.lstrip() == "".join(d.get("content") or "" for d in deltas) == "42"
