@@ -638,7 +638,7 @@ class ToolCallReader:
         from vllm.tool_parsers import ToolParserManager
 
         markers = TOOL_FAMILIES[self.tool_call_parser].call_markers
-        tokenizer = MarkersAsTokens(self._tokenizer, markers) if markers else self._tokenizer
+        tokenizer: Any = MarkersAsTokens(self._tokenizer, markers) if markers else self._tokenizer
         return ToolParserManager.get_tool_parser(self.tool_call_parser)(tokenizer)
 
     @functools.cached_property

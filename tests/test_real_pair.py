@@ -77,7 +77,11 @@ def context_ids(session) -> list[int]:
 
 def raw_chain(trace) -> str:
     """The reasoning as the models wrote it: each step's text, the closing tag where a step closed it."""
-    return "".join(s.text + ("</think>" if s.finish_reason == "end_of_reasoning" else "") for s in trace.steps if s.phase == "reasoning")
+    return "".join(
+        s.text + ("</think>" if s.finish_reason == "end_of_reasoning" else "")
+        for s in trace.steps
+        if s.phase == "reasoning"
+    )
 
 
 def test_entropy_routes_the_pair_and_each_model_closes_with_its_own_think_id(paper_pair, monkeypatch):
