@@ -66,6 +66,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="require `Authorization: Bearer KEY` on every /v1 route (default: $GLIMP_API_KEY; "
         "the environment keeps it out of `ps`)",
     )
+    check = commands.add_parser(
+        "check", help="say what Glimp will do with a pair of models and what will not work, before any run"
+    )
+    check.add_argument("small", help="small model: folder, HF id in the local cache, or server URL (http://.../v1)")
+    check.add_argument("large", help="large model: the same kinds")
+    check.add_argument("--small-tokenizer", help="where the small server's tokenizer is (default: the id it serves)")
+    check.add_argument("--large-tokenizer", help="where the large server's tokenizer is (default: the id it serves)")
+    check.add_argument("--json", action="store_true", help="print the report as JSON")
     for name, summary in (
         ("bench", "compare policies and thresholds over a problem set"),
         ("calibrate", "pick the threshold for a target intervention rate"),
@@ -109,6 +117,8 @@ def _backend_options(args: argparse.Namespace) -> dict | None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "check":
+        return _check(args)
     try:
         router = GlimpRouter(
             args.small, args.large, **{**cli_settings(args), "backend_options": _backend_options(args)}
@@ -305,3 +315,14 @@ def summary_line(trace: RunTrace) -> str:
 
 if __name__ == "__main__":
     raise SystemExit(main())
+
+
+def _check(args: argparse.Namespace) -> int:
+    """`glimp check`: the pair's report; exit status 1 when the pair will not work as is."""
+    from glimp_integrations.pair_check import check_pair
+
+    report = check_pair(
+        args.small, args.large, small_tokenizer=args.small_tokenizer, large_tokenizer=args.large_tokenizer
+    )
+    print(json.dumps(report.to_dict(), indent=2) if args.json else report.to_text())
+    return 0 if report.ok else 1

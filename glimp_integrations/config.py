@@ -82,6 +82,11 @@ class RouterConfig:
     """Most tokens of the large model's final answer after `</think>` (`think` mode only)."""
     max_step_tokens: int | None = None
     """Cut a step that has not ended after this many tokens (None: only the budget limits it)."""
+    max_repeated_steps: int | None = 3
+    """End the reasoning (the response in `plain` mode) when this many consecutive steps have the
+    same text, as the paper's authors' script stops a chain that loops: reasoning models repeat
+    themselves, and a loop would otherwise burn the whole budget.  The last step's and, in `plain`
+    mode, the run's `finish_reason` is then `repetition`.  None: never."""
     step_separator: str = "\n\n"
     """Text that ends a step (the paper: a blank line)."""
     span_steps: bool = True
@@ -128,6 +133,17 @@ class RouterConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise invalid(name, value, "must be a positive int (tokens)", f"Pass e.g. {name}=8192.")
+        if self.max_repeated_steps is not None and (
+            isinstance(self.max_repeated_steps, bool)
+            or not isinstance(self.max_repeated_steps, int)
+            or self.max_repeated_steps < 2
+        ):
+            raise invalid(
+                "max_repeated_steps",
+                self.max_repeated_steps,
+                "must be a whole number of 2 or more, or None",
+                "Pass e.g. max_repeated_steps=3 (three identical steps in a row end the reasoning), or None.",
+            )
         if self.max_step_tokens is not None and (not isinstance(self.max_step_tokens, int) or self.max_step_tokens < 1):
             raise invalid(
                 "max_step_tokens",

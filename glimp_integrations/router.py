@@ -66,6 +66,7 @@ from glimp_integrations.trace import (
     ProbeBasis,
     ProbeTrace,
     RouterEvent,
+    RunFinish,
     RunFinished,
     RunTrace,
     StepDiscarded,
@@ -293,7 +294,7 @@ class _Run:
         self.steps: list[StepTrace] = []
         self.started = time.perf_counter()
         self.prompt_tokens = 0
-        self.finish: Literal["stop", "budget"] = "budget"
+        self.finish: RunFinish = "budget"
         self.sessions: dict[Role, ModelSession] = {}
 
     async def events(self) -> AsyncGenerator[RouterEvent, None]:
@@ -370,6 +371,7 @@ class _Run:
                 async for event in self._write(large, index, phase, decision, probe, room, stop, written):
                     yield event
             reasoning_closed = think and self.think_close in written.text
+            repeated = self._repeats(written.visible)
             step = StepTrace(
                 index=index,
                 model=writer.role,
@@ -381,7 +383,7 @@ class _Run:
                 basis=basis,
                 probe=probe,
                 seconds=time.perf_counter() - step_started,
-                finish_reason=_step_finish(written, reasoning_closed),
+                finish_reason="repetition" if repeated else _step_finish(written, reasoning_closed),
                 discarded_tokens=discarded,
                 drafted_tokens=written.drafted_tokens,
                 accepted_tokens=written.accepted_tokens,
@@ -395,6 +397,18 @@ class _Run:
             if written.end == "end_of_text" or reasoning_closed or written.stopped:
                 self.finish = "stop"
                 return
+            if repeated:
+                self.finish = "repetition"
+                return
+
+    def _repeats(self, text: str) -> bool:
+        """Whether a step of `text` after the steps so far makes `max_repeated_steps` identical in a row."""
+        limit = self.config.max_repeated_steps
+        return (
+            limit is not None
+            and len(self.steps) >= limit - 1
+            and all(step.text == text for step in self.steps[len(self.steps) - limit + 1 :])
+        )
 
     async def _answer(self, large: ModelSession) -> AsyncIterator[RouterEvent]:
         """The large model's final answer (constrained when the run has a constraint)."""
@@ -561,7 +575,7 @@ class _Run:
                 partial_trace=self._trace("budget"),
             )
 
-    def _trace(self, finish: Literal["stop", "budget"]) -> RunTrace:
+    def _trace(self, finish: RunFinish) -> RunTrace:
         answer_steps = [s for s in self.steps if s.phase == "answer"]
         tokens_by_model = {"small": 0, "large": 0}
         for step in self.steps:

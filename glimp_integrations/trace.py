@@ -27,7 +27,10 @@ bounds are [0, threshold] and `h_init` is None)."""
 Decision = Literal["delegate", "intervene", "forced"]
 """Who a step went to: the small model (`delegate`), the large one (`intervene`), or the large one
 without routing (`forced`: the final answer)."""
-StepFinish = Literal["separator", "end_of_reasoning", "stop", "budget", "step_limit"]
+RunFinish = Literal["stop", "budget", "repetition"]
+"""Why a run ended: its text ended (or a stop sequence), a budget ran out, or (`plain` mode) its steps
+repeated (`RouterConfig.max_repeated_steps`)."""
+StepFinish = Literal["separator", "end_of_reasoning", "stop", "budget", "step_limit", "repetition"]
 DecisionBasis = Literal["full", "bounds", "capped", "gate", "policy", "forced"]
 """How a step's writer was chosen: a `ProbeBasis`, `policy` (a policy that needs no probe), or
 `forced` (not routed: the large model's final answer)."""
@@ -119,7 +122,7 @@ class RunTrace:
     large_model: str
     prompt_tokens: int
     wall_seconds: float
-    finish_reason: Literal["stop", "budget"]
+    finish_reason: RunFinish
     tokens_by_model: dict[str, int] = field(default_factory=dict)
     """Tokens of the response each model wrote."""
     tool_call_parser: str | None = None

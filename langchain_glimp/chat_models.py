@@ -514,7 +514,7 @@ class _ChunkBuilder:
                 "by_model": {role: u["output_tokens"] for role, u in by_model.items()},
             },
         }
-        finish = "tool_calls" if tool_call_chunks else ("stop" if trace.finish_reason == "stop" else "length")
+        finish = "tool_calls" if tool_call_chunks else ("length" if trace.finish_reason == "budget" else "stop")
         return _chunk(
             content=content,
             tool_call_chunks=tool_call_chunks,

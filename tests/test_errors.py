@@ -26,6 +26,7 @@ from tests.conftest import scripted_router, step
         ({"reasoning_mode": "deep"}, ["`reasoning_mode`", "'deep'"]),
         ({"probe_ladder": (20, -5)}, ["`probe_ladder`"]),
         ({"step_separator": ""}, ["`step_separator`"]),
+        ({"max_repeated_steps": 1}, ["`max_repeated_steps`", "1", "None"]),
     ],
 )
 def test_invalid_config_names_parameter_value_and_fix(fields, names):

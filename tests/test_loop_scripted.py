@@ -269,3 +269,32 @@ def test_a_per_run_policy_name_overrides_a_custom_policy():
     router, _ = scripted_router([step("ok\n\n"), step("x")], [step("L\n\n"), step("M")], policy=RejectLongSteps())
     assert {s.model for s in router.run("q", policy="always_large").steps} == {"large"}
     assert router.run("q").steps[0].model == "small"
+
+
+def test_identical_steps_in_a_row_end_the_reasoning_and_the_large_model_answers():
+    """A small model that loops: the third identical step ends the reasoning (`max_repeated_steps`,
+    3 by default), the trace says so, and the large model answers after the closing tag."""
+    router, backend = scripted_router(
+        [step("Let me think.\n\n", 0.1)] * 20, [step("It is 42.", 0.1)], think=True, reasoning_budget=1000
+    )
+    trace = router.run("q")
+    assert [s.text for s in trace.steps] == ["Let me think.\n\n"] * 3 + ["It is 42."]
+    assert [s.finish_reason for s in trace.steps[:3]] == ["separator", "separator", "repetition"]
+    assert trace.answer == "It is 42." and trace.finish_reason == "stop"
+
+
+@pytest.mark.parametrize("limit", [2, 5, None])
+def test_max_repeated_steps_sets_how_many_end_a_plain_response(limit):
+    router, _ = scripted_router([step("again\n\n", 0.1)] * 12, [], reasoning_budget=1000, max_repeated_steps=limit)
+    trace = router.run("q")
+    repeated = [s for s in trace.steps if s.text == "again\n\n"]
+    assert len(repeated) == (limit or 12)
+    assert trace.finish_reason == ("repetition" if limit else "stop")
+    assert trace.steps[-1].finish_reason == ("repetition" if limit else "stop")
+
+
+def test_steps_that_differ_between_repeats_do_not_end_the_reasoning():
+    router, _ = scripted_router([step("a\n\n"), step("a\n\n"), step("b\n\n"), step("a\n\n"), step("a\n\n")], [])
+    trace = router.run("q")
+    assert [s.text for s in trace.steps[:5]] == ["a\n\n", "a\n\n", "b\n\n", "a\n\n", "a\n\n"]
+    assert trace.finish_reason == "stop" and "repetition" not in {s.finish_reason for s in trace.steps}

@@ -258,3 +258,138 @@ def test_glimp_serve_splits_reasoning_from_the_answer_as_vllms_parser_of_the_lar
     )
     assert message["reasoning"] == reasoning == "".join(d.get("reasoning") or "" for d in deltas)
     assert message["content"] == content.lstrip() == "".join(d.get("content") or "" for d in deltas) == "42"
+
+
+# --- `glimp check` and the files a model folder needs ---------------------------------------------
+
+
+def glimp_check(*args: str) -> tuple[int, str]:
+    import contextlib
+    import io
+
+    from glimp_integrations.cli import main
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        status = main(["check", *args])
+    return status, out.getvalue()
+
+
+def test_glimp_check_on_the_papers_pair_says_what_glimp_will_do():
+    status, report = glimp_check(str(tiny_model(QWEN3, SMALL_QWEN3)), str(tiny_model(R1_DISTILL, LARGE_R1)))
+    assert status == 0 and report.endswith("the pair works\n")
+    for expected in (
+        "two vocabularies: each step goes to the other model as text",
+        "'</think>' [151668]",  # Qwen3's own closing id
+        "'</think>' [151649] (its template opens it)",  # R1's
+        "(Glimp opens it after the prompt)",
+        "think (reasoning_mode='auto')",
+        "`deepseek_v3`",
+        "'<｜tool▁calls▁begin｜>' is 11 tokens",
+        "'.\\n\\n' is one token",
+        "a run fits in 40960",
+        "use_heterogeneous_vocab",
+    ):
+        assert expected in report, expected
+
+
+def test_glimp_check_on_other_pairs(tmp_path):
+    """Same vocabulary (two Qwen3): ids hand over and the draft needs no mapping; Thinking-2507's
+    template opens the reasoning itself; a small model without think markers (SmolLM2) is noted."""
+    qwen3 = str(tiny_model(QWEN3, SMALL_QWEN3))
+    status, report = glimp_check(qwen3, qwen3)
+    assert status == 0 and "one vocabulary: each step goes to the other model as the token ids" in report
+    assert "the small model drafts in the same vocabulary" in report
+    status, report = glimp_check(str(tiny_model(QWEN3_THINKING, SMALL_QWEN3)), str(tiny_model(R1_DISTILL, LARGE_R1)))
+    assert status == 0 and report.count("(its template opens it)") == 2
+    status, report = glimp_check(str(embedded_model_dir()), str(tiny_model(R1_DISTILL, LARGE_R1)))
+    assert status == 0 and "has no think markers: it reads the reasoning after its prompt as plain text" in report
+    assert "not with the small model as draft" in report
+
+
+def test_glimp_check_reads_a_servers_tokenizer_by_the_id_it_serves():
+    """A server's card names its model (vLLM's `root`); the report reads that tokenizer."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    root = str(tiny_model(R1_DISTILL, LARGE_R1))
+
+    class Models(BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = json.dumps({"data": [{"id": "r1", "root": root, "max_model_len": 2048}]}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Models)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/v1"
+        status, report = glimp_check(str(tiny_model(QWEN3, SMALL_QWEN3)), url, "--json")
+    finally:
+        server.shutdown()
+    facts = json.loads(report)
+    assert status == 0 and facts["large"]["source"] == "server" and facts["large"]["context_window"] == 2048
+    assert facts["large"]["marker_ids"] == [[151648], [151649]]
+
+
+def model_folder_with(tmp_path, name: str, script, *, drop=(), config=None):
+    """A copy of a tiny model's folder (weights linked) without the files in `drop`, its config updated."""
+    source = tiny_model(name, script)
+    folder = tmp_path / "model"
+    folder.mkdir()
+    for file in source.iterdir():
+        if file.name not in drop:
+            (folder / file.name).symlink_to(file) if file.suffix == ".safetensors" else (
+                folder / file.name
+            ).write_bytes(file.read_bytes())
+    if config:
+        data = json.loads((folder / "config.json").read_text())
+        (folder / "config.json").write_text(json.dumps({**data, **config}))
+    return folder
+
+
+@pytest.mark.parametrize(
+    "drop, config, expected",
+    [
+        (("tokenizer.json",), None, "has no tokenizer: none of tokenizer.json"),
+        (("config.json",), None, "has no config.json"),
+        ((), {"vocab_size": 151000}, "`vocab_size` is 151000, but tokenizer.json has token id 151668"),
+    ],
+)
+def test_a_folder_missing_what_glimp_needs_is_refused_before_any_weights_load(tmp_path, drop, config, expected):
+    folder = model_folder_with(tmp_path, QWEN3, SMALL_QWEN3, drop=drop, config=config)
+    with pytest.raises(GlimpConfigError, match=re.escape(expected)) as error:
+        TransformersBackend(str(folder), str(tiny_model(R1_DISTILL, LARGE_R1)))
+    assert "`small`" in str(error.value) and str(folder) in str(error.value)
+    status, report = glimp_check(str(folder), str(tiny_model(R1_DISTILL, LARGE_R1)))
+    assert status == 1 and "PROBLEM small model" in report and expected in report
+
+
+def test_a_folder_without_a_chat_template_is_refused(tmp_path):
+    folder = model_folder_with(tmp_path, R1_DISTILL, LARGE_R1)
+    tokenizer_config = json.loads((folder / "tokenizer_config.json").read_text())
+    del tokenizer_config["chat_template"]
+    (folder / "tokenizer_config.json").write_text(json.dumps(tokenizer_config))
+    with pytest.raises(GlimpConfigError, match="has no chat template: tokenizer_config.json has no `chat_template`"):
+        TransformersBackend(str(tiny_model(QWEN3, SMALL_QWEN3)), str(folder))
+    status, report = glimp_check(str(tiny_model(QWEN3, SMALL_QWEN3)), str(folder))
+    assert status == 1 and "PROBLEM large model" in report
+
+
+def test_a_small_model_without_think_markers_routes_the_r1_reasoning(monkeypatch):
+    """The templates disagree (SmolLM2 has no think markers): the run works around it as designed,
+    the small model reading the reasoning as plain text after its prompt."""
+    backend = TransformersBackend(str(embedded_model_dir()), str(tiny_model(R1_DISTILL, LARGE_R1)))
+    with GlimpRouter(
+        backend=backend, temperature=0, threshold=math.inf, reasoning_budget=12, answer_budget=8
+    ) as router:
+        sessions = seen_by(router, monkeypatch)
+        trace = router.run(QUESTION, max_step_tokens=6)
+        small = router.backend.tokenizer("small").decode(context_ids(sessions["small"][0]))
+    assert trace.mode == "think" and trace.answer == "42" and {s.model for s in trace.steps} == {"small", "large"}
+    assert small.count("<think>\n") == 1 and trace.steps[-2].finish_reason in ("step_limit", "budget")

@@ -20,6 +20,7 @@ from typing import Any, Literal, Protocol
 from glimp_integrations.config import Role, SamplingConfig
 from glimp_integrations.constraints import AnswerConstraint
 from glimp_integrations.entropy import EntropyBounds, entropy_bounds
+from glimp_integrations.model_files import check_model_folder
 from glimp_integrations.tool_formats import HERMES, THINK_MARKERS
 from glimp_integrations.tools import Message, prepare_messages
 
@@ -340,7 +341,8 @@ def render_chat_prompt(tokenizer: Any, spec: SessionSpec) -> str:
 
 
 def resolve_model_name(parameter: str, name: str) -> str:
-    """A model given as a local folder (expanded) or an HF id; a path that is not a folder is an error."""
+    """A model given as a local folder (expanded, its files checked: `model_files`) or an HF id; a
+    path that is not a folder is an error."""
     from pathlib import Path
 
     from glimp_integrations.errors import invalid
@@ -349,6 +351,7 @@ def resolve_model_name(parameter: str, name: str) -> str:
         raise invalid(parameter, name, "must name a model", "Pass a model folder or an HF model id.")
     path = Path(name).expanduser()
     if path.is_dir():
+        check_model_folder(parameter, path)
         return str(path)
     if name.startswith(("/", ".", "~")) or path.exists():
         raise invalid(

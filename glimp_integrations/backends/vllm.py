@@ -221,7 +221,7 @@ def speculative_config(small: str, large: str, option: bool | Mapping[str, Any])
         )
     if config["method"] == "draft_model":
         config.setdefault("model", small)
-        config.update(_draft_vocabulary(config["model"], large))
+        config.update(draft_vocabulary(config["model"], large))
     elif config["method"] not in ("ngram", "ngram_gpu", "suffix") and "model" not in config:
         raise invalid(
             "speculative['model']",
@@ -232,7 +232,7 @@ def speculative_config(small: str, large: str, option: bool | Mapping[str, Any])
     return config
 
 
-def _draft_vocabulary(draft: str, target: str) -> dict[str, Any]:
+def draft_vocabulary(draft: str, target: str) -> dict[str, Any]:
     """Check that `draft` can draft for `target`; the extra config an uneven embedding table needs."""
     transformers = require_module("transformers", "hf", "Checking the draft model's vocabulary")
     names = {"draft": draft, "target": target}

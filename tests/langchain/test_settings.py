@@ -49,6 +49,7 @@ CHANGED = {
     "reasoning_parser": "deepseek_r1",
     "answer_budget": 99,
     "max_step_tokens": 9,
+    "max_repeated_steps": 5,
     "step_separator": "\n",
     "span_steps": False,
     "probe_ladder": (20, None),
