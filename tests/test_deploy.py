@@ -115,3 +115,26 @@ def test_the_package_imports_with_the_standard_library_alone(module):
     )
     loaded = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
     assert loaded.strip() == "[]"
+
+
+def large_server_commands() -> list[list[str]]:
+    compose = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
+    return [containers(of_kind("Deployment")["vllm-large"])[0]["args"], compose["services"]["large-0"]["command"]]
+
+
+@pytest.mark.realtok
+def test_the_large_servers_drafting_agrees_with_glimp_check_on_the_real_pair():
+    """The deployed pair is the paper's (Qwen3-4B drafting for R1-Distill): its speculative config is
+    what `speculative_config` builds for the real files (vLLM maps the draft's tokens by text), and
+    the structured outputs read Glimp's grammars (llguidance)."""
+    import json
+
+    from glimp_integrations.backends.vllm import speculative_config
+    from tests.real_pairs import LARGE_R1, QWEN3, R1_DISTILL, SMALL_QWEN3, tiny_model
+
+    small, large = str(tiny_model(QWEN3, SMALL_QWEN3)), str(tiny_model(R1_DISTILL, LARGE_R1))
+    expected = {**speculative_config(small, large, True), "model": "Qwen/Qwen3-4B"}
+    for args in large_server_commands():
+        assert args[args.index("--model") + 1] == "deepseek-ai/DeepSeek-R1-Distill-Qwen-32B"
+        assert json.loads(args[args.index("--speculative-config") + 1]) == expected
+        assert json.loads(args[args.index("--structured-outputs-config") + 1]) == {"backend": "guidance"}
