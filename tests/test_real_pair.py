@@ -393,3 +393,38 @@ def test_a_small_model_without_think_markers_routes_the_r1_reasoning(monkeypatch
         small = router.backend.tokenizer("small").decode(context_ids(sessions["small"][0]))
     assert trace.mode == "think" and trace.answer == "42" and {s.model for s in trace.steps} == {"small", "large"}
     assert small.count("<think>\n") == 1 and trace.steps[-2].finish_reason in ("step_limit", "budget")
+
+
+# --- the framework adapters on the pair ------------------------------------------------------------
+
+
+def test_chat_glimp_router_on_the_papers_pair_streamed_and_not(paper_pair):
+    from langchain_glimp import ChatGlimpRouter
+
+    llm = ChatGlimpRouter(backend=paper_pair.backend, temperature=0, threshold=1.0, reasoning_budget=40)
+    message = llm.invoke(QUESTION)
+    reasoning = [b for b in message.content_blocks if b["type"] == "reasoning"]
+    assert message.text == "42" and [b["reasoning"] for b in reasoning] == ["Let me think.\n\n", "Okay, so"]
+    assert [b["extras"]["glimp"]["model"] for b in reasoning] == ["small", "large"]
+    assert message.response_metadata["finish_reason"] == "stop"
+    chunks = list(llm.stream(QUESTION))
+    whole = chunks[0]
+    for chunk in chunks[1:]:
+        whole += chunk
+    assert whole.text == "42" and whole.additional_kwargs["reasoning_content"] == "Let me think.\n\nOkay, so"
+
+
+async def test_glimp_router_llm_on_the_papers_pair_streamed_and_not(paper_pair):
+    from llama_index.core.base.llms.types import ChatMessage, ThinkingBlock
+
+    from llamaindex_glimp import GlimpRouterLLM
+
+    llm = GlimpRouterLLM(backend=paper_pair.backend, temperature=0, threshold=1.0, reasoning_budget=40)
+    chat = [ChatMessage(role="user", content=QUESTION)]
+    response = await llm.achat(chat)
+    thinking = [b for b in response.message.blocks if isinstance(b, ThinkingBlock)]
+    assert response.message.content == "42" and [b.content for b in thinking] == ["Let me think.\n\n", "Okay, so"]
+    assert [b.additional_information["model"] for b in thinking] == ["small", "large"]
+    streamed = [r async for r in await llm.astream_chat(chat)]
+    assert "".join(r.additional_kwargs.get("thinking_delta") or "" for r in streamed) == "Let me think.\n\nOkay, so"
+    assert "".join(r.delta or "" for r in streamed) == "42"
