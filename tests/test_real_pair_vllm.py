@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 
 from glimp_integrations import GlimpRouter
+from glimp_integrations.backends.base import vocabulary_digest
 from tests.real_pairs import LARGE_R1, QWEN3, R1_DISTILL, SMALL_QWEN3, tiny_model
 from tests.test_real_pair import QUESTION, THINK, raw_chain
 
@@ -68,3 +69,37 @@ def test_streamed_steps_and_every_small_step_on_the_vllm_engine(vllm_pair):
     ]
     streamed = "".join(e.text for e in events if getattr(e, "phase", None) == "reasoning" and hasattr(e, "text"))
     assert streamed == trace.reasoning
+
+
+@pytest.mark.parametrize("large_name", [QWEN3, R1_DISTILL], ids=["same_vocabulary", "papers_pair"])
+def test_the_small_model_drafts_for_the_large_one(large_name):
+    """speculative=True: two tiny Qwen3 (one vocabulary: the steps hand over as token ids, the draft
+    needs no mapping), and the paper's pair (vLLM maps the Qwen3 draft's tokens onto R1's by text).
+    The draft knows the answer's tokens after the closing tag: vLLM accepts them."""
+    small, large = str(tiny_model(QWEN3, SMALL_QWEN3)), str(tiny_model(large_name, LARGE_R1))
+    router = GlimpRouter(
+        small,
+        large,
+        backend="vllm",
+        speculative=True,
+        temperature=0,
+        threshold=1.0,
+        reasoning_budget=40,
+        answer_budget=8,
+        backend_options={"max_model_len": 2048},
+    )
+    try:
+        trace = router.run(QUESTION)
+        shared = vocabulary_digest(router.backend.tokenizer("small")) == vocabulary_digest(
+            router.backend.tokenizer("large")
+        )
+    finally:
+        router.close()
+    assert shared == (large_name == QWEN3)
+    assert [(s.model, s.text) for s in trace.steps] == [
+        ("small", "Let me think.\n\n"),
+        ("large", "Okay, so"),
+        ("large", "42"),
+    ]
+    answer = trace.steps[-1]
+    assert all(s.drafted_tokens for s in trace.steps if s.model == "large") and answer.accepted_tokens >= 2
