@@ -428,3 +428,34 @@ async def test_glimp_router_llm_on_the_papers_pair_streamed_and_not(paper_pair):
     streamed = [r async for r in await llm.astream_chat(chat)]
     assert "".join(r.additional_kwargs.get("thinking_delta") or "" for r in streamed) == "Let me think.\n\nOkay, so"
     assert "".join(r.delta or "" for r in streamed) == "42"
+
+
+@pytest.mark.parametrize("pair", ["paper_pair", "reverse_pair"])
+def test_glimp_serve_streams_the_pairs_tool_calls_as_openai_deltas(request, pair):
+    """Through `glimp serve`: each family's call (DeepSeek's text markers, Qwen3's Hermes tokens)
+    becomes OpenAI `tool_calls`, whole and streamed, with the same name and arguments."""
+    import httpx
+
+    from glimp_integrations.serve import running_server
+
+    body = {
+        "model": "glimp",
+        "messages": [{"role": "user", "content": "Weather in Paris?"}],
+        "tools": WEATHER,
+        "tool_choice": {"type": "function", "function": {"name": "get_weather"}},
+        "parallel_tool_calls": False,
+        "max_tokens": 80,
+    }
+    with running_server(request.getfixturevalue(pair)) as url:
+        whole = httpx.post(url + "/chat/completions", json=body, timeout=120).json()["choices"][0]
+        with httpx.stream("POST", url + "/chat/completions", json={**body, "stream": True}, timeout=120) as stream:
+            chunks = [json.loads(line[6:]) for line in stream.iter_lines() if line.startswith("data: {")]
+    assert whole["finish_reason"] == "tool_calls" and not whole["message"]["content"]
+    (call,) = whole["message"]["tool_calls"]
+    assert call["function"]["name"] == "get_weather" and json.loads(call["function"]["arguments"])["city"]
+    parts = [part for c in chunks if c.get("choices") for part in c["choices"][0]["delta"].get("tool_calls") or []]
+    assert "".join(p["function"].get("name") or "" for p in parts) == "get_weather"
+    assert json.loads("".join(p["function"].get("arguments") or "" for p in parts)) == json.loads(
+        call["function"]["arguments"]
+    )
+    assert [c["choices"][0]["finish_reason"] for c in chunks if c.get("choices")][-1] == "tool_calls"
