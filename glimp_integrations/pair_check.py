@@ -96,7 +96,7 @@ class PairReport:
                 f"context {facts.context_window}",
                 f"  reasoning markers {facts.reasoning_markers[0]!r} {opens} / {facts.reasoning_markers[1]!r} "
                 f"{closes}; the template {'opens' if facts.template_opens_reasoning else 'does not open'} them",
-                f"  tool calls: {facts.tool_call_parser}; reasoning parser: {facts.reasoning_parser}",
+                f"  tool calls: {facts.tool_call_parser}; reasoning parser: {facts.reasoning_parser or 'none named (the markers above)'}",
                 "  separator: " + ", ".join(f"{t!r} -> {ids}" for t, ids in facts.separator_ids.items()),
             ]
         marks = {"ok": "ok     ", "note": "note   ", "problem": "PROBLEM"}
