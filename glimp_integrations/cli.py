@@ -313,10 +313,6 @@ def summary_line(trace: RunTrace) -> str:
     )
 
 
-if __name__ == "__main__":
-    raise SystemExit(main())
-
-
 def _check(args: argparse.Namespace) -> int:
     """`glimp check`: the pair's report; exit status 1 when the pair will not work as is."""
     from glimp_integrations.pair_check import check_pair
@@ -326,3 +322,7 @@ def _check(args: argparse.Namespace) -> int:
     )
     print(json.dumps(report.to_dict(), indent=2) if args.json else report.to_text())
     return 0 if report.ok else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -459,3 +459,31 @@ def test_glimp_serve_streams_the_pairs_tool_calls_as_openai_deltas(request, pair
         call["function"]["arguments"]
     )
     assert [c["choices"][0]["finish_reason"] for c in chunks if c.get("choices")][-1] == "tool_calls"
+
+
+def test_glimp_check_finds_the_readmes_hub_ids_in_the_local_cache(tmp_path):
+    """The README's pair by its hub ids, offline: the tokenizers and configs come from the local HF
+    cache (laid out as huggingface_hub lays it: models--ORG--NAME/snapshots/REVISION, refs/main)."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.real_pairs import tokenizer_folder
+
+    for hub_id, name in (("Qwen/Qwen3-4B", QWEN3), ("deepseek-ai/DeepSeek-R1-Distill-Qwen-32B", R1_DISTILL)):
+        repo = tmp_path / ("models--" + hub_id.replace("/", "--"))
+        (repo / "refs").mkdir(parents=True)
+        (repo / "refs" / "main").write_text("0" * 40)
+        (repo / "snapshots" / ("0" * 40)).mkdir(parents=True)
+        for file in tokenizer_folder(name).iterdir():
+            (repo / "snapshots" / ("0" * 40) / file.name).symlink_to(file)
+    environment = {**os.environ, "HF_HUB_CACHE": str(tmp_path), "HF_HUB_OFFLINE": "1"}
+    command = [sys.executable, "-m", "glimp_integrations.cli", "check", "Qwen/Qwen3-4B"]
+    finished = subprocess.run(
+        [*command, "deepseek-ai/DeepSeek-R1-Distill-Qwen-32B"], env=environment, capture_output=True, text=True
+    )
+    assert finished.returncode == 0, finished.stderr[-2000:]
+    assert "small: Qwen/Qwen3-4B (hub cache, Qwen3ForCausalLM)" in finished.stdout
+    assert "two vocabularies" in finished.stdout and "use_heterogeneous_vocab" in finished.stdout
+    missing = subprocess.run([*command, "nobody/nothing"], env=environment, capture_output=True, text=True)
+    assert missing.returncode == 1 and "PROBLEM large model" in missing.stdout and "offline" in missing.stdout
