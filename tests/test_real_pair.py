@@ -487,3 +487,21 @@ def test_glimp_check_finds_the_readmes_hub_ids_in_the_local_cache(tmp_path):
     assert "two vocabularies" in finished.stdout and "use_heterogeneous_vocab" in finished.stdout
     missing = subprocess.run([*command, "nobody/nothing"], env=environment, capture_output=True, text=True)
     assert missing.returncode == 1 and "PROBLEM large model" in missing.stdout and "offline" in missing.stdout
+
+
+def test_glimp_check_refuses_a_large_model_whose_closing_marker_is_text(tmp_path):
+    """A template that opens `<think>` on a tokenizer without it as a token (SmolLM2's, edited): the
+    reasoning runs in `think` mode, but `</think>` is several tokens, which vLLM's reasoning parsers
+    (glimp serve's split, the servers' own) cannot use: a problem, with the fix."""
+    folder = tmp_path / "thinking-smollm2"
+    folder.mkdir()
+    for file in embedded_model_dir().iterdir():
+        (folder / file.name).symlink_to(file)
+    (folder / "chat_template.jinja").unlink()
+    template = (embedded_model_dir() / "chat_template.jinja").read_text()
+    (folder / "chat_template.jinja").write_text(
+        template.replace("'<|im_start|>assistant\n'", "'<|im_start|>assistant\n<think>\n'")
+    )
+    status, report = glimp_check(str(tiny_model(QWEN3, SMALL_QWEN3)), str(folder))
+    assert status == 1 and "PROBLEM large markers" in report and "reasoning_mode='plain'" in report
+    assert "'</think>' [9617, 17400, 46]" in report
