@@ -47,13 +47,17 @@ def test_the_test_data_is_the_model_hubs_files(name):
         assert hashlib.sha256(file.read_bytes()).hexdigest() == recorded[file.name], file
 
 
+def transformers_pair(small: tuple, large: tuple, **settings) -> GlimpRouter:
+    """A greedy router over two tiny models, each given as (name, script), on the transformers backend."""
+    backend = TransformersBackend(str(tiny_model(*small)), str(tiny_model(*large)))
+    return GlimpRouter(backend=backend, temperature=0, threshold=1.0, reasoning_budget=40, **settings)
+
+
 @pytest.fixture(scope="module")
 def paper_pair():
-    """small = tiny Qwen3, large = tiny R1-Distill, with each session the run opened kept."""
-    backend = TransformersBackend(str(tiny_model(QWEN3, SMALL_QWEN3)), str(tiny_model(R1_DISTILL, LARGE_R1)))
-    router = GlimpRouter(backend=backend, temperature=0, threshold=1.0, reasoning_budget=40, answer_budget=8)
-    yield router
-    router.close()
+    """small = tiny Qwen3, large = tiny R1-Distill."""
+    with transformers_pair((QWEN3, SMALL_QWEN3), (R1_DISTILL, LARGE_R1), answer_budget=8) as router:
+        yield router
 
 
 def seen_by(router: GlimpRouter, monkeypatch) -> dict[str, list]:
@@ -153,8 +157,7 @@ def test_a_three_turn_chat_reaches_each_model_as_its_own_template_renders_it(pap
 
 
 def test_a_thinking_2507_small_model_whose_template_always_opens_the_reasoning(monkeypatch):
-    backend = TransformersBackend(str(tiny_model(QWEN3_THINKING, SMALL_QWEN3)), str(tiny_model(R1_DISTILL, LARGE_R1)))
-    with GlimpRouter(backend=backend, temperature=0, threshold=1.0, reasoning_budget=40, answer_budget=8) as router:
+    with transformers_pair((QWEN3_THINKING, SMALL_QWEN3), (R1_DISTILL, LARGE_R1), answer_budget=8) as router:
         sessions = seen_by(router, monkeypatch)
         trace = router.run(QUESTION)
         assert router.backend.knows_think_tags("small") and trace.answer == "42"
@@ -194,10 +197,8 @@ WEATHER = [
 @pytest.fixture(scope="module")
 def reverse_pair():
     """small = tiny R1-Distill, large = tiny Qwen3: the large model's template is Qwen3's (Hermes calls)."""
-    backend = TransformersBackend(str(tiny_model(R1_DISTILL, LARGE_R1)), str(tiny_model(QWEN3, SMALL_QWEN3)))
-    router = GlimpRouter(backend=backend, temperature=0, threshold=1.0, reasoning_budget=40, answer_budget=80)
-    yield router
-    router.close()
+    with transformers_pair((R1_DISTILL, LARGE_R1), (QWEN3, SMALL_QWEN3), answer_budget=80) as router:
+        yield router
 
 
 @pytest.mark.parametrize("pair, family", [("paper_pair", "deepseek_v3"), ("reverse_pair", "hermes")])
