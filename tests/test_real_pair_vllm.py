@@ -1,6 +1,7 @@
 """The paper's pair (tiny Qwen3 small, tiny R1-Distill large, on the real tokenizers and templates)
-on the real vLLM engine in this process: routing by the in-engine entropy gate, step ends inside
-the token ".\\n\\n", and what each model's requests held."""
+on the real vLLM engine in this process, the small model drafting for the large one: routing by the
+in-engine entropy gate, step ends inside the token ".\\n\\n", what each model's requests held, and
+speculative decoding across the two vocabularies."""
 
 from __future__ import annotations
 
@@ -16,18 +17,23 @@ pytestmark = [pytest.mark.vllm, pytest.mark.realtok]
 
 @pytest.fixture(scope="module")
 def vllm_pair():
-    router = GlimpRouter(
+    with vllm_router(R1_DISTILL) as router:
+        yield router
+
+
+def vllm_router(large_name: str) -> GlimpRouter:
+    """Tiny Qwen3 (small) and a tiny `large_name` on vLLM in process, the small model drafting."""
+    return GlimpRouter(
         str(tiny_model(QWEN3, SMALL_QWEN3)),
-        str(tiny_model(R1_DISTILL, LARGE_R1)),
+        str(tiny_model(large_name, LARGE_R1)),
         backend="vllm",
+        speculative=True,
         temperature=0,
         threshold=1.0,
         reasoning_budget=40,
         answer_budget=8,
         backend_options={"max_model_len": 2048},
     )
-    yield router
-    router.close()
 
 
 def test_the_pair_routes_closes_and_hands_over_on_the_vllm_engine(vllm_pair, monkeypatch):
@@ -71,35 +77,25 @@ def test_streamed_steps_and_every_small_step_on_the_vllm_engine(vllm_pair):
     assert streamed == trace.reasoning
 
 
-@pytest.mark.parametrize("large_name", [QWEN3, R1_DISTILL], ids=["same_vocabulary", "papers_pair"])
-def test_the_small_model_drafts_for_the_large_one(large_name):
-    """speculative=True: two tiny Qwen3 (one vocabulary: the steps hand over as token ids, the draft
-    needs no mapping), and the paper's pair (vLLM maps the Qwen3 draft's tokens onto R1's by text).
-    The draft knows the answer's tokens after the closing tag: vLLM accepts them."""
-    small, large = str(tiny_model(QWEN3, SMALL_QWEN3)), str(tiny_model(large_name, LARGE_R1))
-    router = GlimpRouter(
-        small,
-        large,
-        backend="vllm",
-        speculative=True,
-        temperature=0,
-        threshold=1.0,
-        reasoning_budget=40,
-        answer_budget=8,
-        backend_options={"max_model_len": 2048},
-    )
-    try:
+def check_drafting(router: GlimpRouter, trace, one_vocabulary: bool) -> None:
+    """One vocabulary: the steps hand over as token ids and the draft needs no mapping; two: vLLM maps
+    the draft's tokens by text.  The draft knows the answer's tokens after the closing tag: vLLM
+    accepts them."""
+    tokenizers = [router.backend.tokenizer(role) for role in ("small", "large")]
+    assert (vocabulary_digest(tokenizers[0]) == vocabulary_digest(tokenizers[1])) == one_vocabulary
+    assert all(s.drafted_tokens for s in trace.steps if s.model == "large") and trace.steps[-1].accepted_tokens >= 2
+
+
+def test_the_small_model_drafts_across_the_pairs_vocabularies(vllm_pair):
+    check_drafting(vllm_pair, vllm_pair.run(QUESTION), one_vocabulary=False)
+
+
+def test_two_qwen3_share_one_vocabulary_and_the_small_one_drafts():
+    with vllm_router(QWEN3) as router:
         trace = router.run(QUESTION)
-        shared = vocabulary_digest(router.backend.tokenizer("small")) == vocabulary_digest(
-            router.backend.tokenizer("large")
-        )
-    finally:
-        router.close()
-    assert shared == (large_name == QWEN3)
-    assert [(s.model, s.text) for s in trace.steps] == [
-        ("small", "Let me think.\n\n"),
-        ("large", "Okay, so"),
-        ("large", "42"),
-    ]
-    answer = trace.steps[-1]
-    assert all(s.drafted_tokens for s in trace.steps if s.model == "large") and answer.accepted_tokens >= 2
+        assert [(s.model, s.text) for s in trace.steps] == [
+            ("small", "Let me think.\n\n"),
+            ("large", "Okay, so"),
+            ("large", "42"),
+        ]
+        check_drafting(router, trace, one_vocabulary=True)
