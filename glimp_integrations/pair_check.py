@@ -19,11 +19,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from glimp_integrations.backends.base import knows_think_tags, vocabulary_digest
 from glimp_integrations.config import Role
 from glimp_integrations.errors import GlimpConfigError, require_module
 from glimp_integrations.model_files import check_model_folder, embedding_rows
 from glimp_integrations.tool_formats import (
     TOOL_FAMILIES,
+    MarkersAsTokens,
     detect_tool_call_parser,
     reasoning_markers,
 )
@@ -184,8 +186,6 @@ def _read_model(role: Role, given: str, tokenizer_source: str | None) -> tuple[M
 
 
 def _pair_findings(small: ModelFacts, large: ModelFacts, small_tokenizer: Any, large_tokenizer: Any) -> list[Finding]:
-    from glimp_integrations.backends.base import vocabulary_digest
-
     findings: list[Finding] = []
     for facts in (small, large):
         if not facts.has_chat_template:
@@ -226,7 +226,7 @@ def _pair_findings(small: ModelFacts, large: ModelFacts, small_tokenizer: Any, l
             else "two vocabularies: each step goes to the other model as text, encoded by that model's tokenizer",
         )
     )
-    think = _knows_think(large_tokenizer)  # as reasoning_mode="auto" decides (router.resolve_mode)
+    think = knows_think_tags(large_tokenizer)  # as reasoning_mode="auto" decides (router.resolve_mode)
     findings.append(
         Finding(
             "reasoning mode",
@@ -264,7 +264,7 @@ def _pair_findings(small: ModelFacts, large: ModelFacts, small_tokenizer: Any, l
                     "Use the model's own tokenizer, or reasoning_mode='plain'.",
                 )
             )
-        if not _knows_think(small_tokenizer):
+        if not knows_think_tags(small_tokenizer):
             findings.append(
                 Finding(
                     "small markers",
@@ -273,8 +273,7 @@ def _pair_findings(small: ModelFacts, large: ModelFacts, small_tokenizer: Any, l
                     "and never closes it itself (the budget or the large model does).",
                 )
             )
-    family = TOOL_FAMILIES[large.tool_call_parser]
-    missing = [m for m in family.call_markers if m not in large_tokenizer.get_vocab()]
+    missing = list(MarkersAsTokens(large_tokenizer, TOOL_FAMILIES[large.tool_call_parser].call_markers).marker_ids)
     findings.append(
         Finding(
             "tool calls",
@@ -312,17 +311,18 @@ def _pair_findings(small: ModelFacts, large: ModelFacts, small_tokenizer: Any, l
                 f"small {small.context_window}, large {large.context_window} tokens: a run fits in {min(windows)}",
             )
         )
-    findings.append(_speculation(small, large))
+    findings.append(_speculation(small, large, (small_tokenizer, large_tokenizer)))
     return findings
 
 
-def _speculation(small: ModelFacts, large: ModelFacts) -> Finding:
+def _speculation(small: ModelFacts, large: ModelFacts, tokenizers: tuple[Any, Any]) -> Finding:
     if "server" in (small.source, large.source):
         return Finding("speculative decoding", "note", "set on the large model's server (--speculative-config)")
-    from glimp_integrations.backends.vllm import draft_vocabulary
+    from glimp_integrations.backends.vllm import draft_fit
 
+    rows = (small.embedding_rows or small.tokenizer_tokens, large.embedding_rows or large.tokenizer_tokens)
     try:
-        mapped = draft_vocabulary(small.given, large.given)
+        mapped = draft_fit(small.given, large.given, tokenizers, rows)
     except GlimpConfigError as error:
         return Finding("speculative decoding", "note", f"not with the small model as draft: {error}")
     if mapped:
@@ -348,8 +348,8 @@ def _served_model(role: Role, url: str) -> dict[str, Any]:
     return cards[0]
 
 
-def _render(tokenizer: Any, messages: list[dict[str, str]], **options: Any) -> str:
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=not options, **options)
+def _render(tokenizer: Any, messages: list[dict[str, str]]) -> str:
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 
 def _renders_a_chat(tokenizer: Any) -> bool:
@@ -365,12 +365,6 @@ def _renders_a_chat(tokenizer: Any) -> bool:
     except Exception:  # a template's own `raise_exception`, or a Jinja error
         return False
     return True
-
-
-def _knows_think(tokenizer: Any) -> bool:
-    from glimp_integrations.backends.base import knows_think_tags
-
-    return knows_think_tags(tokenizer)
 
 
 def _ids(tokenizer: Any, text: str) -> list[int]:

@@ -233,26 +233,29 @@ def speculative_config(small: str, large: str, option: bool | Mapping[str, Any])
 
 
 def draft_vocabulary(draft: str, target: str) -> dict[str, Any]:
-    """Check that `draft` can draft for `target`; the extra config an uneven embedding table needs."""
+    """Check that `draft` can draft for `target` (models by name); the extra config an uneven embedding
+    table needs (`draft_fit`)."""
     transformers = require_module("transformers", "hf", "Checking the draft model's vocabulary")
-    names = {"draft": draft, "target": target}
-    base = {role: _base_vocabulary(transformers.AutoTokenizer.from_pretrained(name)) for role, name in names.items()}
-    if base["draft"] != base["target"]:
+    tokenizers = tuple(transformers.AutoTokenizer.from_pretrained(name) for name in (draft, target))
+    rows = tuple(transformers.AutoConfig.from_pretrained(name).get_text_config().vocab_size for name in (draft, target))
+    return draft_fit(draft, target, tokenizers, rows)
+
+
+def draft_fit(draft: str, target: str, tokenizers: tuple[Any, Any], rows: tuple[int, int]) -> dict[str, Any]:
+    """The same check on the two models' loaded tokenizers and embedding-table rows, (draft, target)."""
+    base = [_base_vocabulary(tokenizer) for tokenizer in tokenizers]
+    if base[0] != base[1]:
         raise GlimpConfigError(
             f"`speculative=True` needs the draft model to share the large model's vocabulary, but `{draft}` "
-            f"({len(base['draft'])} base tokens) and `{target}` ({len(base['target'])}) tokenize differently. "
+            f"({len(base[0])} base tokens) and `{target}` ({len(base[1])}) tokenize differently. "
             'Pick a draft of the same family, use {"method": "ngram"}, or run with speculative=False.'
         )
-    rows = {
-        role: transformers.AutoConfig.from_pretrained(name).get_text_config().vocab_size for role, name in names.items()
-    }
-    if rows["draft"] == rows["target"]:
+    if rows[0] == rows[1]:
         return {}
     logger.info(
         "The draft's embedding table has %d rows and the target's %d over one vocabulary: "
         "vLLM maps the draft's tokens (use_heterogeneous_vocab).",
-        rows["draft"],
-        rows["target"],
+        *rows,
     )
     return {"use_heterogeneous_vocab": True}
 
