@@ -39,8 +39,11 @@ from glimp_integrations.errors import (
     GlimpInputError,
     GlimpRunError,
     MissingDependencyError,
+    RunFailure,
+    UpstreamError,
 )
 from glimp_integrations.policies import RoutingPolicy, SmallStepDraft, make_policy
+from glimp_integrations.propagation import set_model_request_headers
 from glimp_integrations.router import GlimpRouter, normalize_messages
 from glimp_integrations.trace import (
     ProbeTrace,
@@ -71,6 +74,7 @@ __all__ = [
     "RouterConfig",
     "RouterEvent",
     "RoutingPolicy",
+    "RunFailure",
     "RunFinished",
     "RunTrace",
     "SamplingConfig",
@@ -86,6 +90,7 @@ __all__ = [
     "StepWriter",
     "TokenDelta",
     "TokenDistribution",
+    "UpstreamError",
     "Verdict",
     "check_adapter_settings",
     "check_router_settings",
@@ -95,5 +100,6 @@ __all__ = [
     "normalize_messages",
     "peaked_logprobs",
     "router_settings",
+    "set_model_request_headers",
     "verdict",
 ]

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
+
+RunFailure = Literal["upstream", "input", "internal"]
+"""What ended a run early (`GlimpRunError.failure`): a model, or the server running it, failed or
+stayed unreachable (`upstream`); a model server refused the run's request as invalid (`input`: a
+context longer than it takes, say); anything else (`internal`)."""
 
 
 class GlimpError(Exception):
@@ -32,11 +37,24 @@ class MissingDependencyError(GlimpError, ImportError):
 
 class GlimpRunError(GlimpError, RuntimeError):
     """A run failed part-way; `partial_trace` (a `trace.RunTrace`) holds the steps written before
-    the failure.  (Typed loosely: errors sit below every other module and import none of them.)"""
+    the failure, `failure` says what failed (`RunFailure`: a service answers 502, 400 or 500 by
+    it).  (Typed loosely: errors sit below every other module and import none of them.)"""
 
-    def __init__(self, message: str, partial_trace: Any | None = None) -> None:
+    def __init__(self, message: str, partial_trace: Any | None = None, failure: RunFailure = "internal") -> None:
         super().__init__(message)
         self.partial_trace = partial_trace
+        self.failure: RunFailure = failure
+
+
+class UpstreamError(RuntimeError):
+    """A model, or the server running it, failed or refused a request.  Backends raise it (or a
+    subclass) for what is not Glimp's doing; the router turns it into a `GlimpRunError` whose
+    `failure` is this error's (`upstream`, or `input` when the server refused the request as
+    invalid)."""
+
+    def __init__(self, message: str, failure: RunFailure = "upstream") -> None:
+        super().__init__(message)
+        self.failure: RunFailure = failure
 
 
 def invalid(parameter: str, value: Any, rule: str, fix: str) -> GlimpConfigError:

@@ -43,6 +43,7 @@ from glimp_integrations.errors import (
     GlimpInputError,
     GlimpRunError,
     GlimpTimeoutError,
+    UpstreamError,
     invalid,
 )
 from glimp_integrations.policies import (
@@ -328,6 +329,7 @@ class _Run:
                 f"The run failed at step {len(self.steps)} ({type(error).__name__}: {error}); "
                 "`partial_trace` on this error holds the steps written so far.",
                 partial_trace=self._trace("budget"),
+                failure=error.failure if isinstance(error, UpstreamError) else "internal",
             ) from error
         finally:
             for session in sessions.values():

@@ -47,6 +47,7 @@ from langchain_core.utils.utils import secret_from_env
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, model_validator
 
 from glimp_integrations import (
+    Backend,
     GlimpInputError,
     GlimpRouter,
     RouterEvent,
@@ -58,7 +59,6 @@ from glimp_integrations import (
     router_settings,
 )
 from glimp_integrations.adapters import adapter_router, call_overrides
-from glimp_integrations.backends.base import Backend
 from glimp_integrations.constraints import callable_tools
 from glimp_integrations.settings import adapter_settings_model
 from glimp_integrations.tool_formats import ToolCallReader

@@ -46,6 +46,7 @@ from llama_index.core.llms.llm import ToolSelection
 from llama_index.core.program.function_program import FunctionCallingProgram, get_function_tool
 
 from glimp_integrations import (
+    Backend,
     GlimpInputError,
     GlimpRouter,
     RouterEvent,
@@ -57,7 +58,6 @@ from glimp_integrations import (
     router_settings,
 )
 from glimp_integrations.adapters import adapter_router, call_overrides
-from glimp_integrations.backends.base import Backend
 from glimp_integrations.config import RouterConfig
 from glimp_integrations.constraints import callable_tools
 from glimp_integrations.embedded import EMBEDDED_CONTEXT_WINDOW, EMBEDDED_MODEL_NAME

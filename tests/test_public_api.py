@@ -20,3 +20,32 @@ def test_the_engine_imports_no_framework():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_the_server_and_the_framework_adapters_reach_no_backend_module():
+    """`glimp serve`, LangChain and LlamaIndex adapt the engine's public surface: none of them
+    imports a backend's module (a backend's errors or context are not theirs to read)."""
+    import ast
+    from pathlib import Path
+
+    root = Path(glimp_integrations.__file__).parent.parent
+    files = [
+        *(root / "glimp_integrations" / "serve").glob("*.py"),
+        *(root / "langchain_glimp").glob("*.py"),
+        *(root / "llamaindex_glimp").glob("*.py"),
+    ]
+    assert len(files) > 10
+    reaching = []
+    for path in files:
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = (
+                [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
+                else [alias.name for alias in node.names]
+                if isinstance(node, ast.Import)
+                else []
+            )
+            reaching += [
+                f"{path.relative_to(root)}: {name}" for name in names if name.startswith("glimp_integrations.backends")
+            ]
+    assert reaching == []

@@ -19,7 +19,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from pydantic import BaseModel
 
-from glimp_integrations import GlimpConfigError, GlimpRouter, Verdict
+from glimp_integrations import GlimpConfigError, GlimpRouter, UpstreamError, Verdict
 from glimp_integrations.serve import running_server, scrape
 from tests.conftest import ScriptedChoices
 from tests.constrained_cases import WeatherReport
@@ -199,12 +199,18 @@ def test_each_run_is_a_span_with_a_child_span_per_step(scripted_url, spans):
 
 
 @pytest.mark.parametrize("stream", [False, True])
-def test_a_run_that_fails_inside_glimp_is_a_500_not_a_model_server_error(stream):
-    with running_server(
-        GlimpRouter(
-            backend=scripted_pair(), policy=ScriptedChoices(Verdict.DELEGATE, ZeroDivisionError("division by zero"))
-        )
-    ) as url:
+@pytest.mark.parametrize(
+    "failure, status",
+    [
+        (ZeroDivisionError("division by zero"), 500),  # inside Glimp
+        (UpstreamError("the large model's server at http://x/v1 failed"), 502),
+        (UpstreamError("the large model's server at http://x/v1 refused the request", "input"), 400),
+    ],
+)
+def test_a_failed_run_answers_with_the_status_of_what_failed(stream, failure, status):
+    """The status comes from the engine's `GlimpRunError.failure`: a model server that failed is a
+    502, one that refused the request as invalid a 400, anything else a 500."""
+    with running_server(GlimpRouter(backend=scripted_pair(), policy=ScriptedChoices(Verdict.DELEGATE, failure))) as url:
         body = {"model": "glimp", "messages": QUESTION, "stream": stream}
         response = httpx.post(url + "/chat/completions", json=body)
         if stream:
@@ -213,11 +219,12 @@ def test_a_run_that_fails_inside_glimp_is_a_500_not_a_model_server_error(stream)
                 for line in response.text.splitlines()
                 if line.startswith("data: {") and '"error"' in line
             )
-            assert scrape(url, "glimp_requests_total", status="500") == 1
+            assert scrape(url, "glimp_requests_total", status=str(status)) == 1
         else:
-            assert response.status_code == 500
+            assert response.status_code == status
             error = response.json()["error"]
-        assert error["code"] == 500 and "ZeroDivisionError" in error["message"]
+        assert error["code"] == status and type(failure).__name__ in error["message"]
+        assert error["type"] == ("invalid_request_error" if status == 400 else "server_error")
 
 
 # --- the embedded pair, real clients --------------------------------------------------------------

@@ -9,11 +9,10 @@ router commits them (the step is kept) or discards them (the step is thrown away
 from __future__ import annotations
 
 import abc
-import contextvars
 import functools
 import hashlib
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
@@ -25,13 +24,6 @@ from glimp_integrations.tool_formats import HERMES, THINK_MARKERS
 from glimp_integrations.tools import Message, prepare_messages
 
 StepEnd = Literal["stop_string", "end_of_text", "max_tokens"]
-
-REQUEST_HEADERS: contextvars.ContextVar[Callable[[], Mapping[str, str]] | None] = contextvars.ContextVar(
-    "glimp_request_headers", default=None
-)
-"""Headers for each request a backend sends to a model server, asked for at each request: a
-service sets it around a run (`glimp serve` sends its current step span as W3C `traceparent`).
-A context variable, so it follows the run into whichever task iterates it."""
 
 #: Logprobs per token asked of top-k backends when a policy measures a step (the token's entropy
 #: is then the midpoint of its bounds).

@@ -38,7 +38,6 @@ from typing import Any
 from glimp_integrations import _sync
 from glimp_integrations.backends.base import (
     MEASURE_TOP_K,
-    REQUEST_HEADERS,
     Backend,
     ModelSession,
     SessionSpec,
@@ -56,7 +55,8 @@ from glimp_integrations.backends.gate_arguments import GATE_PROCESSOR, gate_argu
 from glimp_integrations.backends.step_spans import STEP_ENDS, SpanBuffer, StepScanner, token_texts
 from glimp_integrations.config import Role
 from glimp_integrations.entropy import EntropyBounds
-from glimp_integrations.errors import GlimpConfigError, require_module
+from glimp_integrations.errors import GlimpConfigError, UpstreamError, require_module
+from glimp_integrations.propagation import with_trace_headers
 
 logger = logging.getLogger(__name__)
 
@@ -76,11 +76,12 @@ def conversation_key(messages: Sequence[dict[str, Any]]) -> str:
     return hashlib.sha256(json.dumps(opening, sort_keys=True, default=str).encode()).hexdigest()[:32]
 
 
-class ServerError(RuntimeError):
-    """A model server failed or stayed unreachable (after the session's retries, when `retryable`)."""
+class ServerError(UpstreamError):
+    """A model server failed or stayed unreachable (after the session's retries, when `retryable`);
+    its `failure` is `input` when the server refused the request as invalid (400, 413, 422)."""
 
-    def __init__(self, message: str, retryable: bool = True) -> None:
-        super().__init__(message)
+    def __init__(self, message: str, retryable: bool = True, status: int | None = None) -> None:
+        super().__init__(message, "input" if status in (400, 413, 422) else "upstream")
         self.retryable = retryable
         """True for failures a second try may not meet: the connection, a timeout, a 5xx, a 429."""
 
@@ -230,7 +231,7 @@ class _Server:
         except openai.APIError as error:
             status = getattr(error, "status_code", None)
             retryable = status is None or status >= 500 or status in (408, 429)
-            raise ServerError(self.unreachable(error), retryable) from error
+            raise ServerError(self.unreachable(error), retryable, status) from error
         return _CountedStream(self, response) if request.get("stream") else response
 
 
@@ -439,7 +440,7 @@ class OpenAISession(ModelSession):
             "top_p": self._sampling.top_p,
             "stream": stream,
             "extra_body": {"include_stop_str_in_output": True, "return_tokens_as_token_ids": True},
-            "extra_headers": _trace_headers({SESSION_HEADER: self._conversation}),
+            "extra_headers": with_trace_headers({SESSION_HEADER: self._conversation}),
         }
         if stop:
             request["stop"] = list(stop)
@@ -622,22 +623,6 @@ class OpenAISession(ModelSession):
 
     async def aclose(self) -> None:
         await self.discard()
-
-
-def _trace_headers(headers: dict[str, str]) -> dict[str, str]:
-    """`headers` plus what the run's service asks to send (`REQUEST_HEADERS`: `glimp serve` sends
-    its step span as W3C `traceparent`), else the current OpenTelemetry context where that is
-    installed (an application's own span), so a model server's request spans join the trace."""
-    extra = REQUEST_HEADERS.get()
-    if extra is not None:
-        headers.update(extra())
-        return headers
-    try:
-        from opentelemetry.propagate import inject
-    except ImportError:
-        return headers
-    inject(headers)
-    return headers
 
 
 def _token_ids(choice: Any) -> list[int]:

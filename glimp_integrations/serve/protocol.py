@@ -8,10 +8,8 @@ import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from glimp_integrations.backends.openai import ServerError
+from glimp_integrations import GlimpRunError, RunTrace
 from glimp_integrations.config import CONFIG_FIELDS
-from glimp_integrations.errors import GlimpRunError
-from glimp_integrations.trace import RunTrace
 
 SAMPLING_FIELDS = ("temperature", "top_p", "seed", "stop")
 """Run settings every API takes under OpenAI's own names."""
@@ -56,9 +54,15 @@ def usage(trace: RunTrace) -> dict[str, Any]:
     }
 
 
+FAILURE_STATUS = {"upstream": 502, "input": 400, "internal": 500}
+"""The status a failed run answers with, by what failed (`GlimpRunError.failure`)."""
+
+
 def run_failure(error: GlimpRunError) -> RequestError:
-    """A run that failed: 502 when a model server failed (the error names it), else 500."""
-    return RequestError(502 if isinstance(error.__cause__, ServerError) else 500, str(error), kind="server_error")
+    """A run that failed: 502 when a model server failed (the error names it), 400 when a model
+    server refused the request as invalid, else 500."""
+    status = FAILURE_STATUS[error.failure]
+    return RequestError(status, str(error), kind="invalid_request_error" if status == 400 else "server_error")
 
 
 def sse_data(payload: Mapping[str, Any]) -> str:

@@ -10,12 +10,21 @@ import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import Any, Protocol
 
-from glimp_integrations.backends.base import REQUEST_HEADERS
-from glimp_integrations.errors import GlimpConfigError, GlimpInputError, GlimpRunError
-from glimp_integrations.router import GlimpRouter
+from glimp_integrations import (
+    GlimpConfigError,
+    GlimpInputError,
+    GlimpRouter,
+    GlimpRunError,
+    RouterEvent,
+    RunFinished,
+    RunTrace,
+    StepFinished,
+    StepStarted,
+    TokenDelta,
+    set_model_request_headers,
+)
 from glimp_integrations.serve.observability import Metrics, Tracing, span_attributes
 from glimp_integrations.serve.protocol import ROUTING_FIELDS, RequestError, openai_param, run_failure
-from glimp_integrations.trace import RouterEvent, RunFinished, RunTrace, StepFinished, StepStarted, TokenDelta
 
 
 class ServerState:
@@ -54,7 +63,7 @@ class ObservedRun:
         self.step_span: Any = None
         """The span of the step being routed or written; the model servers' requests name it as parent."""
         self.step_began = time.time_ns()
-        REQUEST_HEADERS.set(lambda: app_state.tracing.headers(self.current_step_span()))
+        set_model_request_headers(lambda: app_state.tracing.headers(self.current_step_span()))
 
     def current_step_span(self) -> Any:
         """The coming step's span, started when first needed (a probe's request, or the step's start)."""
