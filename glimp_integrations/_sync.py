@@ -1,4 +1,4 @@
-"""Run the engine's async code from synchronous callers.
+"""Run the engine's async code from synchronous callers, and one-off work on a thread of its own.
 
 The routing loop is written once, as async code.  Synchronous entry points drive it on one
 event loop that lives in a daemon thread, so they also work when the caller is itself inside a
@@ -11,7 +11,7 @@ import asyncio
 import atexit
 import concurrent.futures
 import threading
-from collections.abc import AsyncIterator, Awaitable, Generator
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -83,3 +83,16 @@ async def on_background_loop(awaitable: Awaitable[T]) -> T:
     if asyncio.get_running_loop() is loop:
         return await awaitable
     return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(_wrap(awaitable), loop))
+
+
+def on_a_passing_thread(function: Callable[[], T]) -> T:
+    """`function()`, run on a thread that ends with it (for torch work outside the workers, such as
+    loading a model).
+
+    libgomp, torch's OpenMP on Linux, keeps helper threads for each thread that ran a parallel op,
+    for as long as that thread lives; once there are more of them than CPUs, every helper sleeps
+    between ops instead of waiting for the next one.  A worker's forward passes ran 30% slower (8
+    rows of the embedded model on 2 cores) once the main thread had loaded the model itself.
+    """
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="glimp-torch-setup") as passing:
+        return passing.submit(function).result()

@@ -4,12 +4,12 @@ construction.  Each adapter keeps only the translation to its framework."""
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 from glimp_integrations.backends.loading import check_backend_settings
 from glimp_integrations.config import CONFIG_FIELDS, RouterConfig, check_setting_names
-from glimp_integrations.errors import GlimpConfigError
+from glimp_integrations.errors import GlimpConfigError, GlimpInputError
 from glimp_integrations.router import GlimpRouter
 from glimp_integrations.settings import SETTINGS, adapter_settings
 
@@ -55,6 +55,18 @@ def call_overrides(adapter: Any, kwargs: dict[str, Any], stop: Collection[str] |
     if max_tokens is not None:
         overrides["max_tokens"] = max_tokens
     return overrides
+
+
+def unsupported_call_arguments(
+    owner: str, given: Collection[str], framework_arguments: Sequence[str]
+) -> GlimpInputError:
+    """The error for call arguments an adapter does not take, listing what it does: its framework's
+    own (`framework_arguments`: tools, ...), then `stop`, `max_tokens` and `CALL_OVERRIDES`."""
+    accepted = [*framework_arguments, "stop", "max_tokens", *CALL_OVERRIDES]
+    return GlimpInputError(
+        f"`{owner}` got unsupported call arguments {sorted(given)}. "
+        f"Pass only {', '.join(accepted[:-1])} or {accepted[-1]}."
+    )
 
 
 def check_adapter_settings(owner: str, given: Mapping[str, Any], accepted: Collection[str]) -> None:

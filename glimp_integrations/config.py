@@ -195,7 +195,7 @@ class RouterConfig:
     def with_overrides(self, **overrides: Any) -> RouterConfig:
         """A copy with some fields changed (sampling fields may be given flat); unknown names raise."""
         check_setting_names("RouterConfig", overrides, CONFIG_FIELDS)
-        sampling_fields = {k: overrides.pop(k) for k in ("temperature", "top_p", "seed") if k in overrides}
+        sampling_fields = {k: overrides.pop(k) for k in SAMPLING_FIELDS if k in overrides}
         sampling = replace(self.sampling, **sampling_fields) if sampling_fields else self.sampling
         if overrides.get("stop") is not None and not isinstance(overrides["stop"], str):
             overrides["stop"] = tuple(overrides["stop"])

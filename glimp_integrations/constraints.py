@@ -137,7 +137,7 @@ class AnswerConstraint:
     def for_tools(
         cls,
         tools: Sequence[Mapping[str, Any]],
-        tool_choice: str | None = None,
+        tool_choice: ToolChoice = None,
         parallel_tool_calls: bool | None = None,
         answer_format: AnswerConstraint | None = None,
         *,
@@ -401,7 +401,11 @@ def _grammar_error(grammar: str) -> str | None:
     return " ".join(line for line in lines if line and line != "^" and not re.match(r"\d+ \|", line))
 
 
-def read_tool_choice(tool_choice: Any) -> str | None:
+ToolChoice = str | bool | Mapping[str, Any] | None
+"""`tool_choice` in any form an API writes it (`read_tool_choice` reads them all)."""
+
+
+def read_tool_choice(tool_choice: ToolChoice) -> str | None:
     """Any accepted form of `tool_choice` as the engine's: None (`auto`), `auto`, `required`, `none`
     or a tool's name.  Takes OpenAI's strings and `{"type": "function", "function": {"name": ...}}`,
     the Responses API's `{"type": "function", "name": ...}`, LangChain's `any`, True and False, and
@@ -422,14 +426,14 @@ def read_tool_choice(tool_choice: Any) -> str | None:
     )
 
 
-def callable_tools(tools: Sequence[Mapping[str, Any]] | None, tool_choice: Any) -> list[dict[str, Any]] | None:
+def callable_tools(tools: Sequence[Mapping[str, Any]] | None, tool_choice: ToolChoice) -> list[dict[str, Any]] | None:
     """The tools an answer may call: `tools`, unless `tool_choice` is `none`."""
     return list(tools) if tools and read_tool_choice(tool_choice) != "none" else None  # type: ignore[arg-type]
 
 
 def answer_constraint(
     tools: Sequence[Mapping[str, Any]] | None,
-    tool_choice: str | None,
+    tool_choice: ToolChoice,
     parallel_tool_calls: bool | None,
     response_format: Mapping[str, Any] | AnswerConstraint | None,
     tool_call_parser: str = HERMES,

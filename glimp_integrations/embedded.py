@@ -15,7 +15,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from glimp_integrations.backends.batching import on_a_passing_thread
+from glimp_integrations._sync import on_a_passing_thread
 from glimp_integrations.errors import MissingDependencyError, require_module
 
 logger = logging.getLogger(__name__)

@@ -36,7 +36,7 @@ from glimp_integrations.config import (
     RouterConfig,
     check_setting_names,
 )
-from glimp_integrations.constraints import AnswerConstraint, answer_constraint
+from glimp_integrations.constraints import AnswerConstraint, ToolChoice, answer_constraint
 from glimp_integrations.entropy import EntropyBounds, Verdict
 from glimp_integrations.errors import (
     GlimpError,
@@ -157,7 +157,7 @@ class GlimpRouter:
         prompt: Prompt,
         *,
         tools: Sequence[dict[str, Any]] | None = None,
-        tool_choice: str | None = None,
+        tool_choice: ToolChoice = None,
         parallel_tool_calls: bool | None = None,
         response_format: Mapping[str, Any] | AnswerConstraint | None = None,
         max_tokens: int | None = None,

@@ -58,7 +58,7 @@ from glimp_integrations import (
     check_router_settings,
     router_settings,
 )
-from glimp_integrations.adapters import adapter_router, call_overrides
+from glimp_integrations.adapters import adapter_router, call_overrides, unsupported_call_arguments
 from glimp_integrations.constraints import callable_tools
 from glimp_integrations.settings import adapter_settings_model
 from glimp_integrations.tool_formats import ToolCallReader
@@ -255,11 +255,7 @@ class ChatGlimpRouter(BaseChatModel, adapter_settings_model()):  # type: ignore[
             "response_format": kwargs.pop("response_format", None),
         }
         if kwargs:
-            raise GlimpInputError(
-                f"`ChatGlimpRouter` got unsupported call arguments {sorted(kwargs)}. Pass only tools, tool_choice, "
-                "parallel_tool_calls, response_format, stop, max_tokens, temperature, top_p, seed, threshold or "
-                "reasoning_budget."
-            )
+            raise unsupported_call_arguments("ChatGlimpRouter", kwargs, list(constraint))
         return {"prompt": engine_messages, **constraint, **overrides}
 
     # --- generation ---------------------------------------------------------------------------

@@ -57,7 +57,7 @@ from glimp_integrations import (
     check_router_settings,
     router_settings,
 )
-from glimp_integrations.adapters import adapter_router, call_overrides
+from glimp_integrations.adapters import adapter_router, call_overrides, unsupported_call_arguments
 from glimp_integrations.config import RouterConfig
 from glimp_integrations.constraints import callable_tools
 from glimp_integrations.embedded import EMBEDDED_CONTEXT_WINDOW, EMBEDDED_MODEL_NAME
@@ -77,6 +77,10 @@ class GlimpStepEvent(BaseEvent):
     @classmethod
     def class_name(cls) -> str:
         return "GlimpStepEvent"
+
+
+CALL_ARGUMENTS = ("tools", "tool_choice", "tool_required", "allow_parallel_tool_calls", "response_format")
+"""LlamaIndex's call arguments for tools and structured answers that a call may pass."""
 
 
 class GlimpRouterLLM(FunctionCallingLLM, adapter_settings_model()):  # type: ignore[misc]
@@ -104,6 +108,11 @@ class GlimpRouterLLM(FunctionCallingLLM, adapter_settings_model()):  # type: ign
         "LlamaIndex's OpenAI LLM); with a local backend the limit of one whole call.",
     )
     max_retries: int = Field(default=3, ge=0, description="Retries of a failed request with backend='openai'.")
+    stop: list[str] | None = Field(
+        default=None,
+        description="Stop sequences: the answer ends before the first one (as in LlamaIndex's Vllm LLM); a call's "
+        "`stop` replaces them.",
+    )
 
     _engine: GlimpRouter | None = PrivateAttr(default=None)
 
@@ -160,7 +169,7 @@ class GlimpRouterLLM(FunctionCallingLLM, adapter_settings_model()):  # type: ign
         engine_messages = [_to_engine_message(m, position) for position, m in enumerate(messages)]
         if not engine_messages:
             raise GlimpInputError("`messages` is empty; got []. Pass at least one user ChatMessage.")
-        overrides = call_overrides(self, kwargs, kwargs.pop("stop", None))
+        overrides = call_overrides(self, kwargs, kwargs.pop("stop", None) or self.stop)
         tool_choice = kwargs.pop("tool_choice", None)  # any form; the engine reads it (`read_tool_choice`)
         if kwargs.pop("tool_required", False):
             tool_choice = tool_choice or "required"
@@ -174,11 +183,7 @@ class GlimpRouterLLM(FunctionCallingLLM, adapter_settings_model()):  # type: ign
             **overrides,
         }
         if kwargs:
-            raise GlimpInputError(
-                f"`GlimpRouterLLM` got unsupported call arguments {sorted(kwargs)}. Pass only tools, tool_choice, "
-                "tool_required, allow_parallel_tool_calls, response_format, stop, max_tokens, temperature, top_p, "
-                "seed, threshold or reasoning_budget."
-            )
+            raise unsupported_call_arguments("GlimpRouterLLM", kwargs, CALL_ARGUMENTS)
         return request
 
     def _on_event(self, event: RouterEvent, builder: _ResponseBuilder) -> ChatResponse | None:

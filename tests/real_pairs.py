@@ -27,7 +27,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from glimp_integrations.backends.batching import on_a_passing_thread
+from glimp_integrations._sync import on_a_passing_thread
 from glimp_integrations.embedded import cache_root
 
 REALTOK = Path(__file__).parent / "data" / "realtok"

@@ -31,9 +31,9 @@ def _adapters():
     from langchain_glimp import ChatGlimpRouter
     from llamaindex_glimp import GlimpRouterLLM
 
-    own = {"small", "large", "max_tokens", "timeout", "max_retries"}
+    own = {"small", "large", "max_tokens", "timeout", "max_retries", "stop"}
     return [
-        (ChatGlimpRouter, BaseChatModel, own | {"stop", "api_key", "streaming"}),
+        (ChatGlimpRouter, BaseChatModel, own | {"api_key", "streaming"}),
         (GlimpRouterLLM, FunctionCallingLLM, own),
     ]
 

@@ -20,11 +20,9 @@ leaves takes its part back as views.  One row alone is fed exactly as it would b
 from __future__ import annotations
 
 import atexit
-import concurrent.futures
 import logging
 import threading
 import weakref
-from collections.abc import Callable
 from typing import Any, Protocol, TypeVar
 
 logger = logging.getLogger(__name__)
@@ -278,19 +276,6 @@ def batches_rows(cache_layers: Any) -> bool:
     import transformers
 
     return all(type(layer) is transformers.cache_utils.DynamicLayer for layer in cache_layers)
-
-
-def on_a_passing_thread(function: Callable[[], T]) -> T:
-    """`function()`, run on a thread that ends with it (for torch work outside the workers, such as
-    loading a model).
-
-    libgomp, torch's OpenMP on Linux, keeps helper threads for each thread that ran a parallel op,
-    for as long as that thread lives; once there are more of them than CPUs, every helper sleeps
-    between ops instead of waiting for the next one.  A worker's forward passes ran 30% slower (8
-    rows of the embedded model on 2 cores) once the main thread had loaded the model itself.
-    """
-    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="glimp-torch-setup") as passing:
-        return passing.submit(function).result()
 
 
 _workers: weakref.WeakSet[ModelWorker] = weakref.WeakSet()

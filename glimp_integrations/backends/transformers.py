@@ -23,6 +23,7 @@ from typing import Any, Generic, TypeVar
 
 import numpy
 
+from glimp_integrations._sync import on_a_passing_thread
 from glimp_integrations.backends.base import (
     Backend,
     ModelSession,
@@ -35,7 +36,7 @@ from glimp_integrations.backends.base import (
     render_chat_prompt,
     resolve_model_name,
 )
-from glimp_integrations.backends.batching import ModelWorker, batches_rows, on_a_passing_thread
+from glimp_integrations.backends.batching import ModelWorker, batches_rows
 from glimp_integrations.backends.step_spans import token_texts
 from glimp_integrations.config import Role
 from glimp_integrations.errors import GlimpConfigError, invalid, require_module

@@ -1,10 +1,13 @@
 """`glimp serve`: one `GlimpRouter` behind an OpenAI-compatible HTTP API (FastAPI on uvicorn).
 
 The package, by concern: `protocol` (what the APIs share on the wire: errors, usage, events),
-`chat` (chat completions in and out), `runs` (a request's run, observed and cancellable),
-`observability` (metrics and spans), `app` (the routes), `process` (serving it).
+`chat` (chat completions in and out), `responses` (the Responses API in and out), `runs` (a
+request's run, observed and cancellable), `observability` (metrics and spans), `playground` (the
+page at `/`), `app` (the routes), `process` (serving it).  It reaches the engine through the
+package's public names only, as the LangChain and LlamaIndex adapters do.
 
-Endpoints: `POST /v1/chat/completions` (streamed as server-sent events, or not), `GET /v1/models`,
+Endpoints: `POST /v1/chat/completions` and `POST /v1/responses` (each streamed as server-sent
+events, or not), `GET /` (the playground), `GET /v1/models`,
 `GET /health` and `GET /readyz` (200 when both models can serve, else 503 naming the one that
 cannot), `GET /livez` (200 while the process answers) and
 `GET /metrics` (Prometheus).  What a response carries beyond OpenAI's fields:

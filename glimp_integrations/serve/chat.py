@@ -22,6 +22,7 @@ from glimp_integrations.config import did_you_mean
 from glimp_integrations.constraints import AnswerConstraint
 from glimp_integrations.serve.protocol import (
     COMMON_RULES,
+    OPENAI_NAMED_SETTINGS,
     ROUTING_FIELDS,
     RequestError,
     check_fields,
@@ -166,7 +167,7 @@ def run_arguments(
         )
     messages = body["messages"]
     arguments: dict[str, Any] = {name: body[name] for name in ROUTING_FIELDS if body.get(name) is not None}
-    for name in ("temperature", "top_p", "seed", "stop", "tools", "parallel_tool_calls", "response_format"):
+    for name in (*OPENAI_NAMED_SETTINGS, "tools", "parallel_tool_calls", "response_format"):
         if body.get(name) is not None:
             arguments[name] = body[name]
     if body.get("structured_outputs") is not None:

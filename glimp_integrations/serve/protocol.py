@@ -9,11 +9,11 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from glimp_integrations import GlimpRunError, RunTrace
-from glimp_integrations.config import CONFIG_FIELDS
+from glimp_integrations.config import CONFIG_FIELDS, SAMPLING_FIELDS
 
-SAMPLING_FIELDS = ("temperature", "top_p", "seed", "stop")
+OPENAI_NAMED_SETTINGS = (*SAMPLING_FIELDS, "stop")
 """Run settings every API takes under OpenAI's own names."""
-ROUTING_FIELDS: tuple[str, ...] = tuple(f for f in CONFIG_FIELDS if f not in SAMPLING_FIELDS)
+ROUTING_FIELDS: tuple[str, ...] = tuple(f for f in CONFIG_FIELDS if f not in OPENAI_NAMED_SETTINGS)
 """Run settings accepted as extra body fields (`threshold`, `policy`, ...)."""
 
 

@@ -108,6 +108,23 @@ async def test_async_chat_stream_and_completion_paths():
     assert "".join([r.delta or "" async for r in await llm.astream_complete("hi")]) == PLAIN_ANSWER
 
 
+def test_stop_sequences_end_the_answer_before_them_and_a_call_replaces_them():
+    """`stop=` as on LlamaIndex's Vllm LLM: the answer ends before the first stop sequence."""
+    llm = GlimpRouterLLM(backend=scripted_pair(), stop=["answers"])
+    assert llm.chat(USER).message.content == "Hello! The scripted pair"
+    assert "".join(r.delta or "" for r in llm.stream_chat(USER)).strip() == "Hello! The scripted pair"
+    assert llm.chat(USER, stop=["42"]).message.content == "Hello! The scripted pair answers:"
+    assert GlimpRouterLLM(backend=scripted_pair()).chat(USER).message.content == PLAIN_ANSWER
+
+
+def test_unsupported_call_arguments_are_refused_with_what_a_call_takes():
+    with pytest.raises(GlimpInputError) as raised:
+        GlimpRouterLLM(backend=scripted_pair()).chat(USER, frequency_penalty=1.0)
+    message = str(raised.value)
+    assert "['frequency_penalty']" in message and "tool_required" in message
+    assert all(name in message for name in ("stop", "max_tokens", "temperature", "threshold", "reasoning_budget"))
+
+
 def test_an_event_handler_sees_each_step_as_it_happens(recorder):
     GlimpRouterLLM(backend=scripted_pair()).chat(USER)
     kinds = [type(e).__name__ for e in recorder.events]
