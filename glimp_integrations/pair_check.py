@@ -318,7 +318,7 @@ def _pair_findings(small: ModelFacts, large: ModelFacts, small_tokenizer: Any, l
 def _speculation(small: ModelFacts, large: ModelFacts, tokenizers: tuple[Any, Any]) -> Finding:
     if "server" in (small.source, large.source):
         return Finding("speculative decoding", "note", "set on the large model's server (--speculative-config)")
-    from glimp_integrations.backends.vllm import draft_fit
+    from glimp_integrations.backends.speculative import draft_fit
 
     rows = (small.embedding_rows or small.tokenizer_tokens, large.embedding_rows or large.tokenizer_tokens)
     try:

@@ -94,7 +94,7 @@ class GlimpRouter:
     OpenAI-compatible servers.  `backend` is `transformers`, `vllm` (both models in this
     process) or `openai`; `speculative=True` drafts the large model's tokens with the small
     model (vLLM; a dict of vLLM's `speculative_config` picks another drafting method, see
-    `backends.vllm.speculative_config`); `backend_options` go to the backend's constructor.  Other keyword
+    `backends.speculative.speculative_config`); `backend_options` go to the backend's constructor.  Other keyword
     arguments are `RouterConfig` fields (`threshold`, `policy`, `temperature`, `seed`, ...).
 
     >>> from glimp_integrations import GlimpRouter

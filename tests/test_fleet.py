@@ -144,7 +144,7 @@ def test_gated_and_probed_runs_route_alike(fleet):
 
 
 def test_a_server_without_the_gate_is_noticed_and_probed(fleet, caplog):
-    with caplog.at_level(logging.WARNING, logger="glimp_integrations.backends.openai"):
+    with caplog.at_level(logging.WARNING, logger="glimp_integrations.backends.openai_server"):
         router = GlimpRouter(
             fleet.url("large"), fleet.url("large"), backend="openai", threshold=MIXED_THRESHOLD, **GREEDY
         )

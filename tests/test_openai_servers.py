@@ -75,7 +75,7 @@ def test_a_steps_prefill_counts_its_probes_on_the_server(router):
 
 def test_a_server_capping_logprobs_is_probed_within_its_cap(server_url, caplog):
     with vllm_server("20") as capped_url:  # vLLM's default cap
-        with caplog.at_level(logging.WARNING, logger="glimp_integrations.backends.openai"):
+        with caplog.at_level(logging.WARNING, logger="glimp_integrations.backends.openai_server"):
             capped = GlimpRouter(capped_url, server_url, backend="openai", seed=0)
         try:
             assert "caps logprobs at 20" in caplog.text and "--max-logprobs -1" in caplog.text

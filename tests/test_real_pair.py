@@ -169,7 +169,7 @@ def test_speculative_decoding_maps_the_pairs_added_tokens_and_refuses_another_vo
     """Qwen3 and R1-Distill share their base tokens but not their added ones (think markers,
     template tokens) nor their table sizes: vLLM maps the draft's tokens onto the target's by text
     (`use_heterogeneous_vocab`).  A draft of another vocabulary is refused, saying why."""
-    from glimp_integrations.backends.vllm import speculative_config
+    from glimp_integrations.backends.speculative import speculative_config
 
     qwen3, r1 = str(tiny_model(QWEN3, SMALL_QWEN3)), str(tiny_model(R1_DISTILL, LARGE_R1))
     assert speculative_config(qwen3, r1, True)["use_heterogeneous_vocab"] is True

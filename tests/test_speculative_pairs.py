@@ -8,7 +8,7 @@ from tokenizers import Tokenizer, models
 from transformers import PreTrainedTokenizerFast
 
 from glimp_integrations import GlimpConfigError
-from glimp_integrations.backends.vllm import speculative_config
+from glimp_integrations.backends.speculative import speculative_config
 
 
 def _model_folder(path, tokens, embedding_rows, added=()):

@@ -216,6 +216,29 @@ class ModelSession(abc.ABC):
         """Free what the session holds (caches, in-flight requests)."""
 
 
+class TokenContextSession(ModelSession):
+    """A session whose context is token ids where it knows them (the vLLM engines, the servers): a
+    step committed by another such session is taken as the writer's tokens where both
+    vocabularies give them the same ids (`shared_step_ids`), else as text."""
+
+    tokenizer: Any
+    """This model's HF tokenizer."""
+    last_step_ids: list[int] | None = None
+    """The ids of the step this session committed last, where it knows them."""
+
+    @abc.abstractmethod
+    async def append_text(self, text: str, ids: list[int] | None = None) -> None:
+        """`append_text`, with the text's ids in this model's vocabulary where known."""
+
+    async def append_step(self, text: str, writer: ModelSession) -> None:
+        ids = (
+            shared_step_ids(writer.last_step_ids, text, writer.tokenizer, self.tokenizer)
+            if isinstance(writer, TokenContextSession)
+            else None
+        )
+        await self.append_text(text, ids)
+
+
 class ModelInfo(Protocol):
     """What a backend knows of each of its models."""
 

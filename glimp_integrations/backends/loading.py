@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from glimp_integrations.backends.base import Backend
+from glimp_integrations.backends.speculative import check_speculative_option
 from glimp_integrations.config import BACKEND_NAMES, check_setting_names
 from glimp_integrations.errors import invalid
 
@@ -21,13 +22,7 @@ def check_backend_settings(backend: Any, speculative: Any, options: Any) -> None
             "Use backend='transformers' on one machine, 'vllm' for batched serving in this process, "
             "or 'openai' for two OpenAI-compatible servers.",
         )
-    if not isinstance(speculative, (bool, Mapping)):
-        raise invalid(
-            "speculative",
-            speculative,
-            "must be True, False or a dict of vLLM's speculative_config",
-            'Pass True, or e.g. {"method": "ngram", "num_speculative_tokens": 3}.',
-        )
+    check_speculative_option(speculative)
     if options is not None and not isinstance(options, Mapping):
         raise invalid(
             "backend_options",

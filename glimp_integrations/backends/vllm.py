@@ -29,34 +29,32 @@ The engines live on Glimp's background event loop; sessions reach them from any 
 from __future__ import annotations
 
 import atexit
-import functools
 import itertools
 import logging
 import math
-import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, get_args
+from typing import TYPE_CHECKING, Any
 
 from glimp_integrations import _sync
 from glimp_integrations.backends.base import (
     MEASURE_TOP_K,
     Backend,
-    ModelSession,
     SessionSpec,
     StepEnd,
     StepSpanning,
     StepWriter,
+    TokenContextSession,
     TokenDistribution,
     check_prompt_fits,
     health_problem,
-    knows_think_tags,
     render_chat_prompt,
     resolve_model_name,
-    shared_step_ids,
 )
-from glimp_integrations.backends.step_spans import STEP_ENDS, SpanBuffer, StepScanner, token_texts
+from glimp_integrations.backends.speculative import speculative_config
+from glimp_integrations.backends.step_spans import STEP_ENDS, SpanBuffer, StepScanner
+from glimp_integrations.backends.vllm_engine import Engine, EngineRequest
 from glimp_integrations.config import Role
-from glimp_integrations.errors import GlimpConfigError, invalid, require_module
+from glimp_integrations.errors import require_module
 
 if TYPE_CHECKING:
     from glimp_integrations.backends.vllm_gate import GateSlots
@@ -115,7 +113,7 @@ class VLLMBackend(Backend):
         shared = names["small"] == names["large"] and not draft
         self.gate: GateSlots | None = None
         """Where the small model's engine writes H_init (`vllm_gate`); None: probes are requests."""
-        self.models: dict[Role, _Engine] = {}
+        self.models: dict[Role, Engine] = {}
         for role in ("large", "small"):
             if shared and role == "small":
                 self.models["small"] = self.models["large"]
@@ -141,7 +139,7 @@ class VLLMBackend(Backend):
             args.update(engine_args or {})
             if entropy_gate and (role == "small" or shared):
                 args["logits_processors"] = [*(args.get("logits_processors") or []), GATE_PROCESSOR]
-            self.models[role] = _sync.run_sync(_Engine.start(names[role], args))
+            self.models[role] = _sync.run_sync(Engine.start(names[role], args))
         self.gate = vllm_gate.GateSlots() if entropy_gate else None
         atexit.register(self.close)  # engines left running at exit die noisily: shut them down first
 
@@ -171,194 +169,14 @@ class VLLMBackend(Backend):
             self.gate = None
 
 
-async def _shutdown(engines: list[_Engine]) -> None:
+async def _shutdown(engines: list[Engine]) -> None:
     for engine in engines:
         engine.llm.shutdown()
 
 
-def speculative_config(small: str, large: str, option: bool | Mapping[str, Any]) -> dict[str, Any]:
-    """vLLM's `speculative_config` for the large model, or an error saying why it cannot work.
-
-    `option` True drafts with the small model, 3 tokens per verification (the paper's setting); a
-    dict is vLLM's `speculative_config` itself, e.g. {"num_speculative_tokens": 5},
-    {"method": "ngram", "num_speculative_tokens": 3, "prompt_lookup_max": 4} or
-    {"method": "eagle3", "model": "<EAGLE head>"}; `method` defaults to `draft_model`, whose
-    `model` defaults to the small model.
-
-    A draft model needs the target's vocabulary: the same base tokens with the same ids (added
-    special tokens may differ).  vLLM also compares the embedding tables' sizes, which differ in
-    some pairs of one vocabulary (Qwen3-4B pads to 151,936 rows, DeepSeek-R1-Distill-Qwen-32B to
-    152,064); for those vLLM maps the draft's tokens onto the target's (`use_heterogeneous_vocab`)."""
-    from vllm.config.speculative import SpeculativeMethod
-
-    if option is not True and not isinstance(option, Mapping):
-        raise invalid(
-            "speculative",
-            option,
-            "must be True, False or a dict of vLLM's speculative_config",
-            'Pass True (the small model drafts 3 tokens) or e.g. {"method": "ngram", "num_speculative_tokens": 3}.',
-        )
-    config: dict[str, Any] = {
-        "method": "draft_model",
-        "num_speculative_tokens": 3,
-        **({} if option is True else option),
-    }
-    methods = get_args(SpeculativeMethod)
-    if config["method"] not in methods:
-        raise invalid(
-            "speculative['method']",
-            config["method"],
-            f"must be one of vLLM's methods ({', '.join(methods)})",
-            "Use draft_model (the small model drafts) or ngram (prompt lookup, no model).",
-        )
-    count = config["num_speculative_tokens"]
-    if not isinstance(count, int) or isinstance(count, bool) or count < 1:
-        raise invalid(
-            "speculative['num_speculative_tokens']",
-            count,
-            "must be a positive int",
-            "The paper drafts 3 tokens per verification.",
-        )
-    if config["method"] == "draft_model":
-        config.setdefault("model", small)
-        config.update(draft_vocabulary(config["model"], large))
-    elif config["method"] not in ("ngram", "ngram_gpu", "suffix") and "model" not in config:
-        raise invalid(
-            "speculative['model']",
-            None,
-            f"must name the {config['method']} drafter",
-            f'Pass e.g. {{"method": "{config["method"]}", "model": "<path or HF id of the drafter>"}}.',
-        )
-    return config
-
-
-def draft_vocabulary(draft: str, target: str) -> dict[str, Any]:
-    """Check that `draft` can draft for `target` (models by name); the extra config an uneven embedding
-    table needs (`draft_fit`)."""
-    transformers = require_module("transformers", "hf", "Checking the draft model's vocabulary")
-    tokenizers = tuple(transformers.AutoTokenizer.from_pretrained(name) for name in (draft, target))
-    rows = tuple(transformers.AutoConfig.from_pretrained(name).get_text_config().vocab_size for name in (draft, target))
-    return draft_fit(draft, target, tokenizers, rows)
-
-
-def draft_fit(draft: str, target: str, tokenizers: tuple[Any, Any], rows: tuple[int, int]) -> dict[str, Any]:
-    """The same check on the two models' loaded tokenizers and embedding-table rows, (draft, target)."""
-    base = [_base_vocabulary(tokenizer) for tokenizer in tokenizers]
-    if base[0] != base[1]:
-        raise GlimpConfigError(
-            f"`speculative=True` needs the draft model to share the large model's vocabulary, but `{draft}` "
-            f"({len(base[0])} base tokens) and `{target}` ({len(base[1])}) tokenize differently. "
-            'Pick a draft of the same family, use {"method": "ngram"}, or run with speculative=False.'
-        )
-    if rows[0] == rows[1]:
-        return {}
-    logger.info(
-        "The draft's embedding table has %d rows and the target's %d over one vocabulary: "
-        "vLLM maps the draft's tokens (use_heterogeneous_vocab).",
-        *rows,
-    )
-    return {"use_heterogeneous_vocab": True}
-
-
-def _base_vocabulary(tokenizer: Any) -> dict[str, int]:
-    """Token -> id for the tokenizer's base vocabulary (without the added special tokens)."""
-    return {token: index for token, index in tokenizer.get_vocab().items() if index < tokenizer.vocab_size}
-
-
-class _Engine:
-    """One AsyncLLM and what the sessions need from it."""
-
-    def __init__(self, name: str, llm: Any) -> None:
-        self.name = name
-        self.llm = llm
-        self.tokenizer = llm.tokenizer
-        self.context_window = llm.model_config.max_model_len
-        self.vocab_size = llm.model_config.get_vocab_size()
-        self.knows_think_tags = knows_think_tags(self.tokenizer)
-        self._token_texts: list[str] | None = None
-        self._tokens_holding_one = functools.lru_cache(maxsize=256)(self._scan_for)
-
-    def tokens_holding(self, stop: Sequence[str]) -> list[int]:
-        """The ids of the single tokens whose text contains one of the `stop` strings.  Stopping
-        on them in the engine core, as well as on the strings in vLLM's front end, makes the engine
-        finish the request itself, and only such a finish carries the request's speculative-decoding
-        counts (a front-end stop aborts the request without them).  The vocabulary is decoded once;
-        each stop string's scan is kept for the 256 most recent (a server sees arbitrary ones)."""
-        return sorted({index for string in stop for index in self._tokens_holding_one(string)})
-
-    @property
-    def texts_by_id(self) -> list[str]:
-        """Each token's text (decoded once, at first use)."""
-        if self._token_texts is None:
-            self._token_texts = token_texts(self.tokenizer)
-        return self._token_texts
-
-    def _scan_for(self, string: str) -> tuple[int, ...]:
-        return tuple(index for index, text in enumerate(self.texts_by_id) if string in text)
-
-    @classmethod
-    async def start(cls, name: str, args: dict[str, Any]) -> _Engine:
-        from vllm.engine.arg_utils import AsyncEngineArgs
-        from vllm.v1.engine.async_llm import AsyncLLM
-
-        try:  # (no local for the engine: vLLM keeps this frame alive, which would keep the engine too)
-            return cls(name, AsyncLLM.from_engine_args(AsyncEngineArgs(**args)))
-        except (OSError, ValueError) as error:
-            raise GlimpConfigError(f"vLLM could not start an engine for `{name}`: {error}") from error
-
-    def encode(self, text: str) -> list[int]:
-        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
-
-    def stream(self, ids: list[int], params: Any, session: ModelSession | None = None) -> _Request:
-        return _Request(self, ids, params, session)
-
-
-class _Request:
-    """One generate request, advanced on the background loop; aborted if closed early.  The
-    tokens it computes are added to `session`'s usage (if any) as its outputs arrive."""
-
-    def __init__(self, engine: _Engine, ids: list[int], params: Any, session: ModelSession | None) -> None:
-        from vllm.inputs import TokensPrompt
-
-        self.engine = engine
-        self.session = session
-        self.id = f"glimp-{uuid.uuid4().hex}"
-        self.prompt_len = len(ids)
-        self.prefill_tokens: int | None = None
-        """Prompt tokens the engine computed (not from its prefix cache); known from the first output."""
-        self._outputs = engine.llm.generate(TokensPrompt(prompt_token_ids=ids), params, request_id=self.id)
-        self.done = False
-
-    async def next(self) -> Any | None:
-        """The next output (a delta), or None when the request has finished."""
-        if self.done:
-            return None
-        try:
-            output = await _sync.on_background_loop(self._outputs.__anext__())
-        except StopAsyncIteration:
-            self.done = True
-            return None
-        if self.prefill_tokens is None:  # the first output says how much of the prompt was cached
-            self.prefill_tokens = self.prompt_len - (output.num_cached_tokens or 0)
-            if self.session is not None:
-                self.session.input_tokens += self.prefill_tokens
-        if self.session is not None:
-            self.session.output_tokens += len(output.outputs[0].token_ids)
-        return output
-
-    async def abort(self) -> None:
-        if not self.done:
-            self.done = True
-            await _sync.on_background_loop(self._close())
-
-    async def _close(self) -> None:
-        await self._outputs.aclose()
-        await self.engine.llm.abort(self.id)
-
-
-class VLLMSession(ModelSession):
+class VLLMSession(TokenContextSession):
     def __init__(
-        self, engine: _Engine, role: Role, prompt_ids: list[int], spec: SessionSpec, gate: GateSlots | None = None
+        self, engine: Engine, role: Role, prompt_ids: list[int], spec: SessionSpec, gate: GateSlots | None = None
     ) -> None:
         seed = spec.seed
         self._gate = gate
@@ -372,12 +190,11 @@ class VLLMSession(ModelSession):
         self._seeds = itertools.count(seed) if seed is not None else None
         self._committed: list[int] = list(prompt_ids)
         self._pending: list[int] = []
-        self._last_step: list[int] = []
-        """The tokens of the step committed last."""
+        self.tokenizer = engine.tokenizer
         self._prefilled = 0
         """Context tokens computed for the coming step so far: its probes', its request's (a step
         after the first of a request that spans steps computes none)."""
-        self._request: _Request | None = None
+        self._request: EngineRequest | None = None
         """The request writing the step (and, when it spans steps, the steps after it)."""
         self._read: SpanBuffer | None = None
         """What `_request` returned that no step has taken yet."""
@@ -495,7 +312,7 @@ class VLLMSession(ModelSession):
 
     def commit(self) -> None:
         self._committed.extend(self._pending)
-        self._last_step = self._pending
+        self.last_step_ids = self._pending
         self._pending = []
         self._prefilled = 0
         read = self._read
@@ -513,14 +330,6 @@ class VLLMSession(ModelSession):
         """`ids`: the text's tokens where known (else it is encoded)."""
         await self.discard()
         self._committed.extend(self._engine.encode(text) if ids is None else ids)
-
-    async def append_step(self, text: str, writer: ModelSession) -> None:
-        if isinstance(writer, VLLMSession):
-            await self.append_text(
-                text, shared_step_ids(writer._last_step, text, writer._engine.tokenizer, self._engine.tokenizer)
-            )
-        else:
-            await self.append_text(text)
 
     async def aclose(self) -> None:
         if self._request is not None:
