@@ -34,7 +34,7 @@ BUCKETS: list[tuple[str, str]] = [  # (name, a pattern of a frame's file or func
     ("structured outputs", r"structured_output"),
     ("detokenizing", r"detokeniz|tokenizers"),
     ("vLLM output processing", r"v1/engine/output_processor|v1/engine/async_llm"),
-    ("glimp router", r"glimp_integrations/router\.py"),
+    ("glimp router", r"glimp_integrations/(router|routing_loop)\.py"),
     ("glimp sessions", r"glimp_integrations/backends/"),
     ("glimp event loop bridge", r"glimp_integrations/_sync\.py"),
     ("engine messaging (zmq, msgpack)", r"zmq|msgspec|serial_utils|core_client"),

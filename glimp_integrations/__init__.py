@@ -1,7 +1,16 @@
 """Glimp: a small and a large model write one chain of thought together (GlimpRouter).
 
-The engine: the routing loop (`GlimpRouter`), entropy math, policies, traces and backends.
-It imports no LLM framework; `langchain_glimp` and `llamaindex_glimp` adapt it.
+The engine imports no LLM framework; `langchain_glimp`, `llamaindex_glimp` and `serve` (`glimp
+serve`) adapt its public names.  Its modules, by concern:
+- `router` (`GlimpRouter`, the facade) and `routing_loop` (the paper's algorithm for one run);
+- `entropy` (H_init and its bounds), `policies` (who writes a step), `messages` (a run's prompt);
+- `config` and `settings` (every setting, declared once), `trace` (events and traces);
+- `constraints`, `tool_formats` and `tools` (answer grammars, each family's tool calls);
+- `backends` (transformers, vLLM in process, OpenAI-compatible servers, scripted), `embedded`
+  (the default model), `local_fleet` (vLLM servers on this machine);
+- `adapters` (what the framework adapters share), `model_files` (a model folder checked), `_sync`
+  (async code from sync callers);
+- `errors`, `propagation` (headers of model-server requests), `cli`, `pair_check`, `bench`.
 """
 
 from glimp_integrations.adapters import (
@@ -42,9 +51,10 @@ from glimp_integrations.errors import (
     RunFailure,
     UpstreamError,
 )
+from glimp_integrations.messages import normalize_messages
 from glimp_integrations.policies import RoutingPolicy, SmallStepDraft, make_policy
 from glimp_integrations.propagation import set_model_request_headers
-from glimp_integrations.router import GlimpRouter, normalize_messages
+from glimp_integrations.router import GlimpRouter
 from glimp_integrations.trace import (
     ProbeTrace,
     RouterEvent,

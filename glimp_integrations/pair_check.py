@@ -226,7 +226,7 @@ def _pair_findings(small: ModelFacts, large: ModelFacts, small_tokenizer: Any, l
             else "two vocabularies: each step goes to the other model as text, encoded by that model's tokenizer",
         )
     )
-    think = knows_think_tags(large_tokenizer)  # as reasoning_mode="auto" decides (router.resolve_mode)
+    think = knows_think_tags(large_tokenizer)  # as reasoning_mode="auto" decides (routing_loop.resolve_mode)
     findings.append(
         Finding(
             "reasoning mode",
