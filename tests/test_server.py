@@ -238,6 +238,29 @@ class Order(BaseModel):
 KEY = "sk-glimp-test-9f8e7d"
 
 
+def test_openapi_describes_what_each_api_takes_and_answers():
+    """/openapi.json carries each API's wire model (its fields, the run settings among them) and
+    openai's response types, and every reference in it resolves."""
+    with running_server(GlimpRouter(backend=scripted_pair())) as url:
+        schema = httpx.get(url.removesuffix("/v1") + "/openapi.json").json()
+    components = schema["components"]["schemas"]
+    chat = components["ChatCompletionRequest"]
+    assert {"messages", "temperature", "tools", "threshold", "reasoning_budget"} <= set(chat["properties"])
+    assert chat["required"] == ["messages"] and chat["additionalProperties"] is False
+    assert "must be a number from 0 to 2" in chat["properties"]["temperature"]["description"].lower()
+    responses = components["ResponsesRequest"]
+    assert {"input", "max_output_tokens", "text", "threshold"} <= set(responses["properties"])
+    for path, request, answer in (
+        ("/v1/chat/completions", "ChatCompletionRequest", "ChatCompletion"),
+        ("/v1/responses", "ResponsesRequest", "Response"),
+    ):
+        operation = schema["paths"][path]["post"]
+        assert operation["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith("/" + request)
+        assert operation["responses"]["200"]["content"]["application/json"]["schema"]["$ref"].endswith("/" + answer)
+    references = set(re.findall(r'"\$ref": "#/components/schemas/([^"]+)"', json.dumps(schema)))
+    assert references and references <= set(components)
+
+
 def test_an_api_key_admits_only_its_holders_to_the_v1_routes():
     with running_server(GlimpRouter(backend=scripted_pair()), api_key=KEY) as url:
         base = url.removesuffix("/v1")

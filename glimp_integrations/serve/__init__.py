@@ -30,7 +30,12 @@ engine requests.  A model server that fails mid-run ends the run with a 502 nami
 failure of a run is a 500.
 """
 
-from glimp_integrations.serve.app import create_app
-from glimp_integrations.serve.process import running_server, scrape, serve
+from glimp_integrations.errors import require_module
+
+for _module in ("fastapi", "openai"):  # before the modules that import them
+    require_module(_module, "serve", "glimp serve")
+
+from glimp_integrations.serve.app import create_app  # noqa: E402
+from glimp_integrations.serve.process import running_server, scrape, serve  # noqa: E402
 
 __all__ = ["create_app", "running_server", "scrape", "serve"]

@@ -1,18 +1,36 @@
 """The `glimp serve` app: one `GlimpRouter` behind OpenAI's chat completions and Responses API, with the endpoints
-an operator needs (`/v1/models`, `/health` and `/readyz`, `/livez`, `/metrics`) and a playground page at `/`."""
+an operator needs (`/v1/models`, `/health` and `/readyz`, `/livez`, `/metrics`) and a playground page at `/`.
+`/openapi.json` describes each API's request (its wire model) and response (openai's types)."""
 
 from __future__ import annotations
 
 import hmac
 from typing import Any
 
-from glimp_integrations.errors import invalid, require_module
-from glimp_integrations.router import GlimpRouter
+from fastapi import FastAPI, Request
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from openai.types.chat import ChatCompletion
+from openai.types.responses import Response as ResponsesResponse
+from pydantic import BaseModel
+
+from glimp_integrations import GlimpRouter
+from glimp_integrations.errors import invalid
 from glimp_integrations.serve import chat, responses
 from glimp_integrations.serve.playground import playground_page
 from glimp_integrations.serve.protocol import RequestError
 from glimp_integrations.serve.runs import ServerState
 from glimp_integrations.tool_formats import load_vllm_parsers
+
+REQUEST_MODELS: dict[str, type[BaseModel]] = {
+    "/v1/chat/completions": chat.ChatCompletionRequest,
+    "/v1/responses": responses.ResponsesRequest,
+}
+"""Each API's route and the wire model of its request body (read by the route itself, which names
+a field that does not fit in OpenAI's error shape; FastAPI's own 422 would not)."""
+RESPONSE_MODELS: dict[str, type[BaseModel]] = {
+    "/v1/chat/completions": ChatCompletion,
+    "/v1/responses": ResponsesResponse,
+}
 
 
 def create_app(
@@ -21,15 +39,12 @@ def create_app(
     *,
     tracer_provider: Any | None = None,
     api_key: str | None = None,
-) -> Any:
+) -> FastAPI:
     """The FastAPI app serving `router`.  `served_model_name` is the id clients pass as `model`
     (default: "glimp"); `tracer_provider` an OpenTelemetry provider for the run and step spans
     (default: the global one, a no-op unless configured); `api_key`: every `/v1` route then
     answers 401 unless the request carries `Authorization: Bearer <api_key>` (as `vllm serve
     --api-key`); `/health`, `/readyz`, `/livez` and `/metrics` stay open (keep them internal)."""
-    fastapi = require_module("fastapi", "serve", "glimp serve")
-    from fastapi.responses import HTMLResponse, JSONResponse, Response
-
     from glimp_integrations import serve
 
     if api_key is not None and (not isinstance(api_key, str) or not api_key.strip()):
@@ -37,27 +52,37 @@ def create_app(
     state = ServerState(router, served_model_name or "glimp", tracer_provider)
     if router.backend.tokenizer("large") is not None:
         load_vllm_parsers()  # now, not in the first request with tools
-    app = fastapi.FastAPI(title="glimp serve", description=serve.__doc__)
+    app = FastAPI(title="glimp serve", description=serve.__doc__)
     app.state.glimp = state
-
     if api_key is not None:
-        expected = f"Bearer {api_key}".encode()
+        _require_key(app, state, api_key)
+    _operator_routes(app, state)
+    _api_routes(app, state)
+    return app
 
-        @app.middleware("http")
-        async def require_key(request: Any, call_next: Any) -> Any:
-            given = request.headers.get("authorization", "").encode()
-            if request.url.path.startswith("/v1/") and not hmac.compare_digest(given, expected):
-                return state.error_response(
-                    RequestError(
-                        401,
-                        "Missing or wrong API key: send `Authorization: Bearer <key>` with the key this server "
-                        "was started with (--api-key or GLIMP_API_KEY).",
-                        kind="authentication_error",
-                        code="invalid_api_key",
-                    )
+
+def _require_key(app: FastAPI, state: ServerState, api_key: str) -> None:
+    expected = f"Bearer {api_key}".encode()
+
+    @app.middleware("http")
+    async def require_key(request: Request, call_next: Any) -> Any:
+        given = request.headers.get("authorization", "").encode()
+        if request.url.path.startswith("/v1/") and not hmac.compare_digest(given, expected):
+            return state.error_response(
+                RequestError(
+                    401,
+                    "Missing or wrong API key: send `Authorization: Bearer <key>` with the key this server "
+                    "was started with (--api-key or GLIMP_API_KEY).",
+                    kind="authentication_error",
+                    code="invalid_api_key",
                 )
-            return await call_next(request)
+            )
+        return await call_next(request)
 
+
+def _operator_routes(app: FastAPI, state: ServerState) -> None:
+    """The playground, the model list, readiness, liveness and metrics."""
+    router = state.router
     page = playground_page(router, state.served_model)
 
     @app.get("/", include_in_schema=False)
@@ -68,20 +93,16 @@ def create_app(
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
         backend = router.backend
-        return {
-            "object": "list",
-            "data": [
-                {
-                    "id": state.served_model,
-                    "object": "model",
-                    "created": 0,
-                    "owned_by": "glimp",
-                    "small_model": backend.model_name("small"),
-                    "large_model": backend.model_name("large"),
-                    "max_model_len": state.max_model_len,
-                }
-            ],
+        card = {
+            "id": state.served_model,
+            "object": "model",
+            "created": 0,
+            "owned_by": "glimp",
+            "small_model": backend.model_name("small"),
+            "large_model": backend.model_name("large"),
+            "max_model_len": state.max_model_len,
         }
+        return {"object": "list", "data": [card]}
 
     @app.get("/health")
     @app.get("/readyz")
@@ -101,14 +122,49 @@ def create_app(
     async def metrics() -> Any:
         return Response(state.metrics.exposition(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
-    async def chat_completions(request: Any) -> Any:
+
+def _api_routes(app: FastAPI, state: ServerState) -> None:
+    """The two APIs, their request and response models in /openapi.json."""
+
+    @app.post("/v1/chat/completions", **_documented("/v1/chat/completions"))
+    async def chat_completions(request: Request) -> Any:
+        """A routed run as a `chat.completion`, or `chat.completion.chunk` server-sent events."""
         return await chat.chat_completions(state, request)
 
-    async def create_response(request: Any) -> Any:
+    @app.post("/v1/responses", **_documented("/v1/responses"))
+    async def create_response(request: Request) -> Any:
+        """A routed run as a `response`, or its stream of events."""
         return await responses.responses(state, request)
 
-    for handler in (chat_completions, create_response):
-        handler.__annotations__["request"] = fastapi.Request  # (annotations are strings in this module)
-    app.post("/v1/chat/completions")(chat_completions)
-    app.post("/v1/responses")(create_response)
-    return app
+    default_openapi = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        """FastAPI's schema, with the wire models' schemas among its components."""
+        if app.openapi_schema is None:
+            schema = default_openapi()
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            for model in (*REQUEST_MODELS.values(), *RESPONSE_MODELS.values()):
+                found = model.model_json_schema(ref_template="#/components/schemas/{model}")
+                components.update(found.pop("$defs", {}))
+                components[model.__name__] = found
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+def _documented(path: str) -> dict[str, Any]:
+    """A route's request body and 200 response, by reference to the wire models' schemas."""
+
+    def schema(model: type) -> dict[str, Any]:
+        return {"application/json": {"schema": {"$ref": f"#/components/schemas/{model.__name__}"}}}
+
+    return {
+        "openapi_extra": {"requestBody": {"required": True, "content": schema(REQUEST_MODELS[path])}},
+        "responses": {
+            200: {
+                "description": "The answer, or (with `stream`) server-sent events",
+                "content": schema(RESPONSE_MODELS[path]),
+            }
+        },
+    }

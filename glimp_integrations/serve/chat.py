@@ -16,48 +16,28 @@ import json
 import re
 import time
 import uuid
-from typing import Any
+from typing import Any, Literal
 
-from glimp_integrations.config import did_you_mean
+from openai.types.chat import ChatCompletion, ChatCompletionChunk
+from pydantic import ConfigDict, Field, ValidationInfo, field_validator, model_validator
+
 from glimp_integrations.constraints import AnswerConstraint
 from glimp_integrations.serve.protocol import (
-    COMMON_RULES,
-    OPENAI_NAMED_SETTINGS,
-    ROUTING_FIELDS,
     RequestError,
-    check_fields,
-    is_int,
-    is_text_list,
     shown,
     sse_data,
+    sse_model,
     usage,
+    wire_dict,
 )
-from glimp_integrations.serve.runs import ServerState, answer
+from glimp_integrations.serve.runs import ParsedRequest, ServerState, answer
+from glimp_integrations.serve.wire import BOOLEAN, RunRequest, WireError, WireModel, wire_field
 from glimp_integrations.tool_formats import ToolCallReader
 from glimp_integrations.trace import RouterEvent, RunTrace, StepFinished, StepStarted, TokenDelta
 
-OPENAI_FIELDS: tuple[str, ...] = (
-    "model",
-    "messages",
-    "stream",
-    "stream_options",
-    "max_tokens",
-    "max_completion_tokens",
-    "temperature",
-    "top_p",
-    "seed",
-    "stop",
-    "n",
-    "tools",
-    "tool_choice",
-    "parallel_tool_calls",
-    "response_format",
-    "user",
-)
-"""The chat-completion fields `glimp serve` honours."""
 STRUCTURED_OUTPUT_KINDS = ("json", "json_object", "regex", "choice", "grammar")
 """The forms of vLLM's `structured_outputs` field that `glimp serve` takes (one per request)."""
-UNSUPPORTED_FIELDS: dict[str, Any] = {
+OFF_VALUES: dict[str, tuple[Any, ...]] = {
     "logprobs": (None, False),
     "top_logprobs": (None, 0),
     "frequency_penalty": (None, 0, 0.0),
@@ -69,181 +49,77 @@ UNSUPPORTED_FIELDS: dict[str, Any] = {
     "reasoning_effort": (None,),
     "web_search_options": (None,),
 }
-"""OpenAI fields accepted only at their "off" values (a request may carry them unset)."""
-IGNORED_FIELDS = ("store", "metadata", "service_tier", "include_reasoning")
-"""Fields that do not change the answer (storage, billing tier, labels): accepted and not used."""
-
-
-async def chat_completions(state: ServerState, request: Any) -> Any:
-    """`POST /v1/chat/completions`: a routed run, streamed as chunks or answered whole."""
-
-    def parse(body: Any) -> tuple[list[dict[str, Any]], dict[str, Any], ChunkWriter]:
-        messages, arguments = run_arguments(body, state.served_model, state.max_model_len)
-        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-        return messages, arguments, ChunkWriter(state.served_model, tool_call_reader(state, arguments), include_usage)
-
-    return await answer(state, request, parse)
-
-
-FIELD_RULES: dict[str, tuple[Any, str, str]] = {
-    **COMMON_RULES,
-    "stream_options": (
-        lambda v: (
-            isinstance(v, dict)
-            and set(v) <= {"include_usage", "continuous_usage_stats"}
-            and all(isinstance(x, bool) for x in v.values())
-        ),
-        'must be {"include_usage": true|false}',
-        "Pass a JSON object with boolean values.",
-    ),
-    "max_tokens": (lambda v: is_int(v, 1), "must be an integer >= 1", "Pass e.g. 256."),
-    "max_completion_tokens": (lambda v: is_int(v, 1), "must be an integer >= 1", "Pass e.g. 256."),
-    "seed": (is_int, "must be an integer (64-bit)", "Pass e.g. 0."),
-    "stop": (
-        lambda v: isinstance(v, str) or is_text_list(v),
-        "must be a string or a list of strings",
-        'Pass e.g. ["\\n\\n"].',
-    ),
-    "n": (lambda v: v == 1 and is_int(v), "must be 1 (one routed answer per request)", "Leave it out or pass 1."),
-    "tools": (lambda v: isinstance(v, list), "must be a list of function tools", "See OpenAI's `tools`."),
-    "tool_choice": (
-        lambda v: isinstance(v, (str, dict)),
-        "must be a string or a function choice",
-        'Pass auto, required, none or {"type": "function", "function": {"name": ...}}.',
-    ),
-    "response_format": (lambda v: isinstance(v, dict), "must be an object", 'Pass e.g. {"type": "json_object"}.'),
-    "store": (lambda v: isinstance(v, bool), "must be true or false", "Pass a JSON boolean."),
-    "include_reasoning": (lambda v: isinstance(v, bool), "must be true or false", "Pass a JSON boolean."),
-}
-"""Types and ranges of the chat fields, as OpenAI documents them (a field set to null is unset)."""
-TOOL_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+"""OpenAI fields glimp serve cannot honour: accepted only at their "off" values (unset)."""
+TOOL_NAME = r"^[A-Za-z0-9_-]{1,64}$"
 """What OpenAI allows as a function's name."""
 
 
-def run_arguments(
-    body: Any, served_model: str, max_model_len: int | None = None
-) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """The messages and `GlimpRouter.astream` keyword arguments of a chat-completion request body;
-    RequestError naming the field for anything that is unknown, of the wrong type or range, or
-    cannot be honoured (a token budget beyond `max_model_len`, the context window)."""
-    if not isinstance(body, dict):
-        raise RequestError(400, "The request body must be a JSON object.")
-    check_fields(body, FIELD_RULES)
-    _check_messages(body.get("messages"))
-    _check_tools(body.get("tools"))
-    for name in ("max_tokens", "max_completion_tokens"):
-        if max_model_len is not None and body.get(name) is not None and body[name] > max_model_len:
-            raise RequestError(
-                400,
-                f"`{name}` must be at most {max_model_len}, this model's context window; got "
-                f"{body[name]}. Ask for fewer tokens.",
-                name,
-            )
-    for name, value in body.items():
-        if name in UNSUPPORTED_FIELDS and value not in UNSUPPORTED_FIELDS[name]:
-            raise RequestError(
-                400, f"`{name}` is not supported by glimp serve; got {shown(value)}. Leave it unset.", name
-            )
-        if (
-            name not in OPENAI_FIELDS
-            and name not in UNSUPPORTED_FIELDS
-            and name not in IGNORED_FIELDS
-            and name not in ROUTING_FIELDS
-            and name != "structured_outputs"
+class CalledFunction(WireModel):
+    """The function an earlier assistant message called."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+    name: str = wire_field("must be the function's name", "Pass the name the call used.", ...)
+    arguments: str | dict[str, Any] = wire_field("must be the call's arguments as JSON text", 'Pass e.g. "{}".', ...)
+
+
+class MessageToolCall(WireModel):
+    """A call an earlier assistant message made."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _a_call(cls, call: Any) -> Any:
+        function = call.get("function") if isinstance(call, dict) else None
+        if not (
+            isinstance(function, dict)
+            and isinstance(function.get("name"), str)
+            and isinstance(function.get("arguments"), (str, dict))
+            and isinstance(call.get("id", ""), str)
         ):
-            raise RequestError(
-                400,
-                f"Unknown field `{name}`; got {shown(value)}. "
-                f"{did_you_mean(name, [*OPENAI_FIELDS, *ROUTING_FIELDS])}Accepted: OpenAI's "
-                f"chat fields and the routing settings {', '.join(ROUTING_FIELDS)}.",
-                name,
+            raise WireError(
+                'A tool call must be {"id": ..., "type": "function", "function": {"name": ..., "arguments": '
+                f'"<JSON>"}}}}; got {shown(call)}.'
             )
-    if body.get("model") not in (None, served_model):
-        raise RequestError(
-            404,
-            f"`model` must be `{served_model}`, the model this server serves; got {shown(body['model'])}.",
-            "model",
-            kind="not_found_error",
-        )
-    messages = body["messages"]
-    arguments: dict[str, Any] = {name: body[name] for name in ROUTING_FIELDS if body.get(name) is not None}
-    for name in (*OPENAI_NAMED_SETTINGS, "tools", "parallel_tool_calls", "response_format"):
-        if body.get(name) is not None:
-            arguments[name] = body[name]
-    if body.get("structured_outputs") is not None:
-        if "response_format" in arguments:
-            raise RequestError(
-                400, "Pass either `response_format` or `structured_outputs`, not both.", "structured_outputs"
-            )
-        arguments["response_format"] = _structured_outputs(body["structured_outputs"])
-    if isinstance(arguments.get("stop"), str):
-        arguments["stop"] = [arguments["stop"]]
-    max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
-    if max_tokens is not None:
-        arguments["max_tokens"] = max_tokens
-    if body.get("tool_choice") is not None:
-        arguments["tool_choice"] = body["tool_choice"]  # any form; the engine reads it (`read_tool_choice`)
-    return messages, arguments
+        return call
+
+    id: str = wire_field("must be the call's id", "Pass the id the call was given.", "")
+    type: str = "function"
+    function: CalledFunction = wire_field(
+        'must be {"name": ..., "arguments": "<JSON>"}', "Pass the function the call named.", ...
+    )
 
 
-MESSAGE_ROLES = ("system", "user", "assistant", "tool")
+class ChatMessage(WireModel):
+    """A chat message in OpenAI's shape; its text content is the engine's to check."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+    role: Literal["system", "user", "assistant", "tool"] = wire_field(
+        "must be one of system, user, assistant, tool", "Fix the message's role.", ...
+    )
+    content: Any = Field(None, description="Text, or a list of text parts (an assistant's calls may leave it null).")
+    name: str | None = wire_field("must be a string", "Pass the author's name as text.")
+    tool_call_id: str | None = wire_field("must be a string", "Pass the id of the call this result answers.")
+    reasoning: str | None = wire_field("must be a string", "Pass the earlier reasoning as text.")
+    reasoning_content: str | None = wire_field("must be a string", "Pass the earlier reasoning as text.")
+    tool_calls: list[MessageToolCall] | None = wire_field(
+        "must be a list of calls", 'Pass e.g. [{"id": ..., "type": "function", "function": {...}}].'
+    )
 
 
-def _check_messages(messages: Any) -> None:
-    """The shapes OpenAI requires of `messages` (their text is the engine's to check)."""
-    if not isinstance(messages, list) or not messages:
-        raise RequestError(400, "`messages` must be a non-empty list of chat messages.", "messages")
-    for index, message in enumerate(messages):
-        where = f"messages[{index}]"
-        if not isinstance(message, dict):
-            raise RequestError(400, f"`{where}` must be an object with a `role`; got {shown(message)}.", where)
-        role = message.get("role")
-        if role not in MESSAGE_ROLES:
-            raise RequestError(
-                400,
-                f"`{where}['role']` must be one of {', '.join(MESSAGE_ROLES)}; got {shown(role)}.",
-                f"{where}['role']",
-            )
-        for name in ("name", "tool_call_id", "reasoning", "reasoning_content"):
-            if message.get(name) is not None and not isinstance(message[name], str):
-                raise RequestError(
-                    400, f"`{where}['{name}']` must be a string; got {shown(message[name])}.", f"{where}['{name}']"
-                )
-        if role == "tool" and not message.get("tool_call_id"):
-            raise RequestError(
-                400,
-                f"`{where}` is a tool result without `tool_call_id`. Name the call it answers.",
-                f"{where}['tool_call_id']",
-            )
-        calls = message.get("tool_calls")
-        if calls is None:
-            continue
-        if role != "assistant" or not isinstance(calls, list):
-            raise RequestError(
-                400,
-                f"`{where}['tool_calls']` must be a list, on an assistant message; got "
-                f"{shown(calls)} on a {role} message.",
-                f"{where}['tool_calls']",
-            )
-        for number, call in enumerate(calls):
-            function = call.get("function") if isinstance(call, dict) else None
-            if not (
-                isinstance(function, dict)
-                and isinstance(function.get("name"), str)
-                and isinstance(function.get("arguments"), (str, dict))
-                and isinstance(call.get("id", ""), str)
-            ):
-                raise RequestError(
-                    400,
-                    f'`{where}[\'tool_calls\'][{number}]` must be {{"id": ..., "type": '
-                    f'"function", "function": {{"name": ..., "arguments": "<JSON>"}}}}; '
-                    f"got {shown(call)}.",
-                    f"{where}['tool_calls'][{number}]",
-                )
+class FunctionDefinition(WireModel):
+    model_config = ConfigDict(extra="allow", strict=True)
+    name: str = wire_field("must be 1-64 of A-Z a-z 0-9 _ -", "Rename the function.", ..., pattern=TOOL_NAME)
+    description: str | None = wire_field("must be a string", "Describe the function in text.")
+    parameters: dict[str, Any] | None = wire_field("must be a JSON schema object", 'Pass e.g. {"type": "object"}.')
 
 
-def _check_tools(tools: Any) -> None:
-    for index, tool in enumerate(tools or []):
+class ChatTool(WireModel):
+    """A function tool, as OpenAI's chat API takes it."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _a_function(cls, tool: Any) -> Any:
         function = tool.get("function") if isinstance(tool, dict) else None
         function = function if isinstance(function, dict) else {}
         name = function.get("name")
@@ -251,24 +127,142 @@ def _check_tools(tools: Any) -> None:
             isinstance(tool, dict)
             and tool.get("type", "function") == "function"
             and isinstance(name, str)
-            and TOOL_NAME.match(name)
+            and re.match(TOOL_NAME, name)
             and isinstance(function.get("description", ""), str)
             and isinstance(function.get("parameters", {}), dict)
         ):
+            raise WireError(
+                'A tool must be {"type": "function", "function": {"name": <1-64 of A-Z a-z 0-9 _ ->, '
+                f'"description": <text>, "parameters": <JSON schema>}}}}; got {shown(tool)}.'
+            )
+        return tool
+
+    type: Literal["function"] = wire_field("must be function", "Glimp runs function tools only.", "function")
+    function: FunctionDefinition = wire_field(
+        'must be {"name": ..., "description": ..., "parameters": <JSON schema>}', "See OpenAI's `tools`.", ...
+    )
+
+
+class StreamOptions(WireModel):
+    include_usage: bool | None = wire_field(*BOOLEAN)
+    continuous_usage_stats: bool | None = wire_field(*BOOLEAN)
+
+
+class ChatCompletionRequest(RunRequest):
+    """A chat-completion request: OpenAI's fields that map onto the engine, vLLM's
+    `structured_outputs`, and Glimp's run settings (`threshold`, `policy`, ...) as extra fields."""
+
+    messages: list[ChatMessage] = wire_field(
+        "must be a non-empty list of chat messages",
+        'Pass e.g. [{"role": "user", "content": "..."}].',
+        ...,
+        min_length=1,
+    )
+    stream_options: StreamOptions | None = wire_field(
+        'must be {"include_usage": true|false}', "Pass a JSON object with boolean values."
+    )
+    max_tokens: int | None = wire_field("must be an integer >= 1", "Pass e.g. 256.", ge=1)
+    max_completion_tokens: int | None = wire_field("must be an integer >= 1", "Pass e.g. 256.", ge=1)
+    n: int | None = wire_field("must be 1 (one routed answer per request)", "Leave it out or pass 1.", ge=1, le=1)
+    tools: list[ChatTool] | None = wire_field("must be a list of function tools", "See OpenAI's `tools`.")
+    tool_choice: str | dict[str, Any] | None = wire_field(
+        "must be a string or a function choice",
+        'Pass auto, required, none or {"type": "function", "function": {"name": ...}}.',
+    )
+    response_format: dict[str, Any] | None = wire_field("must be an object", 'Pass e.g. {"type": "json_object"}.')
+    structured_outputs: dict[str, Any] | None = wire_field(
+        f"must set one of {', '.join(STRUCTURED_OUTPUT_KINDS)}", 'Pass e.g. {"regex": "[0-9]+"}.'
+    )
+    # accepted and not used
+    store: bool | None = wire_field(*BOOLEAN)
+    include_reasoning: bool | None = wire_field(*BOOLEAN)
+    # accepted only "off" (OFF_VALUES)
+    logprobs: Any = None
+    top_logprobs: Any = None
+    frequency_penalty: Any = None
+    presence_penalty: Any = None
+    logit_bias: Any = None
+    audio: Any = None
+    modalities: Any = None
+    prediction: Any = None
+    reasoning_effort: Any = None
+    web_search_options: Any = None
+
+    @field_validator(*OFF_VALUES)
+    @classmethod
+    def _off(cls, value: Any, info: ValidationInfo) -> Any:
+        if value not in OFF_VALUES[str(info.field_name)]:
+            raise WireError(f"`{info.field_name}` is not supported by glimp serve; got {shown(value)}. Leave it unset.")
+        return value
+
+    def check(self, served_model: str, max_model_len: int | None) -> None:
+        """What the fields' types cannot say: the served model, budgets within the context window,
+        the rules across a message's fields."""
+        self.check_model(served_model)
+        for name in ("max_tokens", "max_completion_tokens"):
+            value = getattr(self, name)
+            if max_model_len is not None and value is not None and value > max_model_len:
+                raise RequestError(
+                    400,
+                    f"`{name}` must be at most {max_model_len}, this model's context window; got {value}. "
+                    "Ask for fewer tokens.",
+                    name,
+                )
+        for index, message in enumerate(self.messages):
+            where = f"messages[{index}]"
+            if message.role == "tool" and not message.tool_call_id:
+                raise RequestError(
+                    400,
+                    f"`{where}` is a tool result without `tool_call_id`. Name the call it answers.",
+                    f"{where}['tool_call_id']",
+                )
+            if message.tool_calls is not None and message.role != "assistant":
+                raise RequestError(
+                    400,
+                    f"`{where}['tool_calls']` must be on an assistant message; got them on a {message.role} message.",
+                    f"{where}['tool_calls']",
+                )
+        if self.structured_outputs is not None and self.response_format is not None:
             raise RequestError(
-                400,
-                f'`tools[{index}]` must be {{"type": "function", "function": {{"name": '
-                f'<1-64 of A-Z a-z 0-9 _ ->, "description": <text>, "parameters": <JSON '
-                f"schema>}}}}; got {shown(tool)}.",
-                f"tools[{index}]",
+                400, "Pass either `response_format` or `structured_outputs`, not both.", "structured_outputs"
             )
 
+    def run_arguments(self) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        """The messages and `GlimpRouter.astream` keyword arguments of this request."""
+        messages = [message.model_dump(exclude_none=True) for message in self.messages]
+        arguments = self.run_settings()
+        for name in ("response_format", "tool_choice"):
+            if getattr(self, name) is not None:
+                arguments[name] = getattr(self, name)  # tool_choice in any form: the engine reads it
+        if self.tools is not None:
+            arguments["tools"] = [tool.model_dump(exclude_none=True) for tool in self.tools]
+        if self.structured_outputs is not None:
+            arguments["response_format"] = _structured_outputs(self.structured_outputs)
+        max_tokens = self.max_completion_tokens or self.max_tokens
+        if max_tokens is not None:
+            arguments["max_tokens"] = max_tokens
+        return messages, arguments
 
-def _structured_outputs(spec: Any) -> AnswerConstraint:
+
+async def chat_completions(state: ServerState, request: Any) -> Any:
+    """`POST /v1/chat/completions`: a routed run, streamed as chunks or answered whole."""
+
+    def parse(body: Any) -> ParsedRequest:
+        chat = ChatCompletionRequest.parse(body)
+        chat.check(state.served_model, state.max_model_len)
+        messages, arguments = chat.run_arguments()
+        include_usage = bool(chat.stream_options and chat.stream_options.include_usage)
+        writer = ChunkWriter(state.served_model, tool_call_reader(state, arguments), include_usage)
+        return ParsedRequest(messages, arguments, writer, bool(chat.stream))
+
+    return await answer(state, request, parse)
+
+
+def _structured_outputs(spec: dict[str, Any]) -> AnswerConstraint:
     """vLLM's `structured_outputs` field ({"json": schema}, {"json_object": true}, {"regex": ...},
     {"choice": [...]} or {"grammar": ...}) as the engine's constraint, checked here so that an
     error names this field."""
-    given = {key: value for key, value in spec.items() if value not in (None, False)} if isinstance(spec, dict) else {}
+    given = {key: value for key, value in spec.items() if value not in (None, False)}
     if len(given) != 1 or next(iter(given)) not in STRUCTURED_OUTPUT_KINDS:
         raise RequestError(
             400,
@@ -306,19 +300,18 @@ class ChunkWriter:
         self.announced: list[str] = []
         """Ids of the tool calls whose name has been sent, in order."""
 
-    def chunk(
-        self, delta: dict[str, Any] | None = None, finish_reason: str | None = None, **extra: Any
-    ) -> dict[str, Any]:
+    def chunk(self, delta: dict[str, Any] | None = None, finish_reason: str | None = None, **extra: Any) -> Any:
+        """A `chat.completion.chunk` (openai's model, with Glimp's fields: `glimp`, a delta's `reasoning`)."""
         choices = (
             [] if delta is None else [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}]
         )
-        return {**self.base, "choices": choices, **extra}
+        return ChatCompletionChunk.model_validate({**self.base, "choices": choices, **extra})
 
     def start(self) -> list[str]:
-        return [sse_data(self.chunk({"role": "assistant", "content": ""}))]
+        return [sse_model(self.chunk({"role": "assistant", "content": ""}))]
 
     def on_event(self, event: RouterEvent) -> list[str]:
-        return [sse_data(chunk) for chunk in self._chunks(event)]
+        return [sse_model(chunk) for chunk in self._chunks(event)]
 
     def finish(self, trace: RunTrace) -> list[str]:
         chunks = self._answer_chunks(None)
@@ -326,7 +319,7 @@ class ChunkWriter:
         chunks.append(self.chunk(glimp={"summary": trace.summary()}))
         if self.include_usage:
             chunks.append(self.chunk(usage=usage(trace)))
-        return [*map(sse_data, chunks), "data: [DONE]\n\n"]
+        return [*map(sse_model, chunks), "data: [DONE]\n\n"]
 
     def failed(self, failure: RequestError) -> list[str]:
         """An `error` event, as vLLM sends it, then the end of the stream."""
@@ -335,7 +328,7 @@ class ChunkWriter:
     def whole(self, trace: RunTrace) -> dict[str, Any]:
         return completion(trace, self.id, self.model, self.reader)
 
-    def _chunks(self, event: RouterEvent) -> list[dict[str, Any]]:
+    def _chunks(self, event: RouterEvent) -> list[Any]:
         if isinstance(event, StepStarted):
             probe = event.probe
             return [
@@ -359,7 +352,7 @@ class ChunkWriter:
             return self._answer_chunks(event.text)
         return []
 
-    def _answer_chunks(self, delta: str | None) -> list[dict[str, Any]]:
+    def _answer_chunks(self, delta: str | None) -> list[Any]:
         """Chunks for the next piece of the answer (None: the answer is complete)."""
         if self.reader is None:
             return [self.chunk({"content": delta})] if delta else []
@@ -400,14 +393,17 @@ def completion(trace: RunTrace, completion_id: str, model: str, reader: ToolCall
             {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": json.dumps(c.arguments)}}
             for c in calls
         ]
-    return {
-        "id": completion_id,
-        "object": "chat.completion",
-        "created": int(time.time()),
-        "model": model,
-        "choices": [
-            {"index": 0, "message": message, "logprobs": None, "finish_reason": _finish_reason(trace, bool(calls))}
-        ],
-        "usage": usage(trace),
-        "glimp": {"steps": [step.routing() for step in trace.steps], "summary": trace.summary()},
-    }
+    response = ChatCompletion.model_validate(
+        {
+            "id": completion_id,
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": model,
+            "choices": [
+                {"index": 0, "message": message, "logprobs": None, "finish_reason": _finish_reason(trace, bool(calls))}
+            ],
+            "usage": usage(trace),
+            "glimp": {"steps": [step.routing() for step in trace.steps], "summary": trace.summary()},
+        }
+    )
+    return wire_dict(response)

@@ -36,8 +36,8 @@ class RequestError(Exception):
         return {"error": {"message": str(self), "type": self.kind, "param": self.param, "code": self.code}}
 
 
-def openai_param(parameter: str | None) -> str | None:
-    """A Glimp error's parameter as the request names it: the router's `prompt` is `messages`."""
+def chat_param(parameter: str | None) -> str | None:
+    """An engine error's parameter as a chat request names it: the router's `prompt` is `messages`."""
     if parameter and parameter.startswith("prompt"):
         return "messages" + parameter.removeprefix("prompt")
     return parameter
@@ -67,6 +67,16 @@ def run_failure(error: GlimpRunError) -> RequestError:
 
 def sse_data(payload: Mapping[str, Any]) -> str:
     return f"data: {json.dumps(payload)}\n\n"
+
+
+def wire_dict(model: Any) -> dict[str, Any]:
+    """A response model (openai's types, with Glimp's extra fields) as JSON data: the fields set."""
+    return model.model_dump(mode="json", exclude_unset=True)
+
+
+def sse_model(model: Any) -> str:
+    """A server-sent event carrying a response model."""
+    return sse_data(wire_dict(model))
 
 
 def is_int(value: Any, low: int = -(2**63), high: int = 2**63 - 1) -> bool:

@@ -8,6 +8,7 @@ import asyncio
 import json
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from glimp_integrations import (
@@ -24,7 +25,7 @@ from glimp_integrations import (
     set_model_request_headers,
 )
 from glimp_integrations.serve.observability import Metrics, Tracing, span_attributes
-from glimp_integrations.serve.protocol import ROUTING_FIELDS, RequestError, openai_param, run_failure
+from glimp_integrations.serve.protocol import ROUTING_FIELDS, RequestError, chat_param, run_failure
 
 
 class ServerState:
@@ -101,12 +102,16 @@ class ObservedRun:
             state.metrics.running.dec()
 
 
-async def first_event(events: AsyncGenerator[RouterEvent, None]) -> RouterEvent:
+async def first_event(
+    events: AsyncGenerator[RouterEvent, None], api_param: Callable[[str | None], str | None]
+) -> RouterEvent:
+    """The run's first event; a RequestError 400 naming the field (`api_param` of the engine's
+    parameter) when the engine refuses the run's settings or messages."""
     try:
         return await events.__anext__()
     except (GlimpConfigError, GlimpInputError) as error:
         await events.aclose()
-        raise RequestError(400, str(error), openai_param(error.parameter)) from error
+        raise RequestError(400, str(error), api_param(error.parameter)) from error
     except GlimpRunError as error:
         await events.aclose()
         raise run_failure(error) from error
@@ -180,26 +185,32 @@ class StreamWriter(Protocol):
     def whole(self, trace: RunTrace) -> dict[str, Any]: ...
 
 
-async def answer(
-    state: ServerState,
-    request: Any,
-    parse: Callable[[Any], tuple[list[dict[str, Any]], dict[str, Any], StreamWriter]],
-    in_api_terms: Callable[[RequestError], RequestError] = lambda error: error,
-) -> Any:
+@dataclass(frozen=True)
+class ParsedRequest:
+    """What an API makes of a request body: the run's messages and `GlimpRouter.astream`
+    arguments, the writer of its answer, and whether to stream it."""
+
+    messages: list[dict[str, Any]]
+    arguments: dict[str, Any]
+    writer: StreamWriter
+    stream: bool
+    api_param: Callable[[str | None], str | None] = chat_param
+    """An engine error's parameter as this API names the field."""
+
+
+async def answer(state: ServerState, request: Any, parse: Callable[[Any], ParsedRequest]) -> Any:
     """A request's routed run, answered whole or streamed: `parse` turns the JSON body into the
-    run's messages and arguments and the writer of the answer; errors before the answer starts go
-    through `in_api_terms` (to name the API's own fields)."""
+    run (a RequestError names what does not fit, in the API's own terms)."""
     from fastapi.responses import Response, StreamingResponse
 
     try:
-        body = await json_body(request)
-        messages, arguments, writer = parse(body)
-        events = ObservedRun(state, messages, arguments).__aiter__()
-        first = await first_event(events)  # bad settings fail here, before any response starts
+        parsed = parse(await json_body(request))
+        events = ObservedRun(state, parsed.messages, parsed.arguments).__aiter__()
+        first = await first_event(events, parsed.api_param)  # bad settings fail here, before any response starts
     except RequestError as error:
-        return state.error_response(in_api_terms(error))
-    if body.get("stream"):
-        return StreamingResponse(stream(state, events, first, writer), media_type="text/event-stream")
+        return state.error_response(error)
+    if parsed.stream:
+        return StreamingResponse(stream(state, events, first, parsed.writer), media_type="text/event-stream")
     outcome = await unless_disconnected(request, last_event(events, first))
     if outcome is None:  # the client left: the run was cancelled
         state.metrics.requests.labels(status="499").inc()
@@ -207,7 +218,7 @@ async def answer(
     if isinstance(outcome, RequestError):
         return state.error_response(outcome)
     state.metrics.requests.labels(status="200").inc()
-    return writer.whole(outcome)
+    return parsed.writer.whole(outcome)
 
 
 async def stream(
