@@ -41,6 +41,7 @@ def _models(parser: argparse.ArgumentParser, swept: Collection[str] = ()) -> Non
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The `glimp` command line (long: one declaration per command and option, read top to bottom)."""
     parser = argparse.ArgumentParser(prog="glimp", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
     ask = commands.add_parser("ask", help="answer one question, showing each step and who wrote it")

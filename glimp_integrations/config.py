@@ -44,6 +44,7 @@ class SamplingConfig:
     """Makes a run repeatable: same seed, same models, same question -> same trace."""
 
     def __post_init__(self) -> None:
+        """Check every field, one after the other in declaration order (long: one check per field)."""
         if not (isinstance(self.temperature, (int, float)) and 0 <= self.temperature < math.inf):
             raise invalid(
                 "temperature",

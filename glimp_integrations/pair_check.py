@@ -186,8 +186,32 @@ def _read_model(role: Role, given: str, tokenizer_source: str | None) -> tuple[M
 
 
 def _pair_findings(small: ModelFacts, large: ModelFacts, small_tokenizer: Any, large_tokenizer: Any) -> list[Finding]:
+    """Everything `glimp check` says of a pair, by concern."""
+    tokenizers = (small_tokenizer, large_tokenizer)
+    findings = [
+        *_file_findings(small, large, tokenizers),
+        _handoff(tokenizers),
+        *_reasoning_findings(small, large, tokenizers),
+        _tool_calls(large, large_tokenizer),
+        *_separator_findings(small, large),
+    ]
+    windows = [f.context_window for f in (small, large) if f.context_window]
+    if windows:
+        findings.append(
+            Finding(
+                "context",
+                "ok",
+                f"small {small.context_window}, large {large.context_window} tokens: a run fits in {min(windows)}",
+            )
+        )
+    findings.append(_speculation(small, large, tokenizers))
+    return findings
+
+
+def _file_findings(small: ModelFacts, large: ModelFacts, tokenizers: tuple[Any, Any]) -> list[Finding]:
+    """Each model's chat template and its config against its tokenizer."""
     findings: list[Finding] = []
-    for facts in (small, large):
+    for facts, tokenizer in zip((small, large), tokenizers):
         if not facts.has_chat_template:
             findings.append(
                 Finding(
@@ -197,7 +221,7 @@ def _pair_findings(small: ModelFacts, large: ModelFacts, small_tokenizer: Any, l
                     "Use the instruct or chat model, or add its template as chat_template.jinja.",
                 )
             )
-        elif not _renders_a_chat(small_tokenizer if facts.role == "small" else large_tokenizer):
+        elif not _renders_a_chat(tokenizer):
             findings.append(
                 Finding(
                     f"{facts.role} template",
@@ -216,18 +240,24 @@ def _pair_findings(small: ModelFacts, large: ModelFacts, small_tokenizer: Any, l
                     "Take the config and the tokenizer from the same model.",
                 )
             )
-    shared = vocabulary_digest(small_tokenizer) == vocabulary_digest(large_tokenizer)
-    findings.append(
-        Finding(
-            "handoff",
-            "ok",
-            "one vocabulary: each step goes to the other model as the token ids it was written in"
-            if shared
-            else "two vocabularies: each step goes to the other model as text, encoded by that model's tokenizer",
-        )
+    return findings
+
+
+def _handoff(tokenizers: tuple[Any, Any]) -> Finding:
+    shared = vocabulary_digest(tokenizers[0]) == vocabulary_digest(tokenizers[1])
+    return Finding(
+        "handoff",
+        "ok",
+        "one vocabulary: each step goes to the other model as the token ids it was written in"
+        if shared
+        else "two vocabularies: each step goes to the other model as text, encoded by that model's tokenizer",
     )
-    think = knows_think_tags(large_tokenizer)  # as reasoning_mode="auto" decides (routing_loop.resolve_mode)
-    findings.append(
+
+
+def _reasoning_findings(small: ModelFacts, large: ModelFacts, tokenizers: tuple[Any, Any]) -> list[Finding]:
+    """The reasoning mode `auto` picks, and in `think` mode each model's markers."""
+    think = knows_think_tags(tokenizers[1])  # as reasoning_mode="auto" decides (routing_loop.resolve_mode)
+    findings = [
         Finding(
             "reasoning mode",
             "ok",
@@ -236,57 +266,64 @@ def _pair_findings(small: ModelFacts, large: ModelFacts, small_tokenizer: Any, l
             if think
             else "plain (reasoning_mode='auto'): the large model's template has no think markers; the whole response is routed",
         )
-    )
-    if think:
-        for facts in (small, large):
-            opens, closes = facts.marker_ids
-            who = "its template opens it" if facts.template_opens_reasoning else "Glimp opens it after the prompt"
-            findings.append(
-                Finding(
-                    f"{facts.role} markers",
-                    "ok" if len(opens) == len(closes) == 1 else "note",
-                    f"{facts.reasoning_markers[0]!r} {opens}, {facts.reasoning_markers[1]!r} {closes} ({who}); "
-                    + (
-                        "each model closes the reasoning with its own id"
-                        if len(closes) == 1
-                        else "the markers are text of several tokens here: steps still end at them, "
-                        "but vLLM's reasoning parser of this model cannot split them"
-                    ),
-                )
+    ]
+    if not think:
+        return findings
+    for facts in (small, large):
+        opens, closes = facts.marker_ids
+        who = "its template opens it" if facts.template_opens_reasoning else "Glimp opens it after the prompt"
+        findings.append(
+            Finding(
+                f"{facts.role} markers",
+                "ok" if len(opens) == len(closes) == 1 else "note",
+                f"{facts.reasoning_markers[0]!r} {opens}, {facts.reasoning_markers[1]!r} {closes} ({who}); "
+                + (
+                    "each model closes the reasoning with its own id"
+                    if len(closes) == 1
+                    else "the markers are text of several tokens here: steps still end at them, "
+                    "but vLLM's reasoning parser of this model cannot split them"
+                ),
             )
-        if large.marker_ids[1] and len(large.marker_ids[1]) > 1:
-            findings.append(
-                Finding(
-                    "large markers",
-                    "problem",
-                    f"{large.given} writes {large.reasoning_markers[1]!r} as {len(large.marker_ids[1])} tokens: "
-                    "vLLM's reasoning parser (glimp serve's split of reasoning and answer, the servers' own) needs one.",
-                    "Use the model's own tokenizer, or reasoning_mode='plain'.",
-                )
-            )
-        if not knows_think_tags(small_tokenizer):
-            findings.append(
-                Finding(
-                    "small markers",
-                    "note",
-                    f"{small.given} has no think markers: it reads the reasoning after its prompt as plain text, "
-                    "and never closes it itself (the budget or the large model does).",
-                )
-            )
-    missing = list(MarkersAsTokens(large_tokenizer, TOOL_FAMILIES[large.tool_call_parser].call_markers).marker_ids)
-    findings.append(
-        Finding(
-            "tool calls",
-            "ok",
-            f"the large model's template gives `{large.tool_call_parser}` (vLLM's parser of that name reads the calls)"
-            + (
-                f"; its markers are plain text in this tokenizer (e.g. {missing[0]!r} is "
-                f"{len(_ids(large_tokenizer, missing[0]))} tokens), which Glimp's reader handles"
-                if missing
-                else ""
-            ),
         )
+    if large.marker_ids[1] and len(large.marker_ids[1]) > 1:
+        findings.append(
+            Finding(
+                "large markers",
+                "problem",
+                f"{large.given} writes {large.reasoning_markers[1]!r} as {len(large.marker_ids[1])} tokens: "
+                "vLLM's reasoning parser (glimp serve's split of reasoning and answer, the servers' own) needs one.",
+                "Use the model's own tokenizer, or reasoning_mode='plain'.",
+            )
+        )
+    if not knows_think_tags(tokenizers[0]):
+        findings.append(
+            Finding(
+                "small markers",
+                "note",
+                f"{small.given} has no think markers: it reads the reasoning after its prompt as plain text, "
+                "and never closes it itself (the budget or the large model does).",
+            )
+        )
+    return findings
+
+
+def _tool_calls(large: ModelFacts, large_tokenizer: Any) -> Finding:
+    missing = list(MarkersAsTokens(large_tokenizer, TOOL_FAMILIES[large.tool_call_parser].call_markers).marker_ids)
+    return Finding(
+        "tool calls",
+        "ok",
+        f"the large model's template gives `{large.tool_call_parser}` (vLLM's parser of that name reads the calls)"
+        + (
+            f"; its markers are plain text in this tokenizer (e.g. {missing[0]!r} is "
+            f"{len(_ids(large_tokenizer, missing[0]))} tokens), which Glimp's reader handles"
+            if missing
+            else ""
+        ),
     )
+
+
+def _separator_findings(small: ModelFacts, large: ModelFacts) -> list[Finding]:
+    findings = []
     for facts in (small, large):
         separator = SEPARATOR_SAMPLES[0]
         inside = [t for t, ids in facts.separator_ids.items() if len(ids) == 1 and t != separator]
@@ -302,16 +339,6 @@ def _pair_findings(small: ModelFacts, large: ModelFacts, small_tokenizer: Any, l
                 ),
             )
         )
-    windows = [f.context_window for f in (small, large) if f.context_window]
-    if windows:
-        findings.append(
-            Finding(
-                "context",
-                "ok",
-                f"small {small.context_window}, large {large.context_window} tokens: a run fits in {min(windows)}",
-            )
-        )
-    findings.append(_speculation(small, large, (small_tokenizer, large_tokenizer)))
     return findings
 
 

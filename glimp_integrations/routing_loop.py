@@ -158,7 +158,8 @@ class RoutedRun:
 
     async def _routed_steps(self, small: ModelSession, large: ModelSession) -> AsyncIterator[RouterEvent]:
         """The paper's loop: probe, route, write and commit each step until the reasoning (in
-        `think` mode) or the response (in `plain` mode) ends or its budget runs out."""
+        `think` mode) or the response (in `plain` mode) ends or its budget runs out.  (Long on
+        purpose: the algorithm reads in one place, as the paper's Algorithm 1 does.)"""
         config, think = self.config, self.mode == "think"
         phase: Phase = "reasoning" if think else "answer"
         # In plain mode the routed steps are the answer, so the user's stop sequences apply to them.

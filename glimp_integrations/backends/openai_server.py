@@ -48,6 +48,9 @@ class ModelServer:
         retry: RetryPolicy,
         entropy_gate: bool | None,
     ) -> None:
+        """Connect, and read what sessions need of the server, one question after the other (long:
+        its model card, tokenizer, context window, logprobs cap and entropy gate, each with the
+        error or warning that names the fix)."""
         openai = require_module("openai", "openai", "The OpenAI-compatible servers backend")
         transformers = require_module("transformers", "openai", "Rendering chat templates for the servers backend")
         require_module("jinja2", "openai", "Rendering chat templates for the servers backend")  # transformers' optional

@@ -94,7 +94,7 @@ class VLLMBackend(Backend):
         entropy_gate: bool = True,
         engine_args: dict[str, Any] | None = None,
     ) -> None:
-        """`memory`: per role, the GPU memory share (0-1) on a GPU or the KV-cache size in GiB on a
+        """(Long: each role's engine arguments, in one place.)  `memory`: per role, the GPU memory share (0-1) on a GPU or the KV-cache size in GiB on a
         CPU.  `enforce_eager` defaults to True on a CPU (start-up about 30 s instead of 100 s), and
         the block size to `CPU_BLOCK_SIZE` and chunked prefill to `CPU_CHUNKED_PREFILL`.
         `entropy_gate` measures H_init inside the small model's engine, in the step's own request

@@ -113,6 +113,7 @@ class ResponseWriter:
         return [self.event("response.created", response=shell), self.event("response.in_progress", response=shell)]
 
     def on_event(self, event: RouterEvent) -> list[str]:
+        """The events of one router event (long: one branch per kind of event, in OpenAI's order)."""
         if isinstance(event, StepStarted) and event.phase == "reasoning":
             item = _reasoning_item(f"rs_{self.id}_{event.index}", "", None, status="in_progress")
             self.output.append(item)
@@ -191,7 +192,8 @@ class ResponseWriter:
         ]
 
     def finish(self, trace: RunTrace) -> list[str]:
-        """The answer's closing events (a streamed message, or the parsed calls), then the response."""
+        """The answer's closing events (a streamed message, or the parsed calls), then the response.
+        (Long: OpenAI's event sequence for each item, written out in the order clients read it.)"""
         events: list[str] = []
         text, calls = self.reader.read(trace.answer) if self.reader else (trace.answer, [])
         if self.message is None and (text or not calls):
