@@ -21,6 +21,7 @@ from typing import Any, TextIO
 from glimp_integrations.config import POLICY_NAMES
 from glimp_integrations.errors import GlimpError
 from glimp_integrations.router import GlimpRouter
+from glimp_integrations.serve.limits import ServerLimits
 from glimp_integrations.settings import SETTING_NAMES, add_cli_options, cli_settings
 from glimp_integrations.trace import RunFinished, RunTrace, StepFinished, StepStarted, TokenDelta
 
@@ -64,8 +65,36 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--api-key",
         default=os.environ.get("GLIMP_API_KEY"),
-        help="require `Authorization: Bearer KEY` on every /v1 route (default: $GLIMP_API_KEY; "
-        "the environment keeps it out of `ps`)",
+        help="require `Authorization: Bearer KEY` on every route but the probes, /metrics and the playground "
+        "page (default: $GLIMP_API_KEY; the environment keeps it out of `ps`)",
+    )
+    serve.add_argument(
+        "--api-key-file",
+        help="admit the keys in this file: one per line, optionally followed by a space and a name for logs and "
+        "metrics; read again on SIGHUP",
+    )
+    limits = ServerLimits()
+    serve.add_argument(
+        "--max-concurrent-runs",
+        type=int,
+        default=limits.max_concurrent_runs,
+        help="runs in the engines at once (default: %(default)s)",
+    )
+    serve.add_argument(
+        "--max-queued-runs",
+        type=int,
+        default=limits.max_queued_runs,
+        help="requests waiting for a run's slot; past these a request gets a 429 at once (default: %(default)s)",
+    )
+    serve.add_argument(
+        "--client-settings",
+        type=lambda text: tuple(name.strip() for name in text.split(",") if name.strip()),
+        default=",".join(limits.client_settings),
+        help="run settings a request may change, comma-separated; the budgets and timeout up to this server's "
+        "(default: %(default)s; the sampling settings always)",
+    )
+    serve.add_argument(
+        "--max-connections", type=int, help="open connections at once; past them uvicorn answers 503 (default: none)"
     )
     check = commands.add_parser(
         "check", help="say what Glimp will do with a pair of models and what will not work, before any run"
@@ -142,6 +171,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                     args.otlp_traces_endpoint,
                     args.log_level,
                     args.api_key,
+                    api_key_file=args.api_key_file,
+                    limits=ServerLimits(args.max_concurrent_runs, args.max_queued_runs, args.client_settings),
+                    max_connections=args.max_connections,
                 )
             elif args.command == "bench":
                 _bench(router, args)

@@ -9,6 +9,7 @@ import pytest
 
 from glimp_integrations import GlimpRouter
 from glimp_integrations.serve import running_server
+from glimp_integrations.serve.limits import DEFAULT_CLIENT_SETTINGS, ServerLimits
 
 pytestmark = pytest.mark.embedded
 
@@ -38,7 +39,8 @@ def page():
 
     assert Path(CHROMIUM).exists(), "Chromium is missing: scripts/setup.sh installs Debian's chromium"
     router = GlimpRouter(seed=0, threshold=2.5, reasoning_budget=48, answer_budget=24, temperature=0)
-    with running_server(router, api_key=KEY) as url, sync_playwright() as playwright:
+    limits = ServerLimits(client_settings=(*DEFAULT_CLIENT_SETTINGS, "policy"))  # the compare panel's policy
+    with running_server(router, api_key=KEY, limits=limits) as url, sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
         page = browser.new_page(viewport={"width": 1280, "height": 900})
         page.goto(url.removesuffix("/v1") + "/")

@@ -203,28 +203,30 @@ def test_each_run_is_a_span_with_a_child_span_per_step(scripted_url, spans):
     "failure, status",
     [
         (ZeroDivisionError("division by zero"), 500),  # inside Glimp
-        (UpstreamError("the large model's server at http://x/v1 failed"), 502),
-        (UpstreamError("the large model's server at http://x/v1 refused the request", "input"), 400),
+        (UpstreamError("the large model's server at http://10.0.0.7:8000/v1 failed"), 502),
+        (UpstreamError("the large model's server at http://10.0.0.7:8000/v1 refused the request", "input"), 400),
     ],
 )
-def test_a_failed_run_answers_with_the_status_of_what_failed(stream, failure, status):
+def test_a_failed_run_answers_with_the_status_of_what_failed(stream, failure, status, caplog):
     """The status comes from the engine's `GlimpRunError.failure`: a model server that failed is a
-    502, one that refused the request as invalid a 400, anything else a 500."""
+    502, one that refused the request as invalid a 400, anything else a 500.  The body says what
+    failed and the request's id, never the exception's text or an internal URL: those go to the log."""
     with running_server(GlimpRouter(backend=scripted_pair(), policy=ScriptedChoices(Verdict.DELEGATE, failure))) as url:
         body = {"model": "glimp", "messages": QUESTION, "stream": stream}
         response = httpx.post(url + "/chat/completions", json=body)
         if stream:
-            error = next(
-                json.loads(line.removeprefix("data: "))["error"]
-                for line in response.text.splitlines()
-                if line.startswith("data: {") and '"error"' in line
-            )
+            lines = response.text.rstrip().splitlines()
+            error = next(json.loads(line.removeprefix("data: "))["error"] for line in lines if '"error"' in line)
+            assert lines[-1] == "data: [DONE]"
             assert scrape(url, "glimp_requests_total", status=str(status)) == 1
         else:
             assert response.status_code == status
             error = response.json()["error"]
-        assert error["code"] == status and type(failure).__name__ in error["message"]
-        assert error["type"] == ("invalid_request_error" if status == 400 else "server_error")
+    assert error["code"] == status and error["type"] == ("invalid_request_error" if status == 400 else "server_error")
+    assert error["request_id"] == response.headers["x-request-id"] and error["request_id"] in error["message"]
+    assert str(failure) not in error["message"] and "10.0.0.7" not in error["message"]
+    logged = [r for r in caplog.records if error["request_id"] in r.getMessage()]
+    assert logged and str(failure) in str(logged[0].exc_info[1])
 
 
 # --- the embedded pair, real clients --------------------------------------------------------------

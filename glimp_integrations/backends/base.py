@@ -378,13 +378,32 @@ def resolve_model_name(parameter: str, name: str) -> str:
     return name
 
 
-def check_prompt_fits(role: Role, model_name: str, prompt_tokens: int, context_window: int) -> None:
-    """Raise `ContextLengthError` unless the prompt leaves room for at least one new token."""
+@functools.lru_cache(maxsize=8)
+def longest_token_chars(tokenizer: Any) -> int:
+    """The most characters one token of a HF tokenizer's vocabulary holds (computed once)."""
+    return max(len(token) for token in tokenizer.get_vocab())
+
+
+def rendered_prompt(tokenizer: Any, spec: SessionSpec, role: Role, model_name: str, context_window: int) -> str:
+    """The session's prompt as its chat template renders it; `ContextLengthError` at once, before any
+    tokenizing, when it has more characters than the context window's tokens could hold (a token is
+    at most `longest_token_chars` characters; the bound takes twice that, for what a tokenizer's
+    normalizer drops): a 16 MB prompt is refused in milliseconds, not after seconds of tokenizing."""
+    text = render_chat_prompt(tokenizer, spec)
+    check_prompt_fits(role, model_name, len(text) // (2 * longest_token_chars(tokenizer)), context_window, True)
+    return text
+
+
+def check_prompt_fits(
+    role: Role, model_name: str, prompt_tokens: int, context_window: int, at_least: bool = False
+) -> None:
+    """Raise `ContextLengthError` unless the prompt (of `prompt_tokens`, or `at_least` that many)
+    leaves room for at least one new token."""
     from glimp_integrations.errors import ContextLengthError
 
     if prompt_tokens >= context_window:
         raise ContextLengthError(
-            f"`messages` renders to {prompt_tokens} tokens for the {role} model `{model_name}`, "
+            f"`messages` renders to {'at least ' if at_least else ''}{prompt_tokens} tokens for the {role} model `{model_name}`, "
             f"whose context window is {context_window} tokens. Shorten the conversation "
             f"(drop earlier turns or long documents) or use a model with a longer context.",
             parameter="messages",

@@ -42,7 +42,7 @@ from glimp_integrations.backends.base import (
     TokenContextSession,
     TokenDistribution,
     check_prompt_fits,
-    render_chat_prompt,
+    rendered_prompt,
 )
 from glimp_integrations.backends.gate_arguments import gate_arguments
 from glimp_integrations.backends.openai_server import ModelServer, RetryPolicy, ServerError
@@ -108,8 +108,10 @@ class OpenAIServersBackend(Backend):
 
     async def open_session(self, role: Role, spec: SessionSpec) -> OpenAISession:
         server = self.models[role]
-        prompt = render_chat_prompt(server.tokenizer, spec)
-        prompt_tokens = server.count(prompt)
+        prompt = await _sync.on_the_tokenizer_thread(
+            lambda: rendered_prompt(server.tokenizer, spec, role, server.name, server.context_window)
+        )
+        prompt_tokens = await _sync.on_the_tokenizer_thread(lambda: server.count(prompt))
         check_prompt_fits(role, server.name, prompt_tokens, server.context_window)
         return OpenAISession(server, role, prompt, prompt_tokens, spec)
 

@@ -23,6 +23,7 @@ from typing import Any, Generic, TypeVar
 
 import numpy
 
+from glimp_integrations import _sync
 from glimp_integrations._sync import on_a_passing_thread
 from glimp_integrations.backends.base import (
     Backend,
@@ -33,7 +34,7 @@ from glimp_integrations.backends.base import (
     TokenDistribution,
     check_prompt_fits,
     knows_think_tags,
-    render_chat_prompt,
+    rendered_prompt,
     resolve_model_name,
 )
 from glimp_integrations.backends.batching import ModelWorker, batches_rows
@@ -174,8 +175,12 @@ class TransformersBackend(Backend):
 
     async def open_session(self, role: Role, spec: SessionSpec) -> TransformersSession:
         loaded = self.models[role]
-        prompt = render_chat_prompt(loaded.tokenizer, spec)
-        prompt_ids = loaded.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        prompt_ids = await _sync.on_the_tokenizer_thread(
+            lambda: loaded.tokenizer(
+                rendered_prompt(loaded.tokenizer, spec, role, loaded.name, loaded.context_window),
+                add_special_tokens=False,
+            )["input_ids"]
+        )
         check_prompt_fits(role, loaded.name, len(prompt_ids), loaded.context_window)
         return TransformersSession(loaded, role, prompt_ids, spec, self.max_batch_size)
 

@@ -47,7 +47,7 @@ from glimp_integrations.backends.base import (
     TokenDistribution,
     check_prompt_fits,
     health_problem,
-    render_chat_prompt,
+    rendered_prompt,
     resolve_model_name,
 )
 from glimp_integrations.backends.speculative import speculative_config
@@ -145,7 +145,9 @@ class VLLMBackend(Backend):
 
     async def open_session(self, role: Role, spec: SessionSpec) -> VLLMSession:
         engine = self.models[role]
-        prompt_ids = engine.encode(render_chat_prompt(engine.tokenizer, spec))
+        prompt_ids = await _sync.on_the_tokenizer_thread(
+            lambda: engine.encode(rendered_prompt(engine.tokenizer, spec, role, engine.name, engine.context_window))
+        )
         check_prompt_fits(role, engine.name, len(prompt_ids), engine.context_window)
         return VLLMSession(engine, role, prompt_ids, spec, self.gate if role == "small" else None)
 

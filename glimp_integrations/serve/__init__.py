@@ -30,12 +30,20 @@ engine requests.  A model server that fails mid-run ends the run with a 502 nami
 failure of a run is a 500.
 """
 
-from glimp_integrations.errors import require_module
-
-for _module in ("fastapi", "openai"):  # before the modules that import them
-    require_module(_module, "serve", "glimp serve")
-
-from glimp_integrations.serve.app import create_app  # noqa: E402
-from glimp_integrations.serve.process import running_server, scrape, serve  # noqa: E402
+from typing import Any
 
 __all__ = ["create_app", "running_server", "scrape", "serve"]
+
+
+def __getattr__(name: str) -> Any:
+    """The app and the servers, imported when first asked for (the limits and wire models import
+    without FastAPI; these need it and openai's models)."""
+    if name not in __all__:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from glimp_integrations.errors import require_module
+
+    for module in ("fastapi", "openai"):
+        require_module(module, "serve", "glimp serve")
+    from glimp_integrations.serve import app, process
+
+    return getattr(app if name == "create_app" else process, name)

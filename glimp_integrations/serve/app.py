@@ -4,7 +4,6 @@ an operator needs (`/v1/models`, `/health` and `/readyz`, `/livez`, `/metrics`) 
 
 from __future__ import annotations
 
-import hmac
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -14,8 +13,9 @@ from openai.types.responses import Response as ResponsesResponse
 from pydantic import BaseModel
 
 from glimp_integrations import GlimpRouter
-from glimp_integrations.errors import invalid
 from glimp_integrations.serve import chat, responses
+from glimp_integrations.serve.keys import KeyRing
+from glimp_integrations.serve.limits import ServerLimits
 from glimp_integrations.serve.playground import playground_page
 from glimp_integrations.serve.protocol import RequestError
 from glimp_integrations.serve.runs import ServerState
@@ -33,57 +33,67 @@ RESPONSE_MODELS: dict[str, type[BaseModel]] = {
 }
 
 
+OPEN_PATHS = ("/livez", "/readyz", "/health", "/metrics", "/")
+"""What answers without a key when keys are set: the probes, the metrics (keep them internal) and
+the playground page (it asks for the key and sends it with its own requests)."""
+
+
 def create_app(
     router: GlimpRouter,
     served_model_name: str | None = None,
     *,
     tracer_provider: Any | None = None,
     api_key: str | None = None,
+    keys: KeyRing | None = None,
+    limits: ServerLimits | None = None,
 ) -> FastAPI:
     """The FastAPI app serving `router`.  `served_model_name` is the id clients pass as `model`
     (default: "glimp"); `tracer_provider` an OpenTelemetry provider for the run and step spans
-    (default: the global one, a no-op unless configured); `api_key`: every `/v1` route then
-    answers 401 unless the request carries `Authorization: Bearer <api_key>` (as `vllm serve
-    --api-key`); `/health`, `/readyz`, `/livez` and `/metrics` stay open (keep them internal)."""
+    (default: the global one, a no-op unless configured); `api_key`, or `keys` (a `KeyRing`, which
+    a file can fill and refill): every route but `OPEN_PATHS` then answers 401 unless the request
+    carries `Authorization: Bearer <key>` (as `vllm serve --api-key`); `limits`: the operator's
+    (`ServerLimits`: admission, ceilings, body size)."""
     from glimp_integrations import serve
 
-    if api_key is not None and (not isinstance(api_key, str) or not api_key.strip()):
-        raise invalid("api_key", "<hidden>", "must be a non-empty string", "Pass the key clients will send, or None.")
-    state = ServerState(router, served_model_name or "glimp", tracer_provider)
+    keys = keys if keys is not None else KeyRing(api_key)
+    state = ServerState(router, served_model_name or "glimp", tracer_provider, limits or ServerLimits())
     if router.backend.tokenizer("large") is not None:
         load_vllm_parsers()  # now, not in the first request with tools
     app = FastAPI(title="glimp serve", description=serve.__doc__)
     app.state.glimp = state
-    if api_key is not None:
-        _require_key(app, state, api_key)
+    app.state.keys = keys
+    if keys.required:
+        _require_key(app, state, keys)
     _operator_routes(app, state)
     _api_routes(app, state)
     return app
 
 
-def _require_key(app: FastAPI, state: ServerState, api_key: str) -> None:
-    expected = f"Bearer {api_key}".encode()
-
+def _require_key(app: FastAPI, state: ServerState, keys: KeyRing) -> None:
     @app.middleware("http")
     async def require_key(request: Request, call_next: Any) -> Any:
-        given = request.headers.get("authorization", "").encode()
-        if request.url.path.startswith("/v1/") and not hmac.compare_digest(given, expected):
+        if request.url.path in OPEN_PATHS:
+            return await call_next(request)
+        name = keys.name_of(request.headers.get("authorization", ""))
+        if name is None:
             return state.error_response(
                 RequestError(
                     401,
-                    "Missing or wrong API key: send `Authorization: Bearer <key>` with the key this server "
-                    "was started with (--api-key or GLIMP_API_KEY).",
+                    "Missing or wrong API key: send `Authorization: Bearer <key>` with a key this server "
+                    "was started with (--api-key, --api-key-file or GLIMP_API_KEY).",
                     kind="authentication_error",
                     code="invalid_api_key",
+                    reason="no_key",
                 )
             )
+        state.metrics.key_requests.labels(key=name).inc()
         return await call_next(request)
 
 
 def _operator_routes(app: FastAPI, state: ServerState) -> None:
     """The playground, the model list, readiness, liveness and metrics."""
     router = state.router
-    page = playground_page(router, state.served_model)
+    page = playground_page(router, state.served_model, state.limits.client_settings)
 
     @app.get("/", include_in_schema=False)
     async def playground() -> Any:
@@ -120,7 +130,7 @@ def _operator_routes(app: FastAPI, state: ServerState) -> None:
 
     @app.get("/metrics")
     async def metrics() -> Any:
-        return Response(state.metrics.exposition(), media_type="text/plain; version=0.0.4; charset=utf-8")
+        return Response(state.metrics_text(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
 
 def _api_routes(app: FastAPI, state: ServerState) -> None:

@@ -31,7 +31,16 @@ from glimp_integrations.serve.protocol import (
     wire_dict,
 )
 from glimp_integrations.serve.runs import ParsedRequest, ServerState, answer
-from glimp_integrations.serve.wire import BOOLEAN, RunRequest, WireError, WireModel, wire_field
+from glimp_integrations.serve.wire import (
+    BOOLEAN,
+    MAX_MESSAGES,
+    MAX_TOOLS,
+    RunRequest,
+    WireError,
+    WireModel,
+    bounded_json,
+    wire_field,
+)
 from glimp_integrations.tool_formats import ToolCallReader
 from glimp_integrations.trace import RouterEvent, RunTrace, StepFinished, StepStarted, TokenDelta
 
@@ -135,6 +144,7 @@ class ChatTool(WireModel):
                 'A tool must be {"type": "function", "function": {"name": <1-64 of A-Z a-z 0-9 _ ->, '
                 f'"description": <text>, "parameters": <JSON schema>}}}}; got {shown(tool)}.'
             )
+        bounded_json(f"tools: {name}'s parameters", function.get("parameters", {}))
         return tool
 
     type: Literal["function"] = wire_field("must be function", "Glimp runs function tools only.", "function")
@@ -153,10 +163,11 @@ class ChatCompletionRequest(RunRequest):
     `structured_outputs`, and Glimp's run settings (`threshold`, `policy`, ...) as extra fields."""
 
     messages: list[ChatMessage] = wire_field(
-        "must be a non-empty list of chat messages",
+        f"must be a non-empty list of at most {MAX_MESSAGES} chat messages",
         'Pass e.g. [{"role": "user", "content": "..."}].',
         ...,
         min_length=1,
+        max_length=MAX_MESSAGES,
     )
     stream_options: StreamOptions | None = wire_field(
         'must be {"include_usage": true|false}', "Pass a JSON object with boolean values."
@@ -164,7 +175,9 @@ class ChatCompletionRequest(RunRequest):
     max_tokens: int | None = wire_field("must be an integer >= 1", "Pass e.g. 256.", ge=1)
     max_completion_tokens: int | None = wire_field("must be an integer >= 1", "Pass e.g. 256.", ge=1)
     n: int | None = wire_field("must be 1 (one routed answer per request)", "Leave it out or pass 1.", ge=1, le=1)
-    tools: list[ChatTool] | None = wire_field("must be a list of function tools", "See OpenAI's `tools`.")
+    tools: list[ChatTool] | None = wire_field(
+        f"must be a list of at most {MAX_TOOLS} function tools", "See OpenAI's `tools`.", max_length=MAX_TOOLS
+    )
     tool_choice: str | dict[str, Any] | None = wire_field(
         "must be a string or a function choice",
         'Pass auto, required, none or {"type": "function", "function": {"name": ...}}.',
@@ -187,6 +200,11 @@ class ChatCompletionRequest(RunRequest):
     prediction: Any = None
     reasoning_effort: Any = None
     web_search_options: Any = None
+
+    @field_validator("response_format", "structured_outputs")
+    @classmethod
+    def _bounded(cls, value: Any, info: ValidationInfo) -> Any:
+        return bounded_json(str(info.field_name), value)
 
     @field_validator(*OFF_VALUES)
     @classmethod

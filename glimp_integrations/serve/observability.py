@@ -20,7 +20,7 @@ class Metrics:
         self.registry = registry = prometheus.CollectorRegistry()
         self.requests = prometheus.Counter(
             "glimp_requests",
-            "Chat-completion requests by HTTP status (499: the client disconnected)",
+            "Requests to the APIs by HTTP status (499: the client disconnected)",
             ["status"],
             registry=registry,
         )
@@ -59,6 +59,17 @@ class Metrics:
             registry=registry,
         )
         self.running = prometheus.Gauge("glimp_runs_running", "Runs in progress", registry=registry)
+        self.key_requests = prometheus.Counter(
+            "glimp_key_requests", "Requests admitted, by the name of their API key", ["key"], registry=registry
+        )
+        self.queued = prometheus.Gauge("glimp_runs_queued", "Requests waiting for a run's slot", registry=registry)
+        self.rejected = prometheus.Counter(
+            "glimp_rejected_requests",
+            "Requests refused before a run, by reason (capacity: 429; body_too_large, body_timeout, "
+            "not_json, no_key, not_allowed, over_ceiling, bad_request)",
+            ["reason"],
+            registry=registry,
+        )
         self._engine_requests = prometheus.Gauge(
             "glimp_engine_requests_running",
             "Requests each role's engine or server is running for this process",

@@ -7,15 +7,17 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from importlib import resources
 
 from glimp_integrations.config import POLICY_NAMES
 from glimp_integrations.router import GlimpRouter
 
 
-def playground_page(router: GlimpRouter, served_model: str) -> str:
-    """The page, with the router's run settings as its form's defaults (no model names: the page
-    is open where `/v1` may need a key, so it reads them from `/v1/models` with the user's key)."""
+def playground_page(router: GlimpRouter, served_model: str, client_settings: Sequence[str]) -> str:
+    """The page, with the router's run settings as its form's defaults and only those a request
+    may change (`client_settings`) open to edit (no model names: the page is open where `/v1` may
+    need a key, so it reads them from `/v1/models` with the user's key)."""
     config = router.config
 
     def finite(value: float | None) -> float | None:
@@ -24,6 +26,7 @@ def playground_page(router: GlimpRouter, served_model: str) -> str:
     defaults = {
         "served_model": served_model,
         "policies": list(POLICY_NAMES),
+        "client_settings": list(client_settings),
         "threshold": finite(config.threshold),
         "policy": config.policy,
         "reasoning_mode": config.reasoning_mode,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import logging
 import signal
 import threading
 import time
@@ -13,10 +14,14 @@ from collections.abc import Iterator
 from typing import Any
 
 from glimp_integrations import _sync
-from glimp_integrations.errors import require_module
+from glimp_integrations.errors import GlimpError, require_module
 from glimp_integrations.router import GlimpRouter
 from glimp_integrations.serve.app import create_app
+from glimp_integrations.serve.keys import KeyRing
+from glimp_integrations.serve.limits import ServerLimits
 from glimp_integrations.serve.observability import otlp_tracer_provider
+
+logger = logging.getLogger(__name__)
 
 
 def serve(
@@ -27,15 +32,20 @@ def serve(
     otlp_traces_endpoint: str | None = None,
     log_level: str = "info",
     api_key: str | None = None,
+    *,
+    api_key_file: str | None = None,
+    limits: ServerLimits | None = None,
+    max_connections: int | None = None,
 ) -> None:
     """Serve `router` until interrupted (what `glimp serve` runs).  SIGTERM (what `docker stop` and
     Kubernetes send) and Ctrl-C stop taking requests, let the open ones finish, then export the
     spans not yet sent: uvicorn's own signal handling needs the main thread, and the server runs
-    on the engines' loop."""
+    on the engines' loop.  SIGHUP reads `api_key_file` again.  `max_connections`: past it uvicorn
+    answers 503 at once."""
     tracer_provider = otlp_tracer_provider(otlp_traces_endpoint) if otlp_traces_endpoint else None
-    server = _uvicorn_server(
-        create_app(router, served_model_name, tracer_provider=tracer_provider, api_key=api_key), host, port, log_level
-    )
+    keys = KeyRing(api_key, api_key_file)
+    app = create_app(router, served_model_name, tracer_provider=tracer_provider, keys=keys, limits=limits)
+    server = _uvicorn_server(app, host, port, log_level, max_connections)
     running = _start_on_engine_loop(server)
 
     def stop(*_: Any) -> None:
@@ -43,8 +53,16 @@ def serve(
             server.force_exit = True
         server.should_exit = True
 
+    def reload_keys(*_: Any) -> None:
+        try:
+            keys.reload()
+            logger.warning("glimp serve: API keys read again from %s", api_key_file)
+        except GlimpError as error:
+            logger.error("glimp serve: kept the API keys in use: %s", error)
+
     in_main_thread = threading.current_thread() is threading.main_thread()  # where handlers can be set
     previous = signal.signal(signal.SIGTERM, stop) if in_main_thread else None
+    previous_hangup = signal.signal(signal.SIGHUP, reload_keys) if in_main_thread and api_key_file else None
     try:
         while True:
             try:
@@ -55,13 +73,17 @@ def serve(
     finally:
         if in_main_thread:
             signal.signal(signal.SIGTERM, previous)
+            if api_key_file:
+                signal.signal(signal.SIGHUP, previous_hangup)
         if tracer_provider is not None:
             tracer_provider.shutdown()
 
 
-def _uvicorn_server(app: Any, host: str, port: int, log_level: str) -> Any:
+def _uvicorn_server(app: Any, host: str, port: int, log_level: str, max_connections: int | None = None) -> Any:
     uvicorn = require_module("uvicorn", "serve", "glimp serve")
-    return uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level=log_level))
+    return uvicorn.Server(
+        uvicorn.Config(app, host=host, port=port, log_level=log_level, limit_concurrency=max_connections)
+    )
 
 
 def _start_on_engine_loop(server: Any) -> concurrent.futures.Future:

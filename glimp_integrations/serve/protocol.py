@@ -8,7 +8,7 @@ import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from glimp_integrations import GlimpRunError, RunTrace
+from glimp_integrations import RunTrace
 from glimp_integrations.config import CONFIG_FIELDS, SAMPLING_FIELDS
 
 OPENAI_NAMED_SETTINGS = (*SAMPLING_FIELDS, "stop")
@@ -18,7 +18,8 @@ ROUTING_FIELDS: tuple[str, ...] = tuple(f for f in CONFIG_FIELDS if f not in OPE
 
 
 class RequestError(Exception):
-    """A request the server answers with an OpenAI-style error (`status`, `param`, `code`)."""
+    """A request the server answers with an OpenAI-style error (`status`, `param`, `code`);
+    `reason` counts a refusal in `/metrics` (`glimp_rejected_requests`), `headers` go with it."""
 
     def __init__(
         self,
@@ -27,13 +28,22 @@ class RequestError(Exception):
         param: str | None = None,
         kind: str = "invalid_request_error",
         code: str | int | None = None,
+        reason: str | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__(message)
         self.status, self.param, self.kind = status, param, kind
         self.code = status if code is None else code
+        self.reason = reason or ("bad_request" if 400 <= status < 500 else None)
+        self.headers = dict(headers or {})
+        self.request_id: str | None = None
+        """The request's id, once known (the body carries it)."""
 
     def body(self) -> dict[str, Any]:
-        return {"error": {"message": str(self), "type": self.kind, "param": self.param, "code": self.code}}
+        error: dict[str, Any] = {"message": str(self), "type": self.kind, "param": self.param, "code": self.code}
+        if self.request_id is not None:
+            error["request_id"] = self.request_id
+        return {"error": error}
 
 
 def chat_param(parameter: str | None) -> str | None:
@@ -56,13 +66,6 @@ def usage(trace: RunTrace) -> dict[str, Any]:
 
 FAILURE_STATUS = {"upstream": 502, "input": 400, "internal": 500}
 """The status a failed run answers with, by what failed (`GlimpRunError.failure`)."""
-
-
-def run_failure(error: GlimpRunError) -> RequestError:
-    """A run that failed: 502 when a model server failed (the error names it), 400 when a model
-    server refused the request as invalid, else 500."""
-    status = FAILURE_STATUS[error.failure]
-    return RequestError(status, str(error), kind="invalid_request_error" if status == 400 else "server_error")
 
 
 def sse_data(payload: Mapping[str, Any]) -> str:

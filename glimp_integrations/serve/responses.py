@@ -22,16 +22,25 @@ the response as on a chat completion.  Streamed, the events OpenAI's clients par
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import ConfigDict, ValidationInfo, field_validator, model_validator
+from pydantic import ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from glimp_integrations.constraints import read_tool_choice
 from glimp_integrations.serve.chat import TOOL_NAME, tool_call_reader
 from glimp_integrations.serve.protocol import RequestError, shown
 from glimp_integrations.serve.responses_writer import ResponseWriter
 from glimp_integrations.serve.runs import ParsedRequest, ServerState, answer
-from glimp_integrations.serve.wire import BOOLEAN, RunRequest, WireError, WireModel, wire_field
+from glimp_integrations.serve.wire import (
+    BOOLEAN,
+    MAX_MESSAGES,
+    MAX_TOOLS,
+    RunRequest,
+    WireError,
+    WireModel,
+    bounded_json,
+    wire_field,
+)
 
 STATEFUL = {"previous_response_id": None, "conversation": None, "store": False, "background": False}
 """Fields that need state kept between requests: Glimp keeps none, so only these values pass."""
@@ -57,6 +66,7 @@ class ResponsesFunctionTool(WireModel):
                 'A tool must be a function tool {"type": "function", "name": ..., "parameters": ...} '
                 f"(Glimp runs no hosted tools); got {shown(value)}."
             )
+        bounded_json(f"tools: {value['name']}'s parameters", value.get("parameters") or {})
         return value
 
     def chat_tool(self) -> dict[str, Any]:
@@ -68,12 +78,17 @@ class ResponsesFunctionTool(WireModel):
 class ResponsesRequest(RunRequest):
     """A Responses API request (`POST /v1/responses`)."""
 
-    input: str | list[Any] = wire_field(
-        "must be text or a non-empty list of items", 'Pass e.g. "What is 3 x 3?".', ..., min_length=1
+    input: str | Annotated[list[Any], Field(max_length=MAX_MESSAGES)] = wire_field(
+        f"must be text or a non-empty list of at most {MAX_MESSAGES} items",
+        'Pass e.g. "What is 3 x 3?".',
+        ...,
+        min_length=1,
     )
     instructions: str | None = wire_field("must be a string", "Pass the system instructions as text.")
     max_output_tokens: int | None = wire_field("must be an integer >= 1", "Pass e.g. 256.", ge=1)
-    tools: list[ResponsesFunctionTool] | None = wire_field("must be a list of function tools", "See OpenAI's `tools`.")
+    tools: list[ResponsesFunctionTool] | None = wire_field(
+        f"must be a list of at most {MAX_TOOLS} function tools", "See OpenAI's `tools`.", max_length=MAX_TOOLS
+    )
     tool_choice: str | dict[str, Any] | None = wire_field(
         "must be a string or a function choice", 'Pass auto, required, none or {"type": "function", "name": ...}.'
     )
@@ -115,7 +130,7 @@ class ResponsesRequest(RunRequest):
                 f"`text` must be an object with `format`; got {shown(value)}. "
                 'Pass e.g. {"format": {"type": "json_object"}}.'
             )
-        return value
+        return bounded_json("text", value)
 
     @field_validator("reasoning")
     @classmethod

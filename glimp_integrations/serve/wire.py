@@ -13,13 +13,22 @@ from __future__ import annotations
 import types
 import typing
 from collections.abc import Mapping, Sequence
-from typing import Any, ClassVar, Union
+from typing import Annotated, Any, ClassVar, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_core import PydanticCustomError
 
 from glimp_integrations.config import did_you_mean
 from glimp_integrations.serve.protocol import OPENAI_NAMED_SETTINGS, ROUTING_FIELDS, RequestError, shown
+
+MAX_MESSAGES = 4096
+MAX_TOOLS = 128
+"""OpenAI's own limit."""
+MAX_STOP = 16
+MAX_STOP_CHARS = 256
+MAX_JSON_DEPTH = 64
+MAX_JSON_BYTES = 256 * 1024
+"""A JSON schema or format object: the most levels and bytes taken (a grammar is compiled from it)."""
 
 WIRE_ERROR = "glimp_wire"
 """The pydantic error type of `WireError`: its message is the whole error."""
@@ -184,7 +193,20 @@ class RunRequest(routing_settings_model()):  # type: ignore[misc]
     )
     top_p: float | None = wire_field("must be a number in (0, 1]", "Pass e.g. 0.95.", gt=0, le=1, allow_inf_nan=False)
     seed: int | None = wire_field("must be an integer (64-bit)", "Pass e.g. 0.", ge=-(2**63), le=2**63 - 1)
-    stop: str | list[str] | None = wire_field("must be a string or a list of strings", 'Pass e.g. ["\\n\\n"].')
+    stop: str | Annotated[list[str], Field(max_length=MAX_STOP)] | None = wire_field(
+        f"must be a string or a list of at most {MAX_STOP} strings", 'Pass e.g. ["\\n\\n"].'
+    )
+
+    @field_validator("stop")
+    @classmethod
+    def _short_stops(cls, value: Any) -> Any:
+        for text in [value] if isinstance(value, str) else value or ():
+            if len(text) > MAX_STOP_CHARS:
+                raise WireError(
+                    f"`stop` holds a string of {len(text)} characters; at most {MAX_STOP_CHARS} are taken. Shorten it."
+                )
+        return value
+
     parallel_tool_calls: bool | None = wire_field(*BOOLEAN)
     user: str | None = wire_field("must be a string", "Pass an end-user id.")
     # accepted and not used: labels, billing tier
@@ -211,3 +233,22 @@ class RunRequest(routing_settings_model()):  # type: ignore[misc]
         if isinstance(self.stop, str):
             arguments["stop"] = [self.stop]
         return arguments
+
+
+def bounded_json(name: str, value: Any) -> Any:
+    """`value` (a JSON schema or format object) unless it nests deeper than `MAX_JSON_DEPTH` or
+    takes more than `MAX_JSON_BYTES`: then a WireError naming `name` and the limit."""
+    import json
+
+    depth, pending = 0, [(value, 1)]
+    while pending:  # no recursion: the deepest object is what is being checked
+        node, level = pending.pop()
+        depth = max(depth, level)
+        if depth > MAX_JSON_DEPTH:
+            raise WireError(f"`{name}` nests deeper than {MAX_JSON_DEPTH} levels, the most taken. Flatten it.")
+        children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else ()
+        pending.extend((child, level + 1) for child in children if isinstance(child, (dict, list)))
+    size = len(json.dumps(value))
+    if size > MAX_JSON_BYTES:
+        raise WireError(f"`{name}` is {size} bytes of JSON; at most {MAX_JSON_BYTES} are taken. Send a smaller one.")
+    return value
