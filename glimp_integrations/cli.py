@@ -94,7 +94,19 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: %(default)s; the sampling settings always)",
     )
     serve.add_argument(
+        "--allowed-hosts",
+        type=lambda text: tuple(name.strip() for name in text.split(",") if name.strip()),
+        help="the names a request's Host header may give, comma-separated (default: the loopback names when "
+        "--host is loopback, else any)",
+    )
+    serve.add_argument(
         "--max-connections", type=int, help="open connections at once; past them uvicorn answers 503 (default: none)"
+    )
+    serve.add_argument(
+        "--allowed-hosts",
+        type=lambda text: tuple(name.strip() for name in text.split(",") if name.strip()),
+        help="the names a request's Host header may give, comma-separated (default: the loopback names when "
+        "--host is loopback, else any)",
     )
     check = commands.add_parser(
         "check", help="say what Glimp will do with a pair of models and what will not work, before any run"
@@ -174,6 +186,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     api_key_file=args.api_key_file,
                     limits=ServerLimits(args.max_concurrent_runs, args.max_queued_runs, args.client_settings),
                     max_connections=args.max_connections,
+                    allowed_hosts=args.allowed_hosts,
                 )
             elif args.command == "bench":
                 _bench(router, args)

@@ -271,3 +271,12 @@ def test_the_playground_offers_only_the_settings_a_request_may_change():
         and "policy" not in defaults["client_settings"]
     )
     assert "$(id).disabled = !ALLOWED.has(field)" in page
+
+
+def test_a_server_answers_only_to_its_allowed_host_names():
+    """A page on evil.example that rebinds its name to 127.0.0.1 reaches the socket, not the API."""
+    with running_server(GlimpRouter(backend=scripted_pair()), allowed_hosts=("127.0.0.1", "localhost")) as url:
+        assert httpx.get(url + "/models").status_code == 200
+        rebound = httpx.get(url + "/models", headers={"Host": "evil.example:8000"})
+        assert rebound.status_code == 400 and "evil.example" in rebound.json()["error"]["message"]
+        assert scrape(url, "glimp_rejected_requests_total", reason="bad_host") == 1

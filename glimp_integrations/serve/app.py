@@ -4,6 +4,7 @@ an operator needs (`/v1/models`, `/health` and `/readyz`, `/livez`, `/metrics`) 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -46,13 +47,16 @@ def create_app(
     api_key: str | None = None,
     keys: KeyRing | None = None,
     limits: ServerLimits | None = None,
+    allowed_hosts: Sequence[str] | None = None,
 ) -> FastAPI:
     """The FastAPI app serving `router`.  `served_model_name` is the id clients pass as `model`
     (default: "glimp"); `tracer_provider` an OpenTelemetry provider for the run and step spans
     (default: the global one, a no-op unless configured); `api_key`, or `keys` (a `KeyRing`, which
     a file can fill and refill): every route but `OPEN_PATHS` then answers 401 unless the request
     carries `Authorization: Bearer <key>` (as `vllm serve --api-key`); `limits`: the operator's
-    (`ServerLimits`: admission, ceilings, body size)."""
+    (`ServerLimits`: admission, ceilings, body size); `allowed_hosts`: the names a request's `Host`
+    may give (None: any), so that a web page cannot reach a local server by rebinding a name of
+    its own to 127.0.0.1."""
     from glimp_integrations import serve
 
     keys = keys if keys is not None else KeyRing(api_key)
@@ -64,6 +68,8 @@ def create_app(
     app.state.keys = keys
     if keys.required:
         _require_key(app, state, keys)
+    if allowed_hosts is not None:
+        _require_host(app, state, allowed_hosts)
     _operator_routes(app, state)
     _api_routes(app, state)
     return app
@@ -87,6 +93,25 @@ def _require_key(app: FastAPI, state: ServerState, keys: KeyRing) -> None:
                 )
             )
         state.metrics.key_requests.labels(key=name).inc()
+        return await call_next(request)
+
+
+def _require_host(app: FastAPI, state: ServerState, allowed_hosts: Sequence[str]) -> None:
+    allowed = {host.lower() for host in allowed_hosts}
+
+    @app.middleware("http")
+    async def require_host(request: Request, call_next: Any) -> Any:
+        host = request.headers.get("host", "").lower()
+        name = host.rsplit(":", 1)[0] if not host.endswith("]") else host  # [::1]:8000 -> [::1]
+        if name not in allowed and host not in allowed:
+            return state.error_response(
+                RequestError(
+                    400,
+                    f"`Host: {host}` is not a name this server answers to ({', '.join(sorted(allowed))}). "
+                    "Use one of those, or start glimp serve with --allowed-hosts.",
+                    reason="bad_host",
+                )
+            )
         return await call_next(request)
 
 

@@ -10,7 +10,7 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from glimp_integrations import _sync
@@ -22,6 +22,8 @@ from glimp_integrations.serve.limits import ServerLimits
 from glimp_integrations.serve.observability import otlp_tracer_provider
 
 logger = logging.getLogger(__name__)
+
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
 
 
 def serve(
@@ -36,15 +38,26 @@ def serve(
     api_key_file: str | None = None,
     limits: ServerLimits | None = None,
     max_connections: int | None = None,
+    allowed_hosts: Sequence[str] | None = None,
 ) -> None:
     """Serve `router` until interrupted (what `glimp serve` runs).  SIGTERM (what `docker stop` and
     Kubernetes send) and Ctrl-C stop taking requests, let the open ones finish, then export the
     spans not yet sent: uvicorn's own signal handling needs the main thread, and the server runs
     on the engines' loop.  SIGHUP reads `api_key_file` again.  `max_connections`: past it uvicorn
-    answers 503 at once."""
+    answers 503 at once.  `allowed_hosts` defaults to the loopback names when `host` is loopback
+    (a web page cannot then drive a local server by DNS rebinding), else to any."""
     tracer_provider = otlp_tracer_provider(otlp_traces_endpoint) if otlp_traces_endpoint else None
     keys = KeyRing(api_key, api_key_file)
-    app = create_app(router, served_model_name, tracer_provider=tracer_provider, keys=keys, limits=limits)
+    if allowed_hosts is None and host in LOOPBACK_HOSTS:
+        allowed_hosts = LOOPBACK_HOSTS
+    app = create_app(
+        router,
+        served_model_name,
+        tracer_provider=tracer_provider,
+        keys=keys,
+        limits=limits,
+        allowed_hosts=allowed_hosts,
+    )
     server = _uvicorn_server(app, host, port, log_level, max_connections)
     running = _start_on_engine_loop(server)
 
