@@ -88,6 +88,41 @@ def test_glimp_probes_are_routes_of_glimp_serve():
     assert of_kind("Deployment")["glimp"]["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] >= 60
 
 
+def test_glimp_runs_unprivileged_with_its_key_from_a_secret():
+    """The image's user is not root; the pod runs it on a read-only root filesystem without
+    capabilities, takes the key from a Secret, waits before it stops listening (preStop), and
+    gives its probes time to answer on a busy server."""
+    dockerfile = (DEPLOY / "Dockerfile").read_text()
+    users = [line.split()[1] for line in dockerfile.splitlines() if line.startswith("USER ")]
+    assert users and users[-1] not in ("root", "0")
+    deployment = of_kind("Deployment")["glimp"]
+    pod = deployment["spec"]["template"]["spec"]
+    glimp = containers(deployment)[0]
+    assert pod["securityContext"]["runAsNonRoot"] is True and str(pod["securityContext"]["runAsUser"]) == users[-1]
+    context = glimp["securityContext"]
+    assert context["readOnlyRootFilesystem"] is True and context["allowPrivilegeEscalation"] is False
+    assert context["capabilities"]["drop"] == ["ALL"]
+    assert any(mount["mountPath"] == "/tmp" for mount in glimp["volumeMounts"])  # the one place it writes
+    key = next(env for env in glimp["env"] if env["name"] == "GLIMP_API_KEY")
+    assert key["valueFrom"]["secretKeyRef"]["name"] == "glimp-api-key"
+    pause = glimp["lifecycle"]["preStop"]["exec"]["command"]
+    assert pause[0] == "sleep" and 0 < int(pause[1]) < pod["terminationGracePeriodSeconds"]
+    assert all(glimp[probe]["timeoutSeconds"] >= 3 for probe in ("readinessProbe", "livenessProbe"))
+
+
+def test_compose_publishes_only_the_api_with_its_key_from_an_env_file():
+    compose = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
+    services = compose["services"]
+    published = {name for name, service in services.items() if service.get("ports")}
+    assert published == {"front"}
+    glimp = services["glimp"]
+    assert glimp["env_file"] and glimp["read_only"] is True and glimp["cap_drop"] == ["ALL"]
+    assert "--api-key" not in " ".join(glimp["command"])
+    front = (DEPLOY / "nginx-front.conf").read_text()
+    proxied = [line.split()[1:3] for line in front.splitlines() if "location" in line and "proxy_pass" in line]
+    assert proxied == [["/v1/", "{"], ["=", "/"]] and "return 404" in front
+
+
 def test_compose_describes_the_same_fleet():
     compose = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
     services = compose["services"]
