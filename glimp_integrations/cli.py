@@ -100,6 +100,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--host is loopback, else any)",
     )
     serve.add_argument(
+        "--requests-per-minute", type=int, help="per API key (with keys set): requests a minute (default: no limit)"
+    )
+    serve.add_argument(
+        "--tokens-per-minute",
+        type=int,
+        help="per API key (with keys set): prompt and completion tokens a minute, counted as runs end (default: no limit)",
+    )
+    serve.add_argument(
         "--max-connections", type=int, help="open connections at once; past them uvicorn answers 503 (default: none)"
     )
     serve.add_argument(
@@ -184,7 +192,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                     args.log_level,
                     args.api_key,
                     api_key_file=args.api_key_file,
-                    limits=ServerLimits(args.max_concurrent_runs, args.max_queued_runs, args.client_settings),
+                    limits=ServerLimits(
+                        args.max_concurrent_runs,
+                        args.max_queued_runs,
+                        args.client_settings,
+                        requests_per_minute=args.requests_per_minute,
+                        tokens_per_minute=args.tokens_per_minute,
+                    ),
                     max_connections=args.max_connections,
                     allowed_hosts=args.allowed_hosts,
                 )

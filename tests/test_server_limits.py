@@ -280,3 +280,32 @@ def test_a_server_answers_only_to_its_allowed_host_names():
         rebound = httpx.get(url + "/models", headers={"Host": "evil.example:8000"})
         assert rebound.status_code == 400 and "evil.example" in rebound.json()["error"]["message"]
         assert scrape(url, "glimp_rejected_requests_total", reason="bad_host") == 1
+
+
+def test_each_key_has_its_own_request_and_token_budget(tmp_path):
+    keys = tmp_path / "keys"
+    keys.write_text("sk-a team-a\nsk-b team-b\n")
+    limits = ServerLimits(requests_per_minute=2)
+    with running_server(GlimpRouter(backend=scripted_pair()), keys=KeyRing(api_key_file=keys), limits=limits) as url:
+
+        def ask(key: str) -> httpx.Response:
+            headers = {"Authorization": f"Bearer {key}"}
+            return httpx.post(url + "/chat/completions", json={"messages": QUESTION}, headers=headers, timeout=30)
+
+        assert [ask("sk-a").status_code for _ in range(3)] == [200, 200, 429]
+        assert ask("sk-b").status_code == 200  # another key, another bucket
+        refused = ask("sk-a")
+        assert "team-a" in refused.json()["error"]["message"] and int(refused.headers["retry-after"]) >= 1
+        assert scrape(url, "glimp_rejected_requests_total", reason="rate_limit") == 2
+    with running_server(
+        GlimpRouter(backend=scripted_pair()), keys=KeyRing(api_key_file=keys), limits=ServerLimits(tokens_per_minute=10)
+    ) as url:
+        first = httpx.post(
+            url + "/chat/completions", json={"messages": QUESTION}, headers={"Authorization": "Bearer sk-a"}, timeout=30
+        )
+        used = first.json()["usage"]["total_tokens"]
+        assert first.status_code == 200 and used > 10  # the run's tokens are counted when it ends ...
+        second = httpx.post(
+            url + "/chat/completions", json={"messages": QUESTION}, headers={"Authorization": "Bearer sk-a"}, timeout=30
+        )
+        assert second.status_code == 429 and int(second.headers["retry-after"]) >= (used - 10) * 6  # ... then repaid

@@ -93,6 +93,7 @@ def _require_key(app: FastAPI, state: ServerState, keys: KeyRing) -> None:
                 )
             )
         state.metrics.key_requests.labels(key=name).inc()
+        request.state.key_name = name  # for the key's rate limits
         return await call_next(request)
 
 

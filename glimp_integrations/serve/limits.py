@@ -45,12 +45,26 @@ class ServerLimits:
     """The largest request body taken (413 past it, read or not)."""
     body_timeout: float = 30.0
     """Seconds a client may take to send its body (408 past them)."""
+    requests_per_minute: int | None = None
+    """Per API key (where keys are set): requests admitted a minute, a token bucket as deep as a
+    minute's worth; None: no limit."""
+    tokens_per_minute: int | None = None
+    """Per API key: tokens (prompt and completion) a minute; a run's are counted when it ends, and a
+    key past its budget waits until the bucket refills."""
 
     def __post_init__(self) -> None:
         from glimp_integrations.errors import invalid
 
-        for name in ("max_concurrent_runs", "max_queued_runs", "max_body_bytes"):
+        for name in (
+            "max_concurrent_runs",
+            "max_queued_runs",
+            "max_body_bytes",
+            "requests_per_minute",
+            "tokens_per_minute",
+        ):
             value = getattr(self, name)
+            if value is None and name.endswith("per_minute"):
+                continue
             if not isinstance(value, int) or isinstance(value, bool) or value < (1 if name != "max_queued_runs" else 0):
                 raise invalid(name, value, "must be a positive integer", "Pass e.g. 32.")
         if not (isinstance(self.body_timeout, (int, float)) and self.body_timeout > 0):
@@ -164,3 +178,68 @@ class Ticket:
             seconds = time.monotonic() - self.started
             admission.mean_run_seconds = 0.9 * admission.mean_run_seconds + 0.1 * seconds
         self.state = "released"
+
+
+class TokenBucket:
+    """`per_minute` units a minute, at most a minute's worth saved up; spending may run it below zero
+    (a run's tokens are known only when it ends), and then the next `wait` is longer."""
+
+    def __init__(self, per_minute: int) -> None:
+        self.rate, self.capacity = per_minute / 60.0, float(per_minute)
+        self.level, self.updated = self.capacity, time.monotonic()
+
+    def _refill(self) -> None:
+        now = time.monotonic()
+        self.level = min(self.capacity, self.level + (now - self.updated) * self.rate)
+        self.updated = now
+
+    def wait(self, amount: float = 1.0) -> float:
+        """Seconds until `amount` can be spent (0: now)."""
+        self._refill()
+        return max(0.0, (amount - self.level) / self.rate)
+
+    def spend(self, amount: float) -> None:
+        self._refill()
+        self.level -= amount
+
+
+class KeyRates:
+    """Each API key's request and token buckets (`ServerLimits.requests_per_minute` and
+    `tokens_per_minute`), by the key's name."""
+
+    def __init__(self, limits: ServerLimits) -> None:
+        self.limits = limits
+        self.requests: dict[str, TokenBucket] = {}
+        self.tokens: dict[str, TokenBucket] = {}
+
+    def admit(self, key: str | None) -> None:
+        """Spend one request of `key`'s budget, or a 429 saying when to come back."""
+        limits = self.limits
+        if key is None:
+            return
+        buckets = [
+            (self.requests.setdefault(key, TokenBucket(limits.requests_per_minute)), "requests", 1.0)
+            if limits.requests_per_minute
+            else None,
+            (self.tokens.setdefault(key, TokenBucket(limits.tokens_per_minute)), "tokens", 1.0)
+            if limits.tokens_per_minute
+            else None,
+        ]
+        for bucket, what, amount in filter(None, buckets):
+            seconds = bucket.wait(amount)
+            if seconds > 0:
+                retry_after = max(1, math.ceil(seconds))
+                raise RequestError(
+                    429,
+                    f"The API key `{key}` is past its {what} a minute on this server. Retry after {retry_after} s.",
+                    kind="rate_limit_error",
+                    code="rate_limit_exceeded",
+                    reason="rate_limit",
+                    headers={"Retry-After": str(retry_after)},
+                )
+        if limits.requests_per_minute:
+            self.requests[key].spend(1.0)
+
+    def spend_tokens(self, key: str | None, tokens: int) -> None:
+        if key is not None and self.limits.tokens_per_minute:
+            self.tokens.setdefault(key, TokenBucket(self.limits.tokens_per_minute)).spend(tokens)

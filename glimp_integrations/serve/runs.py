@@ -27,7 +27,7 @@ from glimp_integrations import (
     TokenDelta,
     set_model_request_headers,
 )
-from glimp_integrations.serve.limits import Admission, ServerLimits, Ticket
+from glimp_integrations.serve.limits import Admission, KeyRates, ServerLimits, Ticket
 from glimp_integrations.serve.observability import Metrics, Tracing, span_attributes
 from glimp_integrations.serve.protocol import FAILURE_STATUS, ROUTING_FIELDS, RequestError, chat_param
 
@@ -45,6 +45,7 @@ class ServerState:
         self.served_model = served_model
         self.limits = limits
         self.admission = Admission(limits)
+        self.rates = KeyRates(limits)
         self.metrics = Metrics(router)
         self.tracing = Tracing(tracer_provider)
 
@@ -287,6 +288,8 @@ async def answer(state: ServerState, request: Any, parse: Callable[[Any], Parsed
     try:
         parsed = parse(await json_body(request, state.limits))
         state.limits.check_run_settings(parsed.arguments, state.router.config)
+        key = getattr(request.state, "key_name", None)  # set by the key check, where keys are set
+        state.rates.admit(key)  # a 429 when the key is past its rate
         ticket = state.admission.ticket()  # a 429 at once when the line is full
     except RequestError as error:
         return state.error_response(error, request_id)
@@ -309,7 +312,7 @@ async def answer(state: ServerState, request: Any, parse: Callable[[Any], Parsed
         raise
     headers = {"X-Request-Id": request_id}
     if parsed.stream:
-        lines = stream(state, events, first, parsed.writer, failure, ticket)
+        lines = stream(state, events, first, parsed.writer, failure, ticket, key)
         return StreamingResponse(lines, media_type="text/event-stream", headers=headers)
     try:
         outcome = await unless_disconnected(request, last_event(events, first, failure))
@@ -320,6 +323,7 @@ async def answer(state: ServerState, request: Any, parse: Callable[[Any], Parsed
         return Response(status_code=499)
     if isinstance(outcome, RequestError):
         return state.error_response(outcome, request_id)
+    state.rates.spend_tokens(key, outcome.prompt_tokens + outcome.completion_tokens)
     state.metrics.requests.labels(status="200").inc()
     return JSONResponse(parsed.writer.whole(outcome), headers=headers)
 
@@ -331,6 +335,7 @@ async def stream(
     writer: StreamWriter,
     failure: Callable[[BaseException], RequestError],
     ticket: Ticket,
+    key: str | None,
 ) -> AsyncIterator[str]:
     """A streamed run's server-sent events.  A disconnect cancels this generator (and the run,
     counted as 499); a run that fails mid-stream, however it fails, ends with the writer's failure
@@ -344,6 +349,7 @@ async def stream(
             for line in writer.on_event(event):
                 yield line
             if isinstance(event, RunFinished):
+                state.rates.spend_tokens(key, event.trace.prompt_tokens + event.trace.completion_tokens)
                 for line in writer.finish(event.trace):
                     yield line
                 break
