@@ -1,10 +1,12 @@
 """What the throughput benchmarks share: timing concurrent runs, counting the requests routed runs
-make, and plain vLLM generation of a given number of tokens on the engine glimp's vLLM backend
-started."""
+make, plain vLLM generation of a given number of tokens on the engine glimp's vLLM backend
+started, and a ratio's median with its bootstrap interval over interleaved rounds."""
 
 from __future__ import annotations
 
 import asyncio
+import random
+import statistics
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -64,3 +66,11 @@ class SessionRequests:
 
     def __exit__(self, *exception: object) -> None:
         self._engine_type.stream = self._stream
+
+
+def median_with_interval(ratios: list[float], resamples: int = 10_000, seed: int = 0) -> tuple[float, float, float]:
+    """The median of per-round ratios and its 95% bootstrap interval (percentiles of the medians of
+    `resamples` resamplings of the rounds, with replacement): (median, low, high)."""
+    rng = random.Random(seed)
+    medians = sorted(statistics.median(rng.choices(ratios, k=len(ratios))) for _ in range(resamples))
+    return statistics.median(ratios), medians[int(0.025 * resamples)], medians[int(0.975 * resamples) - 1]

@@ -94,12 +94,6 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: %(default)s; the sampling settings always)",
     )
     serve.add_argument(
-        "--allowed-hosts",
-        type=lambda text: tuple(name.strip() for name in text.split(",") if name.strip()),
-        help="the names a request's Host header may give, comma-separated (default: the loopback names when "
-        "--host is loopback, else any)",
-    )
-    serve.add_argument(
         "--requests-per-minute", type=int, help="per API key (with keys set): requests a minute (default: no limit)"
     )
     serve.add_argument(

@@ -88,6 +88,10 @@ class RouterConfig:
     same text, as the paper's authors' script stops a chain that loops: reasoning models repeat
     themselves, and a loop would otherwise burn the whole budget.  The last step's and, in `plain`
     mode, the run's `finish_reason` is then `repetition`.  None: never."""
+    small_model_failure: Literal["large", "fail"] = "large"
+    """When the small model's server fails (the servers backend, after its retries): `large` writes
+    the rest of the run, and of the runs in the next 10 s, unrouted (the trace's `degraded` says
+    why); `fail` ends the run with the error, as a large model's failure always does."""
     step_separator: str = "\n\n"
     """Text that ends a step (the paper: a blank line)."""
     span_steps: bool = True
@@ -129,6 +133,13 @@ class RouterConfig:
                 self.reasoning_mode,
                 f"must be one of {', '.join(REASONING_MODES)}",
                 "Use `auto` to pick it from the chat template.",
+            )
+        if self.small_model_failure not in ("large", "fail"):
+            raise invalid(
+                "small_model_failure",
+                self.small_model_failure,
+                "must be large or fail",
+                "Use `large` to go on without the small model, `fail` to stop the run.",
             )
         for name in ("reasoning_budget", "answer_budget"):
             value = getattr(self, name)

@@ -24,7 +24,7 @@ from glimp_integrations.policies import (
     RoutingPolicy,
     make_policy,
 )
-from glimp_integrations.routing_loop import RoutedRun, resolve_mode
+from glimp_integrations.routing_loop import RoutedRun, SmallModelBreaker, resolve_mode
 from glimp_integrations.tool_formats import (
     TOOL_FAMILIES,
     ToolCallReader,
@@ -74,6 +74,8 @@ class GlimpRouter:
     ) -> None:
         base = config or RouterConfig()
         self._custom_policy = policy if isinstance(policy, RoutingPolicy) else None
+        self.small_model_breaker = SmallModelBreaker()
+        """Whether the small model's server failed in a recent run (`small_model_failure="large"`)."""
         config_fields.setdefault("policy", "glimpse" if self._custom_policy else policy)
         check_setting_names("GlimpRouter", config_fields, CONFIG_FIELDS)
         if small is None and large is None and config is None and not isinstance(backend, Backend):
@@ -152,7 +154,9 @@ class GlimpRouter:
         markers = self._reasoning_markers(config.reasoning_parser, tool_call_parser)
         custom = self._custom_policy if "policy" not in overrides else None
         policy = custom or make_policy(config)
-        events = RoutedRun(self.backend, config, policy, messages, constraint, max_tokens, markers).events()
+        events = RoutedRun(
+            self.backend, config, policy, messages, constraint, max_tokens, markers, self.small_model_breaker
+        ).events()
         try:
             async for event in events:
                 yield event

@@ -19,6 +19,7 @@ answer after `</think>`.  Models without think tags have their whole response ro
 
 from __future__ import annotations
 
+import logging
 import random
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
@@ -63,6 +64,28 @@ from glimp_integrations.trace import (
     TokenDelta,
 )
 
+logger = logging.getLogger(__name__)
+
+
+class SmallModelBreaker:
+    """A router's memory of its small model's server failing: for `cooldown` seconds after a run
+    degraded, new runs start without the small model (not each waiting out the retries); after
+    that the next run tries it again, and a run it serves closes the breaker."""
+
+    def __init__(self, cooldown: float = 10.0) -> None:
+        self.cooldown = cooldown
+        self.reason: str | None = None
+        self._until = 0.0
+
+    def is_open(self) -> bool:
+        return self.reason is not None and time.monotonic() < self._until
+
+    def trip(self, reason: str) -> None:
+        self.reason, self._until = reason, time.monotonic() + self.cooldown
+
+    def close(self) -> None:
+        self.reason, self._until = None, 0.0
+
 
 def _retries(*sessions: ModelSession) -> int:
     return sum(session.retries for session in sessions)
@@ -100,6 +123,7 @@ class RoutedRun:
         constraint: AnswerConstraint | None,
         max_tokens: int | None,
         reasoning_markers: tuple[str, str],
+        breaker: SmallModelBreaker,
     ) -> None:
         self.backend = backend
         self.reasoning_markers = reasoning_markers
@@ -117,6 +141,11 @@ class RoutedRun:
         self.prompt_tokens = 0
         self.finish: RunFinish = "budget"
         self.sessions: dict[Role, ModelSession] = {}
+        self.breaker = breaker
+        self.degraded: str | None = (
+            breaker.reason if breaker.is_open() and config.small_model_failure == "large" else None
+        )
+        """Why the small model is skipped (its server failed, in this run or a recent one); None: routing."""
 
     async def events(self) -> AsyncGenerator[RouterEvent, None]:
         think = self.mode == "think"
@@ -178,19 +207,26 @@ class RoutedRun:
                 return
             index, step_started, retried_before = len(self.steps), time.perf_counter(), _retries(small, large)
             span = StepSpanning(config.step_separator, config.max_step_tokens, span_room) if spans else None
-            probe, verdict = await self._route(small, room, stop, span)
+            probe, verdict = await self._route_unless_degraded(small, room, stop, span)
             writer = small if verdict is Verdict.DELEGATE else large
             decision: Decision = "delegate" if writer is small else "intervene"
-            basis: DecisionBasis = probe.basis if probe else "policy"
+            basis: DecisionBasis = probe.basis if probe else "degraded" if self.degraded else "policy"
             written = _Written()
-            async for event in self._write(writer, index, phase, decision, probe, room, stop, written):
-                yield event
+            try:
+                async for event in self._write(writer, index, phase, decision, probe, room, stop, written):
+                    yield event
+                kept = writer is large or await self.policy.keep_small_step(self._draft(written, large))
+            except UpstreamError as error:
+                if writer is large or not self._degrade(error):
+                    raise
+                kept = False
             discarded = 0
-            if writer is small and not await self.policy.keep_small_step(self._draft(written, large)):
+            if not kept:
                 await small.discard()
                 discarded = written.tokens
                 yield StepDiscarded(index, "small", written.visible, written.tokens)
-                writer, decision, basis, written = large, "intervene", "policy", _Written()
+                basis = "degraded" if self.degraded else "policy"
+                writer, decision, written = large, "intervene", _Written()
                 async for event in self._write(large, index, phase, decision, probe, room, stop, written):
                     yield event
             reasoning_closed = think and self.think_close in written.text
@@ -273,6 +309,30 @@ class RoutedRun:
         yield StepFinished(self.steps[-1])
         if answer.end == "end_of_text" or answer.stopped:
             self.finish = "stop"
+
+    async def _route_unless_degraded(
+        self, small: ModelSession, max_tokens: int, stop: Sequence[str], span: StepSpanning | None
+    ) -> tuple[ProbeTrace | None, Verdict]:
+        """`_route`, unless the small model's server has failed: then the large model writes."""
+        if not self.degraded:
+            try:
+                probe, verdict = await self._route(small, max_tokens, stop, span)
+                self.breaker.close()
+                return probe, verdict
+            except UpstreamError as error:
+                if not self._degrade(error):
+                    raise
+                await small.discard()
+        return None, Verdict.INTERVENE
+
+    def _degrade(self, error: UpstreamError) -> bool:
+        """Go on without the small model after its server failed, where the config says so."""
+        if self.config.small_model_failure != "large":
+            return False
+        self.degraded = f"the small model's server failed ({error}); the large model wrote the rest"
+        self.breaker.trip(self.degraded)
+        logger.warning("Run degraded: %s", self.degraded)
+        return True
 
     async def _route(
         self, small: ModelSession, max_tokens: int, stop: Sequence[str], span: StepSpanning | None
@@ -423,6 +483,7 @@ class RoutedRun:
                 role: {"input_tokens": session.input_tokens, "output_tokens": session.output_tokens}
                 for role, session in self.sessions.items()
             },
+            degraded=self.degraded,
         )
 
 

@@ -31,9 +31,10 @@ RunFinish = Literal["stop", "budget", "repetition"]
 """Why a run ended: its text ended (or a stop sequence), a budget ran out, or (`plain` mode) its steps
 repeated (`RouterConfig.max_repeated_steps`)."""
 StepFinish = Literal["separator", "end_of_reasoning", "stop", "budget", "step_limit", "repetition"]
-DecisionBasis = Literal["full", "bounds", "capped", "gate", "policy", "forced"]
-"""How a step's writer was chosen: a `ProbeBasis`, `policy` (a policy that needs no probe), or
-`forced` (not routed: the large model's final answer)."""
+DecisionBasis = Literal["full", "bounds", "capped", "gate", "policy", "forced", "degraded"]
+"""How a step's writer was chosen: a `ProbeBasis`, `policy` (a policy that needs no probe),
+`forced` (not routed: the large model's final answer), or `degraded` (the small model's server had
+failed: the large model writes; `RouterConfig.small_model_failure`)."""
 
 
 @dataclass
@@ -131,6 +132,9 @@ class RunTrace:
     """What each model computed: {"small": {"input_tokens", "output_tokens"}, "large": {...}}, input
     being the prompt and the text it had not seen (prefix-cache hits excluded), output every token
     it generated (probes and discarded steps included)."""
+    degraded: str | None = None
+    """Why the large model wrote the steps from some point on without routing: the small model's
+    server failed (`RouterConfig.small_model_failure="large"`); None: every step was routed."""
 
     @property
     def routed_steps(self) -> list[StepTrace]:
@@ -213,6 +217,7 @@ class RunTrace:
             "small_model": self.small_model,
             "large_model": self.large_model,
             "tool_call_parser": self.tool_call_parser,
+            "degraded": self.degraded,
         }
 
     def to_dict(self) -> dict[str, Any]:

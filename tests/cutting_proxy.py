@@ -66,3 +66,30 @@ def cutting_proxy(
     proxy = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=proxy.serve_forever, daemon=True).start()
     return handler, proxy
+
+
+class SwitchableProxy(CuttingProxy):
+    """Forwards to the real server, uncut, until `down` is set: then every request gets a 500 (a
+    model's whole fleet gone); unset, it forwards again."""
+
+    CUT_AFTER = 10**9
+    down = False
+
+    def do_GET(self):
+        if self.down:
+            return self._reply(500, b'{"error": {"message": "no replica", "type": "InternalServerError"}}')
+        super().do_GET()
+
+    def do_POST(self):
+        if self.down:
+            self.rfile.read(int(self.headers["Content-Length"]))
+            return self._reply(500, b'{"error": {"message": "no replica", "type": "InternalServerError"}}')
+        super().do_POST()
+
+
+def switchable_proxy(server_url: str) -> tuple[type[SwitchableProxy], ThreadingHTTPServer]:
+    """A running `SwitchableProxy` to `server_url` (shut it down when done) and its handler class."""
+    handler = type("Switch", (SwitchableProxy,), {"upstream": server_url.removesuffix("/v1"), "streamed": []})
+    proxy = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=proxy.serve_forever, daemon=True).start()
+    return handler, proxy

@@ -3,6 +3,7 @@
 import json
 import logging
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
@@ -16,10 +17,10 @@ from glimp_integrations import (
 )
 from glimp_integrations.embedded import embedded_model_dir
 from glimp_integrations.local_fleet import free_port
-from glimp_integrations.serve import running_server
+from glimp_integrations.serve import running_server, scrape
 from tests.conftest import ScriptedChoices
 from tests.constrained_cases import CASE_IDS, CASES, run_and_check
-from tests.cutting_proxy import cutting_proxy
+from tests.cutting_proxy import cutting_proxy, switchable_proxy
 from tests.step_cases import (
     QUESTION,
     TEA,
@@ -261,6 +262,38 @@ def test_a_step_cut_mid_stream_goes_on_from_its_tokens(server_url):
     assert first.tokens == len(received) + sum(
         len(event["choices"][0]["token_ids"]) for event in resumed["events"] if event["choices"]
     )
+
+
+def test_without_the_small_models_server_runs_go_on_degraded_and_routing_resumes(server_url):
+    """The small model's whole fleet fails: the run goes on with the large model writing every step
+    (the trace, /readyz and a metric say so) instead of failing; once the fleet is back (and the
+    breaker's cool-down has passed), routing resumes."""
+    handler, proxy = switchable_proxy(server_url)
+    small_url = f"http://127.0.0.1:{proxy.server_address[1]}/v1"
+    settings = {"reasoning_mode": "plain", "reasoning_budget": 24, "max_step_tokens": 8, "threshold": float("inf")}
+    try:
+        with GlimpRouter(
+            small_url, server_url, backend="openai", temperature=0.0, backend_options={"max_retries": 0}
+        ) as router:
+            router.small_model_breaker.cooldown = 0.5
+            handler.down = True
+            degraded = router.run(TEA, **settings)
+            assert degraded.degraded and "small model's server failed" in degraded.degraded
+            assert {(s.model, s.basis) for s in degraded.steps} == {("large", "degraded")} and degraded.answer
+            with running_server(router) as url:
+                ready = httpx.get(url.removesuffix("/v1") + "/readyz", timeout=30)
+                assert ready.status_code == 200 and ready.json()["status"] == "degraded"
+                assert set(ready.json()["problems"]) == {"small"}
+                body = {"messages": [{"role": "user", "content": TEA}], "reasoning_budget": 24, "max_step_tokens": 8}
+                answered = httpx.post(url + "/chat/completions", json=body, timeout=120)
+                assert answered.status_code == 200 and answered.json()["glimp"]["summary"]["degraded"]
+                assert scrape(url, "glimp_degraded_runs_total") == 1
+            handler.down = False
+            time.sleep(0.6)  # the breaker's cool-down
+            resumed = router.run(TEA, **settings)
+        assert resumed.degraded is None and {s.model for s in resumed.steps} == {"small"}
+    finally:
+        proxy.shutdown()
 
 
 def test_after_a_switch_requests_go_on_from_token_ids(server_url):

@@ -211,7 +211,11 @@ def test_a_failed_run_answers_with_the_status_of_what_failed(stream, failure, st
     """The status comes from the engine's `GlimpRunError.failure`: a model server that failed is a
     502, one that refused the request as invalid a 400, anything else a 500.  The body says what
     failed and the request's id, never the exception's text or an internal URL: those go to the log."""
-    with running_server(GlimpRouter(backend=scripted_pair(), policy=ScriptedChoices(Verdict.DELEGATE, failure))) as url:
+    # the failure comes from routing, where a small model's would degrade the run: here it must end it
+    router = GlimpRouter(
+        backend=scripted_pair(), policy=ScriptedChoices(Verdict.DELEGATE, failure), small_model_failure="fail"
+    )
+    with running_server(router) as url:
         body = {"model": "glimp", "messages": QUESTION, "stream": stream}
         response = httpx.post(url + "/chat/completions", json=body)
         if stream:

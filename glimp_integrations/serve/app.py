@@ -143,8 +143,11 @@ def _operator_routes(app: FastAPI, state: ServerState) -> None:
     @app.get("/health")
     @app.get("/readyz")
     async def health() -> Any:
-        """Readiness: 503 naming each model (server) that cannot serve now."""
+        """Readiness: 503 naming each model (server) that cannot serve now; 200 `degraded` when only
+        the small model's cannot and runs go on without it (`small_model_failure="large"`)."""
         problems = {role: problem for role, problem in (await router.backend.health()).items() if problem}
+        if set(problems) == {"small"} and router.config.small_model_failure == "large":
+            return {"status": "degraded", "problems": problems}
         if problems:
             return JSONResponse({"status": "unavailable", "problems": problems}, status_code=503)
         return {"status": "ok"}

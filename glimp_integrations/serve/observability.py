@@ -59,6 +59,11 @@ class Metrics:
             registry=registry,
         )
         self.running = prometheus.Gauge("glimp_runs_running", "Runs in progress", registry=registry)
+        self.degraded_runs = prometheus.Counter(
+            "glimp_degraded_runs",
+            "Runs the large model finished alone because the small model's server failed",
+            registry=registry,
+        )
         self.key_requests = prometheus.Counter(
             "glimp_key_requests", "Requests admitted, by the name of their API key", ["key"], registry=registry
         )
@@ -97,6 +102,8 @@ class Metrics:
         for model, usage in trace.usage_by_model.items():
             for kind in ("input", "output"):
                 self.tokens.labels(model=model, kind=kind).inc(usage.get(f"{kind}_tokens", 0))
+        if trace.degraded:
+            self.degraded_runs.inc()
         if first_token_seconds is not None:
             self.first_token.observe(first_token_seconds)
             if trace.completion_tokens > 1:

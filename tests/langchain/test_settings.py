@@ -53,6 +53,7 @@ CHANGED = {
     "step_separator": "\n",
     "span_steps": False,
     "probe_ladder": (20, None),
+    "small_model_failure": "fail",
 }
 """A value other than the default for every field that changes the answer (each engine setting
 among them: `tests/test_settings.py` checks the adapter has them all)."""
