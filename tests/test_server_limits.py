@@ -309,3 +309,30 @@ def test_each_key_has_its_own_request_and_token_budget(tmp_path):
             url + "/chat/completions", json={"messages": QUESTION}, headers={"Authorization": "Bearer sk-a"}, timeout=30
         )
         assert second.status_code == 429 and int(second.headers["retry-after"]) >= (used - 10) * 6  # ... then repaid
+
+
+def test_a_client_dribbling_its_headers_is_cut_off():
+    """Slowloris: the first request's headers must all arrive within `header_timeout` of the
+    connection opening; a client sending a header line every 0.3 s is disconnected."""
+    with running_server(GlimpRouter(backend=scripted_pair()), limits=ServerLimits(header_timeout=1.0)) as url:
+        host, port = url.removeprefix("http://").split("/")[0].split(":")
+        with socket.create_connection((host, int(port)), timeout=10) as connection:
+            started = time.monotonic()
+            connection.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+            cut = None
+            for number in range(30):
+                time.sleep(0.3)
+                try:
+                    connection.sendall(b"X-Dribble-%d: 1\r\n" % number)
+                except OSError:
+                    cut = time.monotonic() - started
+                    break
+                connection.settimeout(0.01)
+                try:
+                    if connection.recv(1) == b"":
+                        cut = time.monotonic() - started
+                        break
+                except TimeoutError:
+                    pass
+            assert cut is not None and cut < 3, cut
+        assert post(url).status_code == 200  # a prompt client is served

@@ -45,6 +45,8 @@ class ServerLimits:
     """The largest request body taken (413 past it, read or not)."""
     body_timeout: float = 30.0
     """Seconds a client may take to send its body (408 past them)."""
+    header_timeout: float = 10.0
+    """Seconds a new connection may take to send its first request's headers (closed past them)."""
     requests_per_minute: int | None = None
     """Per API key (where keys are set): requests admitted a minute, a token bucket as deep as a
     minute's worth; None: no limit."""
@@ -67,8 +69,10 @@ class ServerLimits:
                 continue
             if not isinstance(value, int) or isinstance(value, bool) or value < (1 if name != "max_queued_runs" else 0):
                 raise invalid(name, value, "must be a positive integer", "Pass e.g. 32.")
-        if not (isinstance(self.body_timeout, (int, float)) and self.body_timeout > 0):
-            raise invalid("body_timeout", self.body_timeout, "must be a positive number of seconds", "Pass e.g. 30.")
+        for name in ("body_timeout", "header_timeout"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0):
+                raise invalid(name, value, "must be a positive number of seconds", "Pass e.g. 30.")
         unknown = [name for name in self.client_settings if name not in ROUTING_FIELDS]
         if unknown:
             raise invalid(

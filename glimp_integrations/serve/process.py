@@ -58,7 +58,8 @@ def serve(
         limits=limits,
         allowed_hosts=allowed_hosts,
     )
-    server = _uvicorn_server(app, host, port, log_level, max_connections)
+    header_timeout = (limits or ServerLimits()).header_timeout
+    server = _uvicorn_server(app, host, port, log_level, max_connections, header_timeout)
     running = _start_on_engine_loop(server)
 
     def stop(*_: Any) -> None:
@@ -92,11 +93,47 @@ def serve(
             tracer_provider.shutdown()
 
 
-def _uvicorn_server(app: Any, host: str, port: int, log_level: str, max_connections: int | None = None) -> Any:
+def _uvicorn_server(
+    app: Any, host: str, port: int, log_level: str, max_connections: int | None = None, header_timeout: float = 10.0
+) -> Any:
     uvicorn = require_module("uvicorn", "serve", "glimp serve")
+    http = _with_header_deadline(header_timeout)
     return uvicorn.Server(
-        uvicorn.Config(app, host=host, port=port, log_level=log_level, limit_concurrency=max_connections)
+        uvicorn.Config(app, host=host, port=port, log_level=log_level, limit_concurrency=max_connections, http=http)
     )
+
+
+def _with_header_deadline(seconds: float) -> type:
+    """uvicorn's HTTP protocol (httptools where installed, else h11), closing a connection whose
+    first request's headers have not all arrived `seconds` after it opened: a client that dribbles
+    its headers (slowloris) no longer holds a connection open (uvicorn itself has no such limit)."""
+    try:
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol as base
+    except ImportError:
+        from uvicorn.protocols.http.h11_impl import H11Protocol as base  # type: ignore[assignment]
+
+    class HeaderDeadline(base):
+        def connection_made(self, transport: Any) -> None:
+            super().connection_made(transport)
+            self._deadline: asyncio.TimerHandle | None = self.loop.call_later(seconds, self._headers_too_slow)
+
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            if self.cycle is not None and self._deadline is not None:  # a request's headers are in
+                self._deadline.cancel()
+                self._deadline = None
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            if self._deadline is not None:
+                self._deadline.cancel()
+            super().connection_lost(exc)
+
+        def _headers_too_slow(self) -> None:
+            self._deadline = None
+            if self.cycle is None and not self.transport.is_closing():
+                self.transport.close()
+
+    return HeaderDeadline
 
 
 def _start_on_engine_loop(server: Any) -> concurrent.futures.Future:
@@ -126,7 +163,8 @@ def scrape(base_url: str, name: str, **labels: str) -> float:
 def running_server(router: GlimpRouter, host: str = "127.0.0.1", port: int = 0, **app_options: Any) -> Iterator[str]:
     """Serve `router` (on Glimp's background loop) while the block runs; yields the base URL
     (`http://HOST:PORT/v1`; port 0 picks a free one).  For notebooks, tests and benchmarks."""
-    server = _uvicorn_server(create_app(router, **app_options), host, port, "warning")
+    limits = app_options.get("limits") or ServerLimits()
+    server = _uvicorn_server(create_app(router, **app_options), host, port, "warning", None, limits.header_timeout)
     running = _start_on_engine_loop(server)
     while not server.started:
         if running.done():
