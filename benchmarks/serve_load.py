@@ -305,7 +305,7 @@ def main_faults() -> dict:
             down = httpx.get(health, timeout=30)
             results["health_down"] = {"status": down.status_code, "body": down.json()}
             small_only = httpx.post(
-                url + "/chat/completions", timeout=300, json=body(0, False, reasoning_mode="plain", threshold=1e9)
+                url + "/chat/completions", timeout=300, json=body(0, False, reasoning_mode="plain", threshold=20.0)
             )  # every step to the small model
             results["small_only_while_down"] = small_only.status_code
             large.start()
