@@ -427,20 +427,22 @@ async def test_llamaindex_openailike_chats_and_streams_thinking(embedded_url):
 
 
 @pytest.mark.embedded
-def test_a_client_that_disconnects_cancels_its_run(embedded_url):
-    before = scrape(embedded_url, "glimp_requests_total", status="499")
-    body = {"model": "glimp", "messages": QUESTION, "stream": True, "reasoning_budget": 400}
-    with httpx.stream("POST", embedded_url + "/chat/completions", json=body, timeout=60) as response:
-        for line in response.iter_lines():
-            if "reasoning_content" in line:
-                break  # leave mid-stream
-    with pytest.raises(httpx.ReadTimeout):  # a non-streamed request whose client gives up
-        httpx.post(embedded_url + "/chat/completions", json={**body, "stream": False}, timeout=1.0)
-    deadline = time.monotonic() + 30
-    while scrape(embedded_url, "glimp_runs_running") and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert scrape(embedded_url, "glimp_runs_running") == 0
-    assert scrape(embedded_url, "glimp_requests_total", status="499") - before == 2
+def test_a_client_that_disconnects_cancels_its_run():
+    """Runs long enough to leave mid-way: the operator's reasoning budget (the most a request may
+    ask) is 400 tokens here."""
+    with running_server(GlimpRouter(seed=0, temperature=0.0, reasoning_budget=400, answer_budget=40)) as url:
+        body = {"model": "glimp", "messages": QUESTION, "stream": True}
+        with httpx.stream("POST", url + "/chat/completions", json=body, timeout=60) as response:
+            for line in response.iter_lines():
+                if "reasoning_content" in line:
+                    break  # leave mid-stream
+        with pytest.raises(httpx.ReadTimeout):  # a non-streamed request whose client gives up
+            httpx.post(url + "/chat/completions", json={**body, "stream": False}, timeout=1.0)
+        deadline = time.monotonic() + 30
+        while scrape(url, "glimp_runs_running") and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert scrape(url, "glimp_runs_running") == 0
+        assert scrape(url, "glimp_requests_total", status="499") == 2
 
 
 @pytest.fixture()
