@@ -5,8 +5,8 @@
 Starts `glimp serve` (the embedded pair, short budgets) as a process of its own, then sends
 `--runs` requests from `--clients` threads, each request one of: a whole answer, a streamed one,
 a stream the client drops after its first event, a client that times out (50 ms), a bad request
-(400).  Reports the server's resident memory after warm-up (the first 20 runs), at 100 and at the
-end, its open file descriptors before and after, and that no run is left running (`/metrics`).
+(400).  Reports the server's resident memory before the first request, after warm-up (the first
+20 runs), at 100 and at the end, its open file descriptors before and after, and that no run is left running (`/metrics`).
 """
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ def main() -> None:
                 time.sleep(0.5)
         process = psutil.Process(server.pid)
         fds_before = process.num_fds()
-        memory: dict[int, float] = {}
+        memory: dict[int, float] = {0: process.memory_info().rss / 2**20}
         outcomes: Counter = Counter()
         kinds = itertools.cycle(KINDS)
         started = time.monotonic()
