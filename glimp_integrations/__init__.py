@@ -67,8 +67,10 @@ from glimp_integrations.trace import (
     StepTrace,
     TokenDelta,
 )
+from glimp_integrations.version import __version__
 
 __all__ = [
+    "__version__",
     "CALL_OVERRIDES",
     "ROUTER_SETTINGS",
     "Backend",

@@ -24,6 +24,7 @@ from glimp_integrations.router import GlimpRouter
 from glimp_integrations.serve.limits import ServerLimits
 from glimp_integrations.settings import SETTING_NAMES, add_cli_options, cli_settings
 from glimp_integrations.trace import RunFinished, RunTrace, StepFinished, StepStarted, TokenDelta
+from glimp_integrations.version import __version__
 
 
 def _threshold(text: str) -> float:
@@ -44,6 +45,7 @@ def _models(parser: argparse.ArgumentParser, swept: Collection[str] = ()) -> Non
 def build_parser() -> argparse.ArgumentParser:
     """The `glimp` command line (long: one declaration per command and option, read top to bottom)."""
     parser = argparse.ArgumentParser(prog="glimp", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"glimp {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     ask = commands.add_parser("ask", help="answer one question, showing each step and who wrote it")
     ask.add_argument("question")

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 from glimp_integrations.config import Role
+from glimp_integrations.version import __version__
 
 Phase = Literal["reasoning", "answer"]
 ProbeBasis = Literal["full", "bounds", "capped", "gate"]
@@ -135,6 +136,8 @@ class RunTrace:
     degraded: str | None = None
     """Why the large model wrote the steps from some point on without routing: the small model's
     server failed (`RouterConfig.small_model_failure="large"`); None: every step was routed."""
+    glimp_version: str = __version__
+    """The Glimp that ran it (a bug report's first line)."""
 
     @property
     def routed_steps(self) -> list[StepTrace]:
@@ -218,6 +221,7 @@ class RunTrace:
             "large_model": self.large_model,
             "tool_call_parser": self.tool_call_parser,
             "degraded": self.degraded,
+            "glimp_version": self.glimp_version,
         }
 
     def to_dict(self) -> dict[str, Any]:

@@ -49,3 +49,25 @@ def test_the_server_and_the_framework_adapters_reach_no_backend_module():
                 f"{path.relative_to(root)}: {name}" for name in names if name.startswith("glimp_integrations.backends")
             ]
     assert reaching == []
+
+
+def test_the_version_is_the_packages_and_shows_wherever_a_user_looks():
+    import subprocess
+    import sys
+    from importlib.metadata import version
+
+    from glimp_integrations import GlimpRouter
+    from glimp_integrations.serve import running_server
+    from tests.scripted_pairs import scripted_pair
+
+    installed = version("glimp")
+    assert glimp_integrations.__version__ == installed
+    cli = subprocess.run([sys.executable, "-m", "glimp_integrations.cli", "--version"], capture_output=True, text=True)
+    assert cli.stdout.strip() == f"glimp {installed}"
+    router = GlimpRouter(backend=scripted_pair())
+    assert router.run("Hi?").summary()["glimp_version"] == installed
+    with running_server(router) as url:
+        import httpx
+
+        models = httpx.get(url + "/models")
+    assert models.json()["data"][0]["glimp_version"] == installed and models.headers["x-glimp-version"] == installed

@@ -13,7 +13,7 @@ from openai.types.chat import ChatCompletion
 from openai.types.responses import Response as ResponsesResponse
 from pydantic import BaseModel
 
-from glimp_integrations import GlimpRouter
+from glimp_integrations import GlimpRouter, __version__
 from glimp_integrations.serve import chat, responses
 from glimp_integrations.serve.keys import KeyRing
 from glimp_integrations.serve.limits import ServerLimits
@@ -72,6 +72,13 @@ def create_app(
         _require_host(app, state, allowed_hosts)
     _operator_routes(app, state)
     _api_routes(app, state)
+
+    @app.middleware("http")
+    async def version_header(request: Request, call_next: Any) -> Any:
+        response = await call_next(request)
+        response.headers["X-Glimp-Version"] = __version__
+        return response
+
     return app
 
 
@@ -137,6 +144,7 @@ def _operator_routes(app: FastAPI, state: ServerState) -> None:
             "small_model": backend.model_name("small"),
             "large_model": backend.model_name("large"),
             "max_model_len": state.max_model_len,
+            "glimp_version": __version__,
         }
         return {"object": "list", "data": [card]}
 
