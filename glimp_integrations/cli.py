@@ -56,6 +56,47 @@ def build_parser() -> argparse.ArgumentParser:
         help="serve the router as an OpenAI-compatible API (/v1/chat/completions, /v1/models, /health, /metrics)",
     )
     _models(serve)
+    _serve_options(serve)
+    check = commands.add_parser(
+        "check", help="say what Glimp will do with a pair of models and what will not work, before any run"
+    )
+    check.add_argument("small", help="small model: folder, HF id in the local cache, or server URL (http://.../v1)")
+    check.add_argument("large", help="large model: the same kinds")
+    check.add_argument("--small-tokenizer", help="where the small server's tokenizer is (default: the id it serves)")
+    check.add_argument("--large-tokenizer", help="where the large server's tokenizer is (default: the id it serves)")
+    check.add_argument("--json", action="store_true", help="print the report as JSON")
+    for name, summary in (
+        ("bench", "compare policies and thresholds over a problem set"),
+        ("calibrate", "pick the threshold for a target intervention rate"),
+    ):
+        command = commands.add_parser(name, help=summary)
+        command.add_argument("data", nargs="?", help="JSONL problems (default: the shipped arithmetic set)")
+        _models(command, swept=("policy", "threshold", "random_rate"))
+        command.add_argument("--limit", type=int, default=None, help="use the first N problems")
+        command.add_argument("--seeds", type=int, default=3, help="seeded runs per problem and setting")
+        command.add_argument("--out", default=f"glimp-{name}", help="output folder")
+        command.add_argument(
+            "--concurrency",
+            type=int,
+            default=1,
+            help="runs at a time (every backend batches them; latency is then measured under load)",
+        )
+    bench = commands.choices["bench"]
+    bench.add_argument(
+        "--policies",
+        default="glimpse,always_small,always_large",
+        help=f"comma-separated, from: {', '.join(POLICY_NAMES)}",
+    )
+    bench.add_argument("--thresholds", default="0.6,0.9,1.8", help="comma-separated tau values for threshold policies")
+    bench.add_argument("--random-rate", type=float, default=0.25, help="intervention rate of the random policy")
+    calibrate = commands.choices["calibrate"]
+    calibrate.add_argument("--target-rate", type=float, required=True, help="share of steps for the large model")
+    calibrate.add_argument("--calibration-share", type=float, default=0.5, help="share of problems to calibrate on")
+    return parser
+
+
+def _serve_options(serve: argparse.ArgumentParser) -> None:
+    """`glimp serve`'s own options: where it listens, its keys, and the operator's limits."""
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--served-model-name", default="glimp", help="the model id clients pass as `model`")
@@ -112,42 +153,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="the names a request's Host header may give, comma-separated (default: the loopback names when "
         "--host is loopback, else any)",
     )
-    check = commands.add_parser(
-        "check", help="say what Glimp will do with a pair of models and what will not work, before any run"
-    )
-    check.add_argument("small", help="small model: folder, HF id in the local cache, or server URL (http://.../v1)")
-    check.add_argument("large", help="large model: the same kinds")
-    check.add_argument("--small-tokenizer", help="where the small server's tokenizer is (default: the id it serves)")
-    check.add_argument("--large-tokenizer", help="where the large server's tokenizer is (default: the id it serves)")
-    check.add_argument("--json", action="store_true", help="print the report as JSON")
-    for name, summary in (
-        ("bench", "compare policies and thresholds over a problem set"),
-        ("calibrate", "pick the threshold for a target intervention rate"),
-    ):
-        command = commands.add_parser(name, help=summary)
-        command.add_argument("data", nargs="?", help="JSONL problems (default: the shipped arithmetic set)")
-        _models(command, swept=("policy", "threshold", "random_rate"))
-        command.add_argument("--limit", type=int, default=None, help="use the first N problems")
-        command.add_argument("--seeds", type=int, default=3, help="seeded runs per problem and setting")
-        command.add_argument("--out", default=f"glimp-{name}", help="output folder")
-        command.add_argument(
-            "--concurrency",
-            type=int,
-            default=1,
-            help="runs at a time (every backend batches them; latency is then measured under load)",
-        )
-    bench = commands.choices["bench"]
-    bench.add_argument(
-        "--policies",
-        default="glimpse,always_small,always_large",
-        help=f"comma-separated, from: {', '.join(POLICY_NAMES)}",
-    )
-    bench.add_argument("--thresholds", default="0.6,0.9,1.8", help="comma-separated tau values for threshold policies")
-    bench.add_argument("--random-rate", type=float, default=0.25, help="intervention rate of the random policy")
-    calibrate = commands.choices["calibrate"]
-    calibrate.add_argument("--target-rate", type=float, required=True, help="share of steps for the large model")
-    calibrate.add_argument("--calibration-share", type=float, default=0.5, help="share of problems to calibrate on")
-    return parser
 
 
 def _backend_options(args: argparse.Namespace) -> dict | None:
