@@ -285,14 +285,21 @@ async def answer(state: ServerState, request: Any, parse: Callable[[Any], Parsed
     from fastapi.responses import JSONResponse, Response, StreamingResponse
 
     request_id = f"req_{uuid.uuid4().hex[:20]}"
-    try:
-        parsed = parse(await json_body(request, state.limits))
-        state.limits.check_run_settings(parsed.arguments, state.router.config)
-        key = getattr(request.state, "key_name", None)  # set by the key check, where keys are set
-        state.rates.admit(key)  # a 429 when the key is past its rate
+    key = getattr(request.state, "key_name", None)  # set by the key check, where keys are set
+    try:  # capacity and the key's rate first: a flood is refused before its bodies are read
         ticket = state.admission.ticket()  # a 429 at once when the line is full
     except RequestError as error:
         return state.error_response(error, request_id)
+    try:
+        state.rates.admit(key)  # a 429 when the key is past its rate
+        parsed = parse(await json_body(request, state.limits))
+        state.limits.check_run_settings(parsed.arguments, state.router.config)
+    except RequestError as error:
+        ticket.release()
+        return state.error_response(error, request_id)
+    except BaseException:
+        ticket.release()
+        raise
 
     def failure(error: BaseException) -> RequestError:
         return failure_answer(error, request_id, parsed.api_param)
