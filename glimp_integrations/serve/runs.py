@@ -290,21 +290,14 @@ async def answer(state: ServerState, request: Any, parse: Callable[[Any], Parsed
         ticket = state.admission.ticket()  # a 429 at once when the line is full
     except RequestError as error:
         return state.error_response(error, request_id)
-    try:
-        state.rates.admit(key)  # a 429 when the key is past its rate
-        parsed = parse(await json_body(request, state.limits))
-        state.limits.check_run_settings(parsed.arguments, state.router.config)
-    except RequestError as error:
-        ticket.release()
-        return state.error_response(error, request_id)
-    except BaseException:
-        ticket.release()
-        raise
 
     def failure(error: BaseException) -> RequestError:
         return failure_answer(error, request_id, parsed.api_param)
 
     try:
+        state.rates.admit(key)  # a 429 when the key is past its rate
+        parsed = parse(await json_body(request, state.limits))
+        state.limits.check_run_settings(parsed.arguments, state.router.config)
         if await unless_disconnected(request, ticket.turn()) is None:  # the client left while in line
             ticket.release()
             state.metrics.requests.labels(status="499").inc()
