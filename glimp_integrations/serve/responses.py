@@ -152,17 +152,34 @@ class ResponsesRequest(RunRequest):
                 "max_output_tokens",
             )
 
-    def reported_tool_choice(self) -> Any:
-        """`tool_choice` as a response reports it: a mode, or {"type": "function", "name": ...}."""
+    def reported(self) -> dict[str, Any]:
+        """The request's settings as a `response` reports them: `tool_choice` as a mode or
+        {"type": "function", "name": ...}, `text.format` with a JSON schema's name (default
+        `response`), the flags at their defaults."""
         choice = read_tool_choice(self.tool_choice) or "auto"
-        return choice if choice in ("auto", "none", "required") else {"type": "function", "name": choice}
-
-    def reported_format(self) -> dict[str, Any]:
-        """`text.format` as a response reports it (a JSON schema's name defaults to `response`)."""
         response_format = _response_format((self.text or {}).get("format"))
-        if response_format is None or response_format["type"] != "json_schema":
-            return response_format or {"type": "text"}
-        return {"type": "json_schema", **{k: v for k, v in response_format["json_schema"].items() if v is not None}}
+        if response_format is not None and response_format["type"] == "json_schema":
+            text_format = {
+                "type": "json_schema",
+                **{k: v for k, v in response_format["json_schema"].items() if v is not None},
+            }
+        else:
+            text_format = response_format or {"type": "text"}
+        return {
+            "instructions": self.instructions,
+            "max_output_tokens": self.max_output_tokens,
+            "parallel_tool_calls": self.parallel_tool_calls is not False,
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "tool_choice": choice if choice in ("auto", "none", "required") else {"type": "function", "name": choice},
+            "tools": [
+                {"parameters": None, "strict": None, **t.model_dump(exclude_none=True)} for t in self.tools or []
+            ],
+            "text": {"format": text_format},
+            "truncation": self.truncation or "disabled",
+            "metadata": self.metadata or {},
+            "user": self.user,
+        }
 
     def run_arguments(self) -> tuple[list[dict[str, Any]], dict[str, Any]]:
         """The messages and `GlimpRouter.astream` keyword arguments of this request."""
@@ -198,7 +215,7 @@ async def responses(state: ServerState, request: Any) -> Any:
         parsed = ResponsesRequest.parse(body)
         parsed.check(state.served_model, state.max_model_len)
         messages, arguments = parsed.run_arguments()
-        writer = ResponseWriter(state.served_model, parsed, tool_call_reader(state, arguments))
+        writer = ResponseWriter(state.served_model, parsed.reported(), tool_call_reader(state, arguments))
         return ParsedRequest(messages, arguments, writer, bool(parsed.stream), responses_param)
 
     return await answer(state, request, parse)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from openai.types.responses import Response, ResponseStreamEvent
 from pydantic import TypeAdapter
@@ -17,9 +17,6 @@ from glimp_integrations import RouterEvent, RunTrace, StepFinished, StepStarted,
 from glimp_integrations.serve.protocol import RequestError, usage, wire_dict
 from glimp_integrations.tool_formats import ToolCallReader
 
-if TYPE_CHECKING:
-    from glimp_integrations.serve.responses import ResponsesRequest
-
 STREAM_EVENT: TypeAdapter[Any] = TypeAdapter(ResponseStreamEvent)
 """Every event of a Responses stream, by its `type`."""
 
@@ -27,10 +24,11 @@ STREAM_EVENT: TypeAdapter[Any] = TypeAdapter(ResponseStreamEvent)
 class ResponseWriter:
     """A run's `response` object, and the stream of events that builds it item by item."""
 
-    def __init__(self, model: str, request: ResponsesRequest, reader: ToolCallReader | None) -> None:
+    def __init__(self, model: str, reported: dict[str, Any], reader: ToolCallReader | None) -> None:
+        """`reported`: the request's settings as the response reports them (`ResponsesRequest.reported`)."""
         self.id = f"resp_{uuid.uuid4().hex}"
         self.created = int(time.time())
-        self.model, self.request, self.reader = model, request, reader
+        self.model, self.reported, self.reader = model, reported, reader
         self.output: list[dict[str, Any]] = []
         self.sequence = 0
         self.answer = ""
@@ -54,8 +52,8 @@ class ResponseWriter:
         if trace is not None:
             self.output = [*self._reasoning_items(trace), *self._answer_items(trace)]
             status = "incomplete" if trace.finish_reason == "budget" else status
-        request = self.request
         response = {
+            **self.reported,
             "id": self.id,
             "object": "response",
             "created_at": self.created,
@@ -63,23 +61,10 @@ class ResponseWriter:
             "status": status,
             "error": error,
             "incomplete_details": {"reason": "max_output_tokens"} if status == "incomplete" else None,
-            "instructions": request.instructions,
-            "max_output_tokens": request.max_output_tokens,
             "output": self.output,
-            "parallel_tool_calls": request.parallel_tool_calls is not False,
-            "temperature": request.temperature,
-            "top_p": request.top_p,
-            "tool_choice": request.reported_tool_choice(),
-            "tools": [
-                {"parameters": None, "strict": None, **t.model_dump(exclude_none=True)} for t in request.tools or []
-            ],
-            "text": {"format": request.reported_format()},
             "reasoning": {"effort": None, "summary": None},
             "store": False,
             "previous_response_id": None,
-            "truncation": request.truncation or "disabled",
-            "metadata": request.metadata or {},
-            "user": request.user,
             "usage": None if trace is None else _usage(trace),
         }
         if trace is not None:
