@@ -108,10 +108,12 @@ class OpenAIServersBackend(Backend):
 
     async def open_session(self, role: Role, spec: SessionSpec) -> OpenAISession:
         server = self.models[role]
-        prompt = await _sync.on_the_tokenizer_thread(
-            lambda: rendered_prompt(server.tokenizer, spec, role, server.name, server.context_window)
-        )
-        prompt_tokens = await _sync.on_the_tokenizer_thread(lambda: server.count(prompt))
+
+        def render_and_count() -> tuple[str, int]:
+            prompt = rendered_prompt(server.tokenizer, spec, role, server.name, server.context_window)
+            return prompt, server.count(prompt)
+
+        prompt, prompt_tokens = await _sync.on_the_tokenizer_thread(render_and_count)
         check_prompt_fits(role, server.name, prompt_tokens, server.context_window)
         return OpenAISession(server, role, prompt, prompt_tokens, spec)
 

@@ -212,25 +212,20 @@ class KeyRates:
     `tokens_per_minute`), by the key's name."""
 
     def __init__(self, limits: ServerLimits) -> None:
-        self.limits = limits
-        self.requests: dict[str, TokenBucket] = {}
-        self.tokens: dict[str, TokenBucket] = {}
+        self.per_minute = {"requests": limits.requests_per_minute, "tokens": limits.tokens_per_minute}
+        self.buckets: dict[tuple[str, str], TokenBucket] = {}
+
+    def _bucket(self, what: str, key: str) -> TokenBucket | None:
+        rate = self.per_minute[what]
+        return None if rate is None else self.buckets.setdefault((what, key), TokenBucket(rate))
 
     def admit(self, key: str | None) -> None:
         """Spend one request of `key`'s budget, or a 429 saying when to come back."""
-        limits = self.limits
         if key is None:
             return
-        buckets = [
-            (self.requests.setdefault(key, TokenBucket(limits.requests_per_minute)), "requests", 1.0)
-            if limits.requests_per_minute
-            else None,
-            (self.tokens.setdefault(key, TokenBucket(limits.tokens_per_minute)), "tokens", 1.0)
-            if limits.tokens_per_minute
-            else None,
-        ]
-        for bucket, what, amount in filter(None, buckets):
-            seconds = bucket.wait(amount)
+        for what in ("requests", "tokens"):
+            bucket = self._bucket(what, key)
+            seconds = bucket.wait() if bucket is not None else 0.0
             if seconds > 0:
                 retry_after = max(1, math.ceil(seconds))
                 raise RequestError(
@@ -241,9 +236,9 @@ class KeyRates:
                     reason="rate_limit",
                     headers={"Retry-After": str(retry_after)},
                 )
-        if limits.requests_per_minute:
-            self.requests[key].spend(1.0)
+        if (requests := self._bucket("requests", key)) is not None:
+            requests.spend(1.0)
 
     def spend_tokens(self, key: str | None, tokens: int) -> None:
-        if key is not None and self.limits.tokens_per_minute:
-            self.tokens.setdefault(key, TokenBucket(self.limits.tokens_per_minute)).spend(tokens)
+        if key is not None and (bucket := self._bucket("tokens", key)) is not None:
+            bucket.spend(tokens)
