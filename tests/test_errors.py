@@ -1,6 +1,9 @@
 """Bad input gets an error naming the parameter, the value and the fix; the router stays usable."""
 
 import math
+import sys
+import types
+import warnings
 
 import pytest
 
@@ -11,7 +14,10 @@ from glimp_integrations import (
     GlimpRouter,
     RouterConfig,
     SamplingConfig,
+    UntestedVersionWarning,
 )
+from glimp_integrations.errors import require_module
+from glimp_integrations.version import declared_range
 from tests.conftest import scripted_router, step
 
 
@@ -125,3 +131,38 @@ def test_an_unknown_backend_option_is_named_before_any_model_loads():
         GlimpConfigError, match=r"TransformersBackend\(max_model_len=.*accepted names are: max_batch_size"
     ):
         GlimpRouter(backend="transformers", backend_options={"max_model_len": 32})
+
+
+def _module(name: str, version: str) -> types.ModuleType:
+    module = types.ModuleType(name)
+    module.__version__ = version  # type: ignore[attr-defined]
+    return module
+
+
+@pytest.mark.parametrize("installed", ["0.33.0", "0.31.2"])
+def test_an_optional_dependency_outside_the_declared_range_warns_once_naming_the_range(monkeypatch, installed):
+    """A vLLM installed by hand at a release Glimp was not tested with: one warning naming the range
+    pyproject.toml declares (read from the installed metadata) and the install that gives a tested one."""
+    monkeypatch.setitem(sys.modules, "vllm", _module("vllm", installed))
+    with pytest.warns(UntestedVersionWarning) as caught:
+        require_module("vllm", "vllm", "The vLLM backend")
+        require_module("vllm", "vllm", "The vLLM backend")
+    assert len(caught) == 1
+    message = str(caught[0].message)
+    assert f"vllm {installed} is installed" in message and "vllm<0.33,>=0.32" in message
+    assert 'pip install "glimp[vllm]"' in message
+    assert caught[0].filename == __file__  # points at the caller, not at Glimp's insides
+
+
+@pytest.mark.parametrize("installed", ["0.32.0", "0.32.4+cpu"])
+def test_a_tested_version_imports_without_a_warning(monkeypatch, installed):
+    monkeypatch.setitem(sys.modules, "vllm", _module("vllm", installed))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert require_module("vllm", "vllm", "The vLLM backend").__version__ == installed
+
+
+def test_the_range_is_the_one_declared_for_the_extra_asked_for():
+    assert declared_range("torch", "hf") == "<2.14,>=2.4"
+    assert declared_range("torch", "openai") is None  # the servers backend runs no model here
+    assert declared_range("not-a-dependency", "hf") is None

@@ -9,6 +9,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import httpx
 import pytest
 
+import glimp_integrations
 from glimp_integrations import (
     GlimpConfigError,
     GlimpRouter,
@@ -21,6 +22,7 @@ from glimp_integrations.serve import running_server, scrape
 from tests.conftest import ScriptedChoices
 from tests.constrained_cases import CASE_IDS, CASES, run_and_check
 from tests.cutting_proxy import cutting_proxy, switchable_proxy
+from tests.installed_wheel import installed_glimp_serve, installed_wheel, outside_the_tree
 from tests.step_cases import (
     QUESTION,
     TEA,
@@ -294,6 +296,34 @@ def test_without_the_small_models_server_runs_go_on_degraded_and_routing_resumes
         assert resumed.degraded is None and {s.model for s in resumed.steps} == {"small"}
     finally:
         proxy.shutdown()
+
+
+def test_the_installed_wheel_routes_and_serves_against_the_server(server_url, tmp_path_factory):
+    """Glimp as a user installs it (the wheel, the servers extras, no torch, a fresh environment):
+    `glimp ask` routes a question through the model server, `glimp serve` gets ready and answers."""
+    installed = installed_wheel(tmp_path_factory.mktemp("release"))
+    models = ["--backend", "openai", "--small", server_url, "--large", server_url]
+    budgets = [
+        "--reasoning-mode",
+        "plain",
+        "--reasoning-budget",
+        "24",
+        "--max-step-tokens",
+        "8",
+        "--answer-budget",
+        "16",
+    ]
+    asked = outside_the_tree(installed, "glimp", "ask", TEA, *models, *budgets, "--json")
+    assert asked.returncode == 0, asked.stderr[-3000:]
+    trace = json.loads(asked.stdout)
+    assert trace["steps"] and trace["answer"] and trace["glimp_version"] == glimp_integrations.__version__
+    assert {step["model"] for step in trace["steps"]} <= {"small", "large"}
+    with installed_glimp_serve(installed, *models) as url:
+        body = {"messages": [{"role": "user", "content": TEA}], "reasoning_budget": 24, "max_step_tokens": 8}
+        answered = httpx.post(url + "/v1/chat/completions", json=body, timeout=120)
+        assert answered.status_code == 200, answered.text
+        assert answered.json()["choices"][0]["message"]["content"]
+        assert answered.headers["x-glimp-version"] == glimp_integrations.__version__
 
 
 def test_after_a_switch_requests_go_on_from_token_ids(server_url):

@@ -10,6 +10,8 @@ from transformers import PreTrainedTokenizerFast
 from glimp_integrations import GlimpConfigError
 from glimp_integrations.backends.speculative import speculative_config
 
+pytestmark = pytest.mark.vllm  # vLLM's speculative configuration
+
 
 def _model_folder(path, tokens, embedding_rows, added=()):
     """A folder with a word-level tokenizer over `tokens` (plus `added` special tokens) and a

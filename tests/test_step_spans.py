@@ -67,6 +67,7 @@ def test_a_buffer_without_a_scanner_gives_everything_to_one_step():
     assert read.take("", room=10) == ([IT, BLANK, IT], "It\n\nIt", None) and read.empty
 
 
+@pytest.mark.vllm
 def test_the_gate_acts_at_every_step_start_of_a_spanning_request_and_records_each_h_init():
     """`EntropyGate`'s per-request function as vLLM's workers call it, position by position."""
     import math

@@ -69,6 +69,7 @@ def test_a_format_glimp_does_not_support_is_an_error_that_lists_those_it_does(na
         scripted_router([], [], tool_call_parser=name)
 
 
+@pytest.mark.vllm
 def test_glimps_hermes_structure_is_vllms():
     """Glimp writes Hermes's structure itself (the slim install has no vLLM); it must stay vLLM's."""
     from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionToolsParam
@@ -98,6 +99,7 @@ def tokenizer(family_models):
     return AutoTokenizer.from_pretrained(family_models["deepseek_v3"])
 
 
+@pytest.mark.embedded
 @pytest.mark.parametrize("family", sorted(TOOL_FAMILIES))
 def test_the_family_grammar_takes_its_own_calls_and_no_other_familys(family, tokenizer):
     import llguidance.hf
@@ -116,6 +118,8 @@ def test_the_family_grammar_takes_its_own_calls_and_no_other_familys(family, tok
     assert (text, [(c.name, c.arguments) for c in read]) == ("", [("get_weather", FORCED)])
 
 
+@pytest.mark.vllm
+@pytest.mark.embedded
 @pytest.mark.parametrize("family", sorted(TOOL_FAMILIES))
 @pytest.mark.parametrize("choice, parallel", [("auto", True), ("required", True), ("required", False)])
 def test_glimps_lark_accepts_what_xgrammar_accepts_of_the_same_structure(family, choice, parallel, tokenizer):
@@ -148,6 +152,7 @@ def test_glimps_lark_accepts_what_xgrammar_accepts_of_the_same_structure(family,
     assert [llguidance_accepts(t) for t in texts] == [_is_grammar_accept_string(xgrammars, t) for t in texts]
 
 
+@pytest.mark.embedded
 @pytest.mark.parametrize("family", sorted(TOOL_FAMILIES))
 def test_a_call_without_arguments_reads_back_as_one(family, tokenizer):
     from glimp_integrations.tool_formats import render_call
@@ -320,6 +325,8 @@ def _scripted_with_tokenizer(small_steps, large_steps, tokenizer, **settings):
     return GlimpRouter(backend=backend, **settings), backend
 
 
+@pytest.mark.vllm
+@pytest.mark.embedded
 def test_the_reasoning_parser_gives_the_markers_that_open_and_close_the_reasoning(tokenizer):
     """seed_oss's reasoning is `<seed:think>...</seed:think>`: the prompt opens it, the small
     model's `</seed:think>` ends the routed steps, and `<think>` is only text there."""
@@ -342,6 +349,7 @@ def test_the_reasoning_parser_gives_the_markers_that_open_and_close_the_reasonin
     )
 
 
+@pytest.mark.vllm
 def test_a_family_reasoning_parser_that_refuses_the_tokenizer_falls_back_unless_it_was_chosen():
     """DeepSeek-R1's parser looks `<think>` up in the vocabulary: a model of the family without it
     keeps `<think>`/`</think>`; naming the parser for that model is an error that says why."""
