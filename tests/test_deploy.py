@@ -157,6 +157,7 @@ def large_server_commands() -> list[list[str]]:
     return [containers(of_kind("Deployment")["vllm-large"])[0]["args"], compose["services"]["large-0"]["command"]]
 
 
+@pytest.mark.vllm
 @pytest.mark.realtok
 def test_the_large_servers_drafting_agrees_with_glimp_check_on_the_real_pair():
     """The deployed pair is the paper's (Qwen3-4B drafting for R1-Distill): its speculative config is

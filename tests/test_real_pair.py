@@ -88,6 +88,7 @@ def raw_chain(trace) -> str:
     )
 
 
+@pytest.mark.vllm
 def test_entropy_routes_the_pair_and_each_model_closes_with_its_own_think_id(paper_pair, monkeypatch):
     sessions = seen_by(paper_pair, monkeypatch)
     trace = paper_pair.run(QUESTION)
@@ -106,6 +107,7 @@ def test_entropy_routes_the_pair_and_each_model_closes_with_its_own_think_id(pap
     assert large.count(THINK[R1_DISTILL][1]) == 1 and small.count(THINK[QWEN3][1]) == 1
 
 
+@pytest.mark.vllm
 def test_each_model_sees_its_own_template_then_exactly_the_chain(paper_pair, monkeypatch):
     """Cross-vocabulary handoff: the other model's steps go in as this model's tokens, and decoding
     what each model saw gives back its own template's prompt followed by exactly the steps."""
@@ -131,6 +133,7 @@ def test_each_model_sees_its_own_template_then_exactly_the_chain(paper_pair, mon
             assert context_ids(session) == expected, (role, threshold)
 
 
+@pytest.mark.vllm
 def test_a_three_turn_chat_reaches_each_model_as_its_own_template_renders_it(paper_pair, monkeypatch):
     """Earlier turns' reasoning is dropped by each template's own rule (Qwen3 keeps it only after the
     last user turn; R1 drops what precedes `</think>`), whether sent as `reasoning_content` or inline."""
@@ -156,6 +159,7 @@ def test_a_three_turn_chat_reaches_each_model_as_its_own_template_renders_it(pap
         assert "SECRET" not in seen and "42" in rendered and "56" in rendered and "8 x 9" in rendered
 
 
+@pytest.mark.vllm
 def test_a_thinking_2507_small_model_whose_template_always_opens_the_reasoning(monkeypatch):
     with transformers_pair((QWEN3_THINKING, SMALL_QWEN3), (R1_DISTILL, LARGE_R1), answer_budget=8) as router:
         sessions = seen_by(router, monkeypatch)
@@ -165,6 +169,7 @@ def test_a_thinking_2507_small_model_whose_template_always_opens_the_reasoning(m
     assert small.count(THINK[QWEN3_THINKING][0]) == 1  # the template opened it; Glimp did not again
 
 
+@pytest.mark.vllm
 def test_speculative_decoding_maps_the_pairs_added_tokens_and_refuses_another_vocabulary():
     """Qwen3 and R1-Distill share their base tokens but not their added ones (think markers,
     template tokens) nor their table sizes: vLLM maps the draft's tokens onto the target's by text
@@ -201,6 +206,7 @@ def reverse_pair():
         yield router
 
 
+@pytest.mark.vllm
 @pytest.mark.parametrize("pair, family", [("paper_pair", "deepseek_v3"), ("reverse_pair", "hermes")])
 @pytest.mark.parametrize("choice", ["required", "get_weather"])
 def test_tool_calls_in_the_large_models_family_format_are_read_back_whole_and_streamed(request, pair, family, choice):
@@ -232,6 +238,7 @@ def test_tool_calls_in_the_large_models_family_format_are_read_back_whole_and_st
     assert json.loads("".join(p.arguments for p in parts)) == calls[0].arguments
 
 
+@pytest.mark.vllm
 @pytest.mark.parametrize("pair, parser", [("paper_pair", "deepseek_r1"), ("reverse_pair", "qwen3")])
 def test_glimp_serve_splits_reasoning_from_the_answer_as_vllms_parser_of_the_large_model(request, pair, parser):
     """What `vllm serve --reasoning-parser` would answer for the large model's whole output (the
@@ -382,6 +389,7 @@ def test_a_folder_without_a_chat_template_is_refused(tmp_path):
     assert status == 1 and "PROBLEM large model" in report
 
 
+@pytest.mark.vllm
 def test_a_small_model_without_think_markers_routes_the_r1_reasoning(monkeypatch):
     """The templates disagree (SmolLM2 has no think markers): the run works around it as designed,
     the small model reading the reasoning as plain text after its prompt."""
@@ -399,6 +407,7 @@ def test_a_small_model_without_think_markers_routes_the_r1_reasoning(monkeypatch
 # --- the framework adapters on the pair ------------------------------------------------------------
 
 
+@pytest.mark.vllm
 def test_chat_glimp_router_on_the_papers_pair_streamed_and_not(paper_pair):
     from langchain_glimp import ChatGlimpRouter
 
@@ -415,6 +424,7 @@ def test_chat_glimp_router_on_the_papers_pair_streamed_and_not(paper_pair):
     assert whole.text == "42" and whole.additional_kwargs["reasoning_content"] == "Let me think.\n\nOkay, so"
 
 
+@pytest.mark.vllm
 async def test_glimp_router_llm_on_the_papers_pair_streamed_and_not(paper_pair):
     from llama_index.core.base.llms.types import ChatMessage, ThinkingBlock
 
@@ -431,6 +441,7 @@ async def test_glimp_router_llm_on_the_papers_pair_streamed_and_not(paper_pair):
     assert "".join(r.delta or "" for r in streamed) == "42"
 
 
+@pytest.mark.vllm
 @pytest.mark.parametrize("pair", ["paper_pair", "reverse_pair"])
 def test_glimp_serve_streams_the_pairs_tool_calls_as_openai_deltas(request, pair):
     """Through `glimp serve`: each family's call (DeepSeek's text markers, Qwen3's Hermes tokens)

@@ -94,6 +94,7 @@ def test_function_tools_and_their_turns(client):
         ("reasoning", {"effort": "high"}, "reasoning"),
         ("temperature", "warm", "temperature"),
         ("threshold", -1, "threshold"),
+        ("tool_choice", {}, "tool_choice"),  # it was a 500 (found by the generated requests)
     ],
 )
 def test_what_the_responses_api_cannot_take_is_a_400_naming_the_field(client, field, value, param):

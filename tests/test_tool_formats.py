@@ -99,6 +99,7 @@ def tokenizer(family_models):
     return AutoTokenizer.from_pretrained(family_models["deepseek_v3"])
 
 
+@pytest.mark.vllm
 @pytest.mark.embedded
 @pytest.mark.parametrize("family", sorted(TOOL_FAMILIES))
 def test_the_family_grammar_takes_its_own_calls_and_no_other_familys(family, tokenizer):
@@ -152,6 +153,7 @@ def test_glimps_lark_accepts_what_xgrammar_accepts_of_the_same_structure(family,
     assert [llguidance_accepts(t) for t in texts] == [_is_grammar_accept_string(xgrammars, t) for t in texts]
 
 
+@pytest.mark.vllm
 @pytest.mark.embedded
 @pytest.mark.parametrize("family", sorted(TOOL_FAMILIES))
 def test_a_call_without_arguments_reads_back_as_one(family, tokenizer):
@@ -182,6 +184,7 @@ def family_routers(family_models):
         router.close()
 
 
+@pytest.mark.vllm
 @pytest.mark.embedded
 @pytest.mark.parametrize("family", sorted(TEMPLATES))
 def test_a_forced_call_is_written_in_the_family_format_and_read_back_whole_and_streamed(family, family_routers):
@@ -212,6 +215,7 @@ def test_a_forced_call_is_written_in_the_family_format_and_read_back_whole_and_s
     assert [(c.name, c.arguments) for c in whole] == [("get_weather", FORCED)]
 
 
+@pytest.mark.vllm
 @pytest.mark.embedded
 def test_the_chat_template_shows_the_tools_and_earlier_calls_in_the_familys_way(family_routers):
     router = family_routers["deepseek_v3"]
@@ -237,6 +241,7 @@ def test_the_chat_template_shows_the_tools_and_earlier_calls_in_the_familys_way(
 # --- through glimp serve and LangChain -------------------------------------------------------------
 
 
+@pytest.mark.vllm
 @pytest.mark.embedded
 @pytest.mark.parametrize("family", ["deepseek_v3", "llama3_json"])
 def test_glimp_serve_returns_the_familys_calls_whole_and_streamed(family, family_routers):
@@ -262,6 +267,7 @@ def test_glimp_serve_returns_the_familys_calls_whole_and_streamed(family, family
     assert not "".join(d.get("content") or "" for d in deltas).strip()
 
 
+@pytest.mark.vllm
 @pytest.mark.embedded
 @pytest.mark.parametrize("family", ["deepseek_v3", "llama3_json"])
 def test_langchain_bind_tools_gets_the_familys_calls(family, family_models):

@@ -27,6 +27,7 @@ from typing import Annotated, Any, Literal
 from pydantic import ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from glimp_integrations.constraints import read_tool_choice
+from glimp_integrations.errors import GlimpConfigError
 from glimp_integrations.serve.chat import TOOL_NAME, tool_call_reader
 from glimp_integrations.serve.protocol import RequestError, shown
 from glimp_integrations.serve.responses_writer import ResponseWriter
@@ -215,7 +216,11 @@ async def responses(state: ServerState, request: Any) -> Any:
         parsed = ResponsesRequest.parse(body)
         parsed.check(state.served_model, state.max_model_len)
         messages, arguments = parsed.run_arguments()
-        writer = ResponseWriter(state.served_model, parsed.reported(), tool_call_reader(state, arguments))
+        try:  # reading the settings back reads `tool_choice` before the engine would
+            reported = parsed.reported()
+        except GlimpConfigError as error:
+            raise RequestError(400, str(error), responses_param(error.parameter)) from error
+        writer = ResponseWriter(state.served_model, reported, tool_call_reader(state, arguments))
         return ParsedRequest(messages, arguments, writer, bool(parsed.stream), responses_param)
 
     return await answer(state, request, parse)
