@@ -380,7 +380,7 @@ def main() -> None:
     parser.add_argument("--fresh", action="store_true", help="throughput: every run asks a question never asked")
     parser.add_argument(
         "--dtype",
-        help="the engine's dtype (default: the model's, bfloat16; float32: greedy text independent of batching)",
+        help="the engine's dtype (default: the model's, bfloat16; float32: the setting the suite's equality claims use)",
     )
     parser.add_argument("--faults", action="store_true", help="run the server-kill check instead")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "serve_load.json"))
