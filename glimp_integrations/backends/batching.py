@@ -72,6 +72,9 @@ class ModelWorker:
         self._rows: list[Row] = []
         """Rows started, in the order they joined."""
         self._thread: threading.Thread | None = None
+        """The thread serving, or the last one to serve: one that ended idle may still be tearing down
+        torch's thread-local state, which must finish before the interpreter does (`close` joins it)."""
+        self._serving = False
         self._batch: _Batch | None = None
         self._closing = False
         self.largest_batch = 0
@@ -84,8 +87,11 @@ class ModelWorker:
             if self._closing:
                 raise RuntimeError("the model's worker is closed: the interpreter is exiting")
             self._waiting.append(row)
-            if self._thread is None:
+            if not self._serving:
+                if self._thread is not None:
+                    self._thread.join()  # ended idle: out of `_serve` already, only its teardown is left
                 self._thread = threading.Thread(target=self._serve, name="glimp-model-worker", daemon=True)
+                self._serving = True
                 self._thread.start()
             self._lock.notify()
 
@@ -100,7 +106,7 @@ class ModelWorker:
         with self._lock:
             while not (self._waiting or self._rows) or self._closing:
                 if self._closing or (not self._lock.wait(IDLE_SECONDS) and not (self._waiting or self._rows)):
-                    self._thread = None
+                    self._serving = False
                     self._batch = None
                     return False
             return True
