@@ -7,10 +7,12 @@ median of the rounds' ratios with a 95% bootstrap interval."""
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import statistics
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 
@@ -122,3 +124,11 @@ def median_with_interval(ratios: list[float], resamples: int = 10_000, seed: int
     rng = random.Random(seed)
     medians = sorted(statistics.median(rng.choices(ratios, k=len(ratios))) for _ in range(resamples))
     return statistics.median(ratios), medians[int(0.025 * resamples)], medians[int(0.975 * resamples) - 1]
+
+
+def write_results(name: str, results: dict[str, Any]) -> None:
+    """Print `results` and keep them as `benchmarks/results/NAME.json`."""
+    print(json.dumps(results, indent=2))
+    out = Path(__file__).with_name("results")
+    out.mkdir(exist_ok=True)
+    (out / f"{name}.json").write_text(json.dumps(results, indent=2))

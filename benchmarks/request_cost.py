@@ -27,10 +27,8 @@ with vLLM's default.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 
 from engine_runs import (
     EngineRequests,
@@ -40,6 +38,7 @@ from engine_runs import (
     ratio,
     runs_per_second,
     shown,
+    write_results,
 )
 from questions import QUESTIONS
 
@@ -121,10 +120,7 @@ def main() -> None:
     }
     for name, summary_ratio in summary["over_plain"].items():
         print(f"   {name} / plain: {shown(summary_ratio)}")
-    print(json.dumps(summary, indent=2))
-    out = Path(__file__).with_name("results")
-    out.mkdir(exist_ok=True)
-    (out / f"request_cost_{args.chains}.json").write_text(json.dumps(summary, indent=2))
+    write_results(f"request_cost_{args.chains}", summary)
 
 
 if __name__ == "__main__":

@@ -23,15 +23,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import statistics
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import ExitStack, contextmanager
-from pathlib import Path
 
 import httpx
-from engine_runs import interleaved_rounds, ratio, runs_per_second, shown
+from engine_runs import interleaved_rounds, ratio, runs_per_second, shown, write_results
 from questions import QUESTIONS
 
 from glimp_integrations import GlimpRouter, _sync
@@ -137,10 +135,7 @@ def main() -> None:
                 + ", ".join(f"{path} {shown(summary)}" for path, summary in row["reserved 0 / reserved 1"].items()),
                 flush=True,
             )
-    print(json.dumps(results, indent=2))
-    out = Path(__file__).with_name("results")
-    out.mkdir(exist_ok=True)
-    (out / f"reserved_core_{'_'.join(paths)}.json").write_text(json.dumps(results, indent=2))
+    write_results(f"reserved_core_{'_'.join(paths)}", results)
 
 
 if __name__ == "__main__":

@@ -26,14 +26,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import statistics
 import uuid
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
-from engine_runs import chat_prompt_ids, interleaved_rounds, ratio, runs_per_second, shown
+from engine_runs import chat_prompt_ids, interleaved_rounds, ratio, runs_per_second, shown, write_results
 from questions import QUESTIONS
 
 from glimp_integrations import GlimpRouter, _sync
@@ -136,10 +134,7 @@ def main() -> None:
                 f"tokens equal {results[level]['tokens_equal']}",
                 flush=True,
             )
-    print(json.dumps(results, indent=2))
-    out = Path(__file__).with_name("results")
-    out.mkdir(exist_ok=True)
-    (out / "streaming_input.json").write_text(json.dumps(results, indent=2))
+    write_results("streaming_input", results)
 
 
 if __name__ == "__main__":
