@@ -16,6 +16,11 @@ from pathlib import Path
 from typing import Any
 
 
+def runs_at(level: int) -> int:
+    """How many runs a measurement at `level` concurrent runs makes: every slot at least twice, at least 8."""
+    return max(8, 2 * level)
+
+
 async def runs_per_second(concurrency: int, jobs: int, run_one: Callable[[int], Awaitable[Any]]) -> float:
     """`jobs` runs (`run_one(i)`), `concurrency` at a time: completed runs per second."""
     slots = asyncio.Semaphore(concurrency)

@@ -36,6 +36,7 @@ from engine_runs import (
     generate_plain,
     interleaved_rounds,
     ratio,
+    runs_at,
     runs_per_second,
     shown,
     write_results,
@@ -59,7 +60,7 @@ def main() -> None:
     parser.add_argument("--chains", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (each in a fresh random order)")
     args = parser.parse_args()
-    jobs = max(8, 2 * args.chains)
+    jobs = runs_at(args.chains)
 
     router = GlimpRouter(backend="vllm", seed=0)
     engine = router.backend.models["large"]

@@ -25,11 +25,12 @@ import argparse
 import asyncio
 import os
 import statistics
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from collections.abc import Awaitable, Callable
+from contextlib import ExitStack
+from unittest.mock import patch
 
 import httpx
-from engine_runs import interleaved_rounds, ratio, runs_per_second, shown, write_results
+from engine_runs import interleaved_rounds, ratio, runs_at, runs_per_second, shown, write_results
 from questions import QUESTIONS
 
 from glimp_integrations import GlimpRouter, _sync
@@ -44,20 +45,6 @@ RESERVED = {"reserved 1": "1", "reserved 0": "0"}
 """The sides: vLLM's default on x86, and every core for the model."""
 
 
-@contextmanager
-def reserved_cores(count: str) -> Iterator[None]:
-    """Engines started within the block reserve `count` cores."""
-    previous = os.environ.get(RESERVED_CPU_VARIABLE)
-    os.environ[RESERVED_CPU_VARIABLE] = count
-    try:
-        yield
-    finally:
-        if previous is None:
-            del os.environ[RESERVED_CPU_VARIABLE]
-        else:
-            os.environ[RESERVED_CPU_VARIABLE] = previous
-
-
 def library_side(router: GlimpRouter) -> Callable[[int], Awaitable[None]]:
     async def run_one(i: int) -> None:
         await router.arun(QUESTIONS[i % len(QUESTIONS)], **SETTINGS)
@@ -66,7 +53,7 @@ def library_side(router: GlimpRouter) -> Callable[[int], Awaitable[None]]:
 
 
 def in_process(run_one: Callable[[int], Awaitable[None]], level: int) -> Callable[[], float]:
-    return lambda: _sync.run_sync(runs_per_second(level, max(8, 2 * level), run_one))
+    return lambda: _sync.run_sync(runs_per_second(level, runs_at(level), run_one))
 
 
 def over_http(url: str, level: int) -> Callable[[], float]:
@@ -78,7 +65,7 @@ def over_http(url: str, level: int) -> Callable[[], float]:
                 response = await client.post(url + "/chat/completions", json={**chat, **SETTINGS})
                 response.raise_for_status()
 
-            return await runs_per_second(level, max(8, 2 * level), run_one)
+            return await runs_per_second(level, runs_at(level), run_one)
 
     return lambda: asyncio.run(all_runs())
 
@@ -87,7 +74,7 @@ def started_sides(paths: list[str], stack: ExitStack) -> dict[str, dict[str, tup
     """Per path and side, its router (and `glimp serve`'s URL), started under the side's setting."""
     sides: dict[str, dict[str, tuple[GlimpRouter, str | None]]] = {path: {} for path in paths}
     for side, count in RESERVED.items():
-        with reserved_cores(count):
+        with patch.dict(os.environ, {RESERVED_CPU_VARIABLE: count}):  # engines started within reserve `count`
             if {"library", "serve"} & set(paths):
                 router = stack.enter_context(GlimpRouter(backend="vllm", seed=0))
                 url = stack.enter_context(running_server(router)) if "serve" in paths else None

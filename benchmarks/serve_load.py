@@ -40,6 +40,7 @@ from engine_runs import (
     generate_plain,
     interleaved_rounds,
     ratio,
+    runs_at,
     runs_per_second,
     shown,
 )
@@ -215,7 +216,7 @@ def throughput(router: GlimpRouter, url: str, levels: list[int], rounds: int, fr
         """The sides at `level` concurrent clients, in interleaved rounds."""
         for way in answers.values():
             way.clear()
-        jobs = max(8, 2 * level)
+        jobs = runs_at(level)
         requests = {way: EngineRequests(engine) for way in ("library", "library_one_request_per_step")}
         hits = {}
 

@@ -31,7 +31,7 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
-from engine_runs import chat_prompt_ids, interleaved_rounds, ratio, runs_per_second, shown, write_results
+from engine_runs import chat_prompt_ids, interleaved_rounds, ratio, runs_at, runs_per_second, shown, write_results
 from questions import QUESTIONS
 
 from glimp_integrations import GlimpRouter, _sync
@@ -114,7 +114,7 @@ def main() -> None:
             async def run_one(i: int) -> None:
                 written[name][i] = await way(engine, prompts[i % len(prompts)], handed, args.handovers, args.written)
 
-            return lambda: _sync.run_sync(runs_per_second(level, max(8, 2 * level), run_one))
+            return lambda: _sync.run_sync(runs_per_second(level, runs_at(level), run_one))
 
         for level in [int(level) for level in args.levels.split(",")]:
             sides = {"requests": side("requests", in_requests, level), "streamed": side("streamed", streamed, level)}

@@ -110,7 +110,6 @@ def main() -> None:
         f"1. concurrency: 8 chains / 1 chain, questions per second: {shown(results['concurrency']['ratio'])} (target >= 3)"
     )
 
-    probe_times, escalated, probes = [], 0, 0
     traces = {}
     left = {"routed": iter(enumerate(QUESTIONS)), "plain": iter(enumerate(QUESTIONS))}
 
@@ -131,36 +130,29 @@ def main() -> None:
     seconds = interleaved_rounds(
         {"routed": routed, "plain": plain}, len(QUESTIONS), shuffle=False, report=lambda _: None
     )
-    for trace in traces.values():
-        for step in trace.steps:
-            if step.probe:  # (the entropy gate measures in the step's own request: no probe)
-                probes += 1
-                escalated += step.probe.escalations > 0
-                probe_times.append(step.probe.seconds)
     results["overhead"] = ratio(seconds["routed"], seconds["plain"])
     print(
         f"2. routing overhead (threshold=inf / plain generate, same tokens): {shown(results['overhead'])} (target <= 1.15)"
     )
 
     one_token = [run(timed_generate(backend, prompt_ids(backend, q), 1, 20, False, i)) for i, q in enumerate(QUESTIONS)]
-    routed = router.run(QUESTIONS[0], reasoning_budget=args.budget, seed=1)  # glimpse at tau=0.9: some switches
-    for step in routed.steps:
-        if step.probe:
-            probes += 1
-            escalated += step.probe.escalations > 0
-            probe_times.append(step.probe.seconds)
-    if probe_times:
-        probe_ratio = statistics.mean(probe_times) / statistics.mean(one_token)
+    at_default = router.run(QUESTIONS[0], reasoning_budget=args.budget, seed=1)  # glimpse at tau=0.9: some switches
+    # (the entropy gate measures H_init in the step's own request: those steps have no probe)
+    probes = [step.probe for trace in [*traces.values(), at_default] for step in trace.steps if step.probe]
+    if probes:
+        probe_seconds = statistics.mean(probe.seconds for probe in probes)
+        escalated = sum(probe.escalations > 0 for probe in probes)
+        probe_ratio = probe_seconds / statistics.mean(one_token)
         results["probe"] = {
-            "mean_probe_s": statistics.mean(probe_times),
+            "mean_probe_s": probe_seconds,
             "mean_top20_request_s": statistics.mean(one_token),
             "ratio": probe_ratio,
-            "escalated_share": escalated / probes,
-            "probes": probes,
+            "escalated_share": escalated / len(probes),
+            "probes": len(probes),
         }
         print(
-            f"3. probe cost: mean probe {statistics.mean(probe_times) * 1000:.1f} ms / one-token top-20 request "
-            f"{statistics.mean(one_token) * 1000:.1f} ms = {probe_ratio:.2f}; {escalated}/{probes} probes escalated"
+            f"3. probe cost: mean probe {probe_seconds * 1000:.1f} ms / one-token top-20 request "
+            f"{statistics.mean(one_token) * 1000:.1f} ms = {probe_ratio:.2f}; {escalated}/{len(probes)} probes escalated"
         )
     else:
         print("3. probe cost: no probes (the entropy gate measured H_init in each step's own request)")
